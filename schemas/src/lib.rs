@@ -1,0 +1,35 @@
+//! # custos-schemas
+//!
+//! The contract of the Custos pipeline, as pure types and functions (no I/O):
+//!
+//! - [`event`]: the normalized [`Event`] and its typed payloads, one per event family;
+//! - [`decode()`]: one entry point that recognizes CloudEvents 1.0 (structured and binary
+//!   mode), Keycloak event JSON (user and admin events) and FHIR R4 `AuditEvent` (IHE BALP)
+//!   and yields `Result<Event, DecodeError>`;
+//! - [`pseudonym`]: the HMAC-SHA256 key ring that turns patient identifiers into keyed
+//!   pseudonyms carrying their key id;
+//! - [`row`]: the ClickHouse row types and the conversion from events;
+//! - [`migrations`]: the versioned ClickHouse DDL;
+//! - [`jsonschema`]: JSON Schema documents for producers, generated from the types.
+#![deny(missing_docs)]
+
+pub mod cloudevents;
+pub mod decode;
+pub mod error;
+pub mod event;
+pub mod fhir_audit;
+pub mod jsonschema;
+pub mod keycloak;
+pub mod migrations;
+pub mod pseudonym;
+pub mod row;
+pub mod validate;
+
+pub use decode::{decode, DecodeLimits, Header};
+pub use error::DecodeError;
+pub use event::{
+    AuthData, BreakGlassData, ConsentData, Decision, DeprovisionData, Event, EventType,
+    FhirAccessData, Payload, PayloadFamily, SourceFormat, TokenData,
+};
+pub use pseudonym::{KeyRing, KeyRingError, PseudonymKind};
+pub use row::{AuditRow, KafkaPosition, RejectionRow};

@@ -1,0 +1,537 @@
+//! ClickHouse row types and the conversion from [`Event`]s, where pseudonymization happens.
+//!
+//! Identifier policy (DESIGN.md): patient ids, encounter ids, resource ids in a patient
+//! compartment, and the subjects and IP addresses of patient users (or of users whose kind
+//! is unknown) are stored only as keyed pseudonyms. Workforce identities (clinician `sub`,
+//! `fhirUser` Practitioner) stay readable so the audit names who acted. Raw tokens never
+//! reach a row: events carrying one are rejected before decoding.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::event::{Event, EventType, Payload};
+use crate::pseudonym::{KeyRing, PseudonymKind};
+
+/// Where a message sat in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KafkaPosition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// One row of `custos.audit_events`. Column order and types match migration 0001.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
+pub struct AuditRow {
+    /// Hex SHA-256 (16 bytes) of `source` 0x1f `id`: the event's identity for deduplication.
+    pub event_key: String,
+    /// Producer event id.
+    pub event_id: String,
+    /// Producer (CloudEvents `source`).
+    pub event_source: String,
+    /// CloudEvents `type`.
+    pub event_type: String,
+    /// Wire format it arrived in.
+    pub source_format: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Event time, ms since the epoch (DateTime64(3)).
+    pub event_time: i64,
+    /// Ingest time, ms since the epoch.
+    pub ingested_at: i64,
+    /// `success` or `failure`.
+    pub outcome: String,
+    /// AS issuer.
+    pub issuer: String,
+    /// User subject: readable for workforce and services, a pseudonym otherwise.
+    pub user_sub: String,
+    /// `workforce`, `patient`, `service` or `unknown`.
+    pub user_kind: String,
+    /// SMART `fhirUser`; a patient reference has its id pseudonymized.
+    pub fhir_user: String,
+    /// OAuth client.
+    pub client_id: String,
+    /// AS session id.
+    pub session_id: String,
+    /// Token id (`jti`).
+    pub token_jti: String,
+    /// `access`, `refresh`, `id` or empty.
+    pub token_type: String,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+    /// FHIR interaction.
+    pub interaction: String,
+    /// FHIR resource type.
+    pub resource_type: String,
+    /// FHIR resource id (pseudonymized in a patient compartment).
+    pub resource_id: String,
+    /// Patient pseudonym.
+    pub patient: String,
+    /// Encounter pseudonym.
+    pub encounter: String,
+    /// Consent id.
+    pub consent_id: String,
+    /// Purposes of use (v3-ActReason).
+    pub purpose_of_use: Vec<String>,
+    /// Stated break-the-glass reason.
+    pub break_glass_reason: String,
+    /// `permit`, `deny` or empty.
+    pub decision: String,
+    /// HTTP status (0 when not an HTTP access).
+    pub http_status: u16,
+    /// Client IP: readable for workforce, a pseudonym otherwise.
+    pub source_ip: String,
+    /// User agent.
+    pub user_agent: String,
+    /// Resources returned by a search, `Type/` + pseudonymized id.
+    pub returned_ids: Vec<String>,
+    /// Error code.
+    pub error: String,
+    /// Reason (revocation, consent change, deprovisioning).
+    pub reason: String,
+    /// Who performed an administrative change.
+    pub actor: String,
+    /// Gateway request id.
+    pub request_id: String,
+    /// Introspection result.
+    pub active: Option<bool>,
+    /// Start of a consent period (ms).
+    pub period_start: Option<i64>,
+    /// Token expiry, consent period end or break-glass end (ms).
+    pub expires_at: Option<i64>,
+    /// Kafka topic it was read from.
+    pub kafka_topic: String,
+    /// Kafka partition.
+    pub kafka_partition: i32,
+    /// Kafka offset.
+    pub kafka_offset: i64,
+}
+
+/// One row of `custos.ingest_rejections`: a message sent to the DLQ. It holds no payload
+/// bytes (they may carry PHI or tokens; the DLQ topic keeps them), only where and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
+pub struct RejectionRow {
+    /// Kafka topic.
+    pub kafka_topic: String,
+    /// Kafka partition.
+    pub kafka_partition: i32,
+    /// Kafka offset.
+    pub kafka_offset: i64,
+    /// When it was rejected (ms).
+    pub rejected_at: i64,
+    /// Reason code ([`crate::DecodeError::reason`]).
+    pub reason: String,
+    /// Value-free description.
+    pub detail: String,
+    /// Message size in bytes.
+    pub size_bytes: u32,
+}
+
+/// The kind of user an event's subject is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserKind {
+    /// Clinicians and staff: readable.
+    Workforce,
+    /// Patients and related persons: pseudonymized.
+    Patient,
+    /// A client acting for itself: readable.
+    Service,
+    /// Not known: pseudonymized (fail safe).
+    Unknown,
+}
+
+impl UserKind {
+    /// Column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserKind::Workforce => "workforce",
+            UserKind::Patient => "patient",
+            UserKind::Service => "service",
+            UserKind::Unknown => "unknown",
+        }
+    }
+
+    /// Classifies by the SMART `fhirUser` resource type.
+    pub fn from_fhir_user(fhir_user: Option<&str>) -> UserKind {
+        match fhir_user.and_then(|f| f.split('/').next()) {
+            Some("Practitioner" | "PractitionerRole" | "Organization" | "Device") => {
+                UserKind::Workforce
+            }
+            Some("Patient" | "RelatedPerson") => UserKind::Patient,
+            _ => UserKind::Unknown,
+        }
+    }
+
+    fn readable(self) -> bool {
+        matches!(self, UserKind::Workforce | UserKind::Service)
+    }
+}
+
+/// Resource types outside any patient compartment: their ids stay readable.
+pub const NON_COMPARTMENT_TYPES: [&str; 20] = [
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Location",
+    "HealthcareService",
+    "Endpoint",
+    "Medication",
+    "Substance",
+    "Device",
+    "ValueSet",
+    "CodeSystem",
+    "ConceptMap",
+    "StructureDefinition",
+    "CapabilityStatement",
+    "OperationDefinition",
+    "SearchParameter",
+    "Questionnaire",
+    "PlanDefinition",
+    "ActivityDefinition",
+    "Library",
+];
+
+/// The deduplication identity of an event: 16 bytes of SHA-256 over source and id, in hex.
+pub fn event_key(source: &str, id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(source.as_bytes());
+    h.update([0x1f]);
+    h.update(id.as_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Splits a space-separated scope string.
+pub fn split_scopes(scope: Option<&str>) -> Vec<String> {
+    scope
+        .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Everything the conversion needs besides the event.
+#[derive(Debug, Clone, Copy)]
+pub struct RowContext<'a> {
+    /// Pseudonymization keys.
+    pub keys: &'a KeyRing,
+    /// Tenant for events that name none.
+    pub default_tenant: &'a str,
+}
+
+impl RowContext<'_> {
+    fn ps(&self, tenant: &str, kind: PseudonymKind, value: &str) -> String {
+        self.keys.pseudonymize(tenant, kind, value)
+    }
+
+    fn opt_ps(&self, tenant: &str, kind: PseudonymKind, value: Option<&str>) -> String {
+        match value {
+            Some(v) if !v.is_empty() => self.ps(tenant, kind, v),
+            _ => String::new(),
+        }
+    }
+
+    /// Pseudonymizes a `Type/id` reference, keeping the type readable. Non-compartment
+    /// types stay fully readable; `Patient/x` uses the patient kind so it matches the
+    /// `patient` column.
+    pub fn reference(&self, tenant: &str, reference: &str, default_type: &str) -> String {
+        let (rtype, id) = match reference.rsplit_once('/') {
+            Some((t, id)) => (t.rsplit('/').next().unwrap_or(t), id),
+            None => (default_type, reference),
+        };
+        self.typed_id(tenant, rtype, id, true)
+    }
+
+    fn typed_id(&self, tenant: &str, rtype: &str, id: &str, with_type: bool) -> String {
+        let value = if rtype == "Patient" {
+            self.ps(tenant, PseudonymKind::Patient, id)
+        } else if rtype == "Encounter" {
+            self.ps(tenant, PseudonymKind::Encounter, id)
+        } else if NON_COMPARTMENT_TYPES.contains(&rtype) {
+            id.to_owned()
+        } else {
+            self.ps(tenant, PseudonymKind::Resource, &format!("{rtype}/{id}"))
+        };
+        if with_type && !rtype.is_empty() {
+            format!("{rtype}/{value}")
+        } else {
+            value
+        }
+    }
+
+    fn user(&self, tenant: &str, kind: UserKind, sub: Option<&str>) -> String {
+        match sub {
+            None | Some("") => String::new(),
+            Some(s) if kind.readable() => s.to_owned(),
+            Some(s) => self.ps(tenant, PseudonymKind::Subject, s),
+        }
+    }
+
+    fn ip(&self, tenant: &str, kind: UserKind, ip: Option<&str>) -> String {
+        match ip {
+            None | Some("") => String::new(),
+            Some(s) if kind.readable() => s.to_owned(),
+            Some(s) => self.ps(tenant, PseudonymKind::Ip, s),
+        }
+    }
+
+    fn fhir_user(&self, tenant: &str, fhir_user: Option<&str>) -> String {
+        match fhir_user {
+            None | Some("") => String::new(),
+            Some(f) => self.reference(tenant, f, ""),
+        }
+    }
+
+    /// Converts a decoded event into its audit row.
+    pub fn audit_row(&self, event: &Event, pos: &KafkaPosition, ingested_at_ms: i64) -> AuditRow {
+        let tenant = event
+            .tenant
+            .as_deref()
+            .unwrap_or(self.default_tenant)
+            .to_owned();
+        let t = tenant.as_str();
+        let mut row = AuditRow {
+            event_key: event_key(&event.source, &event.id),
+            event_id: event.id.clone(),
+            event_source: event.source.clone(),
+            event_type: event.event_type.as_str().to_owned(),
+            source_format: event.format.as_str().to_owned(),
+            tenant: tenant.clone(),
+            event_time: event.time.timestamp_millis(),
+            ingested_at: ingested_at_ms,
+            outcome: "success".to_owned(),
+            issuer: String::new(),
+            user_sub: String::new(),
+            user_kind: UserKind::Unknown.as_str().to_owned(),
+            fhir_user: String::new(),
+            client_id: String::new(),
+            session_id: String::new(),
+            token_jti: String::new(),
+            token_type: String::new(),
+            scopes: Vec::new(),
+            interaction: String::new(),
+            resource_type: String::new(),
+            resource_id: String::new(),
+            patient: String::new(),
+            encounter: String::new(),
+            consent_id: String::new(),
+            purpose_of_use: Vec::new(),
+            break_glass_reason: String::new(),
+            decision: String::new(),
+            http_status: 0,
+            source_ip: String::new(),
+            user_agent: String::new(),
+            returned_ids: Vec::new(),
+            error: String::new(),
+            reason: String::new(),
+            actor: String::new(),
+            request_id: String::new(),
+            active: None,
+            period_start: None,
+            expires_at: None,
+            kafka_topic: pos.topic.clone(),
+            kafka_partition: pos.partition,
+            kafka_offset: pos.offset,
+        };
+        match &event.payload {
+            Payload::Auth(d) => {
+                let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
+                row.issuer = d.iss.clone();
+                row.user_kind = kind.as_str().to_owned();
+                row.user_sub = self.user(t, kind, d.sub.as_deref());
+                row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
+                row.client_id = d.client_id.clone();
+                row.session_id = d.sid.clone().unwrap_or_default();
+                row.source_ip = self.ip(t, kind, d.source_ip.as_deref());
+                row.user_agent = d.user_agent.clone().unwrap_or_default();
+                row.error = d.error.clone().unwrap_or_default();
+                if event.event_type == EventType::AuthLoginFailed || d.error.is_some() {
+                    row.outcome = "failure".to_owned();
+                }
+            }
+            Payload::Token(d) => {
+                let mut kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
+                if d.sub.as_deref() == Some(d.client_id.as_str()) {
+                    kind = UserKind::Service;
+                }
+                row.issuer = d.iss.clone();
+                row.user_kind = kind.as_str().to_owned();
+                row.user_sub = self.user(t, kind, d.sub.as_deref());
+                row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
+                row.client_id = d.client_id.clone();
+                row.session_id = d.sid.clone().unwrap_or_default();
+                row.token_jti = d.jti.clone();
+                row.token_type = d.token_type.clone().unwrap_or_default();
+                row.scopes = split_scopes(d.scope.as_deref());
+                row.patient = self.opt_ps(t, PseudonymKind::Patient, d.patient.as_deref());
+                row.source_ip = self.ip(t, kind, d.source_ip.as_deref());
+                row.user_agent = d.user_agent.clone().unwrap_or_default();
+                row.active = d.active;
+                row.reason = d.reason.clone().unwrap_or_default();
+                row.error = d.error.clone().unwrap_or_default();
+                row.expires_at = d.expires_at.map(|e| e.timestamp_millis());
+                if d.error.is_some() {
+                    row.outcome = "failure".to_owned();
+                }
+            }
+            Payload::Consent(d) => {
+                row.issuer = d.iss.clone().unwrap_or_default();
+                row.user_kind = UserKind::Patient.as_str().to_owned();
+                row.user_sub = self.user(t, UserKind::Patient, d.sub.as_deref());
+                row.client_id = d.client_id.clone();
+                row.consent_id = d.consent_id.clone();
+                row.patient = self.ps(t, PseudonymKind::Patient, &d.patient);
+                row.scopes = split_scopes(d.scope.as_deref());
+                row.purpose_of_use = d.purpose.clone();
+                row.reason = d.reason.clone().unwrap_or_default();
+                row.actor = d.actor.clone().unwrap_or_default();
+                row.period_start = d.period_start.map(|e| e.timestamp_millis());
+                row.expires_at = d.period_end.map(|e| e.timestamp_millis());
+            }
+            Payload::FhirAccess(d) => {
+                let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
+                row.issuer = d.iss.clone();
+                row.user_kind = kind.as_str().to_owned();
+                row.user_sub = self.user(t, kind, Some(&d.sub));
+                row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
+                row.client_id = d.client_id.clone();
+                row.token_jti = d.jti.clone().unwrap_or_default();
+                row.scopes = split_scopes(d.scope.as_deref());
+                row.interaction = d.interaction.clone();
+                row.resource_type = d.resource_type.clone();
+                row.resource_id = d
+                    .resource_id
+                    .as_deref()
+                    .map(|id| self.typed_id(t, &d.resource_type, id, false))
+                    .unwrap_or_default();
+                let patient = d.patient.as_deref().or(if d.resource_type == "Patient" {
+                    d.resource_id.as_deref()
+                } else {
+                    None
+                });
+                row.patient = self.opt_ps(t, PseudonymKind::Patient, patient);
+                row.encounter = self.opt_ps(t, PseudonymKind::Encounter, d.encounter.as_deref());
+                row.purpose_of_use = d.purpose_of_use.clone();
+                row.break_glass_reason = d.break_glass_reason.clone().unwrap_or_default();
+                row.decision = d.decision.as_str().to_owned();
+                row.http_status = d.http_status;
+                row.source_ip = self.ip(t, kind, d.source_ip.as_deref());
+                row.user_agent = d.user_agent.clone().unwrap_or_default();
+                row.returned_ids = d
+                    .returned_ids
+                    .iter()
+                    .map(|r| self.reference(t, r, &d.resource_type))
+                    .collect();
+                row.request_id = d.request_id.clone();
+                if d.decision == crate::event::Decision::Deny || d.http_status >= 400 {
+                    row.outcome = "failure".to_owned();
+                }
+            }
+            Payload::UserDeprovisioned(d) => {
+                let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
+                row.issuer = d.iss.clone();
+                row.user_kind = kind.as_str().to_owned();
+                row.user_sub = self.user(t, kind, Some(&d.sub));
+                row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
+                row.reason = d.reason.clone().unwrap_or_default();
+                row.actor = d.actor.clone().unwrap_or_default();
+            }
+            Payload::BreakGlass(d) => {
+                // Break-the-glass is by definition a workforce action.
+                let kind = UserKind::Workforce;
+                row.issuer = d.iss.clone();
+                row.user_kind = kind.as_str().to_owned();
+                row.user_sub = d.sub.clone();
+                row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
+                row.client_id = d.client_id.clone().unwrap_or_default();
+                row.session_id = d.sid.clone().unwrap_or_default();
+                row.patient = self.ps(t, PseudonymKind::Patient, &d.patient);
+                row.break_glass_reason = d.reason.clone();
+                row.purpose_of_use = vec!["BTG".to_owned()];
+                row.source_ip = self.ip(t, kind, d.source_ip.as_deref());
+                row.expires_at = d.expires_at.map(|e| e.timestamp_millis());
+            }
+        }
+        row
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode, DecodeLimits};
+
+    fn ring() -> KeyRing {
+        KeyRing::parse(
+            "k1=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            None,
+        )
+        .unwrap()
+    }
+
+    fn pos() -> KafkaPosition {
+        KafkaPosition {
+            topic: "custos.gateway-events".into(),
+            partition: 3,
+            offset: 42,
+        }
+    }
+
+    #[test]
+    fn fhir_access_pseudonymizes_patient_data_and_keeps_clinician() {
+        let msg = br#"{"specversion":"1.0","id":"r1","source":"//gw","type":"custos.fhir.access",
+          "time":"2026-03-01T10:00:00Z","tenant":"general",
+          "data":{"requestId":"q1","iss":"https://as","sub":"dr-house","fhirUser":"Practitioner/77",
+          "client_id":"ehr-app","jti":"J1","scope":"user/Observation.rs launch",
+          "interaction":"search-type","resourceType":"Observation","patient":"Patient/PAT-SECRET-9",
+          "encounter":"ENC-SECRET-1","decision":"permit","httpStatus":200,"sourceIp":"10.1.2.3",
+          "returnedIds":["Observation/OBS-SECRET-1","OBS-SECRET-2"]}}"#;
+        let ev = decode(msg, &[], &DecodeLimits::default()).unwrap();
+        let keys = ring();
+        let ctx = RowContext {
+            keys: &keys,
+            default_tenant: "default",
+        };
+        let row = ctx.audit_row(&ev, &pos(), 1);
+        assert_eq!(row.user_sub, "dr-house");
+        assert_eq!(row.fhir_user, "Practitioner/77");
+        assert_eq!(row.source_ip, "10.1.2.3");
+        assert_eq!(row.tenant, "general");
+        assert_eq!(
+            row.patient,
+            keys.pseudonymize("general", PseudonymKind::Patient, "PAT-SECRET-9")
+        );
+        assert_eq!(row.scopes, vec!["user/Observation.rs", "launch"]);
+        assert_eq!(row.returned_ids.len(), 2);
+        let dump = format!("{row:?}");
+        for secret in ["PAT-SECRET", "ENC-SECRET", "OBS-SECRET"] {
+            assert!(!dump.contains(secret), "{secret} leaked");
+        }
+        assert!(row.returned_ids.iter().all(|r| r.starts_with("Observation/ps1.k1.")));
+        assert_eq!(row.event_key, event_key("//gw", "r1"));
+        assert_eq!((row.kafka_partition, row.kafka_offset), (3, 42));
+    }
+
+    #[test]
+    fn patient_users_are_pseudonymized() {
+        let msg = br#"{"specversion":"1.0","id":"a1","source":"//as","type":"custos.auth.login",
+          "time":"2026-03-01T10:00:00Z","data":{"iss":"https://as","sub":"SUB-SECRET",
+          "fhirUser":"Patient/PAT-SECRET","client_id":"patient-app","sourceIp":"203.0.113.9"}}"#;
+        let ev = decode(msg, &[], &DecodeLimits::default()).unwrap();
+        let keys = ring();
+        let ctx = RowContext {
+            keys: &keys,
+            default_tenant: "default",
+        };
+        let row = ctx.audit_row(&ev, &pos(), 1);
+        assert_eq!(row.user_kind, "patient");
+        let dump = format!("{row:?}");
+        for secret in ["SUB-SECRET", "PAT-SECRET", "203.0.113.9"] {
+            assert!(!dump.contains(secret), "{secret} leaked");
+        }
+        assert_eq!(row.tenant, "default");
+        assert!(row.fhir_user.starts_with("Patient/ps1.k1."));
+    }
+}
