@@ -1,0 +1,192 @@
+//! Ingest configuration: every knob has a flag and an environment variable, and
+//! [`IngestConfig::validate`] checks the combination before anything connects.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use custos_schemas::{migrations::DEFAULT_RETENTION_DAYS, KeyRing, KeyRingError};
+use thiserror::Error;
+
+/// Errors in the configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// The pseudonymization key ring could not be loaded.
+    #[error("pseudonymization keys: {0}")]
+    Keys(#[from] KeyRingError),
+    /// The key file could not be read.
+    #[error("cannot read key file: {0}")]
+    KeyFile(std::io::Error),
+}
+
+/// ClickHouse connection settings.
+#[derive(Debug, Clone, Args)]
+pub struct ClickHouseArgs {
+    /// ClickHouse HTTP endpoint.
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:18123"
+    )]
+    pub clickhouse_url: String,
+    /// Account for inserts (INSERT and SELECT on `custos.*` only).
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_WRITER_USER",
+        default_value = "custos_writer"
+    )]
+    pub clickhouse_user: String,
+    /// Password of the writer account.
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        default_value = "custos_writer_pw",
+        hide_env_values = true
+    )]
+    pub clickhouse_password: String,
+    /// Timeout of one ClickHouse request, in seconds.
+    #[arg(long, env = "CUSTOS_CLICKHOUSE_TIMEOUT_SECS", default_value_t = 30)]
+    pub clickhouse_timeout_secs: u64,
+}
+
+/// Settings of `custos-ingest run`.
+#[derive(Debug, Clone, Args)]
+pub struct IngestConfig {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "CUSTOS_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+    pub brokers: String,
+    /// Consumer group id.
+    #[arg(long, env = "CUSTOS_INGEST_GROUP", default_value = "custos-ingest")]
+    pub group_id: String,
+    /// Input topics, comma separated.
+    #[arg(
+        long,
+        env = "CUSTOS_INPUT_TOPICS",
+        value_delimiter = ',',
+        default_value = "custos.as-events,custos.gateway-events,custos.consent-events"
+    )]
+    pub topics: Vec<String>,
+    /// Dead-letter topic.
+    #[arg(long, env = "CUSTOS_DLQ_TOPIC", default_value = "custos.dlq")]
+    pub dlq_topic: String,
+    /// ClickHouse settings.
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    /// Flush a batch at this many rows.
+    #[arg(long, env = "CUSTOS_BATCH_MAX_ROWS", default_value_t = 50_000)]
+    pub batch_max_rows: usize,
+    /// Flush a batch at this many input bytes.
+    #[arg(long, env = "CUSTOS_BATCH_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub batch_max_bytes: usize,
+    /// Flush a non-empty batch after this many milliseconds.
+    #[arg(long, env = "CUSTOS_BATCH_LINGER_MS", default_value_t = 500)]
+    pub batch_linger_ms: u64,
+    /// Batches in flight between the consumer and the writer.
+    #[arg(long, env = "CUSTOS_BATCH_QUEUE", default_value_t = 2)]
+    pub batch_queue: usize,
+    /// Largest accepted event, in bytes.
+    #[arg(long, env = "CUSTOS_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_event_bytes: usize,
+    /// Tenant for events that name none.
+    #[arg(long, env = "CUSTOS_DEFAULT_TENANT", default_value = "default")]
+    pub default_tenant: String,
+    /// Pseudonymization keys, `kid=hex[,kid=hex]` (at least 32 bytes each).
+    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS", hide_env_values = true)]
+    pub pseudonym_keys: Option<String>,
+    /// File holding the keys (one `kid=hex` a line); used when CUSTOS_PSEUDONYM_KEYS is unset.
+    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS_FILE")]
+    pub pseudonym_keys_file: Option<std::path::PathBuf>,
+    /// Key id used for writes (default: the last key).
+    #[arg(long, env = "CUSTOS_PSEUDONYM_CURRENT_KID")]
+    pub pseudonym_current_kid: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "CUSTOS_INGEST_HTTP_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub http_addr: SocketAddr,
+    /// Seconds to drain in-flight batches on shutdown or partition revocation.
+    #[arg(long, env = "CUSTOS_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+}
+
+impl IngestConfig {
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
+            return bad("at least one input topic, none empty");
+        }
+        if self.topics.contains(&self.dlq_topic) {
+            return bad("the DLQ topic must not be an input topic");
+        }
+        if !(1..=1_000_000).contains(&self.batch_max_rows) {
+            return bad("CUSTOS_BATCH_MAX_ROWS must be 1..=1000000");
+        }
+        if self.batch_max_bytes < 1024 {
+            return bad("CUSTOS_BATCH_MAX_BYTES must be at least 1024");
+        }
+        if self.batch_linger_ms == 0 || self.batch_linger_ms > 60_000 {
+            return bad("CUSTOS_BATCH_LINGER_MS must be 1..=60000");
+        }
+        if self.batch_queue == 0 || self.batch_queue > 64 {
+            return bad("CUSTOS_BATCH_QUEUE must be 1..=64");
+        }
+        if self.max_event_bytes < 1024 {
+            return bad("CUSTOS_MAX_EVENT_BYTES must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// Loads the pseudonymization key ring from the env var or the key file.
+    pub fn key_ring(&self) -> Result<KeyRing, ConfigError> {
+        let spec = match (&self.pseudonym_keys, &self.pseudonym_keys_file) {
+            (Some(spec), _) => spec.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(ConfigError::KeyFile)?,
+            (None, None) => String::new(),
+        };
+        Ok(KeyRing::parse(
+            &spec,
+            self.pseudonym_current_kid.as_deref(),
+        )?)
+    }
+
+    /// Linger as a duration.
+    pub fn linger(&self) -> Duration {
+        Duration::from_millis(self.batch_linger_ms)
+    }
+}
+
+/// Settings of `custos-ingest migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateConfig {
+    /// ClickHouse HTTP endpoint.
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:18123"
+    )]
+    pub clickhouse_url: String,
+    /// Admin account (DDL rights).
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_ADMIN_USER",
+        default_value = "custos_admin"
+    )]
+    pub admin_user: String,
+    /// Admin password.
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_ADMIN_PASSWORD",
+        default_value = "custos_admin_pw",
+        hide_env_values = true
+    )]
+    pub admin_password: String,
+    /// Retention of audit rows in days (TTL), applied when a table is created.
+    #[arg(long, env = "CUSTOS_RETENTION_DAYS", default_value_t = DEFAULT_RETENTION_DAYS)]
+    pub retention_days: u32,
+}

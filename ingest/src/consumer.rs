@@ -1,0 +1,450 @@
+//! The Kafka side of the pipeline.
+//!
+//! Guarantee: an offset is committed only after every message before it in its partition
+//! was either inserted into ClickHouse (and acknowledged) or dead-lettered (and its
+//! delivery acknowledged). Batches are written by one writer in the order they were cut,
+//! so an acknowledgement always covers a contiguous prefix of each partition. A crash
+//! before a commit replays messages; replays carry the same event identity and Kafka
+//! position, and `custos.audit_events` (ReplacingMergeTree on the event key) collapses
+//! them, so reports never show a duplicate.
+//!
+//! The consumer runs on its own OS thread: it polls, decodes and pseudonymizes (the CPU
+//! work), cuts batches, and hands them to the async writer over a bounded channel. When
+//! the channel is full it pauses its partitions (keeping group membership) until space
+//! frees up. On partition revocation and on shutdown it flushes its batch, waits (up to a
+//! deadline) for in-flight batches to be acknowledged and commits synchronously.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use custos_schemas::row::RowContext;
+use custos_schemas::{decode, DecodeLimits, KafkaPosition, KeyRing};
+use metrics::{counter, gauge};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::batch::{Batch, BatchPolicy, PartitionKey, Rejected};
+use crate::health::Health;
+
+/// What the writer sends back once a batch is durable.
+#[derive(Debug)]
+pub struct Ack {
+    /// Next offset to commit per partition.
+    pub next_offsets: HashMap<PartitionKey, i64>,
+}
+
+/// Mutable pipeline state shared by the poll loop and the rebalance callbacks (both run on
+/// the consumer thread, so the lock is never contended).
+struct State {
+    current: Batch,
+    pending: Option<Batch>,
+    in_flight: usize,
+    /// Acknowledged but not yet committed.
+    to_commit: HashMap<PartitionKey, i64>,
+    committed: HashMap<PartitionKey, i64>,
+    assignment: HashSet<(String, i32)>,
+    paused: bool,
+}
+
+/// Shared between the poll loop and the consumer context.
+pub struct Shared {
+    state: Mutex<State>,
+    tx: mpsc::Sender<Batch>,
+    ack_rx: Mutex<std_mpsc::Receiver<Ack>>,
+    drain_timeout: Duration,
+    health: Arc<Health>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a panic elsewhere on this thread; the state is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Consumer context: logs commits, exports lag, and drains on revocation.
+pub struct IngestContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if p.partition >= 0 && p.consumer_lag >= 0 {
+                    gauge!("custos_ingest_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            info!(partitions = tpl.count(), "partitions revoked: draining");
+            let mut state = self.shared.lock();
+            drain(&self.shared, &mut state, consumer);
+            for e in tpl.elements() {
+                state
+                    .assignment
+                    .remove(&(e.topic().to_owned(), e.partition()));
+            }
+            state.paused = false;
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut state = self.shared.lock();
+            for e in tpl.elements() {
+                state
+                    .assignment
+                    .insert((e.topic().to_owned(), e.partition()));
+            }
+            state.paused = false;
+            info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                counter!("custos_ingest_commits_total").increment(1);
+                debug!(partitions = offsets.count(), "offsets committed");
+            }
+            Err(e) => {
+                counter!("custos_ingest_commit_failures_total").increment(1);
+                warn!(error = %e, "offset commit failed");
+            }
+        }
+    }
+}
+
+/// The Kafka consumer half of the pipeline.
+pub struct ConsumerLoop {
+    consumer: BaseConsumer<IngestContext>,
+    shared: Arc<Shared>,
+    policy: BatchPolicy,
+    decoder: Decoder,
+}
+
+/// Turns messages into rows or rejections in the open batch.
+struct Decoder {
+    shared: Arc<Shared>,
+    limits: DecodeLimits,
+    keys: KeyRing,
+    default_tenant: String,
+    topics: HashMap<String, Arc<str>>,
+}
+
+/// Builds the consumer context and its shared state.
+pub fn context(
+    tx: mpsc::Sender<Batch>,
+    ack_rx: std_mpsc::Receiver<Ack>,
+    drain_timeout: Duration,
+    health: Arc<Health>,
+) -> IngestContext {
+    IngestContext {
+        shared: Arc::new(Shared {
+            state: Mutex::new(State {
+                current: Batch::default(),
+                pending: None,
+                in_flight: 0,
+                to_commit: HashMap::new(),
+                committed: HashMap::new(),
+                assignment: HashSet::new(),
+                paused: false,
+            }),
+            tx,
+            ack_rx: Mutex::new(ack_rx),
+            drain_timeout,
+            health,
+        }),
+    }
+}
+
+impl ConsumerLoop {
+    /// Wraps a subscribed consumer.
+    pub fn new(
+        consumer: BaseConsumer<IngestContext>,
+        policy: BatchPolicy,
+        limits: DecodeLimits,
+        keys: KeyRing,
+        default_tenant: String,
+    ) -> Self {
+        let shared = consumer.context().shared.clone();
+        ConsumerLoop {
+            consumer,
+            shared: shared.clone(),
+            policy,
+            decoder: Decoder {
+                shared,
+                limits,
+                keys,
+                default_tenant,
+                topics: HashMap::new(),
+            },
+        }
+    }
+
+    /// Polls until `stop` is set, then flushes, drains and commits. Returns whether every
+    /// in-flight batch was acknowledged and committed.
+    pub fn run(mut self, stop: &AtomicBool) -> bool {
+        while !stop.load(Ordering::Relaxed) {
+            {
+                let mut state = self.shared.lock();
+                collect_acks(&self.shared, &mut state, false, None);
+                commit(&self.consumer, &mut state, CommitMode::Async);
+                self.flow(&mut state);
+            }
+            match self.consumer.poll(Duration::from_millis(50)) {
+                None => {}
+                Some(Ok(msg)) => self.decoder.handle(&msg),
+                Some(Err(e)) => {
+                    counter!("custos_ingest_kafka_errors_total").increment(1);
+                    warn!(error = %e, "Kafka poll error");
+                }
+            }
+        }
+        info!("stopping: flushing and committing");
+        self.shared.health.set_stopping();
+        let complete = {
+            let mut state = self.shared.lock();
+            drain(&self.shared, &mut state, &self.consumer)
+        };
+        self.consumer.unsubscribe();
+        complete
+    }
+
+    /// Moves due batches toward the writer, pausing and resuming on backpressure.
+    fn flow(&self, state: &mut State) {
+        if let Some(batch) = state.pending.take() {
+            match self.shared.tx.try_send(batch) {
+                Ok(()) => state.in_flight += 1,
+                Err(mpsc::error::TrySendError::Full(b)) => state.pending = Some(b),
+                Err(mpsc::error::TrySendError::Closed(b)) => {
+                    error!("writer stopped; holding batch");
+                    state.pending = Some(b);
+                }
+            }
+        }
+        if state.pending.is_none() && state.current.is_due(&self.policy) {
+            let batch = std::mem::take(&mut state.current);
+            match self.shared.tx.try_send(batch) {
+                Ok(()) => state.in_flight += 1,
+                Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
+                    state.pending = Some(b)
+                }
+            }
+        }
+        let blocked = state.pending.is_some() && state.current.is_full(&self.policy);
+        if blocked != state.paused {
+            if let Ok(assignment) = self.consumer.assignment() {
+                let result = if blocked {
+                    self.consumer.pause(&assignment)
+                } else {
+                    self.consumer.resume(&assignment)
+                };
+                match result {
+                    Ok(()) => {
+                        state.paused = blocked;
+                        debug!(paused = blocked, "backpressure");
+                    }
+                    Err(e) => warn!(error = %e, "pause/resume failed"),
+                }
+            }
+        }
+    }
+}
+
+impl Decoder {
+    fn topic(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.topics.get(name) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(name);
+        self.topics.insert(name.to_owned(), t.clone());
+        t
+    }
+
+    fn handle(&mut self, msg: &BorrowedMessage<'_>) {
+        let topic = self.topic(msg.topic());
+        let payload = msg.payload().unwrap_or_default();
+        let mut headers: Vec<(&str, &[u8])> = Vec::new();
+        if let Some(h) = msg.headers() {
+            for header in h.iter() {
+                headers.push((header.key, header.value.unwrap_or_default()));
+            }
+        }
+        let pos = KafkaPosition {
+            topic: topic.to_string(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let decoded = decode(payload, &headers, &self.limits);
+        let mut state = self.shared.lock();
+        match decoded {
+            Ok(event) => {
+                let ctx = RowContext {
+                    keys: &self.keys,
+                    default_tenant: &self.default_tenant,
+                };
+                state.current.rows.push(ctx.audit_row(&event, &pos, now_ms));
+            }
+            Err(error) => {
+                warn!(
+                    topic = %pos.topic,
+                    partition = pos.partition,
+                    offset = pos.offset,
+                    reason = error.reason(),
+                    detail = %error,
+                    "rejecting message to the DLQ"
+                );
+                state.current.rejects.push(Rejected {
+                    pos: pos.clone(),
+                    key: msg.key().map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+                        .collect(),
+                    error,
+                    at_ms: now_ms,
+                });
+            }
+        }
+        state
+            .current
+            .note(&topic, msg.partition(), msg.offset(), payload.len());
+    }
+}
+
+/// Receives acknowledgements; with `wait`, blocks until nothing is in flight or `deadline`.
+fn collect_acks(shared: &Shared, state: &mut State, wait: bool, deadline: Option<Instant>) {
+    let rx = shared.ack_rx.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let ack = if wait && state.in_flight > 0 {
+            let left = deadline
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(1));
+            if left.is_zero() {
+                return;
+            }
+            match rx.recv_timeout(left) {
+                Ok(a) => a,
+                Err(_) => return,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(a) => a,
+                Err(_) => return,
+            }
+        };
+        state.in_flight = state.in_flight.saturating_sub(1);
+        for (k, next) in ack.next_offsets {
+            let e = state.to_commit.entry(k).or_insert(next);
+            if *e < next {
+                *e = next;
+            }
+        }
+    }
+}
+
+/// Commits acknowledged offsets of partitions still assigned, never moving backwards.
+fn commit(consumer: &BaseConsumer<IngestContext>, state: &mut State, mode: CommitMode) {
+    if state.to_commit.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut staged = Vec::new();
+    for ((topic, partition), next) in state.to_commit.drain() {
+        if !state.assignment.contains(&(topic.to_string(), partition)) {
+            debug!(topic = %topic, partition, "skipping commit of a partition no longer assigned");
+            continue;
+        }
+        let key = (topic.clone(), partition);
+        if state.committed.get(&key).is_some_and(|c| *c >= next) {
+            continue;
+        }
+        if tpl
+            .add_partition_offset(&topic, partition, Offset::Offset(next))
+            .is_ok()
+        {
+            staged.push((key, next));
+        }
+    }
+    if staged.is_empty() {
+        return;
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => {
+            for (k, next) in staged {
+                state.committed.insert(k, next);
+            }
+        }
+        Err(e) => {
+            counter!("custos_ingest_commit_failures_total").increment(1);
+            warn!(error = %e, "offset commit failed; messages will be replayed and deduplicated");
+        }
+    }
+}
+
+/// Flushes the open batch, waits for in-flight batches (up to the drain timeout) and
+/// commits synchronously. Returns whether everything was acknowledged.
+fn drain(shared: &Shared, state: &mut State, consumer: &BaseConsumer<IngestContext>) -> bool {
+    let deadline = Instant::now() + shared.drain_timeout;
+    let mut batches = Vec::new();
+    if let Some(p) = state.pending.take() {
+        batches.push(p);
+    }
+    let current = std::mem::take(&mut state.current);
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    for batch in batches {
+        let mut batch = batch;
+        loop {
+            match shared.tx.try_send(batch) {
+                Ok(()) => {
+                    state.in_flight += 1;
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Full(b)) => {
+                    batch = b;
+                    if Instant::now() >= deadline {
+                        warn!("drain deadline passed with a batch unsent; it will be replayed");
+                        return false;
+                    }
+                    // Make room: take acknowledgements of earlier batches.
+                    let soon = Instant::now() + Duration::from_millis(50);
+                    collect_acks(shared, state, true, Some(soon));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    warn!("writer stopped during drain; the batch will be replayed");
+                    return false;
+                }
+            }
+        }
+    }
+    collect_acks(shared, state, true, Some(deadline));
+    commit(consumer, state, CommitMode::Sync);
+    let complete = state.in_flight == 0;
+    if !complete {
+        warn!(
+            in_flight = state.in_flight,
+            "drain deadline passed; unacknowledged batches will be replayed"
+        );
+    }
+    complete
+}

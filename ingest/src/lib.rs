@@ -1,0 +1,21 @@
+//! # custos-ingest
+//!
+//! One consumer group over the input topics: decode → validate → pseudonymize → batch →
+//! insert into ClickHouse with the writer account → commit offsets only after ClickHouse
+//! acknowledged the batch. Messages that cannot be decoded go to the dead-letter topic
+//! with their original bytes and a reason header, and the pipeline keeps going.
+//!
+//! Stages: [`consumer::ConsumerLoop`] (OS thread: poll, decode, cut batches) →
+//! bounded channel → [`writer::Writer`] (async: DLQ, ClickHouse, retries) → ack channel →
+//! commits on the consumer thread. See [`consumer`] for the delivery guarantee.
+#![deny(missing_docs)]
+
+pub mod batch;
+pub mod config;
+pub mod consumer;
+pub mod health;
+pub mod http;
+pub mod kafka;
+pub mod migrate;
+pub mod pipeline;
+pub mod writer;

@@ -1,0 +1,155 @@
+//! Wires the stages together: config → validate → build → run until cancelled.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clickhouse::Client;
+use custos_schemas::DecodeLimits;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::batch::BatchPolicy;
+use crate::config::{ConfigError, IngestConfig};
+use crate::consumer::{context, ConsumerLoop};
+use crate::health::Health;
+use crate::writer::Writer;
+
+/// Errors building or running the pipeline.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Kafka client creation or subscription failed.
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The HTTP listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The consumer thread panicked.
+    #[error("consumer thread failed")]
+    ConsumerThread,
+    /// Shutdown could not acknowledge every batch before the drain deadline.
+    #[error("shutdown drain incomplete: unacknowledged messages will be replayed")]
+    DrainIncomplete,
+}
+
+/// Runs ingest until `cancel` fires, then flushes, commits and returns.
+pub async fn run(
+    cfg: IngestConfig,
+    metrics: PrometheusHandle,
+    cancel: CancellationToken,
+) -> Result<(), PipelineError> {
+    cfg.validate()?;
+    let keys = cfg.key_ring()?;
+    info!(
+        topics = ?cfg.topics,
+        group_id = %cfg.group_id,
+        current_kid = keys.current_kid(),
+        batch_max_rows = cfg.batch_max_rows,
+        batch_linger_ms = cfg.batch_linger_ms,
+        "starting ingest"
+    );
+    let health = Arc::new(Health::default());
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|source| PipelineError::Listen {
+            addr: cfg.http_addr,
+            source,
+        })?;
+    let http_cancel = cancel.clone();
+    let app = crate::http::router(health.clone(), metrics);
+    let http = tokio::spawn(async move {
+        let shutdown = async move { http_cancel.cancelled().await };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            warn!(error = %e, "HTTP server failed");
+        }
+    });
+
+    let client = Client::default()
+        .with_url(&cfg.clickhouse.clickhouse_url)
+        .with_user(&cfg.clickhouse.clickhouse_user)
+        .with_password(&cfg.clickhouse.clickhouse_password)
+        .with_database(custos_schemas::migrations::DATABASE)
+        .with_setting(
+            "max_execution_time",
+            cfg.clickhouse.clickhouse_timeout_secs.to_string(),
+        );
+    match client.query("SELECT 1").fetch_one::<u8>().await {
+        Ok(_) => health.set_clickhouse(true),
+        Err(e) => warn!(error = %e, "ClickHouse not reachable yet; the writer will retry"),
+    }
+
+    let dlq: FutureProducer = crate::kafka::dlq_producer_config(&cfg.brokers).create()?;
+    let (tx, rx) = mpsc::channel(cfg.batch_queue);
+    let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+    let ctx = context(
+        tx,
+        ack_rx,
+        Duration::from_secs(cfg.drain_timeout_secs),
+        health.clone(),
+    );
+    let consumer: BaseConsumer<_> =
+        crate::kafka::consumer_config(&cfg.brokers, &cfg.group_id).create_with_context(ctx)?;
+    let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    health.set_subscribed();
+
+    let writer_cancel = CancellationToken::new();
+    let writer = Writer {
+        client,
+        dlq,
+        dlq_topic: cfg.dlq_topic.clone(),
+        health: health.clone(),
+    };
+    let writer_task = tokio::spawn(writer.run(rx, ack_tx, writer_cancel.clone()));
+
+    let policy = BatchPolicy {
+        max_rows: cfg.batch_max_rows,
+        max_bytes: cfg.batch_max_bytes,
+        linger: cfg.linger(),
+    };
+    let limits = DecodeLimits {
+        max_bytes: cfg.max_event_bytes,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let consumer_loop =
+        ConsumerLoop::new(consumer, policy, limits, keys, cfg.default_tenant.clone());
+    let consumer_thread = std::thread::Builder::new()
+        .name("custos-consumer".into())
+        .spawn(move || consumer_loop.run(&thread_stop))
+        .map_err(|_| PipelineError::ConsumerThread)?;
+
+    cancel.cancelled().await;
+    stop.store(true, Ordering::Relaxed);
+    let complete = tokio::task::spawn_blocking(move || consumer_thread.join())
+        .await
+        .map_err(|_| PipelineError::ConsumerThread)?
+        .map_err(|_| PipelineError::ConsumerThread)?;
+    // The consumer (and with it the batch sender) is gone: the writer ends by itself.
+    writer_cancel.cancel();
+    let _ = writer_task.await;
+    let _ = http.await;
+    if complete {
+        info!("ingest stopped cleanly");
+        Ok(())
+    } else {
+        Err(PipelineError::DrainIncomplete)
+    }
+}
