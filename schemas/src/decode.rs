@@ -88,8 +88,13 @@ const TOKEN_FIELDS: [(&[u8], &str); 5] = [
 /// (`eyJ...` header, `.`, payload, `.`), or an `Authorization: Bearer` value.
 pub fn find_raw_token(bytes: &[u8]) -> Option<&'static str> {
     for (needle, kind) in TOKEN_FIELDS {
-        if memmem::find(bytes, needle).is_some() {
-            return Some(kind);
+        for at in memmem::find_iter(bytes, needle) {
+            // A field name, not a value such as `"grant_type":"refresh_token"`.
+            let rest = &bytes[at + needle.len()..];
+            let next = rest.iter().find(|b| !b.is_ascii_whitespace());
+            if next == Some(&b':') {
+                return Some(kind);
+            }
         }
     }
     if memmem::find(bytes, b"Bearer ").is_some() || memmem::find(bytes, b"bearer ").is_some() {
@@ -136,8 +141,19 @@ mod tests {
             find_raw_token(b"{\"refresh_token\":\"opaque\"}"),
             Some("refresh_token field")
         );
-        assert_eq!(find_raw_token(b"{\"h\":\"Bearer abc\"}"), Some("bearer credential"));
-        assert_eq!(find_raw_token(b"{\"refresh_token_id\":\"abc\",\"eyJ\":1}"), None);
+        assert_eq!(
+            find_raw_token(b"{\"h\":\"Bearer abc\"}"),
+            Some("bearer credential")
+        );
+        assert_eq!(
+            find_raw_token(b"{\"refresh_token_id\":\"abc\",\"eyJ\":1}"),
+            None
+        );
+        assert_eq!(find_raw_token(b"{\"grant_type\":\"refresh_token\"}"), None);
+        assert_eq!(
+            find_raw_token(b"{\"refresh_token\" : \"x\"}"),
+            Some("refresh_token field")
+        );
         assert_eq!(find_raw_token(b"{\"note\":\"eyJhbGciOiJ.short\"}"), None);
     }
 

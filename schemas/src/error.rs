@@ -130,7 +130,9 @@ impl DecodeError {
                         }
                         None => "unknown value".to_owned(),
                     }
-                } else if msg.starts_with("premature end of input") || msg.contains("input contains invalid characters") {
+                } else if msg.starts_with("premature end of input")
+                    || msg.contains("input contains invalid characters")
+                {
                     "malformed value".to_owned()
                 } else {
                     "invalid value".to_owned()

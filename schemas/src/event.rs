@@ -300,7 +300,11 @@ pub struct ConsentData {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub purpose: Vec<String>,
     /// Start of the consent period.
-    #[serde(rename = "periodStart", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "periodStart",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub period_start: Option<DateTime<Utc>>,
     /// End of the consent period.
     #[serde(rename = "periodEnd", default, skip_serializing_if = "Option::is_none")]
@@ -314,7 +318,7 @@ pub struct ConsentData {
 }
 
 /// FHIR REST interactions (FHIR R4 `restful-interaction` codes).
-pub const INTERACTIONS: [&str; 16] = [
+pub const INTERACTIONS: [&str; 17] = [
     "read",
     "vread",
     "update",
@@ -331,6 +335,7 @@ pub const INTERACTIONS: [&str; 16] = [
     "capabilities",
     "transaction",
     "batch",
+    "operation",
 ];
 
 /// Access decision of the gateway or FHIR server.
@@ -380,7 +385,11 @@ pub struct FhirAccessData {
     #[serde(rename = "resourceType")]
     pub resource_type: String,
     /// FHIR resource id (absent for searches and creates).
-    #[serde(rename = "resourceId", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "resourceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub resource_id: Option<String>,
     /// Patient compartment the access falls in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,10 +398,18 @@ pub struct FhirAccessData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encounter: Option<String>,
     /// Purposes of use (v3-ActReason codes; `BTG` for break-the-glass).
-    #[serde(rename = "purposeOfUse", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "purposeOfUse",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub purpose_of_use: Vec<String>,
     /// Reason given for break-the-glass.
-    #[serde(rename = "breakGlassReason", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "breakGlassReason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub break_glass_reason: Option<String>,
     /// permit or deny.
     pub decision: Decision,

@@ -49,7 +49,10 @@ pub fn documents() -> Vec<(&'static str, serde_json::Value)> {
         ("token.data.schema.json", doc::<TokenData>()),
         ("consent.data.schema.json", doc::<ConsentData>()),
         ("fhir-access.data.schema.json", doc::<FhirAccessData>()),
-        ("user-deprovisioned.data.schema.json", doc::<DeprovisionData>()),
+        (
+            "user-deprovisioned.data.schema.json",
+            doc::<DeprovisionData>(),
+        ),
         ("break-glass.data.schema.json", doc::<BreakGlassData>()),
     ]
 }
@@ -80,14 +83,27 @@ mod tests {
     #[test]
     fn required_fields_are_required_in_the_schema() {
         let docs = documents();
-        let fhir = &docs.iter().find(|(n, _)| n.starts_with("fhir-access")).unwrap().1;
+        let fhir = &docs
+            .iter()
+            .find(|(n, _)| n.starts_with("fhir-access"))
+            .unwrap()
+            .1;
         let required: Vec<&str> = fhir["required"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        for f in ["requestId", "iss", "sub", "client_id", "interaction", "resourceType", "decision", "httpStatus"] {
+        for f in [
+            "requestId",
+            "iss",
+            "sub",
+            "client_id",
+            "interaction",
+            "resourceType",
+            "decision",
+            "httpStatus",
+        ] {
             assert!(required.contains(&f), "{f} not required");
         }
         assert!(!required.contains(&"patient"));

@@ -1,7 +1,466 @@
-//! Keycloak event JSON (placeholder being written by a teammate).
+//! Keycloak event JSON: user events (`org.keycloak.events.Event`) and admin events
+//! (`org.keycloak.events.admin.AdminEvent`), as JSON event-listener SPIs serialize them
+//! with Jackson (Keycloak 23+ adds the event `id`, which Custos requires for
+//! deduplication).
+//!
+//! Common attributes: `id` = event id, `source` = `keycloak:{realmId}`, `time` = `time`
+//! (epoch milliseconds), `tenant` = `realmId`. Keycloak events carry no issuer URL, so
+//! `iss` is always `keycloak:{realmId}` (see [`keycloak_issuer`]).
+//!
+//! User events (`type`):
+//!
+//! | Keycloak type | Custos type | notes |
+//! |---|---|---|
+//! | `LOGIN` | `custos.auth.login` | |
+//! | `LOGIN_ERROR` | `custos.auth.login_failed` | `error` kept, `userId` optional |
+//! | `LOGOUT`, `LOGOUT_ERROR` | `custos.auth.logout` | |
+//! | `CODE_TO_TOKEN`, `CLIENT_LOGIN`, `TOKEN_EXCHANGE`, `OAUTH2_DEVICE_CODE_TO_TOKEN`, `AUTHREQID_TO_TOKEN` (and `_ERROR`) | `custos.token.issued` | `jti` = `details.token_id` |
+//! | `REFRESH_TOKEN` (and `_ERROR`) | `custos.token.refreshed` | `jti` = `details.token_id` |
+//! | `INTROSPECT_TOKEN` (and `_ERROR`) | `custos.token.introspected` | `active` = not an error |
+//! | `GRANT_CONSENT`, `UPDATE_CONSENT` | `custos.consent.granted` | client = `details.granted_client` or `clientId` |
+//! | `REVOKE_GRANT` with `details.revoked_client`, or with neither detail | `custos.consent.revoked` | |
+//! | `REVOKE_GRANT` with only `details.token_id` (RFC 7009 access-token revocation) | `custos.token.revoked` | |
+//!
+//! Every other type is rejected as [`DecodeError::UnknownType`]. For `*_ERROR` token
+//! events the `jti` falls back to `details.refresh_token_id`, then to
+//! `unknown:{event id}`; `*_ERROR` events without `clientId` get client `unknown`.
+//!
+//! Admin events (`operationType`, `resourcePath`, `authDetails`):
+//!
+//! | operation and path | Custos type |
+//! |---|---|
+//! | `DELETE` or `ACTION` on `users/{id}/consents/{clientId}` | `custos.consent.revoked` (Keycloak itself emits `ACTION`) |
+//! | `DELETE` of resource type `USER` on `users/{id}` | `custos.user.deprovisioned` |
+//! | `ACTION` on `users/{id}/logout` | `custos.auth.logout` |
+//!
+//! Anything else is `unknown_type` `admin:{operationType}:{resourceType}` (with `:error`
+//! appended when a consent or user deletion reports an `error`).
+//!
+//! Only the attributes named above are read. `details.username`, `details.email`, names,
+//! `representation` and every other detail are never copied: they may hold PHI.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
 use crate::error::DecodeError;
-use crate::event::Event;
+use crate::event::{
+    AuthData, ConsentData, DeprovisionData, Event, EventType, Payload, SourceFormat, TokenData,
+};
+
+/// Client id used for failed requests whose client Keycloak could not identify.
+pub const UNKNOWN_CLIENT: &str = "unknown";
+
+/// The `iss` given to events of a realm: `keycloak:{realmId}`.
+pub fn keycloak_issuer(realm_id: &str) -> String {
+    format!("keycloak:{realm_id}")
+}
+
+/// The consent id of a Keycloak user consent: `kc-` and 32 hex digits of SHA-256 over
+/// realm id, user id and the app's `clientId`.
+///
+/// Keycloak consents have no id of their own; this one is the same for the grant, the
+/// update and every way of revoking it (account console, token revocation, admin API),
+/// and it does not expose the patient's user id in clear text.
+pub fn keycloak_consent_id(realm_id: &str, user_id: &str, client_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(realm_id.as_bytes());
+    h.update([0x1f]);
+    h.update(user_id.as_bytes());
+    h.update([0x1f]);
+    h.update(client_id.as_bytes());
+    format!("kc-{}", hex::encode(&h.finalize()[..16]))
+}
+
+/// The union of the user-event and admin-event shapes; unknown fields are skipped.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeycloakJson {
+    id: Option<String>,
+    time: Option<i64>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    realm_id: Option<String>,
+    client_id: Option<String>,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    ip_address: Option<String>,
+    error: Option<String>,
+    details: Option<Details>,
+    // Admin events.
+    operation_type: Option<String>,
+    resource_type: Option<String>,
+    resource_path: Option<String>,
+    auth_details: Option<AuthDetails>,
+}
+
+/// The event details Custos reads. Everything else in `details` is ignored.
+#[derive(Deserialize, Default)]
+struct Details {
+    token_id: Option<String>,
+    refresh_token_id: Option<String>,
+    token_type: Option<String>,
+    scope: Option<String>,
+    granted_scopes: Option<String>,
+    granted_client: Option<String>,
+    revoked_client: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthDetails {
+    client_id: Option<String>,
+    user_id: Option<String>,
+}
+
+/// Attributes shared by every event of one message.
+struct Common {
+    id: String,
+    realm: String,
+    iss: String,
+    time: DateTime<Utc>,
+}
+
+impl Common {
+    fn event(self, event_type: EventType, format: SourceFormat, payload: Payload) -> Event {
+        Event {
+            id: self.id,
+            source: format!("keycloak:{}", self.realm),
+            event_type,
+            time: self.time,
+            tenant: Some(self.realm),
+            format,
+            payload,
+        }
+    }
+}
+
 /// Decodes a Keycloak user or admin event.
-pub fn decode_keycloak(_bytes: &[u8]) -> Result<Event, DecodeError> {
-    Err(DecodeError::UnknownFormat("keycloak decoder not yet written"))
+pub fn decode_keycloak(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let ev: KeycloakJson =
+        serde_path_to_error::deserialize(de).map_err(|e| DecodeError::from_serde(e, ""))?;
+    let id = required(ev.id.as_deref(), "id")?.to_owned();
+    let realm = required(ev.realm_id.as_deref(), "realmId")?.to_owned();
+    let millis = ev
+        .time
+        .ok_or_else(|| DecodeError::MissingField("time".to_owned()))?;
+    let time = DateTime::from_timestamp_millis(millis)
+        .ok_or_else(|| DecodeError::invalid("time", "epoch milliseconds out of range"))?;
+    let common = Common {
+        id,
+        iss: keycloak_issuer(&realm),
+        realm,
+        time,
+    };
+    if ev.operation_type.is_some() || ev.auth_details.is_some() {
+        admin_event(ev, common)
+    } else {
+        user_event(ev, common)
+    }
+}
+
+/// What a user event type becomes.
+enum Kind {
+    Auth(EventType),
+    Token(EventType),
+    ConsentGranted,
+    RevokeGrant,
+}
+
+fn classify(ty: &str) -> Option<(Kind, bool)> {
+    let (base, is_error) = match ty.strip_suffix("_ERROR") {
+        Some(base) => (base, true),
+        None => (ty, false),
+    };
+    let kind = match base {
+        "LOGIN" if is_error => Kind::Auth(EventType::AuthLoginFailed),
+        "LOGIN" => Kind::Auth(EventType::AuthLogin),
+        "LOGOUT" => Kind::Auth(EventType::AuthLogout),
+        "CODE_TO_TOKEN"
+        | "CLIENT_LOGIN"
+        | "TOKEN_EXCHANGE"
+        | "OAUTH2_DEVICE_CODE_TO_TOKEN"
+        | "AUTHREQID_TO_TOKEN" => Kind::Token(EventType::TokenIssued),
+        "REFRESH_TOKEN" => Kind::Token(EventType::TokenRefreshed),
+        "INTROSPECT_TOKEN" => Kind::Token(EventType::TokenIntrospected),
+        "GRANT_CONSENT" | "UPDATE_CONSENT" if !is_error => Kind::ConsentGranted,
+        "REVOKE_GRANT" if !is_error => Kind::RevokeGrant,
+        _ => return None,
+    };
+    Some((kind, is_error))
+}
+
+fn user_event(ev: KeycloakJson, common: Common) -> Result<Event, DecodeError> {
+    let ty = required(ev.ty.as_deref(), "type")?;
+    let (kind, is_error) = classify(ty).ok_or_else(|| DecodeError::unknown_type(ty))?;
+    let details = ev.details.unwrap_or_default();
+    let user_id = nonempty(ev.user_id);
+    let client_id = nonempty(ev.client_id);
+    let session_id = nonempty(ev.session_id);
+    let ip = nonempty(ev.ip_address);
+    let error = nonempty(ev.error);
+    // Failed requests may come from a client Keycloak could not identify.
+    let client = |client_id: Option<String>| -> Result<String, DecodeError> {
+        match client_id {
+            Some(c) => Ok(c),
+            None if is_error => Ok(UNKNOWN_CLIENT.to_owned()),
+            None => Err(DecodeError::MissingField("clientId".to_owned())),
+        }
+    };
+    let format = SourceFormat::KeycloakEvent;
+    match kind {
+        Kind::Auth(event_type) => {
+            if event_type != EventType::AuthLoginFailed && user_id.is_none() {
+                return Err(DecodeError::MissingField("userId".to_owned()));
+            }
+            let data = AuthData {
+                iss: common.iss.clone(),
+                sub: user_id,
+                fhir_user: None,
+                client_id: client(client_id)?,
+                sid: session_id,
+                source_ip: ip,
+                user_agent: None,
+                error,
+            };
+            Ok(common.event(event_type, format, Payload::Auth(data)))
+        }
+        Kind::Token(event_type) => {
+            let token_id = nonempty(details.token_id);
+            let refresh_id = nonempty(details.refresh_token_id);
+            let (jti, token_type) = match (token_id, refresh_id) {
+                (Some(t), _) => {
+                    let tt = if event_type == EventType::TokenIntrospected {
+                        details.token_type.as_deref().and_then(token_type)
+                    } else {
+                        Some("access")
+                    };
+                    (t, tt)
+                }
+                (None, _) if !is_error => {
+                    return Err(DecodeError::MissingField("details.token_id".to_owned()))
+                }
+                (None, Some(r)) => (r, Some("refresh")),
+                (None, None) => (format!("unknown:{}", common.id), None),
+            };
+            let data = TokenData {
+                iss: common.iss.clone(),
+                sub: user_id,
+                fhir_user: None,
+                client_id: client(client_id)?,
+                jti,
+                token_type: token_type.map(str::to_owned),
+                scope: nonempty(details.scope),
+                sid: session_id,
+                patient: None,
+                expires_at: None,
+                source_ip: ip,
+                user_agent: None,
+                active: (event_type == EventType::TokenIntrospected).then_some(!is_error),
+                reason: None,
+                error,
+            };
+            Ok(common.event(event_type, format, Payload::Token(data)))
+        }
+        Kind::ConsentGranted => {
+            let user = user_id.ok_or_else(|| DecodeError::MissingField("userId".to_owned()))?;
+            let app = nonempty(details.granted_client)
+                .or(client_id)
+                .ok_or_else(|| DecodeError::MissingField("clientId".to_owned()))?;
+            let scope = nonempty(details.scope).or(nonempty(details.granted_scopes));
+            let data = consent(&common, user, app, scope, Some("patient".to_owned()), None);
+            Ok(common.event(EventType::ConsentGranted, format, Payload::Consent(data)))
+        }
+        Kind::RevokeGrant => {
+            let revoked = nonempty(details.revoked_client);
+            let token_id = nonempty(details.token_id);
+            if let (None, Some(jti)) = (&revoked, token_id) {
+                // RFC 7009 revocation of an access token: the consent stays.
+                let data = TokenData {
+                    iss: common.iss.clone(),
+                    sub: user_id,
+                    fhir_user: None,
+                    client_id: client(client_id)?,
+                    jti,
+                    token_type: Some("access".to_owned()),
+                    scope: None,
+                    sid: session_id,
+                    patient: None,
+                    expires_at: None,
+                    source_ip: ip,
+                    user_agent: None,
+                    active: None,
+                    reason: Some("revoked by the client (RFC 7009)".to_owned()),
+                    error: None,
+                };
+                return Ok(common.event(EventType::TokenRevoked, format, Payload::Token(data)));
+            }
+            let user = user_id.ok_or_else(|| DecodeError::MissingField("userId".to_owned()))?;
+            // Revoking a refresh token at the revocation endpoint revokes the consent too;
+            // then the client itself is the actor, otherwise the user (account console).
+            let (app, actor, reason) = match revoked {
+                Some(app) if client_id.as_deref() == Some(app.as_str()) => {
+                    let actor = format!("client:{app}");
+                    (
+                        app,
+                        actor,
+                        Some("refresh token revoked by the client (RFC 7009)"),
+                    )
+                }
+                Some(app) => (app, "patient".to_owned(), None),
+                None => {
+                    let app = client_id
+                        .ok_or_else(|| DecodeError::MissingField("clientId".to_owned()))?;
+                    (app, "patient".to_owned(), None)
+                }
+            };
+            let reason = reason.map(str::to_owned);
+            let data = consent(&common, user, app, None, Some(actor), reason);
+            Ok(common.event(EventType::ConsentRevoked, format, Payload::Consent(data)))
+        }
+    }
+}
+
+fn admin_event(ev: KeycloakJson, common: Common) -> Result<Event, DecodeError> {
+    let op = required(ev.operation_type.as_deref(), "operationType")?;
+    let resource_type = ev.resource_type.as_deref().unwrap_or("");
+    let unsupported = || DecodeError::unknown_type(&format!("admin:{op}:{resource_type}"));
+    let path = ev.resource_path.as_deref().unwrap_or("");
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(unsupported());
+    }
+    let auth = ev.auth_details;
+    let actor = auth.as_ref().and_then(|a| nonempty(a.user_id.clone()));
+    let failed = nonempty(ev.error);
+    let format = SourceFormat::KeycloakAdminEvent;
+    match (op, segments.as_slice()) {
+        ("DELETE" | "ACTION", ["users", user, "consents", app]) => {
+            if failed.is_some() {
+                return Err(DecodeError::unknown_type(&format!(
+                    "admin:{op}:{resource_type}:error"
+                )));
+            }
+            let reason = Some("revoked by an administrator".to_owned());
+            let data = consent(
+                &common,
+                (*user).to_owned(),
+                (*app).to_owned(),
+                None,
+                actor,
+                reason,
+            );
+            Ok(common.event(EventType::ConsentRevoked, format, Payload::Consent(data)))
+        }
+        ("DELETE", ["users", user]) if resource_type == "USER" => {
+            if failed.is_some() {
+                return Err(DecodeError::unknown_type(&format!(
+                    "admin:{op}:{resource_type}:error"
+                )));
+            }
+            let data = DeprovisionData {
+                iss: common.iss.clone(),
+                sub: (*user).to_owned(),
+                fhir_user: None,
+                reason: Some("user deleted by an administrator".to_owned()),
+                actor,
+            };
+            Ok(common.event(
+                EventType::UserDeprovisioned,
+                format,
+                Payload::UserDeprovisioned(data),
+            ))
+        }
+        ("ACTION", ["users", user, "logout"]) => {
+            // authDetails.ipAddress is the administrator's address, not the user's.
+            let client_id = auth
+                .and_then(|a| nonempty(a.client_id))
+                .unwrap_or_else(|| UNKNOWN_CLIENT.to_owned());
+            let data = AuthData {
+                iss: common.iss.clone(),
+                sub: Some((*user).to_owned()),
+                fhir_user: None,
+                client_id,
+                sid: None,
+                source_ip: None,
+                user_agent: None,
+                error: failed,
+            };
+            Ok(common.event(EventType::AuthLogout, format, Payload::Auth(data)))
+        }
+        _ => Err(unsupported()),
+    }
+}
+
+fn consent(
+    common: &Common,
+    user: String,
+    app: String,
+    scope: Option<String>,
+    actor: Option<String>,
+    reason: Option<String>,
+) -> ConsentData {
+    ConsentData {
+        consent_id: keycloak_consent_id(&common.realm, &user, &app),
+        patient: user.clone(),
+        client_id: app,
+        iss: Some(common.iss.clone()),
+        sub: Some(user),
+        scope,
+        purpose: Vec::new(),
+        period_start: None,
+        period_end: None,
+        reason,
+        actor,
+    }
+}
+
+/// Keycloak token types (`typ` claim) to Custos `tokenType`.
+fn token_type(kc: &str) -> Option<&'static str> {
+    match kc {
+        "Bearer" | "DPoP" => Some("access"),
+        "Refresh" | "Offline" => Some("refresh"),
+        "ID" => Some("id"),
+        _ => None,
+    }
+}
+
+fn required<'a>(value: Option<&'a str>, field: &str) -> Result<&'a str, DecodeError> {
+    value
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| DecodeError::MissingField(field.to_owned()))
+}
+
+fn nonempty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consent_ids_are_stable_and_opaque() {
+        let a = keycloak_consent_id("realm", "user-1", "app");
+        assert_eq!(a, keycloak_consent_id("realm", "user-1", "app"));
+        assert_ne!(a, keycloak_consent_id("realm", "user-1", "app2"));
+        assert_ne!(a, keycloak_consent_id("realm2", "user-1", "app"));
+        assert!(a.starts_with("kc-") && a.len() == 35);
+        assert!(!a.contains("user-1"));
+    }
+
+    #[test]
+    fn classifies_types() {
+        assert!(matches!(
+            classify("LOGIN_ERROR"),
+            Some((Kind::Auth(EventType::AuthLoginFailed), true))
+        ));
+        assert!(matches!(
+            classify("TOKEN_EXCHANGE_ERROR"),
+            Some((Kind::Token(EventType::TokenIssued), true))
+        ));
+        assert!(classify("REVOKE_GRANT_ERROR").is_none());
+        assert!(classify("REGISTER").is_none());
+    }
 }

@@ -1,7 +1,7 @@
 //! Keyed pseudonyms for patient-identifying values.
 //!
 //! A pseudonym is `ps1.{kid}.{hex}` where `hex` is the first 16 bytes of
-//! HMAC-SHA256(key[kid], "custos-ps1" ‖ 0x1f ‖ tenant ‖ 0x1f ‖ kind ‖ 0x1f ‖ value).
+//! HMAC-SHA256(key_kid, "custos-ps1" ‖ 0x1f ‖ tenant ‖ 0x1f ‖ kind ‖ 0x1f ‖ value).
 //! Domain separation by tenant and identifier kind means the same raw value yields
 //! unrelated pseudonyms in two tenants or as two kinds. Writes use the current key;
 //! lookups compute the pseudonym under every live key ([`KeyRing::lookup_all`]), so a key
@@ -230,7 +230,10 @@ mod tests {
     fn deterministic_and_domain_separated() {
         let ring = KeyRing::parse(K1, None).unwrap();
         let a = ring.pseudonymize("t1", PseudonymKind::Patient, "123");
-        assert_eq!(a, ring.pseudonymize("t1", PseudonymKind::Patient, "Patient/123"));
+        assert_eq!(
+            a,
+            ring.pseudonymize("t1", PseudonymKind::Patient, "Patient/123")
+        );
         assert_ne!(a, ring.pseudonymize("t2", PseudonymKind::Patient, "123"));
         assert_ne!(a, ring.pseudonymize("t1", PseudonymKind::Subject, "123"));
         assert!(!a.contains("123"));
@@ -271,7 +274,9 @@ mod tests {
         let ring = KeyRing::parse(K1, None).unwrap();
         let dbg = format!("{ring:?}");
         assert!(!dbg.contains("0001020304"));
-        let err = KeyRing::parse("k1=zz-secret-zz", None).unwrap_err().to_string();
+        let err = KeyRing::parse("k1=zz-secret-zz", None)
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("secret"));
     }
 }

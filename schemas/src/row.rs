@@ -509,7 +509,10 @@ mod tests {
         for secret in ["PAT-SECRET", "ENC-SECRET", "OBS-SECRET"] {
             assert!(!dump.contains(secret), "{secret} leaked");
         }
-        assert!(row.returned_ids.iter().all(|r| r.starts_with("Observation/ps1.k1.")));
+        assert!(row
+            .returned_ids
+            .iter()
+            .all(|r| r.starts_with("Observation/ps1.k1.")));
         assert_eq!(row.event_key, event_key("//gw", "r1"));
         assert_eq!((row.kafka_partition, row.kafka_offset), (3, 42));
     }

@@ -120,9 +120,15 @@ pub fn validate(event: &Event) -> Result<(), DecodeError> {
             }
             if d.purpose_of_use.iter().any(|p| p == "BTG")
                 && d.decision == Decision::Permit
-                && d.break_glass_reason.as_deref().unwrap_or("").trim().is_empty()
+                && d.break_glass_reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .trim()
+                    .is_empty()
             {
-                return Err(DecodeError::MissingField("data.breakGlassReason".to_owned()));
+                return Err(DecodeError::MissingField(
+                    "data.breakGlassReason".to_owned(),
+                ));
             }
             optional("data.breakGlassReason", &d.break_glass_reason, MAX_TEXT_LEN)?;
             optional("data.userAgent", &d.user_agent, MAX_TEXT_LEN)?;
