@@ -1,1 +1,487 @@
-//! Test harness.
+//! Harness for the end-to-end tests: talks to the real Kafka and ClickHouse started by
+//! `scripts/stack up`, creates per-test topics and consumer groups, spawns the real
+//! `custos-ingest` binary, and generates events in every accepted source format.
+//!
+//! Every test gets its own topics (`t-<name>-<nonce>.*`), so tests can share one stack;
+//! rows are told apart by their `kafka_topic` column.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+pub mod events;
+
+/// Kafka bootstrap servers of the test stack.
+pub fn brokers() -> String {
+    std::env::var("CUSTOS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// ClickHouse HTTP URL of the test stack.
+pub fn clickhouse_url() -> String {
+    std::env::var("CUSTOS_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
+}
+
+/// Pseudonymization keys used by the tests (test-only material).
+pub const TEST_KEYS: &str = "t1=5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e,t2=0ddba11c0ddba11c0ddba11c0ddba11c0ddba11c0ddba11c0ddba11c0ddba11c";
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A ClickHouse client with the admin account (tests read every table, and tamper).
+pub fn admin() -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(clickhouse_url())
+        .with_user("custos_admin")
+        .with_password(
+            std::env::var("CUSTOS_CLICKHOUSE_ADMIN_PASSWORD")
+                .unwrap_or_else(|_| "custos_admin_pw".into()),
+        )
+}
+
+/// A ClickHouse client with the given account.
+pub fn client_as(user: &str, password: &str) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(clickhouse_url())
+        .with_user(user)
+        .with_password(password)
+}
+
+/// A unique, valid topic prefix for one test.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("t-{name}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Creates topics (name, partitions) and waits until they exist.
+pub async fn create_topics(topics: &[(&str, i32)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .await?;
+    for r in results {
+        if let Err((name, code)) = r {
+            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                bail!("creating topic {name}: {code:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Topics of one test: three inputs and a DLQ.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// AS events.
+    pub as_events: String,
+    /// Gateway events.
+    pub gateway: String,
+    /// Consent events.
+    pub consent: String,
+    /// Dead-letter queue.
+    pub dlq: String,
+    /// Consumer group.
+    pub group: String,
+}
+
+impl Topics {
+    /// Creates a fresh set of topics with `partitions` partitions each (DLQ: 1).
+    pub async fn create(name: &str, partitions: i32) -> Result<Topics> {
+        let p = unique(name);
+        let t = Topics {
+            as_events: format!("{p}.as-events"),
+            gateway: format!("{p}.gateway-events"),
+            consent: format!("{p}.consent-events"),
+            dlq: format!("{p}.dlq"),
+            group: format!("{p}.group"),
+        };
+        create_topics(&[
+            (&t.as_events, partitions),
+            (&t.gateway, partitions),
+            (&t.consent, partitions),
+            (&t.dlq, 1),
+        ])
+        .await?;
+        Ok(t)
+    }
+
+    /// The input topics, comma separated.
+    pub fn inputs(&self) -> String {
+        format!("{},{},{}", self.as_events, self.gateway, self.consent)
+    }
+
+    /// The input topics.
+    pub fn input_list(&self) -> Vec<String> {
+        vec![self.as_events.clone(), self.gateway.clone(), self.consent.clone()]
+    }
+}
+
+/// A producer tuned for tests: fast batching, acks=all.
+pub fn producer() -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.max.bytes", "4194304")
+        .set("compression.type", "lz4")
+        .create()?)
+}
+
+/// One message to produce.
+#[derive(Debug, Clone, Default)]
+pub struct Msg {
+    /// Key.
+    pub key: Option<String>,
+    /// Value bytes.
+    pub payload: Vec<u8>,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Msg {
+    /// A message with a JSON value.
+    pub fn json(v: &serde_json::Value) -> Msg {
+        Msg {
+            key: None,
+            payload: serde_json::to_vec(v).expect("json"),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A message with raw bytes.
+    pub fn raw(bytes: impl Into<Vec<u8>>) -> Msg {
+        Msg {
+            payload: bytes.into(),
+            ..Msg::default()
+        }
+    }
+}
+
+/// Produces messages to a topic (to `partition` when given), awaiting every delivery.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    msgs: &[Msg],
+) -> Result<()> {
+    let mut futures = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &m.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+            .payload(m.payload.as_slice())
+            .headers(headers);
+        if let Some(k) = &m.key {
+            rec = rec.key(k.as_str());
+        }
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    futures.push(f);
+                    break;
+                }
+                Err((e, r)) => {
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ) {
+                        producer.poll(Duration::from_millis(10));
+                        rec = r;
+                    } else {
+                        bail!("produce failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+    for f in futures {
+        f.await
+            .context("delivery future cancelled")?
+            .map_err(|(e, _)| anyhow::anyhow!("delivery failed: {e}"))?;
+    }
+    producer.flush(Timeout::After(Duration::from_secs(30)))?;
+    Ok(())
+}
+
+/// Path of the built ingest binary (built once per test process).
+pub fn ingest_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "custos-ingest", "--bin", "custos-ingest"])
+            .current_dir(workspace())
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building custos-ingest failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        target.join("debug").join("custos-ingest")
+    })
+    .clone()
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `custos-ingest run` process with its log file.
+pub struct Ingest {
+    child: Option<Child>,
+    /// Its /metrics and /readyz address.
+    pub http: String,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Ingest {
+    /// Spawns ingest over `topics` with extra environment overrides.
+    pub fn spawn(topics: &Topics, extra: &[(&str, &str)]) -> Result<Ingest> {
+        let port = free_port();
+        let logs = workspace().join("target").join("e2e-logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!("{}-{port}.log", topics.group));
+        let file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(ingest_binary());
+        cmd.arg("run")
+            .env("CUSTOS_KAFKA_BROKERS", brokers())
+            .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
+            .env("CUSTOS_INPUT_TOPICS", topics.inputs())
+            .env("CUSTOS_DLQ_TOPIC", &topics.dlq)
+            .env("CUSTOS_INGEST_GROUP", &topics.group)
+            .env("CUSTOS_PSEUDONYM_KEYS", TEST_KEYS)
+            .env("CUSTOS_INGEST_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("CUSTOS_BATCH_LINGER_MS", "200")
+            .env("CUSTOS_LOG", "info,custos_ingest=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("spawning custos-ingest")?;
+        Ok(Ingest {
+            child: Some(child),
+            http: format!("http://127.0.0.1:{port}"),
+            log,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// Sends a signal (by PID) to the process.
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -{sig} failed");
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERMs the process and waits (up to `timeout`) for its exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<i32> {
+        self.signal("TERM")?;
+        let mut child = self.child.take().context("already stopped")?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code().unwrap_or(-1));
+            }
+            if start.elapsed() > timeout {
+                child.kill()?;
+                child.wait()?;
+                bail!("ingest did not exit within {timeout:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The log text so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fetches /metrics and returns the sum of the samples of `name` (all label sets).
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        let body = http_get(&format!("{}/metrics", self.http)).await?.1;
+        Ok(sum_metric(&body, name))
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = http_get(&format!("{}/readyz", self.http)).await {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!("ingest not ready after {timeout:?}; log:\n{}", tail(&self.log_text(), 40));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The last `n` lines of a text.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Sums every sample of a Prometheus metric in an exposition text.
+pub fn sum_metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A minimal HTTP/1.1 GET over loopback (status, body).
+pub async fn http_get(url: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("http only")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(host)).await??;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("bad status line")?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Applies the migrations with the real `custos-ingest migrate` (idempotent).
+pub fn migrate() -> Result<()> {
+    let out = Command::new(ingest_binary())
+        .arg("migrate")
+        .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
+        .output()?;
+    if !out.status.success() {
+        bail!("migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Counts deduplicated audit rows read from `topics` (what a report would see).
+pub async fn stored_count(topics: &[String]) -> Result<u64> {
+    Ok(admin()
+        .query("SELECT count() FROM custos.audit_events FINAL WHERE kafka_topic IN ?")
+        .bind(topics)
+        .fetch_one::<u64>()
+        .await?)
+}
+
+/// Waits until `stored_count(topics) >= n`, returning the count.
+pub async fn wait_stored(topics: &[String], n: u64, timeout: Duration) -> Result<u64> {
+    let start = Instant::now();
+    loop {
+        let c = stored_count(topics).await.unwrap_or(0);
+        if c >= n {
+            return Ok(c);
+        }
+        if start.elapsed() > timeout {
+            bail!("only {c} of {n} rows stored after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Consumes every message currently in `topic` (from the beginning) until `n` arrived
+/// or `timeout` passed. Returns (payload, headers) pairs.
+pub fn consume_all(topic: &str, n: usize, timeout: Duration) -> Result<Vec<(Vec<u8>, HashMap<String, Vec<u8>>)>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.message.max.bytes", "8388608")
+        .create()?;
+    c.subscribe(&[topic])?;
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < n && start.elapsed() < timeout {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m?;
+            let mut h = HashMap::new();
+            if let Some(hs) = m.headers() {
+                for x in hs.iter() {
+                    h.insert(x.key.to_owned(), x.value.unwrap_or_default().to_vec());
+                }
+            }
+            out.push((m.payload().unwrap_or_default().to_vec(), h));
+        }
+    }
+    Ok(out)
+}
