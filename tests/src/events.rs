@@ -128,18 +128,66 @@ pub fn every_type(prefix: &str, raw: &Raw) -> Vec<(String, Value)> {
         (p(2), ce(&p(2), "custos.auth.login_failed", failed)),
         (p(3), ce(&p(3), "custos.auth.logout", patient_user)),
         (p(4), ce(&p(4), "custos.token.issued", token(json!({})))),
-        (p(5), ce(&p(5), "custos.token.refreshed", token(json!({"tokenType": "refresh"})))),
-        (p(6), ce(&p(6), "custos.token.revoked", token(json!({"reason": "user logout"})))),
-        (p(7), ce(&p(7), "custos.token.introspected", token(json!({"active": false})))),
-        (p(8), ce(&p(8), "custos.consent.granted", consent(json!({})))),
-        (p(9), ce(&p(9), "custos.consent.revoked", consent(json!({"reason": "patient request", "actor": "privacy-bob"})))),
-        (p(10), ce(&p(10), "custos.consent.expired", consent(json!({})))),
+        (
+            p(5),
+            ce(
+                &p(5),
+                "custos.token.refreshed",
+                token(json!({"tokenType": "refresh"})),
+            ),
+        ),
+        (
+            p(6),
+            ce(
+                &p(6),
+                "custos.token.revoked",
+                token(json!({"reason": "user logout"})),
+            ),
+        ),
+        (
+            p(7),
+            ce(
+                &p(7),
+                "custos.token.introspected",
+                token(json!({"active": false})),
+            ),
+        ),
+        (
+            p(8),
+            ce(&p(8), "custos.consent.granted", consent(json!({}))),
+        ),
+        (
+            p(9),
+            ce(
+                &p(9),
+                "custos.consent.revoked",
+                consent(json!({"reason": "patient request", "actor": "privacy-bob"})),
+            ),
+        ),
+        (
+            p(10),
+            ce(&p(10), "custos.consent.expired", consent(json!({}))),
+        ),
         (p(11), fhir_access(&p(11), raw)),
-        (p(12), ce(&p(12), "custos.user.deprovisioned", json!({"iss": ISS, "sub": "dr-mallory",
-            "fhirUser": "Practitioner/mallory", "reason": "left the organization", "actor": "admin-carol"}))),
-        (p(13), ce(&p(13), "custos.breakglass.opened", json!({"iss": ISS, "sub": "dr-alice",
+        (
+            p(12),
+            ce(
+                &p(12),
+                "custos.user.deprovisioned",
+                json!({"iss": ISS, "sub": "dr-mallory",
+            "fhirUser": "Practitioner/mallory", "reason": "left the organization", "actor": "admin-carol"}),
+            ),
+        ),
+        (
+            p(13),
+            ce(
+                &p(13),
+                "custos.breakglass.opened",
+                json!({"iss": ISS, "sub": "dr-alice",
             "fhirUser": "Practitioner/alice", "client_id": "ehr-app", "patient": raw.patient,
-            "reason": "unconscious patient in ED", "expiresAt": "2026-05-04T14:11:12Z", "sourceIp": "10.0.0.5"}))),
+            "reason": "unconscious patient in ED", "expiresAt": "2026-05-04T14:11:12Z", "sourceIp": "10.0.0.5"}),
+            ),
+        ),
     ]
 }
 

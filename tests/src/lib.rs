@@ -80,7 +80,10 @@ pub async fn create_topics(topics: &[(&str, i32)]) -> Result<()> {
         .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
         .collect();
     let results = admin
-        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
         .await?;
     for r in results {
         if let Err((name, code)) = r {
@@ -135,7 +138,11 @@ impl Topics {
 
     /// The input topics.
     pub fn input_list(&self) -> Vec<String> {
-        vec![self.as_events.clone(), self.gateway.clone(), self.consent.clone()]
+        vec![
+            self.as_events.clone(),
+            self.gateway.clone(),
+            self.consent.clone(),
+        ]
     }
 }
 
@@ -241,7 +248,14 @@ pub fn ingest_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "custos-ingest", "--bin", "custos-ingest"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "custos-ingest",
+                "--bin",
+                "custos-ingest",
+            ])
             .current_dir(workspace())
             .status()
             .expect("cargo build");
@@ -366,7 +380,10 @@ impl Ingest {
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                bail!("ingest not ready after {timeout:?}; log:\n{}", tail(&self.log_text(), 40));
+                bail!(
+                    "ingest not ready after {timeout:?}; log:\n{}",
+                    tail(&self.log_text(), 40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -404,10 +421,15 @@ pub fn sum_metric(body: &str, name: &str) -> f64 {
 pub async fn http_get(url: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("http only")?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(host)).await??;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(host))
+        .await??;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -416,7 +438,10 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("bad status line")?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -456,9 +481,16 @@ pub async fn wait_stored(topics: &[String], n: u64, timeout: Duration) -> Result
     }
 }
 
+/// A consumed message: payload and headers.
+pub type Consumed = (Vec<u8>, HashMap<String, Vec<u8>>);
+
 /// Consumes every message currently in `topic` (from the beginning) until `n` arrived
 /// or `timeout` passed. Returns (payload, headers) pairs.
-pub fn consume_all(topic: &str, n: usize, timeout: Duration) -> Result<Vec<(Vec<u8>, HashMap<String, Vec<u8>>)>> {
+pub fn consume_all(
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<Consumed>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     let c: BaseConsumer = ClientConfig::new()

@@ -45,7 +45,10 @@ async fn sigkill_mid_run_then_restart_loses_and_duplicates_nothing() -> Result<(
     let at_kill = wait_stored(&topics.input_list(), 15_000, Duration::from_secs(120)).await?;
     first.kill9()?;
     let after_kill = stored_count(&topics.input_list()).await?;
-    assert!(after_kill < N, "killed too late to prove anything ({after_kill} stored)");
+    assert!(
+        after_kill < N,
+        "killed too late to prove anything ({after_kill} stored)"
+    );
     eprintln!("stored at kill: {at_kill}..{after_kill} of {N}");
 
     let second = Ingest::spawn(&topics, &batch)?;
@@ -59,7 +62,10 @@ async fn sigkill_mid_run_then_restart_loses_and_duplicates_nothing() -> Result<(
         .bind(topics.input_list())
         .fetch_one()
         .await?;
-    eprintln!("physical rows before merges: {physical} (replayed: {})", physical - N);
+    eprintln!(
+        "physical rows before merges: {physical} (replayed: {})",
+        physical - N
+    );
     Ok(())
 }
 
@@ -77,8 +83,13 @@ async fn two_processes_share_partitions_and_one_takes_over() -> Result<()> {
     b.wait_ready(Duration::from_secs(60)).await?;
     // Wait until both hold partitions (the log says so) before producing.
     let start = std::time::Instant::now();
-    while !(a.log_text().contains("partitions assigned") && b.log_text().contains("partitions assigned")) {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "group never balanced");
+    while !(a.log_text().contains("partitions assigned")
+        && b.log_text().contains("partitions assigned"))
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "group never balanced"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let first: Vec<Msg> = (0..HALF).map(|n| events::bulk(&p, n)).collect();
@@ -98,6 +109,9 @@ async fn two_processes_share_partitions_and_one_takes_over() -> Result<()> {
     wait_stored(&topics.input_list(), 2 * HALF, Duration::from_secs(180)).await?;
     assert_exact_set(&topics.input_list(), &p, 2 * HALF).await?;
     let cb_after = b.metric("custos_ingest_consumed_total").await?;
-    assert!(cb_after - cb >= (HALF / 2) as f64, "b consumed a's share too: {cb} -> {cb_after}");
+    assert!(
+        cb_after - cb >= (HALF / 2) as f64,
+        "b consumed a's share too: {cb} -> {cb_after}"
+    );
     Ok(())
 }

@@ -10,7 +10,9 @@ use custos_tests::events;
 use custos_tests::*;
 
 fn stack(args: &[&str]) -> Result<()> {
-    let status = Command::new(workspace().join("scripts/stack")).args(args).status()?;
+    let status = Command::new(workspace().join("scripts/stack"))
+        .args(args)
+        .status()?;
     ensure!(status.success(), "scripts/stack {args:?} failed");
     Ok(())
 }

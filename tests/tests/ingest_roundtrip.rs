@@ -27,12 +27,17 @@ fn fixtures(kind: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()
+    p.file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default()
 }
 
 /// Rows as the pure conversion computes them, keyed by event_key, with the volatile
 /// columns (ingest time, offset) zeroed.
-fn expected_rows(msgs: &[(String, custos_tests::Msg)], keys: &KeyRing) -> HashMap<String, AuditRow> {
+fn expected_rows(
+    msgs: &[(String, custos_tests::Msg)],
+    keys: &KeyRing,
+) -> HashMap<String, AuditRow> {
     let ctx = RowContext {
         keys,
         default_tenant: "default",
@@ -108,7 +113,11 @@ async fn every_format_and_type_round_trips_without_leaking_identifiers() -> Resu
     }
     let expected = expected_rows(&msgs, &keys);
     let rejected = msgs.len() - expected.len();
-    assert!(expected.len() >= 13 + 2 + 15 + 7, "only {} decodable", expected.len());
+    assert!(
+        expected.len() >= 13 + 2 + 15 + 7,
+        "only {} decodable",
+        expected.len()
+    );
 
     let mut ingest = Ingest::spawn(&topics, &[])?;
     ingest.wait_ready(Duration::from_secs(60)).await?;
@@ -116,7 +125,12 @@ async fn every_format_and_type_round_trips_without_leaking_identifiers() -> Resu
     for (topic, m) in &msgs {
         produce(&producer, topic, None, std::slice::from_ref(m)).await?;
     }
-    wait_stored(&topics.input_list(), expected.len() as u64, Duration::from_secs(90)).await?;
+    wait_stored(
+        &topics.input_list(),
+        expected.len() as u64,
+        Duration::from_secs(90),
+    )
+    .await?;
 
     // Every row equals what the conversion computes, column by column.
     let stored: Vec<AuditRow> = admin()
@@ -142,7 +156,13 @@ async fn every_format_and_type_round_trips_without_leaking_identifiers() -> Resu
     assert_eq!(types.len(), 13, "types seen: {types:?}");
     assert_eq!(
         formats.into_iter().collect::<Vec<_>>(),
-        ["cloudevents", "cloudevents-binary", "fhir-auditevent", "keycloak", "keycloak-admin"]
+        [
+            "cloudevents",
+            "cloudevents-binary",
+            "fhir-auditevent",
+            "keycloak",
+            "keycloak-admin"
+        ]
     );
 
     // Spot checks of the identifier policy on stored rows.
@@ -151,15 +171,24 @@ async fn every_format_and_type_round_trips_without_leaking_identifiers() -> Resu
         .bind(topics.input_list())
         .fetch_one()
         .await?;
-    assert_eq!(sub, keys.pseudonymize("general", PseudonymKind::Subject, &raw.patient_sub));
-    assert_eq!(ip, keys.pseudonymize("general", PseudonymKind::Ip, &raw.patient_ip));
+    assert_eq!(
+        sub,
+        keys.pseudonymize("general", PseudonymKind::Subject, &raw.patient_sub)
+    );
+    assert_eq!(
+        ip,
+        keys.pseudonymize("general", PseudonymKind::Ip, &raw.patient_ip)
+    );
     let (user, patient): (String, String) = admin()
         .query("SELECT user_sub, patient FROM custos.audit_events FINAL WHERE kafka_topic IN ? AND event_type = 'custos.fhir.access' AND source_format = 'cloudevents'")
         .bind(topics.input_list())
         .fetch_one()
         .await?;
     assert_eq!(user, "dr-alice");
-    assert_eq!(patient, keys.pseudonymize("general", PseudonymKind::Patient, &raw.patient));
+    assert_eq!(
+        patient,
+        keys.pseudonymize("general", PseudonymKind::Patient, &raw.patient)
+    );
 
     // The unmappable fixtures went to the DLQ, not silently away.
     let dlq = consume_all(&topics.dlq, rejected, Duration::from_secs(30))?;
@@ -170,7 +199,9 @@ async fn every_format_and_type_round_trips_without_leaking_identifiers() -> Resu
     secrets.push("pat-5501".into());
     secrets.push("a7c9e2f0-1b3d-4e5f-8a6b-9c0d1e2f3a4b".into());
     let tables: Vec<String> = admin()
-        .query("SELECT name FROM system.tables WHERE database = 'custos' AND engine NOT LIKE '%View'")
+        .query(
+            "SELECT name FROM system.tables WHERE database = 'custos' AND engine NOT LIKE '%View'",
+        )
         .fetch_all()
         .await?;
     assert!(tables.contains(&"audit_events".to_owned()));
@@ -205,7 +236,9 @@ async fn hostile_inputs_reach_the_dlq_with_reasons_and_neighbours_are_stored() -
     let valid = |n: u32| Msg::json(&events::fhir_access(&format!("{p}-{n}"), &raw));
     let mut token_missing_jti = events::every_type(&p, &raw)[3].1.clone();
     token_missing_jti["id"] = json!(format!("{p}-nojti"));
-    token_missing_jti["data"].as_object_mut().map(|d| d.remove("jti"));
+    token_missing_jti["data"]
+        .as_object_mut()
+        .map(|d| d.remove("jti"));
     let mut mistyped = events::fhir_access(&format!("{p}-mistyped"), &raw);
     mistyped["data"]["httpStatus"] = json!("two hundred");
     let mut unknown = events::fhir_access(&format!("{p}-unknown"), &raw);
@@ -232,7 +265,10 @@ async fn hostile_inputs_reach_the_dlq_with_reasons_and_neighbours_are_stored() -
         (Msg::json(&access_token), Some("raw_token")),
         (Msg::raw(Vec::new()), Some("invalid_json")),
         (bin_missing, Some("missing_field")),
-        (Msg::json(&json!({"hello": "world"})), Some("unknown_format")),
+        (
+            Msg::json(&json!({"hello": "world"})),
+            Some("unknown_format"),
+        ),
         (valid(3), None),
     ];
     let producer = producer()?;
@@ -250,26 +286,44 @@ async fn hostile_inputs_reach_the_dlq_with_reasons_and_neighbours_are_stored() -
     let dlq = consume_all(&topics.dlq, expected_rejects.len(), Duration::from_secs(60))?;
     assert_eq!(dlq.len(), expected_rejects.len(), "DLQ messages");
     for ((payload, headers), (msg, reason)) in dlq.iter().zip(&expected_rejects) {
-        assert_eq!(&payload[..], &msg.payload[..], "DLQ keeps the original bytes");
-        let got = String::from_utf8_lossy(headers.get("custos-reason").context("reason header")?).to_string();
+        assert_eq!(
+            &payload[..],
+            &msg.payload[..],
+            "DLQ keeps the original bytes"
+        );
+        let got = String::from_utf8_lossy(headers.get("custos-reason").context("reason header")?)
+            .to_string();
         assert_eq!(got, *reason);
         assert!(headers.contains_key("custos-detail"));
-        assert_eq!(headers.get("custos-source-topic").map(|v| v.as_slice()), Some(topics.gateway.as_bytes()));
+        assert_eq!(
+            headers.get("custos-source-topic").map(|v| v.as_slice()),
+            Some(topics.gateway.as_bytes())
+        );
         for (k, v) in &msg.headers {
-            assert_eq!(headers.get(k).map(|x| x.as_slice()), Some(v.as_bytes()), "header {k} kept");
+            assert_eq!(
+                headers.get(k).map(|x| x.as_slice()),
+                Some(v.as_bytes()),
+                "header {k} kept"
+            );
         }
     }
     // Details name fields, never values.
     for (_, headers) in &dlq {
         let detail = String::from_utf8_lossy(&headers["custos-detail"]).to_string();
-        assert!(!detail.contains("two hundred") && !detail.contains(&raw.patient), "{detail}");
+        assert!(
+            !detail.contains("two hundred") && !detail.contains(&raw.patient),
+            "{detail}"
+        );
     }
     let stored: Vec<String> = admin()
         .query("SELECT event_id FROM custos.audit_events FINAL WHERE kafka_topic = ? ORDER BY kafka_offset")
         .bind(&topics.gateway)
         .fetch_all()
         .await?;
-    assert_eq!(stored, vec![format!("{p}-1"), format!("{p}-2"), format!("{p}-3")]);
+    assert_eq!(
+        stored,
+        vec![format!("{p}-1"), format!("{p}-2"), format!("{p}-3")]
+    );
     let reasons: Vec<(i64, String)> = admin()
         .query("SELECT kafka_offset, reason FROM custos.ingest_rejections FINAL WHERE kafka_topic = ? ORDER BY kafka_offset")
         .bind(&topics.gateway)
@@ -297,11 +351,18 @@ async fn sigterm_flushes_commits_and_exits_zero() -> Result<()> {
     // A linger and a batch size that never trigger: only the shutdown flush writes.
     let mut ingest = Ingest::spawn(
         &topics,
-        &[("CUSTOS_BATCH_LINGER_MS", "60000"), ("CUSTOS_BATCH_MAX_ROWS", "1000000")],
+        &[
+            ("CUSTOS_BATCH_LINGER_MS", "60000"),
+            ("CUSTOS_BATCH_MAX_ROWS", "1000000"),
+        ],
     )?;
     ingest.wait_ready(Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(stored_count(&topics.input_list()).await?, 0, "nothing written before shutdown");
+    assert_eq!(
+        stored_count(&topics.input_list()).await?,
+        0,
+        "nothing written before shutdown"
+    );
     assert_eq!(ingest.terminate(Duration::from_secs(60))?, 0, "exit code");
     assert_eq!(stored_count(&topics.input_list()).await?, 3000);
 
@@ -315,8 +376,14 @@ async fn sigterm_flushes_commits_and_exits_zero() -> Result<()> {
     let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
     let mut total = 0;
     for e in committed.elements() {
-        let (_, high) = c.fetch_watermarks(&topics.gateway, e.partition(), Duration::from_secs(10))?;
-        assert_eq!(e.offset(), rdkafka::Offset::Offset(high), "partition {} committed", e.partition());
+        let (_, high) =
+            c.fetch_watermarks(&topics.gateway, e.partition(), Duration::from_secs(10))?;
+        assert_eq!(
+            e.offset(),
+            rdkafka::Offset::Offset(high),
+            "partition {} committed",
+            e.partition()
+        );
         total += high;
     }
     assert_eq!(total, 3000);
@@ -331,7 +398,10 @@ async fn migrations_are_idempotent_and_accounts_least_privileged() -> Result<()>
         .query("SELECT version FROM custos.schema_migrations ORDER BY version")
         .fetch_all()
         .await?;
-    let want: Vec<u32> = custos_schemas::migrations::MIGRATIONS.iter().map(|m| m.version).collect();
+    let want: Vec<u32> = custos_schemas::migrations::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
     assert_eq!(versions, want, "each migration recorded once");
 
     let writer = client_as("custos_writer", "custos_writer_pw");
@@ -342,15 +412,26 @@ async fn migrations_are_idempotent_and_accounts_least_privileged() -> Result<()>
         "ALTER TABLE custos.audit_events UPDATE reason = 'x' WHERE 1",
         "CREATE TABLE custos.evil (x UInt8) ENGINE = Memory",
     ] {
-        assert!(writer.query(stmt).execute().await.is_err(), "writer may run: {stmt}");
+        assert!(
+            writer.query(stmt).execute().await.is_err(),
+            "writer may run: {stmt}"
+        );
     }
-    assert!(writer.query("SELECT count() FROM custos.audit_events").fetch_one::<u64>().await.is_ok());
+    assert!(writer
+        .query("SELECT count() FROM custos.audit_events")
+        .fetch_one::<u64>()
+        .await
+        .is_ok());
     let reader = client_as("custos_reader", "custos_reader_pw");
     assert!(reader
         .query("INSERT INTO custos.ingest_rejections (kafka_topic) VALUES ('x')")
         .execute()
         .await
         .is_err());
-    assert!(reader.query("SELECT count() FROM custos.audit_events").fetch_one::<u64>().await.is_ok());
+    assert!(reader
+        .query("SELECT count() FROM custos.audit_events")
+        .fetch_one::<u64>()
+        .await
+        .is_ok());
     Ok(())
 }
