@@ -1,5 +1,7 @@
 //! `custos-ingest run` consumes, `custos-ingest migrate` applies the ClickHouse DDL.
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use custos_ingest::config::{IngestConfig, MigrateConfig};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -28,6 +30,7 @@ fn init_tracing() {
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if std::env::var("CUSTOS_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
