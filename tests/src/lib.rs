@@ -486,11 +486,7 @@ pub type Consumed = (Vec<u8>, HashMap<String, Vec<u8>>);
 
 /// Consumes every message currently in `topic` (from the beginning) until `n` arrived
 /// or `timeout` passed. Returns (payload, headers) pairs.
-pub fn consume_all(
-    topic: &str,
-    n: usize,
-    timeout: Duration,
-) -> Result<Vec<Consumed>> {
+pub fn consume_all(topic: &str, n: usize, timeout: Duration) -> Result<Vec<Consumed>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     let c: BaseConsumer = ClientConfig::new()
