@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use custos_schemas::checkpoint::Signer256;
 use custos_schemas::{migrations::DEFAULT_RETENTION_DAYS, KeyRing, KeyRingError};
+
+use crate::checkpoints::CheckpointPolicy;
 use thiserror::Error;
 
 /// Errors in the configuration.
@@ -109,6 +112,33 @@ pub struct IngestConfig {
         default_value = "127.0.0.1:9464"
     )]
     pub http_addr: SocketAddr,
+    /// Hash-chain the audit records (tamper evidence). Off only to measure its cost.
+    #[arg(long, env = "CUSTOS_CHAIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub chain: bool,
+    /// PKCS#8 PEM P-256 key that signs chain checkpoints (`custos-ingest keygen` makes one).
+    /// Without it no checkpoints are signed.
+    #[arg(long, env = "CUSTOS_CHECKPOINT_KEY_FILE")]
+    pub checkpoint_key_file: Option<std::path::PathBuf>,
+    /// Key id of the checkpoint key (the `kid` in the JWKS).
+    #[arg(long, env = "CUSTOS_CHECKPOINT_KID", default_value = "custos-ck-1")]
+    pub checkpoint_kid: String,
+    /// Records per chain between checkpoints.
+    #[arg(
+        long,
+        env = "CUSTOS_CHECKPOINT_EVERY_RECORDS",
+        default_value_t = 10_000
+    )]
+    pub checkpoint_every_records: u64,
+    /// Seconds before a chain's new records get a checkpoint.
+    #[arg(long, env = "CUSTOS_CHECKPOINT_EVERY_SECS", default_value_t = 60)]
+    pub checkpoint_every_secs: u64,
+    /// Topic the checkpoints are published to.
+    #[arg(
+        long,
+        env = "CUSTOS_CHECKPOINT_TOPIC",
+        default_value = "custos.checkpoints"
+    )]
+    pub checkpoint_topic: String,
     /// Seconds to drain in-flight batches on shutdown or partition revocation.
     #[arg(long, env = "CUSTOS_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
@@ -139,6 +169,12 @@ impl IngestConfig {
         if self.max_event_bytes < 1024 {
             return bad("CUSTOS_MAX_EVENT_BYTES must be at least 1024");
         }
+        if self.checkpoint_key_file.is_some() && !self.chain {
+            return bad("checkpoints need CUSTOS_CHAIN=true");
+        }
+        if self.checkpoint_every_records == 0 || self.checkpoint_every_secs == 0 {
+            return bad("checkpoint intervals must be positive");
+        }
         Ok(())
     }
 
@@ -153,6 +189,22 @@ impl IngestConfig {
             &spec,
             self.pseudonym_current_kid.as_deref(),
         )?)
+    }
+
+    /// The checkpoint policy, when a key file is configured.
+    pub fn checkpoint_policy(&self) -> Result<Option<CheckpointPolicy>, ConfigError> {
+        let Some(path) = &self.checkpoint_key_file else {
+            return Ok(None);
+        };
+        let pem = std::fs::read_to_string(path).map_err(ConfigError::KeyFile)?;
+        let signer = Signer256::from_pem(&pem, &self.checkpoint_kid)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(Some(CheckpointPolicy {
+            every_records: self.checkpoint_every_records,
+            every: Duration::from_secs(self.checkpoint_every_secs),
+            signer,
+            topic: self.checkpoint_topic.clone(),
+        }))
     }
 
     /// Linger as a duration.

@@ -20,6 +20,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use custos_schemas::chain::{self, Head};
 use custos_schemas::row::RowContext;
 use custos_schemas::{decode, DecodeLimits, KafkaPosition, KeyRing};
 use metrics::{counter, gauge};
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::batch::{Batch, BatchPolicy, PartitionKey, Rejected};
+use crate::chainer::Chainer;
 use crate::health::Health;
 
 /// What the writer sends back once a batch is durable.
@@ -52,6 +54,8 @@ struct State {
     committed: HashMap<PartitionKey, i64>,
     assignment: HashSet<(String, i32)>,
     paused: bool,
+    /// Chain head per partition (`None` inside: the chain starts at the next record).
+    heads: HashMap<PartitionKey, Option<Head>>,
 }
 
 /// Shared between the poll loop and the consumer context.
@@ -141,6 +145,7 @@ pub struct ConsumerLoop {
 /// Turns messages into rows or rejections in the open batch.
 struct Decoder {
     shared: Arc<Shared>,
+    chainer: Option<Chainer>,
     limits: DecodeLimits,
     keys: KeyRing,
     default_tenant: String,
@@ -164,6 +169,7 @@ pub fn context(
                 committed: HashMap::new(),
                 assignment: HashSet::new(),
                 paused: false,
+                heads: HashMap::new(),
             }),
             tx,
             ack_rx: Mutex::new(ack_rx),
@@ -181,6 +187,7 @@ impl ConsumerLoop {
         limits: DecodeLimits,
         keys: KeyRing,
         default_tenant: String,
+        chainer: Option<Chainer>,
     ) -> Self {
         let shared = consumer.context().shared.clone();
         ConsumerLoop {
@@ -189,6 +196,7 @@ impl ConsumerLoop {
             policy,
             decoder: Decoder {
                 shared,
+                chainer,
                 limits,
                 keys,
                 default_tenant,
@@ -300,7 +308,21 @@ impl Decoder {
                     keys: &self.keys,
                     default_tenant: &self.default_tenant,
                 };
-                state.current.rows.push(ctx.audit_row(&event, &pos, now_ms));
+                let mut row = ctx.audit_row(&event, &pos, now_ms);
+                if let Some(chainer) = &self.chainer {
+                    let key = (topic.clone(), pos.partition);
+                    let head = match state.heads.get(&key) {
+                        Some(h) => h.clone(),
+                        None => match chainer.head_before(&pos.topic, pos.partition, pos.offset) {
+                            Ok(h) => h,
+                            // Stopping: leave the message unconsumed; it is replayed later.
+                            Err(crate::chainer::Stopping) => return,
+                        },
+                    };
+                    let new_head = chain::link(&mut row, head.as_ref());
+                    state.heads.insert(key, Some(new_head));
+                }
+                state.current.rows.push(row);
             }
             Err(error) => {
                 warn!(

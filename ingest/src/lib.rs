@@ -11,6 +11,8 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod chainer;
+pub mod checkpoints;
 pub mod config;
 pub mod consumer;
 pub mod health;
@@ -18,4 +20,5 @@ pub mod http;
 pub mod kafka;
 pub mod migrate;
 pub mod pipeline;
+pub mod verify;
 pub mod writer;

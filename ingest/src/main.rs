@@ -23,6 +23,64 @@ enum Command {
     Run(Box<IngestConfig>),
     /// Apply pending ClickHouse migrations with the admin account.
     Migrate(MigrateConfig),
+    /// Recompute every hash chain and check the signed checkpoints; exits 1 on any break.
+    Verify(VerifyArgs),
+    /// Write a new PKCS#8 PEM P-256 checkpoint signing key (mode 0600).
+    Keygen {
+        /// Output file (must not exist).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Print the JWKS of a checkpoint key (public part only).
+    Jwks {
+        /// The key file.
+        #[arg(long, env = "CUSTOS_CHECKPOINT_KEY_FILE")]
+        key_file: std::path::PathBuf,
+        /// Key id.
+        #[arg(long, env = "CUSTOS_CHECKPOINT_KID", default_value = "custos-ck-1")]
+        kid: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// ClickHouse HTTP endpoint.
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:18123"
+    )]
+    clickhouse_url: String,
+    /// Account to read with (SELECT is enough).
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_READER_USER",
+        default_value = "custos_reader"
+    )]
+    user: String,
+    /// Its password.
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_READER_PASSWORD",
+        default_value = "custos_reader_pw",
+        hide_env_values = true
+    )]
+    password: String,
+    /// JWKS file with the checkpoint public keys.
+    #[arg(long, env = "CUSTOS_CHECKPOINT_JWKS_FILE")]
+    jwks: Option<std::path::PathBuf>,
+    /// Only this topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// Only records with event time at or after this RFC 3339 instant.
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only records with event time before this RFC 3339 instant.
+    #[arg(long)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn init_tracing() {
@@ -51,6 +109,51 @@ fn main() -> anyhow::Result<()> {
             Command::Migrate(cfg) => {
                 let applied = custos_ingest::migrate::migrate(&cfg).await?;
                 info!(?applied, "migrations up to date");
+                Ok(())
+            }
+            Command::Verify(args) => {
+                let client = clickhouse::Client::default()
+                    .with_url(&args.clickhouse_url)
+                    .with_user(&args.user)
+                    .with_password(&args.password);
+                let jwks = match &args.jwks {
+                    Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
+                    None => None,
+                };
+                let scope = custos_ingest::verify::Scope {
+                    topic: args.topic.clone(),
+                    partition: args.partition,
+                    since_ms: args.since.map(|t| t.timestamp_millis()),
+                    until_ms: args.until.map(|t| t.timestamp_millis()),
+                };
+                let report = custos_ingest::verify::verify(&client, &scope, jwks.as_ref()).await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                if !report.clean {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            Command::Keygen { out } => {
+                use p256::pkcs8::{EncodePrivateKey, LineEnding};
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+                let pem = key
+                    .to_pkcs8_pem(LineEnding::LF)
+                    .map_err(|e| anyhow::anyhow!("encoding the key: {e}"))?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&out)?;
+                f.write_all(pem.as_bytes())?;
+                info!(path = %out.display(), "checkpoint key written");
+                Ok(())
+            }
+            Command::Jwks { key_file, kid } => {
+                let pem = std::fs::read_to_string(&key_file)?;
+                let signer = custos_schemas::checkpoint::Signer256::from_pem(&pem, &kid)?;
+                println!("{}", serde_json::to_string_pretty(&signer.jwks())?);
                 Ok(())
             }
             Command::Run(cfg) => {

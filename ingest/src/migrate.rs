@@ -47,7 +47,11 @@ pub async fn migrate(cfg: &MigrateConfig) -> Result<Vec<u32>, MigrateError> {
         .await?;
     client.query(MIGRATIONS_TABLE_DDL).execute().await?;
     let applied: Vec<Applied> = client
-        .query("SELECT ?fields FROM custos.schema_migrations ORDER BY version")
+        // Two migrators racing may both record a version: read one row per version.
+        .query(
+            "SELECT version, any(checksum) AS checksum FROM custos.schema_migrations \
+             GROUP BY version ORDER BY version",
+        )
         .fetch_all()
         .await?;
     let mut done = Vec::new();

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::batch::BatchPolicy;
+use crate::chainer::Chainer;
 use crate::config::{ConfigError, IngestConfig};
 use crate::consumer::{context, ConsumerLoop};
 use crate::health::Health;
@@ -53,6 +54,10 @@ pub async fn run(
 ) -> Result<(), PipelineError> {
     cfg.validate()?;
     let keys = cfg.key_ring()?;
+    let checkpoints = cfg.checkpoint_policy()?;
+    if cfg.chain && checkpoints.is_none() {
+        warn!("no CUSTOS_CHECKPOINT_KEY_FILE: records are chained but no checkpoints are signed");
+    }
     info!(
         topics = ?cfg.topics,
         group_id = %cfg.group_id,
@@ -95,6 +100,7 @@ pub async fn run(
         Err(e) => warn!(error = %e, "ClickHouse not reachable yet; the writer will retry"),
     }
 
+    let client_for_chain = client.clone();
     let dlq: FutureProducer = crate::kafka::dlq_producer_config(&cfg.brokers).create()?;
     let (tx, rx) = mpsc::channel(cfg.batch_queue);
     let (ack_tx, ack_rx) = std::sync::mpsc::channel();
@@ -116,6 +122,7 @@ pub async fn run(
         dlq,
         dlq_topic: cfg.dlq_topic.clone(),
         health: health.clone(),
+        checkpoints,
     };
     let writer_task = tokio::spawn(writer.run(rx, ack_tx, writer_cancel.clone()));
 
@@ -129,8 +136,21 @@ pub async fn run(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let thread_stop = stop.clone();
-    let consumer_loop =
-        ConsumerLoop::new(consumer, policy, limits, keys, cfg.default_tenant.clone());
+    let chainer = cfg.chain.then(|| {
+        Chainer::new(
+            client_for_chain.clone(),
+            tokio::runtime::Handle::current(),
+            stop.clone(),
+        )
+    });
+    let consumer_loop = ConsumerLoop::new(
+        consumer,
+        policy,
+        limits,
+        keys,
+        cfg.default_tenant.clone(),
+        chainer,
+    );
     let consumer_thread = std::thread::Builder::new()
         .name("custos-consumer".into())
         .spawn(move || consumer_loop.run(&thread_stop))
@@ -142,9 +162,14 @@ pub async fn run(
         .await
         .map_err(|_| PipelineError::ConsumerThread)?
         .map_err(|_| PipelineError::ConsumerThread)?;
-    // The consumer (and with it the batch sender) is gone: the writer ends by itself.
-    writer_cancel.cancel();
-    let _ = writer_task.await;
+    // The consumer (and with it the batch sender) is gone: the writer ends by itself after
+    // its final checkpoints; cancel it only if that takes longer than the drain timeout.
+    let drain = Duration::from_secs(cfg.drain_timeout_secs);
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(drain, &mut writer_task).await.is_err() {
+        writer_cancel.cancel();
+        let _ = writer_task.await;
+    }
     let _ = http.await;
     if complete {
         info!("ingest stopped cleanly");

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::batch::Batch;
+use crate::checkpoints::{CheckpointPolicy, Tracker};
 use crate::consumer::Ack;
 use crate::health::Health;
 
@@ -26,12 +27,14 @@ use crate::health::Health;
 pub struct Writer {
     /// ClickHouse client (writer account, database `custos`).
     pub client: Client,
-    /// Dead-letter producer.
+    /// Producer for the dead-letter and checkpoint topics.
     pub dlq: FutureProducer,
     /// Dead-letter topic.
     pub dlq_topic: String,
     /// Readiness.
     pub health: Arc<Health>,
+    /// Checkpoint signing, when configured.
+    pub checkpoints: Option<CheckpointPolicy>,
 }
 
 /// How a failed call should be handled.
@@ -100,11 +103,12 @@ impl Backoff {
 impl Writer {
     /// Processes batches until the channel closes or `cancel` fires.
     pub async fn run(
-        self,
+        mut self,
         mut rx: mpsc::Receiver<Batch>,
         acks: std_mpsc::Sender<Ack>,
         cancel: CancellationToken,
     ) {
+        let mut tracker = Tracker::default();
         while let Some(batch) = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
@@ -114,6 +118,12 @@ impl Writer {
             let rows = batch.rows.len();
             if !self.write(&batch, &cancel).await {
                 warn!("writer cancelled with a batch unwritten; it will be replayed");
+                return;
+            }
+            if let Some(policy) = &self.checkpoints {
+                tracker.observe(&batch.rows, policy.every_records);
+            }
+            if !self.checkpoint(&mut tracker, false, &cancel).await {
                 return;
             }
             histogram!("custos_ingest_batch_seconds").record(started.elapsed().as_secs_f64());
@@ -135,7 +145,54 @@ impl Writer {
                 return;
             }
         }
+        self.checkpoint(&mut tracker, true, &cancel).await;
         info!("writer finished");
+    }
+
+    /// Signs, stores and publishes the checkpoints that are due; false when cancelled.
+    async fn checkpoint(
+        &mut self,
+        tracker: &mut Tracker,
+        force: bool,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let Some(policy) = self.checkpoints.clone() else {
+            return true;
+        };
+        let due = tracker.due(&policy, force);
+        if due.is_empty() {
+            return true;
+        }
+        if !self
+            .insert_with_retry("chain_checkpoints", &due, cancel)
+            .await
+        {
+            return false;
+        }
+        for cp in &due {
+            let key = format!("{}/{}", cp.kafka_topic, cp.kafka_partition);
+            let mut backoff = Backoff::new();
+            loop {
+                let record: FutureRecord<'_, str, str> = FutureRecord::to(&policy.topic)
+                    .key(key.as_str())
+                    .payload(cp.jws.as_str());
+                match self
+                    .dlq
+                    .send(record, Timeout::After(Duration::from_secs(30)))
+                    .await
+                {
+                    Ok(_) => break,
+                    Err((e, _)) => {
+                        warn!(error = %e, "checkpoint publish failed; retrying");
+                        if !sleep_or_cancel(backoff.step(), cancel).await {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        counter!("custos_ingest_checkpoints_total").increment(due.len() as u64);
+        true
     }
 
     /// Writes one batch durably; false when cancelled first.

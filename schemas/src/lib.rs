@@ -13,6 +13,8 @@
 //! - [`jsonschema`]: JSON Schema documents for producers, generated from the types.
 #![deny(missing_docs)]
 
+pub mod chain;
+pub mod checkpoint;
 pub mod cloudevents;
 pub mod decode;
 pub mod error;

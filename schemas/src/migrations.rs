@@ -12,7 +12,7 @@ pub const DATABASE: &str = "custos";
 /// DDL of the table that records applied migrations.
 pub const MIGRATIONS_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS custos.schema_migrations \
 (version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) \
-ENGINE = MergeTree ORDER BY version";
+ENGINE = ReplacingMergeTree ORDER BY version";
 
 /// Default retention: six years (HIPAA 164.316(b)(2) documentation retention).
 pub const DEFAULT_RETENTION_DAYS: u32 = 6 * 366;
@@ -39,6 +39,16 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "0002_ingest_rejections",
         sql: include_str!("../migrations/0002_ingest_rejections.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_chain",
+        sql: include_str!("../migrations/0003_chain.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "0004_report_queries",
+        sql: include_str!("../migrations/0004_report_queries.sql"),
     },
 ];
 

@@ -23,8 +23,8 @@ pub struct KafkaPosition {
     pub offset: i64,
 }
 
-/// One row of `custos.audit_events`. Column order and types match migration 0001.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One row of `custos.audit_events`. Column order and types match migrations 0001 and 0003.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct AuditRow {
     /// Hex SHA-256 (16 bytes) of `source` 0x1f `id`: the event's identity for deduplication.
@@ -109,6 +109,12 @@ pub struct AuditRow {
     pub kafka_partition: i32,
     /// Kafka offset.
     pub kafka_offset: i64,
+    /// Offset of the previous chained record of this partition (-1: first record).
+    pub chain_prev_offset: i64,
+    /// Hash of that record ([`crate::chain::GENESIS`] for the first).
+    pub prev_hash: String,
+    /// SHA-256 of `prev_hash` and this record's content ([`crate::chain::record_hash`]).
+    pub record_hash: String,
 }
 
 /// One row of `custos.ingest_rejections`: a message sent to the DLQ. It holds no payload
@@ -334,6 +340,9 @@ impl RowContext<'_> {
             kafka_topic: pos.topic.clone(),
             kafka_partition: pos.partition,
             kafka_offset: pos.offset,
+            chain_prev_offset: -1,
+            prev_hash: String::new(),
+            record_hash: String::new(),
         };
         match &event.payload {
             Payload::Auth(d) => {

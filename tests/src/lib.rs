@@ -106,6 +106,8 @@ pub struct Topics {
     pub consent: String,
     /// Dead-letter queue.
     pub dlq: String,
+    /// Signed chain checkpoints.
+    pub checkpoints: String,
     /// Consumer group.
     pub group: String,
 }
@@ -119,6 +121,7 @@ impl Topics {
             gateway: format!("{p}.gateway-events"),
             consent: format!("{p}.consent-events"),
             dlq: format!("{p}.dlq"),
+            checkpoints: format!("{p}.checkpoints"),
             group: format!("{p}.group"),
         };
         create_topics(&[
@@ -126,6 +129,7 @@ impl Topics {
             (&t.gateway, partitions),
             (&t.consent, partitions),
             (&t.dlq, 1),
+            (&t.checkpoints, 1),
         ])
         .await?;
         Ok(t)
@@ -268,6 +272,57 @@ pub fn ingest_binary() -> PathBuf {
     .clone()
 }
 
+/// A checkpoint signing key for this test process (made by `custos-ingest keygen`).
+pub fn checkpoint_key() -> PathBuf {
+    static KEY: OnceLock<PathBuf> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = workspace().join("target").join("e2e-keys");
+        std::fs::create_dir_all(&dir).expect("key dir");
+        let path = dir.join(format!("ck-{}.pem", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let status = Command::new(ingest_binary())
+            .args(["keygen", "--out"])
+            .arg(&path)
+            .status()
+            .expect("keygen");
+        assert!(status.success(), "keygen failed");
+        path
+    })
+    .clone()
+}
+
+/// The JWKS of [`checkpoint_key`], written to a file; returns its path.
+pub fn checkpoint_jwks() -> PathBuf {
+    let key = checkpoint_key();
+    let out = Command::new(ingest_binary())
+        .args(["jwks", "--kid", "test-ck", "--key-file"])
+        .arg(&key)
+        .output()
+        .expect("jwks");
+    assert!(out.status.success(), "jwks failed");
+    let path = key.with_extension("jwks.json");
+    std::fs::write(&path, &out.stdout).expect("write jwks");
+    path
+}
+
+/// Runs `custos-ingest verify` with extra arguments; returns (exit code, JSON report).
+pub fn verify_chains(args: &[&str]) -> Result<(i32, serde_json::Value)> {
+    let out = Command::new(ingest_binary())
+        .arg("verify")
+        .arg("--jwks")
+        .arg(checkpoint_jwks())
+        .args(args)
+        .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
+        .output()?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "verify printed no report: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok((out.status.code().unwrap_or(-1), report))
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -301,6 +356,9 @@ impl Ingest {
             .env("CUSTOS_DLQ_TOPIC", &topics.dlq)
             .env("CUSTOS_INGEST_GROUP", &topics.group)
             .env("CUSTOS_PSEUDONYM_KEYS", TEST_KEYS)
+            .env("CUSTOS_CHECKPOINT_KEY_FILE", checkpoint_key())
+            .env("CUSTOS_CHECKPOINT_KID", "test-ck")
+            .env("CUSTOS_CHECKPOINT_TOPIC", &topics.checkpoints)
             .env("CUSTOS_INGEST_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("CUSTOS_BATCH_LINGER_MS", "200")
             .env("CUSTOS_LOG", "info,custos_ingest=debug")

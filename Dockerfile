@@ -1,0 +1,71 @@
+# syntax=docker/dockerfile:1.7
+# Custos service image: every binary of the workspace (today custos-ingest, for `run` and
+# `migrate`, and custos-sim, the sample-traffic generator) in /usr/local/bin of a slim Debian
+# runtime, run as the unprivileged user 10001.
+#
+#   docker build -t custos:local .          (compose.yaml builds it as custos:${CUSTOS_IMAGE_TAG})
+#   docker build --build-arg CARGO_BUILD_ARGS="-p custos-ingest" -t custos-ingest:local .
+#
+# Entry point: custos-entrypoint (deploy/docker/file-env.sh) turns FILE__<VAR>=<secret file>
+# into <VAR> and execs the command, e.g. `custos-ingest run`.
+# Health: no HEALTHCHECK here, since one image serves long-running (`custos-ingest run`) and
+# one-shot (`migrate`, `custos-sim`) containers: compose.yaml declares it on the ingest service,
+# calling custos-healthcheck (deploy/docker/healthcheck.sh), a bash /dev/tcp probe of /readyz.
+# That keeps curl and wget out of the image (less to patch, less for an intruder to use).
+
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+# ---------------------------------------------------------------------------------------------
+FROM ${RUST_IMAGE} AS builder
+
+# rdkafka builds its bundled librdkafka from C sources (configure + make).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make gcc g++ zlib1g-dev perl pkg-config python3 \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+# The context holds only what the build needs (see .dockerignore): manifests, lock file, crates.
+COPY . .
+
+# Which binaries to build. Default: all of them, so that a new service binary (query, consent)
+# lands in the image without editing this file.
+ARG CARGO_BUILD_ARGS="--workspace --bins"
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked ${CARGO_BUILD_ARGS} \
+ && mkdir -p /out \
+ && find target/release -maxdepth 1 -type f -executable -name 'custos-*' -exec cp {} /out/ \; \
+ && ls -l /out \
+ && test -x /out/custos-ingest
+
+# ---------------------------------------------------------------------------------------------
+FROM ${RUNTIME_IMAGE} AS runtime
+
+LABEL org.opencontainers.image.title="custos" \
+      org.opencontainers.image.description="Custos HIPAA audit pipeline: ingest (Kafka -> ClickHouse) and tools" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# ca-certificates only: TLS to a managed Kafka or ClickHouse. librdkafka is linked statically.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 custos \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin custos
+
+COPY --from=builder /out/ /usr/local/bin/
+COPY --chmod=0755 deploy/docker/file-env.sh /usr/local/bin/custos-entrypoint
+COPY --chmod=0755 deploy/docker/healthcheck.sh /usr/local/bin/custos-healthcheck
+
+# In a container the operational endpoints must listen beyond loopback to be reachable.
+ENV CUSTOS_INGEST_HTTP_ADDR=0.0.0.0:9464 \
+    CUSTOS_LOG_FORMAT=json
+
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 9464
+
+ENTRYPOINT ["custos-entrypoint"]
+CMD ["custos-ingest", "run"]

@@ -1,0 +1,147 @@
+//! Signed checkpoints of each chain's head, cut every N records or T seconds per chain,
+//! stored in `custos.chain_checkpoints` and published to the checkpoints topic so a copy
+//! lives outside the database.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use custos_schemas::checkpoint::{Checkpoint, Signer256};
+use custos_schemas::AuditRow;
+use serde::{Deserialize, Serialize};
+
+/// One row of `custos.chain_checkpoints`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct CheckpointRow {
+    /// Topic of the chain.
+    pub kafka_topic: String,
+    /// Partition of the chain.
+    pub kafka_partition: i32,
+    /// First offset covered.
+    pub first_offset: i64,
+    /// Head offset.
+    pub last_offset: i64,
+    /// Chained records covered.
+    pub record_count: u64,
+    /// Head hash.
+    pub head_hash: String,
+    /// Earliest event time (ms).
+    pub first_time: i64,
+    /// Latest event time (ms).
+    pub last_time: i64,
+    /// Signing time (ms).
+    pub created_at: i64,
+    /// Signing key id.
+    pub kid: String,
+    /// Compact JWS over the claims.
+    pub jws: String,
+}
+
+/// When to cut checkpoints, and with which key.
+#[derive(Debug, Clone)]
+pub struct CheckpointPolicy {
+    /// Records per chain between checkpoints.
+    pub every_records: u64,
+    /// Longest time a chain's new records stay uncovered.
+    pub every: Duration,
+    /// Signing key.
+    pub signer: Signer256,
+    /// Topic the checkpoints are published to.
+    pub topic: String,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    first_offset: i64,
+    last_offset: i64,
+    count: u64,
+    head_hash: String,
+    first_time: i64,
+    last_time: i64,
+    since: Instant,
+}
+
+/// Accumulates chained records per chain until a checkpoint is due.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    pending: HashMap<(String, i32), Pending>,
+    /// Spans that reached the record count, waiting to be signed.
+    full: Vec<((String, i32), Pending)>,
+}
+
+impl Tracker {
+    /// Notes rows that are now durable in ClickHouse (in offset order per partition); a
+    /// chain's span is closed every `every_records` records.
+    pub fn observe(&mut self, rows: &[AuditRow], every_records: u64) {
+        for r in rows.iter().filter(|r| !r.record_hash.is_empty()) {
+            let key = (r.kafka_topic.clone(), r.kafka_partition);
+            let p = self.pending.entry(key).or_insert_with(|| Pending {
+                first_offset: r.kafka_offset,
+                last_offset: r.kafka_offset,
+                count: 0,
+                head_hash: String::new(),
+                first_time: r.event_time,
+                last_time: r.event_time,
+                since: Instant::now(),
+            });
+            if r.kafka_offset < p.last_offset {
+                continue; // never move a head backwards
+            }
+            p.last_offset = r.kafka_offset;
+            p.count += 1;
+            p.head_hash.clone_from(&r.record_hash);
+            p.first_time = p.first_time.min(r.event_time);
+            p.last_time = p.last_time.max(r.event_time);
+            if p.count >= every_records {
+                let key = (r.kafka_topic.clone(), r.kafka_partition);
+                if let Some(done) = self.pending.remove(&key) {
+                    self.full.push((key, done));
+                }
+            }
+        }
+    }
+
+    /// Removes and signs the checkpoints that are due (all of them with `force`).
+    pub fn due(&mut self, policy: &CheckpointPolicy, force: bool) -> Vec<CheckpointRow> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let keys: Vec<(String, i32)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| force || p.since.elapsed() >= policy.every)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut spans = std::mem::take(&mut self.full);
+        for key in keys {
+            if let Some(p) = self.pending.remove(&key) {
+                spans.push((key, p));
+            }
+        }
+        let mut out = Vec::new();
+        for (key, p) in spans {
+            let cp = Checkpoint {
+                topic: key.0.clone(),
+                partition: key.1,
+                first_offset: p.first_offset,
+                last_offset: p.last_offset,
+                count: p.count,
+                head_hash: p.head_hash.clone(),
+                first_time: p.first_time,
+                last_time: p.last_time,
+                iat: now_ms / 1000,
+            };
+            out.push(CheckpointRow {
+                kafka_topic: key.0,
+                kafka_partition: key.1,
+                first_offset: p.first_offset,
+                last_offset: p.last_offset,
+                record_count: p.count,
+                head_hash: p.head_hash,
+                first_time: p.first_time,
+                last_time: p.last_time,
+                created_at: now_ms,
+                kid: policy.signer.kid().to_owned(),
+                jws: policy.signer.sign(&cp),
+            });
+        }
+        out
+    }
+}

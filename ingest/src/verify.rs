@@ -1,0 +1,291 @@
+//! Independent verification of the hash chains and their signed checkpoints, from
+//! ClickHouse alone (plus the JWKS of the checkpoint keys). Reports the first broken link
+//! of each chain by position and event id. Used by `custos-ingest verify`.
+
+use std::collections::BTreeMap;
+
+use clickhouse::Client;
+use custos_schemas::chain::{chain_id, Finding, Verifier};
+use custos_schemas::checkpoint;
+use custos_schemas::AuditRow;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::checkpoints::CheckpointRow;
+
+/// Verification failures (not findings: those are in the [`Report`]).
+#[derive(Debug, Error)]
+pub enum VerifyError {
+    /// ClickHouse refused or could not be reached.
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+}
+
+/// What to verify.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Only this topic.
+    pub topic: Option<String>,
+    /// Only this partition (with `topic`).
+    pub partition: Option<i32>,
+    /// Only records with event time at or after this (ms); the chain is then checked over
+    /// the offset range those records span, anchored at its first record.
+    pub since_ms: Option<i64>,
+    /// Only records with event time before this (ms).
+    pub until_ms: Option<i64>,
+}
+
+/// A problem with a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckpointFinding {
+    /// Chain.
+    pub chain: String,
+    /// Head offset the checkpoint claims.
+    pub last_offset: i64,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// One chain's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainReport {
+    /// `topic/partition`.
+    pub chain: String,
+    /// Records checked.
+    pub records: u64,
+    /// First offset checked.
+    pub first_offset: Option<i64>,
+    /// Last offset checked.
+    pub last_offset: Option<i64>,
+    /// Breaks, in chain order (the first is the first broken link).
+    pub findings: Vec<FindingView>,
+    /// Checkpoints whose signature and head verified.
+    pub checkpoints_ok: u64,
+    /// Checkpoint problems.
+    pub checkpoint_findings: Vec<CheckpointFinding>,
+}
+
+/// A serializable view of a [`Finding`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FindingView {
+    /// Kind code.
+    pub kind: String,
+    /// Offset.
+    pub offset: i64,
+    /// Human description.
+    pub message: String,
+}
+
+impl From<&Finding> for FindingView {
+    fn from(f: &Finding) -> Self {
+        FindingView {
+            kind: f.kind().to_owned(),
+            offset: f.position().1,
+            message: f.to_string(),
+        }
+    }
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Per chain.
+    pub chains: Vec<ChainReport>,
+    /// Whether nothing was found.
+    pub clean: bool,
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct ChainKey {
+    kafka_topic: String,
+    kafka_partition: i32,
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct Range {
+    lo: i64,
+    hi: i64,
+    n: u64,
+}
+
+/// Verifies every chain in `scope`. Checkpoints are checked against `jwks` when given
+/// (without it, every checkpoint is reported as unverifiable).
+pub async fn verify(
+    client: &Client,
+    scope: &Scope,
+    jwks: Option<&serde_json::Value>,
+) -> Result<Report, VerifyError> {
+    let chains: Vec<ChainKey> = client
+        .query(
+            "SELECT DISTINCT kafka_topic, kafka_partition FROM custos.audit_events \
+             WHERE record_hash != '' AND (? = '' OR kafka_topic = ?) AND (? < 0 OR kafka_partition = ?) \
+             ORDER BY kafka_topic, kafka_partition",
+        )
+        .bind(scope.topic.as_deref().unwrap_or(""))
+        .bind(scope.topic.as_deref().unwrap_or(""))
+        .bind(scope.partition.unwrap_or(-1))
+        .bind(scope.partition.unwrap_or(-1))
+        .fetch_all()
+        .await?;
+    let mut reports = Vec::new();
+    for c in chains {
+        reports.push(verify_chain(client, &c.kafka_topic, c.kafka_partition, scope, jwks).await?);
+    }
+    let clean = reports
+        .iter()
+        .all(|r| r.findings.is_empty() && r.checkpoint_findings.is_empty());
+    Ok(Report {
+        chains: reports,
+        clean,
+    })
+}
+
+async fn verify_chain(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    scope: &Scope,
+    jwks: Option<&serde_json::Value>,
+) -> Result<ChainReport, VerifyError> {
+    let chain = chain_id(topic, partition);
+    let timed = scope.since_ms.is_some() || scope.until_ms.is_some();
+    let range: Range = client
+        .query(
+            "SELECT min(kafka_offset) AS lo, max(kafka_offset) AS hi, count() AS n FROM custos.audit_events \
+             WHERE kafka_topic = ? AND kafka_partition = ? AND record_hash != '' \
+               AND event_time >= fromUnixTimestamp64Milli(?) AND event_time < fromUnixTimestamp64Milli(?)",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(scope.since_ms.unwrap_or(0))
+        .bind(scope.until_ms.unwrap_or(i64::MAX / 4))
+        .fetch_one()
+        .await?;
+    let mut report = ChainReport {
+        chain: chain.clone(),
+        records: 0,
+        first_offset: None,
+        last_offset: None,
+        findings: Vec::new(),
+        checkpoints_ok: 0,
+        checkpoint_findings: Vec::new(),
+    };
+    if range.n == 0 {
+        return Ok(report);
+    }
+    let (lo, hi) = if timed {
+        (range.lo, range.hi)
+    } else {
+        (i64::MIN, i64::MAX)
+    };
+
+    // Checkpoints whose head lies in the range: verify signatures first, then collect
+    // the hashes and counts they claim while streaming the chain.
+    let cps: Vec<CheckpointRow> = client
+        .query(
+            "SELECT ?fields FROM custos.chain_checkpoints FINAL \
+             WHERE kafka_topic = ? AND kafka_partition = ? AND last_offset >= ? AND last_offset <= ? \
+             ORDER BY last_offset",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all()
+        .await?;
+    // last_offset -> (claims, records counted in range so far, head hash seen)
+    let mut claims: BTreeMap<i64, (checkpoint::Checkpoint, u64, Option<String>)> = BTreeMap::new();
+    for cp in &cps {
+        let problem = match jwks {
+            None => Some("no JWKS given: signature not checked".to_owned()),
+            Some(jwks) => match checkpoint::verify(&cp.jws, jwks) {
+                Err(e) => Some(format!("signature: {e}")),
+                Ok(c) => {
+                    let row_matches = c.topic == cp.kafka_topic
+                        && c.partition == cp.kafka_partition
+                        && c.first_offset == cp.first_offset
+                        && c.last_offset == cp.last_offset
+                        && c.count == cp.record_count
+                        && c.head_hash == cp.head_hash;
+                    if row_matches {
+                        claims.insert(c.last_offset, (c, 0, None));
+                        None
+                    } else {
+                        Some("stored columns differ from the signed claims".to_owned())
+                    }
+                }
+            },
+        };
+        if let Some(problem) = problem {
+            report.checkpoint_findings.push(CheckpointFinding {
+                chain: chain.clone(),
+                last_offset: cp.last_offset,
+                problem,
+            });
+        }
+    }
+
+    let mut by_first: Vec<(i64, i64)> = claims
+        .values()
+        .map(|(c, _, _)| (c.first_offset, c.last_offset))
+        .collect();
+    by_first.sort_unstable();
+    let mut next_start = 0;
+    let mut active: Vec<i64> = Vec::new();
+    let from_genesis = !timed;
+    let mut verifier = Verifier::new(chain.clone(), from_genesis);
+    let mut cursor = client
+        .query(
+            "SELECT ?fields FROM custos.audit_events FINAL \
+             WHERE kafka_topic = ? AND kafka_partition = ? AND record_hash != '' \
+               AND kafka_offset >= ? AND kafka_offset <= ? \
+             ORDER BY kafka_offset, event_key",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(lo)
+        .bind(hi)
+        .fetch::<AuditRow>()?;
+    while let Some(row) = cursor.next().await? {
+        if report.first_offset.is_none() {
+            report.first_offset = Some(row.kafka_offset);
+        }
+        report.last_offset = Some(row.kafka_offset);
+        // Checkpoints covering this offset: add those starting here, drop those ended.
+        while next_start < by_first.len() && by_first[next_start].0 <= row.kafka_offset {
+            active.push(by_first[next_start].1);
+            next_start += 1;
+        }
+        active.retain(|last| *last >= row.kafka_offset);
+        for last in &active {
+            if let Some((_, counted, head)) = claims.get_mut(last) {
+                *counted += 1;
+                if *last == row.kafka_offset {
+                    *head = Some(row.record_hash.clone());
+                }
+            }
+        }
+        verifier.push(&row);
+    }
+    report.records = verifier.checked;
+    report.findings = verifier.findings.iter().map(FindingView::from).collect();
+    for (last, (c, counted, head)) in claims {
+        let problem = match head {
+            None => Some("head record missing".to_owned()),
+            Some(h) if h != c.head_hash => Some("head hash differs from the signed one".to_owned()),
+            Some(_) if counted != c.count => {
+                Some(format!("{counted} records in range, {} signed", c.count))
+            }
+            Some(_) => None,
+        };
+        match problem {
+            Some(problem) => report.checkpoint_findings.push(CheckpointFinding {
+                chain: chain.clone(),
+                last_offset: last,
+                problem,
+            }),
+            None => report.checkpoints_ok += 1,
+        }
+    }
+    Ok(report)
+}

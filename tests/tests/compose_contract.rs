@@ -1,0 +1,1437 @@
+//! Contract between the container deployment (`compose.yaml`, `Dockerfile`, `.dockerignore`,
+//! `deploy/`) and the code and dev-stack configuration it deploys. Needs no Docker, Kafka or
+//! ClickHouse: it reads the files, and runs the deploy scripts (bash) against fakes.
+//!
+//! Checked: the compose file parses and holds exactly the expected services, each pinned and
+//! backed by an existing binary; every `CUSTOS_*` variable given to `ingest` / `migrate` is one
+//! the code reads, the connection variables are all there and every password or key comes from a
+//! secret file; host ports are bound to 127.0.0.1; `kafka-init` creates the topics of
+//! `config/topics.conf` (its script is run against a fake `kafka-topics.sh`); the ClickHouse
+//! accounts and grants match `config/clickhouse/users.xml`; the Dockerfile's runtime stage runs
+//! as a non-root user; healthchecks, start order, limits, volumes and the Keycloak demo realm.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use custos_schemas::{KeyRing, KeyRingError};
+use custos_tests::workspace;
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+fn read(rel: &str) -> String {
+    let path = workspace().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn compose() -> Value {
+    serde_yaml_ng::from_str(&read("compose.yaml")).expect("compose.yaml is valid YAML")
+}
+
+fn service<'a>(c: &'a Value, name: &str) -> &'a Value {
+    c["services"]
+        .get(name)
+        .unwrap_or_else(|| panic!("compose.yaml has no service `{name}`"))
+}
+
+fn services(c: &Value) -> BTreeMap<String, Value> {
+    c["services"]
+        .as_object()
+        .expect("services is a mapping")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A list of strings, or one string (shell form) split on whitespace.
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(a) => a.iter().filter_map(scalar).collect(),
+        Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+        Value::Null => Vec::new(),
+        other => panic!("expected a list of strings, got {other}"),
+    }
+}
+
+/// The `environment` of a service (mapping or `KEY=value` list form); `None` = pass-through.
+fn env(svc: &Value) -> BTreeMap<String, Option<String>> {
+    match svc.get("environment") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), scalar(v))).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(scalar)
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                None => (kv, None),
+            })
+            .collect(),
+        Some(other) => panic!("environment: unexpected {other}"),
+    }
+}
+
+fn env_value(svc: &Value, key: &str) -> String {
+    env(svc)
+        .get(key)
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| panic!("environment lacks a value for {key}"))
+}
+
+/// Secrets mounted into a service (short or long syntax).
+fn service_secrets(svc: &Value) -> BTreeSet<String> {
+    match svc.get("secrets") {
+        None => BTreeSet::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|s| match s {
+                Value::String(name) => name.clone(),
+                Value::Object(o) => scalar(&o["source"]).expect("secret source"),
+                other => panic!("secrets: unexpected {other}"),
+            })
+            .collect(),
+        Some(other) => panic!("secrets: unexpected {other}"),
+    }
+}
+
+/// `(source, target)` of every volume of a service (short or long syntax).
+fn mounts(svc: &Value) -> Vec<(String, String)> {
+    let Some(Value::Array(vols)) = svc.get("volumes") else {
+        return Vec::new();
+    };
+    vols.iter()
+        .map(|v| match v {
+            Value::String(s) => {
+                let parts: Vec<&str> = s.split(':').collect();
+                assert!(parts.len() >= 2, "volume `{s}` has no target");
+                (parts[0].to_owned(), parts[1].to_owned())
+            }
+            Value::Object(o) => (
+                scalar(&o["source"]).expect("volume source"),
+                scalar(&o["target"]).expect("volume target"),
+            ),
+            other => panic!("volumes: unexpected {other}"),
+        })
+        .collect()
+}
+
+/// The container path where a repository file is bind-mounted, if it is.
+fn mount_target(svc: &Value, repo_path: &str) -> Option<String> {
+    mounts(svc)
+        .into_iter()
+        .find(|(src, _)| src.trim_start_matches("./") == repo_path)
+        .map(|(_, dst)| dst)
+}
+
+/// `${VAR:-default}` -> `default`; anything else unchanged.
+fn default_of(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("unclosed ${") + start;
+        let inner = &rest[start + 2..end];
+        if let Some((_, d)) = inner.split_once(":-") {
+            out.push_str(d);
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Workspace members listed in the root Cargo.toml.
+fn workspace_members() -> Vec<String> {
+    let manifest = read("Cargo.toml");
+    let start = manifest.find("members").expect("workspace members");
+    let open = manifest[start..].find('[').expect("[") + start;
+    let close = manifest[open..].find(']').expect("]") + open;
+    manifest[open + 1..close]
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
+/// Names of every binary target of the workspace (what `cargo build --workspace --bins` makes).
+fn workspace_binaries() -> BTreeSet<String> {
+    let mut bins = BTreeSet::new();
+    for member in workspace_members() {
+        let manifest = read(&format!("{member}/Cargo.toml"));
+        let quoted = |line: &str| line.split('"').nth(1).map(str::to_owned);
+        let mut section = String::new();
+        for line in manifest.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line.to_owned();
+            } else if line.starts_with("name") && (section == "[package]" || section == "[[bin]]") {
+                let name = quoted(line).expect("quoted name");
+                let has_main = workspace().join(&member).join("src/main.rs").exists();
+                if section == "[[bin]]" || has_main {
+                    bins.insert(name);
+                }
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir(workspace().join(&member).join("src/bin")) {
+            for entry in dir.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|x| x == "rs") {
+                    bins.insert(path.file_stem().expect("stem").to_string_lossy().into());
+                }
+            }
+        }
+    }
+    bins
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every string literal that is exactly a `CUSTOS_*` name in `text`.
+fn custos_literals(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (i, _) in text.match_indices("\"CUSTOS_") {
+        let name: String = text[i + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        if text[i + 1 + name.len()..].starts_with('"') {
+            names.insert(name);
+        }
+    }
+    names
+}
+
+/// `env = "CUSTOS_..."` names of ingest/src/config.rs (the clap arguments).
+fn config_rs_env_names() -> BTreeSet<String> {
+    let text = read("ingest/src/config.rs");
+    let mut names = BTreeSet::new();
+    for (i, _) in text.match_indices("env = \"CUSTOS_") {
+        let start = i + "env = \"".len();
+        let end = text[start..].find('"').expect("closing quote") + start;
+        names.insert(text[start..end].to_owned());
+    }
+    names
+}
+
+/// Every `CUSTOS_*` variable the ingest binary reads: the clap `env = "..."` names of
+/// config.rs plus any other exact literal in ingest/src (e.g. CUSTOS_LOG in main.rs).
+fn ingest_env_names() -> BTreeSet<String> {
+    let mut files = Vec::new();
+    rust_files(&workspace().join("ingest/src"), &mut files);
+    let mut names = config_rs_env_names();
+    for f in files {
+        names.extend(custos_literals(
+            &std::fs::read_to_string(&f).expect("read source"),
+        ));
+    }
+    names
+}
+
+/// `config/topics.conf` as (name, partitions), in order.
+fn topics_conf() -> Vec<(String, u32)> {
+    read("config/topics.conf")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut it = l.split_whitespace();
+            let name = it.next().expect("topic name").to_owned();
+            let parts = it
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("topics.conf: bad line `{l}`"));
+            (name, parts)
+        })
+        .collect()
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "custos-compose-{tag}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn bash(script: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new("bash");
+    cmd.arg(script).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run bash")
+}
+
+// A minimal XML reader for the ClickHouse users files (elements, attributes, text, comments).
+#[derive(Debug, Default)]
+struct Xml {
+    name: String,
+    attrs: BTreeMap<String, String>,
+    children: Vec<Xml>,
+    text: String,
+}
+
+impl Xml {
+    fn parse(src: &str) -> Xml {
+        let mut p = XmlReader { s: src, i: 0 };
+        p.skip_misc();
+        p.element()
+    }
+
+    fn child(&self, name: &str) -> Option<&Xml> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    fn all(&self, name: &str) -> impl Iterator<Item = &Xml> {
+        let name = name.to_owned();
+        self.children.iter().filter(move |c| c.name == name)
+    }
+}
+
+struct XmlReader<'a> {
+    s: &'a str,
+    i: usize,
+}
+
+impl XmlReader<'_> {
+    fn rest(&self) -> &str {
+        &self.s[self.i..]
+    }
+
+    fn skip_to(&mut self, end: &str) {
+        let at = self.rest().find(end).expect("unterminated XML construct");
+        self.i += at + end.len();
+    }
+
+    fn skip_ws(&mut self) {
+        let trimmed = self.rest().trim_start();
+        self.i = self.s.len() - trimmed.len();
+    }
+
+    fn skip_misc(&mut self) {
+        loop {
+            self.skip_ws();
+            if self.rest().starts_with("<?") {
+                self.skip_to("?>");
+            } else if self.rest().starts_with("<!--") {
+                self.skip_to("-->");
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn name(&mut self) -> String {
+        let n: String = self
+            .rest()
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !"/>=".contains(*c))
+            .collect();
+        self.i += n.len();
+        n
+    }
+
+    fn element(&mut self) -> Xml {
+        assert!(self.rest().starts_with('<'), "XML: expected an element");
+        self.i += 1;
+        let mut el = Xml {
+            name: self.name(),
+            ..Xml::default()
+        };
+        loop {
+            self.skip_ws();
+            if self.rest().starts_with("/>") {
+                self.i += 2;
+                return el;
+            }
+            if self.rest().starts_with('>') {
+                self.i += 1;
+                break;
+            }
+            let key = self.name();
+            self.skip_ws();
+            assert!(self.rest().starts_with('='), "XML: attribute without value");
+            self.i += 1;
+            self.skip_ws();
+            let quote = self.rest().chars().next().expect("quote");
+            self.i += 1;
+            let end = self.rest().find(quote).expect("closing quote");
+            el.attrs.insert(key, unescape(&self.rest()[..end]));
+            self.i += end + 1;
+        }
+        loop {
+            if self.rest().starts_with("<!--") {
+                self.skip_to("-->");
+            } else if self.rest().starts_with("</") {
+                self.skip_to(">");
+                el.text = unescape(el.text.trim());
+                return el;
+            } else if self.rest().starts_with('<') {
+                let child = self.element();
+                el.children.push(child);
+            } else {
+                let end = self.rest().find('<').expect("XML: unclosed element");
+                el.text.push_str(&self.rest()[..end]);
+                self.i += end;
+            }
+        }
+    }
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// users -> grant queries, for every user that is not removed.
+fn users_and_grants(users_xml: &str) -> BTreeMap<String, Vec<String>> {
+    let root = Xml::parse(users_xml);
+    let users = root.child("users").expect("<users>");
+    users
+        .children
+        .iter()
+        .filter(|u| !u.attrs.contains_key("remove"))
+        .map(|u| {
+            let grants = u
+                .child("grants")
+                .map(|g| g.all("query").map(|q| q.text.clone()).collect())
+                .unwrap_or_default();
+            (u.name.clone(), grants)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// compose.yaml: services
+
+const SERVICES: &[&str] = &[
+    "kafka",
+    "kafka-init",
+    "clickhouse",
+    "keycloak",
+    "migrate",
+    "ingest",
+    "simulator",
+];
+
+#[test]
+fn compose_parses_with_the_expected_services() {
+    let c = compose();
+    let names: BTreeSet<String> = services(&c).into_keys().collect();
+    let want: BTreeSet<String> = SERVICES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(names, want, "services of compose.yaml");
+
+    // The simulator only runs on demand.
+    assert_eq!(
+        strings(&service(&c, "simulator")["profiles"]),
+        vec!["simulator"]
+    );
+    for (name, svc) in services(&c) {
+        if name != "simulator" {
+            assert!(svc.get("profiles").is_none(), "{name}: unexpected profiles");
+        }
+        let image = scalar(&svc["image"]).unwrap_or_else(|| panic!("{name}: no image"));
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+        assert!(
+            !tag.is_empty() && tag != "latest",
+            "{name}: image `{image}` must carry a pinned tag"
+        );
+        if svc.get("build").is_none() {
+            assert!(
+                tag.chars().next().is_some_and(|c| c.is_ascii_digit()),
+                "{name}: third-party image `{image}` must be pinned to a version"
+            );
+        }
+        assert!(
+            svc.get("network_mode").is_none(),
+            "{name}: no host networking"
+        );
+        let limit = &svc["deploy"]["resources"]["limits"];
+        assert!(
+            limit.get("memory").is_some() && limit.get("cpus").is_some(),
+            "{name}: needs deploy.resources.limits (cpus, memory)"
+        );
+        let restart = scalar(&svc["restart"]).unwrap_or_else(|| panic!("{name}: no restart"));
+        let one_shot = ["kafka-init", "migrate", "simulator"].contains(&name.as_str());
+        if one_shot {
+            assert_eq!(restart, "no", "{name}: one-shot service");
+        } else {
+            assert!(
+                ["unless-stopped", "always"].contains(&restart.as_str()),
+                "{name}: long-running service restarts (got {restart})"
+            );
+        }
+    }
+}
+
+#[test]
+fn custos_services_run_binaries_that_exist() {
+    let c = compose();
+    let bins = workspace_binaries();
+    assert!(
+        bins.contains("custos-ingest") && bins.contains("custos-sim"),
+        "{bins:?}"
+    );
+    let mut custos_services = 0;
+    for (name, svc) in services(&c) {
+        if svc.get("build").is_none() {
+            continue;
+        }
+        custos_services += 1;
+        assert_eq!(
+            scalar(&svc["build"]["context"]).as_deref(),
+            Some("."),
+            "{name}: built from the repository root"
+        );
+        assert!(
+            scalar(&svc["image"]).expect("image").starts_with("custos:"),
+            "{name}: one image name for every Custos service"
+        );
+        // The program: the entrypoint after custos-entrypoint, else the command's first word.
+        let mut argv = strings(svc.get("entrypoint").unwrap_or(&Value::Null));
+        if argv.first().map(String::as_str) == Some("custos-entrypoint") {
+            argv.remove(0);
+        }
+        argv.extend(strings(svc.get("command").unwrap_or(&Value::Null)));
+        let program = argv.first().unwrap_or_else(|| panic!("{name}: no command"));
+        assert!(
+            bins.contains(program),
+            "{name}: runs `{program}`, which is no binary of the workspace ({bins:?})"
+        );
+    }
+    assert_eq!(custos_services, 3, "migrate, ingest, simulator");
+    assert_eq!(
+        strings(&service(&c, "ingest")["command"]),
+        ["custos-ingest", "run"]
+    );
+    assert_eq!(
+        strings(&service(&c, "migrate")["command"]),
+        ["custos-ingest", "migrate"]
+    );
+    let sim = service(&c, "simulator");
+    assert_eq!(strings(&sim["command"]), ["--brokers", "kafka:9092"]);
+    assert_eq!(env_value(sim, "CUSTOS_KAFKA_BROKERS"), "kafka:9092");
+}
+
+// ---------------------------------------------------------------------------------------------
+// environment of ingest / migrate
+
+/// Checks one service's environment against the variables the code reads; returns the
+/// effective variables (FILE__X counted as X).
+fn check_custos_env(c: &Value, name: &str) -> BTreeMap<String, Option<String>> {
+    let known = ingest_env_names();
+    let svc = service(c, name);
+    let secrets = service_secrets(svc);
+    let mut effective = BTreeMap::new();
+    for (key, value) in env(svc) {
+        let target = match key.strip_prefix("FILE__") {
+            Some(target) => {
+                let path = value
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("{name}: {key} has no path"));
+                let secret = path
+                    .strip_prefix("/run/secrets/")
+                    .unwrap_or_else(|| panic!("{name}: {key} must name a /run/secrets file"));
+                assert!(
+                    secrets.contains(secret),
+                    "{name}: {key} reads secret `{secret}`, which the service does not mount"
+                );
+                target.to_owned()
+            }
+            None => key.clone(),
+        };
+        assert!(
+            target.starts_with("CUSTOS_"),
+            "{name}: unexpected variable {key} (only CUSTOS_* settings)"
+        );
+        assert!(
+            known.contains(&target),
+            "{name}: {target} is not read by custos-ingest (known: {known:?})"
+        );
+        let secret_like = ["PASSWORD", "SECRET"].iter().any(|w| target.contains(w))
+            || target == "CUSTOS_PSEUDONYM_KEYS";
+        if secret_like {
+            assert!(
+                key.starts_with("FILE__"),
+                "{name}: {target} must come from a secret file (FILE__{target}), not inline"
+            );
+        }
+        assert!(
+            effective.insert(target.clone(), value).is_none(),
+            "{name}: {target} set twice"
+        );
+    }
+    effective
+}
+
+#[test]
+fn ingest_env_matches_the_code() {
+    let c = compose();
+    let names = config_rs_env_names();
+    for required in [
+        "CUSTOS_KAFKA_BROKERS",
+        "CUSTOS_CLICKHOUSE_URL",
+        "CUSTOS_CLICKHOUSE_WRITER_USER",
+        "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        "CUSTOS_CLICKHOUSE_ADMIN_USER",
+        "CUSTOS_CLICKHOUSE_ADMIN_PASSWORD",
+        "CUSTOS_PSEUDONYM_KEYS_FILE",
+        "CUSTOS_INGEST_HTTP_ADDR",
+    ] {
+        assert!(
+            names.contains(required),
+            "config.rs no longer reads {required}: update compose.yaml"
+        );
+    }
+
+    let e = check_custos_env(&c, "ingest");
+    for required in [
+        "CUSTOS_KAFKA_BROKERS",
+        "CUSTOS_CLICKHOUSE_URL",
+        "CUSTOS_CLICKHOUSE_WRITER_USER",
+        "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        "CUSTOS_PSEUDONYM_KEYS_FILE",
+        "CUSTOS_INGEST_HTTP_ADDR",
+    ] {
+        assert!(e.contains_key(required), "ingest: {required} missing");
+    }
+    let get = |k: &str| e[k].clone().unwrap_or_default();
+    assert_eq!(get("CUSTOS_KAFKA_BROKERS"), "kafka:9092");
+    assert_eq!(get("CUSTOS_CLICKHOUSE_URL"), "http://clickhouse:8123");
+    assert_eq!(get("CUSTOS_CLICKHOUSE_WRITER_USER"), "custos_writer");
+    // Least privilege: the ingest never holds the admin account or inline keys.
+    for forbidden in [
+        "CUSTOS_CLICKHOUSE_ADMIN_USER",
+        "CUSTOS_CLICKHOUSE_ADMIN_PASSWORD",
+        "CUSTOS_PSEUDONYM_KEYS",
+    ] {
+        assert!(
+            !e.contains_key(forbidden),
+            "ingest must not get {forbidden}"
+        );
+    }
+    let keys = get("CUSTOS_PSEUDONYM_KEYS_FILE");
+    let secret = keys
+        .strip_prefix("/run/secrets/")
+        .expect("CUSTOS_PSEUDONYM_KEYS_FILE points to a docker secret");
+    assert!(service_secrets(service(&c, "ingest")).contains(secret));
+    let addr = get("CUSTOS_INGEST_HTTP_ADDR");
+    assert!(
+        addr.starts_with("0.0.0.0:"),
+        "inside the container the HTTP endpoints listen on all interfaces (got {addr})"
+    );
+
+    // Topics: those the ingest reads and writes exist in config/topics.conf.
+    let topics: BTreeSet<String> = topics_conf().into_iter().map(|(n, _)| n).collect();
+    if let Some(Some(list)) = e.get("CUSTOS_INPUT_TOPICS") {
+        for t in list.split(',') {
+            assert!(
+                topics.contains(t.trim()),
+                "input topic {t} not in topics.conf"
+            );
+        }
+    }
+    if let Some(Some(dlq)) = e.get("CUSTOS_DLQ_TOPIC") {
+        assert!(topics.contains(dlq), "DLQ topic {dlq} not in topics.conf");
+    }
+}
+
+#[test]
+fn migrate_env_matches_the_code() {
+    let c = compose();
+    let e = check_custos_env(&c, "migrate");
+    for required in [
+        "CUSTOS_CLICKHOUSE_URL",
+        "CUSTOS_CLICKHOUSE_ADMIN_USER",
+        "CUSTOS_CLICKHOUSE_ADMIN_PASSWORD",
+    ] {
+        assert!(e.contains_key(required), "migrate: {required} missing");
+    }
+    assert_eq!(
+        e["CUSTOS_CLICKHOUSE_URL"].as_deref(),
+        Some("http://clickhouse:8123")
+    );
+    assert_eq!(
+        e["CUSTOS_CLICKHOUSE_ADMIN_USER"].as_deref(),
+        Some("custos_admin")
+    );
+    assert!(!e.contains_key("CUSTOS_CLICKHOUSE_WRITER_PASSWORD"));
+}
+
+#[test]
+fn no_service_holds_an_inline_secret() {
+    let c = compose();
+    for (name, svc) in services(&c) {
+        let mounted = service_secrets(&svc);
+        for (key, value) in env(&svc) {
+            let upper = key.to_ascii_uppercase();
+            if let Some(target) = key.strip_prefix("FILE__") {
+                let path = value.unwrap_or_default();
+                let secret = path.strip_prefix("/run/secrets/").unwrap_or_else(|| {
+                    panic!("{name}: {key} must point into /run/secrets (got {path})")
+                });
+                assert!(
+                    mounted.contains(secret),
+                    "{name}: {key}: `{secret}` not mounted"
+                );
+                assert!(!target.is_empty());
+            } else if upper.contains("PASSWORD") || upper.contains("SECRET") {
+                panic!("{name}: {key} is set inline; use FILE__{key} and a secret");
+            }
+        }
+        for s in &mounted {
+            assert!(
+                c["secrets"].get(s).is_some(),
+                "{name}: secret `{s}` is not declared at the top level"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ports, volumes, networks
+
+#[test]
+fn host_ports_are_bound_to_loopback() {
+    let c = compose();
+    let mut published = 0;
+    for (name, svc) in services(&c) {
+        let Some(Value::Array(ports)) = svc.get("ports") else {
+            continue;
+        };
+        for p in ports {
+            published += 1;
+            match p {
+                Value::String(s) => assert!(
+                    s.starts_with("127.0.0.1:"),
+                    "{name}: port `{s}` must be bound to 127.0.0.1"
+                ),
+                Value::Object(o) => assert_eq!(
+                    scalar(&o["host_ip"]).as_deref(),
+                    Some("127.0.0.1"),
+                    "{name}: port {p} must set host_ip 127.0.0.1"
+                ),
+                other => panic!("{name}: port {other} must name 127.0.0.1"),
+            }
+        }
+    }
+    assert!(
+        published >= 4,
+        "kafka, clickhouse, keycloak and ingest publish ports"
+    );
+
+    // The ingest's published port, healthcheck and listen address agree.
+    let ingest = service(&c, "ingest");
+    let port = env_value(ingest, "CUSTOS_INGEST_HTTP_ADDR")
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_owned())
+        .expect("port");
+    let ports = strings(&ingest["ports"]);
+    assert!(
+        ports
+            .iter()
+            .any(|p| default_of(p).ends_with(&format!(":{port}"))),
+        "ingest publishes container port {port}: {ports:?}"
+    );
+    assert!(strings(&ingest["healthcheck"]["test"]).contains(&port));
+}
+
+#[test]
+fn volumes_are_named_or_repository_files() {
+    let c = compose();
+    let declared: BTreeSet<String> = c["volumes"]
+        .as_object()
+        .expect("top-level volumes")
+        .keys()
+        .cloned()
+        .collect();
+    let mut used = BTreeSet::new();
+    for (name, svc) in services(&c) {
+        for (src, dst) in mounts(&svc) {
+            if let Some(rel) = src.strip_prefix("./") {
+                assert!(
+                    workspace().join(rel).is_file(),
+                    "{name}: bind mount of missing file {rel}"
+                );
+                assert!(
+                    !rel.starts_with("deploy/secrets"),
+                    "{name}: secrets go through `secrets:`, not bind mounts"
+                );
+            } else {
+                assert!(
+                    declared.contains(&src),
+                    "{name}: volume `{src}` (-> {dst}) is not a declared named volume"
+                );
+                used.insert(src);
+            }
+        }
+    }
+    assert_eq!(used, declared, "every named volume is used");
+    for (svc, path) in [
+        ("kafka", "/var/lib/kafka/data"),
+        ("clickhouse", "/var/lib/clickhouse"),
+        ("keycloak", "/opt/keycloak/data"),
+    ] {
+        assert!(
+            mounts(service(&c, svc))
+                .iter()
+                .any(|(s, d)| d == path && !s.starts_with('.')),
+            "{svc}: data in a named volume at {path}"
+        );
+    }
+}
+
+#[test]
+fn secrets_are_operator_files_with_examples() {
+    let c = compose();
+    let secrets = c["secrets"].as_object().expect("top-level secrets");
+    assert!(!secrets.is_empty());
+    for (name, def) in secrets {
+        let file = scalar(&def["file"]).unwrap_or_else(|| panic!("secret {name}: no file"));
+        assert_eq!(
+            file,
+            format!("./deploy/secrets/{name}"),
+            "secret {name} lives in deploy/secrets"
+        );
+        assert!(
+            workspace()
+                .join(format!("deploy/secrets/{name}.example"))
+                .is_file(),
+            "deploy/secrets/{name}.example is missing"
+        );
+    }
+    let ignore = read("deploy/secrets/.gitignore");
+    assert_eq!(
+        ignore.lines().find(|l| !l.starts_with('#')),
+        Some("*"),
+        "deploy/secrets/.gitignore ignores everything but the examples"
+    );
+    let generate = read("deploy/secrets/generate.sh");
+    for name in secrets.keys() {
+        assert!(
+            generate.contains(name.as_str()),
+            "generate.sh creates {name}"
+        );
+    }
+
+    // The example key file holds no usable key, but is a valid key file once one is added.
+    let example = read("deploy/secrets/pseudonym_keys.example");
+    assert!(matches!(
+        KeyRing::parse(&example, None),
+        Err(KeyRingError::Empty)
+    ));
+    let filled = format!("{example}k1={}\n", "ab".repeat(32));
+    KeyRing::parse(&filled, None).expect("example plus one key parses");
+}
+
+// ---------------------------------------------------------------------------------------------
+// healthchecks and start order
+
+#[test]
+fn healthchecks_and_start_order() {
+    let c = compose();
+    for name in ["kafka", "clickhouse", "keycloak", "ingest"] {
+        let hc = &service(&c, name)["healthcheck"];
+        let test = strings(&hc["test"]);
+        assert!(
+            test.len() >= 2 && test[0] != "NONE" && hc.get("disable").is_none(),
+            "{name}: needs a healthcheck"
+        );
+    }
+    let ingest_hc = strings(&service(&c, "ingest")["healthcheck"]["test"]);
+    assert!(ingest_hc.contains(&"custos-healthcheck".to_owned()));
+    assert!(ingest_hc.contains(&"/readyz".to_owned()));
+    assert!(strings(&service(&c, "clickhouse")["healthcheck"]["test"])
+        .iter()
+        .any(|t| t.contains("/ping")));
+
+    let cond = |svc: &str, dep: &str| {
+        scalar(&service(&c, svc)["depends_on"][dep]["condition"])
+            .unwrap_or_else(|| panic!("{svc} must depend on {dep} with a condition"))
+    };
+    assert_eq!(cond("kafka-init", "kafka"), "service_healthy");
+    assert_eq!(cond("migrate", "clickhouse"), "service_healthy");
+    assert_eq!(cond("ingest", "migrate"), "service_completed_successfully");
+    assert_eq!(
+        cond("ingest", "kafka-init"),
+        "service_completed_successfully"
+    );
+    assert_eq!(
+        cond("simulator", "kafka-init"),
+        "service_completed_successfully"
+    );
+
+    // The ingest drains for CUSTOS_DRAIN_TIMEOUT_SECS on SIGTERM: compose must wait longer.
+    let ingest = service(&c, "ingest");
+    let drain: u64 = env(ingest)
+        .get("CUSTOS_DRAIN_TIMEOUT_SECS")
+        .cloned()
+        .flatten()
+        .map_or(30, |v| v.parse().expect("drain seconds"));
+    let grace = scalar(&ingest["stop_grace_period"]).expect("stop_grace_period");
+    let grace: u64 = grace
+        .strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .expect("stop_grace_period in seconds");
+    assert!(
+        grace > drain,
+        "stop_grace_period {grace}s <= drain {drain}s"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// kafka-init
+
+/// A stand-in for kafka-topics.sh: topics live in $FAKE_STATE, calls are logged to $FAKE_LOG.
+const FAKE_KAFKA_TOPICS: &str = r#"#!/bin/bash
+printf '%s\n' "$*" >>"$FAKE_LOG"
+mode= topic= parts=
+while (($#)); do
+  case $1 in
+    --describe) mode=describe ;; --create) mode=create ;; --alter) mode=alter ;;
+    --topic) topic=$2; shift ;; --partitions) parts=$2; shift ;;
+    --bootstrap-server | --replication-factor) shift ;;
+  esac
+  shift
+done
+touch "$FAKE_STATE"
+case $mode in
+  describe)
+    while read -r n p; do
+      printf 'Topic: %s\tTopicId: AAAAAAAAAAAAAAAAAAAAAA\tPartitionCount: %s\tReplicationFactor: 1\tConfigs: \n' "$n" "$p"
+      for ((i = 0; i < p; i++)); do
+        printf '\tTopic: %s\tPartition: %d\tLeader: 1\tReplicas: 1\tIsr: 1\n' "$n" "$i"
+      done
+    done <"$FAKE_STATE" ;;
+  create) printf '%s %s\n' "$topic" "$parts" >>"$FAKE_STATE" ;;
+  alter)
+    tmp=$FAKE_STATE.tmp
+    while read -r n p; do
+      if [[ $n == "$topic" ]]; then p=$parts; fi
+      printf '%s %s\n' "$n" "$p"
+    done <"$FAKE_STATE" >"$tmp" && mv "$tmp" "$FAKE_STATE" ;;
+esac
+"#;
+
+#[test]
+fn kafka_init_creates_the_topics_of_topics_conf() {
+    let c = compose();
+    let init = service(&c, "kafka-init");
+    assert_eq!(
+        scalar(&init["image"]),
+        scalar(&service(&c, "kafka")["image"]),
+        "kafka-init uses the broker's image (same kafka-topics.sh)"
+    );
+    let conf_target =
+        mount_target(init, "config/topics.conf").expect("kafka-init mounts config/topics.conf");
+    let script_target = mount_target(init, "deploy/kafka/create-topics.sh")
+        .expect("kafka-init mounts deploy/kafka/create-topics.sh");
+    assert!(strings(&init["entrypoint"]).contains(&script_target));
+    assert_eq!(env_value(init, "TOPICS_CONF"), conf_target);
+    assert_eq!(env_value(init, "KAFKA_BOOTSTRAP"), "kafka:9092");
+
+    let want = topics_conf();
+    let names: BTreeSet<&str> = want.iter().map(|(n, _)| n.as_str()).collect();
+    for t in [
+        "custos.as-events",
+        "custos.gateway-events",
+        "custos.consent-events",
+        "custos.revocations",
+        "custos.dlq",
+    ] {
+        assert!(names.contains(t), "topics.conf lacks {t}");
+    }
+
+    // Run the real script against the fake: one topic exists with too few partitions, one
+    // with more than listed; the rest are missing.
+    let dir = scratch_dir("topics");
+    std::fs::create_dir_all(dir.join("bin")).expect("bin dir");
+    let fake = dir.join("bin/kafka-topics.sh");
+    std::fs::write(&fake, FAKE_KAFKA_TOPICS).expect("write fake");
+    let chmod = Command::new("chmod")
+        .arg("+x")
+        .arg(&fake)
+        .status()
+        .expect("chmod");
+    assert!(chmod.success());
+    let state = dir.join("state");
+    let log = dir.join("log");
+    let (first, first_parts) = &want[0];
+    let (last, last_parts) = want.last().expect("topics");
+    std::fs::write(
+        &state,
+        format!(
+            "{first} {}\n{last} {}\n",
+            first_parts.max(&2) - 1,
+            last_parts + 1
+        ),
+    )
+    .expect("state");
+    let script = workspace().join("deploy/kafka/create-topics.sh");
+    let conf = workspace().join("config/topics.conf");
+    let run = || {
+        bash(
+            &script,
+            &[],
+            &[
+                ("KAFKA_HOME", dir.to_str().expect("utf-8")),
+                ("KAFKA_BOOTSTRAP", "kafka:9092"),
+                ("TOPICS_CONF", conf.to_str().expect("utf-8")),
+                ("FAKE_STATE", state.to_str().expect("utf-8")),
+                ("FAKE_LOG", log.to_str().expect("utf-8")),
+            ],
+        )
+    };
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "create-topics.sh failed: {stderr}");
+    let have: BTreeMap<String, u32> = std::fs::read_to_string(&state)
+        .expect("state")
+        .lines()
+        .map(|l| {
+            let (n, p) = l.split_once(' ').expect("state line");
+            (n.to_owned(), p.parse().expect("partitions"))
+        })
+        .collect();
+    for (name, parts) in &want {
+        let expect = if name == last { parts + 1 } else { *parts };
+        assert_eq!(have.get(name), Some(&expect), "topic {name}; log: {stderr}");
+    }
+    assert_eq!(have.len(), want.len(), "no other topic created");
+    assert!(
+        stderr.contains("WARNING"),
+        "too many partitions draws a warning"
+    );
+    let calls = std::fs::read_to_string(&log).expect("log");
+    assert!(calls.contains("--bootstrap-server kafka:9092"));
+    assert!(calls.contains("--replication-factor 1"));
+
+    // Idempotent: a second run creates and alters nothing.
+    std::fs::write(&log, "").expect("clear log");
+    let out = run();
+    assert!(out.status.success());
+    let calls = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !calls.contains("--create") && !calls.contains("--alter"),
+        "second run changed topics: {calls}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// ClickHouse accounts
+
+#[test]
+fn clickhouse_accounts_match_the_dev_stack() {
+    let c = compose();
+    let ch = service(&c, "clickhouse");
+    let target = mount_target(ch, "deploy/clickhouse/users.d/custos.xml")
+        .expect("clickhouse mounts deploy/clickhouse/users.d/custos.xml");
+    assert!(target.starts_with("/etc/clickhouse-server/users.d/"));
+    assert!(mount_target(ch, "deploy/clickhouse/config.d/custos.xml")
+        .is_some_and(|t| t.starts_with("/etc/clickhouse-server/config.d/")));
+    assert_eq!(env_value(ch, "CLICKHOUSE_SKIP_USER_SETUP"), "1");
+
+    let users_xml = read("deploy/clickhouse/users.d/custos.xml");
+    let compose_users = users_and_grants(&users_xml);
+    let names: Vec<&str> = compose_users.keys().map(String::as_str).collect();
+    assert_eq!(names, ["custos_admin", "custos_reader", "custos_writer"]);
+    assert_eq!(
+        compose_users["custos_writer"],
+        ["GRANT INSERT, SELECT ON custos.*"],
+        "the writer may INSERT and SELECT on custos.* only"
+    );
+    assert_eq!(compose_users["custos_reader"], ["GRANT SELECT ON custos.*"]);
+
+    // Same grants as the no-Docker stack.
+    let dev = users_and_grants(&read("config/clickhouse/users.xml"));
+    for (user, grants) in &compose_users {
+        assert_eq!(
+            Some(grants),
+            dev.get(user),
+            "grants of {user} differ from config/clickhouse/users.xml"
+        );
+    }
+
+    // No password in the file: each comes from an environment variable that the entrypoint
+    // fills from a mounted secret. The image's `default` user is removed.
+    let root = Xml::parse(&users_xml);
+    let users = root.child("users").expect("<users>");
+    assert!(users
+        .child("default")
+        .is_some_and(|d| d.attrs.contains_key("remove")));
+    let ch_env = env(ch);
+    let subnet = c["networks"]["custos"]["ipam"]["config"][0]["subnet"].clone();
+    for user in users
+        .children
+        .iter()
+        .filter(|u| !u.attrs.contains_key("remove"))
+    {
+        let pw = user.child("password").expect("password element");
+        assert!(pw.text.is_empty(), "{}: literal password", user.name);
+        let var = pw.attrs.get("from_env").expect("password from_env");
+        assert!(
+            ch_env.contains_key(&format!("FILE__{var}")),
+            "{}: clickhouse must set FILE__{var}",
+            user.name
+        );
+        assert!(
+            user.children
+                .iter()
+                .all(|e| !e.name.starts_with("password") || e.name == "password"),
+            "{}: one password element",
+            user.name
+        );
+        let nets = user.child("networks").expect("networks");
+        for ip in nets.all("ip") {
+            if let Some(var) = ip.attrs.get("from_env") {
+                assert_eq!(
+                    ch_env.get(var).cloned().flatten().map(Value::String),
+                    Some(subnet.clone()),
+                    "{}: {var} must equal the custos network's subnet",
+                    user.name
+                );
+            } else {
+                assert!(
+                    ["127.0.0.1", "::1"].contains(&ip.text.as_str()),
+                    "{}: unexpected network {}",
+                    user.name,
+                    ip.text
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dockerfile and build context
+
+#[test]
+fn dockerfile_runtime_stage_is_non_root() {
+    let text = read("Dockerfile").replace("\\\n", " ");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let stages: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.to_ascii_uppercase().starts_with("FROM "))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(stages.len() >= 2, "multi-stage build");
+    let builder = &lines[stages[0]..stages[1]];
+    let runtime = &lines[*stages.last().expect("stage")..];
+    assert!(text.contains("rust:1-bookworm"), "builder image");
+    assert!(text.contains("debian:bookworm-slim"), "runtime image");
+    assert!(
+        builder
+            .iter()
+            .any(|l| l.contains("cargo build --release --locked")),
+        "builder: cargo build --release --locked"
+    );
+    assert!(text.contains("--workspace --bins"), "every binary is built");
+
+    let instr = |stage: &[&str], word: &str| -> Vec<String> {
+        stage
+            .iter()
+            .filter(|l| l.to_ascii_uppercase().starts_with(&format!("{word} ")))
+            .map(|l| l[word.len() + 1..].trim().to_owned())
+            .collect()
+    };
+    let user = instr(runtime, "USER")
+        .pop()
+        .expect("the runtime stage sets USER");
+    let uid = user.split(':').next().expect("user");
+    assert!(
+        !["root", "0"].contains(&uid),
+        "the runtime stage must not run as root (USER {user})"
+    );
+    assert_eq!(uid, "10001");
+    assert!(instr(runtime, "EXPOSE").iter().any(|p| p == "9464"));
+    assert!(runtime
+        .iter()
+        .any(|l| l.starts_with("COPY --from=builder") && l.ends_with("/usr/local/bin/")));
+    assert!(
+        instr(runtime, "HEALTHCHECK").is_empty(),
+        "healthchecks live in compose.yaml"
+    );
+
+    // Files the runtime stage copies from the context exist and pass .dockerignore.
+    let ignore = read(".dockerignore");
+    let admitted: BTreeSet<&str> = ignore
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('!'))
+        .collect();
+    for l in runtime
+        .iter()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
+    {
+        let words: Vec<&str> = l
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        let src = words[1];
+        assert!(workspace().join(src).is_file(), "COPY source {src} missing");
+        assert!(admitted.contains(src), ".dockerignore must admit {src}");
+    }
+}
+
+#[test]
+fn dockerignore_admits_every_workspace_member_and_no_secret() {
+    let ignore = read(".dockerignore");
+    let rules: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        rules.first(),
+        Some(&"*"),
+        "allow-list: everything is excluded first"
+    );
+    for member in workspace_members() {
+        assert!(
+            rules.contains(&format!("!{member}/").as_str()),
+            ".dockerignore must admit workspace member {member}/"
+        );
+    }
+    for needed in ["!Cargo.toml", "!Cargo.lock"] {
+        assert!(rules.contains(&needed), ".dockerignore must admit {needed}");
+    }
+    for r in &rules {
+        assert!(
+            !r.contains("secrets") && !r.contains(".stack") && *r != "!deploy/",
+            ".dockerignore admits a secret or local state: {r}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// container scripts
+
+#[test]
+fn file_env_exports_secret_files() {
+    let dir = scratch_dir("file-env");
+    let secret = dir.join("pw");
+    std::fs::write(&secret, "s3cret value\n").expect("write");
+    let script = workspace().join("deploy/docker/file-env.sh");
+    let secret_path = secret.to_str().expect("utf-8");
+    let out = bash(
+        &script,
+        &[
+            "bash",
+            "-c",
+            r#"printf '%s|%s' "$CUSTOS_X" "${FILE__CUSTOS_X-unset}""#,
+        ],
+        &[("FILE__CUSTOS_X", secret_path)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "s3cret value|unset");
+
+    // A copied example, an empty file and a missing file are refused.
+    let example = workspace().join("deploy/secrets/ch_writer_password.example");
+    for bad in [
+        example.to_str().expect("utf-8"),
+        "/nonexistent/custos-secret",
+    ] {
+        let out = bash(&script, &["true"], &[("FILE__CUSTOS_X", bad)]);
+        assert!(!out.status.success(), "file-env accepted {bad}");
+    }
+    std::fs::write(&secret, "\n").expect("write");
+    let out = bash(&script, &["true"], &[("FILE__CUSTOS_X", secret_path)]);
+    assert!(!out.status.success(), "file-env accepted an empty secret");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Serves one HTTP request with `status` (waiting at most 20 s for it); returns the request line.
+fn serve_once(listener: TcpListener, status: &'static str) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "no request came");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).expect("blocking");
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let mut req = Vec::new();
+        let mut buf = [0u8; 512];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&buf[..n]);
+        }
+        let body = "{}";
+        write!(
+            conn,
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        String::from_utf8_lossy(&req)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end()
+            .to_owned()
+    })
+}
+
+#[test]
+fn healthcheck_script_probes_readyz() {
+    let script = workspace().join("deploy/docker/healthcheck.sh");
+    for (status, ok) in [("200 OK", true), ("503 Service Unavailable", false)] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port().to_string();
+        let server = serve_once(listener, status);
+        let out = bash(&script, &["/readyz", &port], &[]);
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "{status}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(server.join().expect("server"), "GET /readyz HTTP/1.1");
+    }
+    // Nothing listening: unhealthy.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port().to_string()
+    };
+    assert!(!bash(&script, &["/readyz", &port], &[]).status.success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keycloak demo realm
+
+#[test]
+fn keycloak_demo_realm() {
+    let c = compose();
+    let kc = service(&c, "keycloak");
+    let target = mount_target(kc, "deploy/keycloak/realm-custos.json").expect("realm mounted");
+    assert!(target.starts_with("/opt/keycloak/data/import/"));
+    let command = strings(&kc["command"]);
+    assert!(
+        command.contains(&"start-dev".to_owned()) && command.contains(&"--import-realm".to_owned())
+    );
+
+    let text = read("deploy/keycloak/realm-custos.json");
+    let realm: Value = serde_json::from_str(&text).expect("realm JSON");
+    assert_eq!(realm["realm"], "custos");
+    assert_eq!(realm["eventsEnabled"], true);
+    let roles: BTreeSet<&str> = realm["roles"]["realm"]
+        .as_array()
+        .expect("realm roles")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for r in [
+        "compliance_officer",
+        "privacy_officer",
+        "incident_responder",
+        "auditor",
+    ] {
+        assert!(roles.contains(r), "realm role {r}");
+    }
+    let client = |id: &str| {
+        realm["clients"]
+            .as_array()
+            .expect("clients")
+            .iter()
+            .find(|c| c["clientId"] == id)
+            .unwrap_or_else(|| panic!("client {id}"))
+            .clone()
+    };
+    let query = client("custos-query");
+    assert_eq!(query["publicClient"], false, "custos-query is confidential");
+    let smart = client("smart-patient-app");
+    assert_eq!(smart["publicClient"], true);
+    assert_eq!(smart["attributes"]["pkce.code.challenge.method"], "S256");
+
+    // Tokens for the query API carry aud=custos-query.
+    let scopes = realm["clientScopes"].as_array().expect("client scopes");
+    let audience_scope = scopes
+        .iter()
+        .find(|s| {
+            s["protocolMappers"].as_array().is_some_and(|ms| {
+                ms.iter().any(|m| {
+                    m["protocolMapper"] == "oidc-audience-mapper"
+                        && m["config"]["included.client.audience"] == "custos-query"
+                })
+            })
+        })
+        .expect("an audience mapper for custos-query");
+    assert!(query["defaultClientScopes"]
+        .as_array()
+        .expect("default scopes")
+        .contains(&audience_scope["name"]));
+    // Every scope a client names exists in the realm.
+    let scope_names: BTreeSet<&str> = scopes.iter().filter_map(|s| s["name"].as_str()).collect();
+    for cl in [&query, &smart] {
+        for key in ["defaultClientScopes", "optionalClientScopes"] {
+            for s in cl[key].as_array().expect("scopes") {
+                let s = s.as_str().expect("scope name");
+                assert!(
+                    scope_names.contains(s),
+                    "{}: unknown scope {s}",
+                    cl["clientId"]
+                );
+            }
+        }
+    }
+
+    // Every ${VAR} placeholder of the realm file is given to Keycloak, from a secret.
+    let kc_env = env(kc);
+    for (i, _) in text.match_indices("${") {
+        let end = text[i..].find('}').expect("placeholder end") + i;
+        let var = &text[i + 2..end];
+        assert!(
+            kc_env.contains_key(&format!("FILE__{var}")),
+            "realm placeholder {var} must be set from a secret (FILE__{var})"
+        );
+    }
+}
