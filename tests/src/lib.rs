@@ -20,6 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 pub mod events;
+pub mod sim;
 
 /// Kafka bootstrap servers of the test stack.
 pub fn brokers() -> String {

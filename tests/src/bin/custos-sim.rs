@@ -1,32 +1,55 @@
-//! `custos-sim`: produces sample traffic for the demo and for manual testing: one event of
-//! every type, in every accepted format, plus `--events` FHIR accesses by a few clinicians
-//! over a few patients. Deterministic for a given `--seed`.
+//! `custos-sim`: SMART on FHIR traffic for a simulated hospital (see `custos_tests::sim`):
+//! clinician EHR launches, patient apps, backend services, consent grants and revocations,
+//! break-glass, and injected incidents. Deterministic for a given `--seed`; paced by
+//! `--rate` for `--duration` seconds or until `--events` messages were produced.
 
-use std::time::Instant;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use custos_tests::events::{self, Raw};
+use custos_tests::sim::{Dest, Format, HospitalConfig, Simulator};
 use custos_tests::{produce, producer, Msg};
 
 #[derive(Parser)]
-#[command(name = "custos-sim", about = "Custos sample traffic")]
+#[command(name = "custos-sim", about = "Custos SMART on FHIR traffic simulator")]
 struct Args {
     /// Kafka bootstrap servers.
     #[arg(long, env = "CUSTOS_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
     brokers: String,
-    /// Number of FHIR access events.
-    #[arg(long, default_value_t = 1000)]
+    /// Stop after this many messages.
+    #[arg(long, default_value_t = 2000)]
     events: u64,
-    /// Seed for the identifiers.
+    /// Stop after this many seconds (0: no time limit).
+    #[arg(long, default_value_t = 0)]
+    duration: u64,
+    /// Messages per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Seed: the same seed produces the same traffic.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Gateway topic.
-    #[arg(long, default_value = "custos.gateway-events")]
-    gateway_topic: String,
+    /// Tenant (hospital) name.
+    #[arg(long, default_value = "general")]
+    tenant: String,
+    /// Clinicians in the hospital.
+    #[arg(long, default_value_t = 40)]
+    clinicians: usize,
+    /// Patients in the hospital.
+    #[arg(long, default_value_t = 2000)]
+    patients: usize,
+    /// Share of scenarios that inject an incident (0..1).
+    #[arg(long, default_value_t = 0.05)]
+    incident_rate: f64,
+    /// Source formats to emit.
+    #[arg(long, value_enum, default_value_t = Format::Mixed)]
+    format: Format,
     /// AS topic.
     #[arg(long, default_value = "custos.as-events")]
     as_topic: String,
+    /// Gateway topic.
+    #[arg(long, default_value = "custos.gateway-events")]
+    gateway_topic: String,
     /// Consent topic.
     #[arg(long, default_value = "custos.consent-events")]
     consent_topic: String,
@@ -35,42 +58,79 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.incident_rate),
+        "--incident-rate must be within 0..1"
+    );
+    anyhow::ensure!(
+        args.clinicians > 0 && args.patients > 0,
+        "--clinicians and --patients must be positive"
+    );
     std::env::set_var("CUSTOS_KAFKA_BROKERS", &args.brokers);
     let p = producer()?;
+    let mut sim = Simulator::new(
+        HospitalConfig {
+            tenant: args.tenant.clone(),
+            clinicians: args.clinicians,
+            patients: args.patients,
+            incident_rate: args.incident_rate,
+            format: args.format,
+        },
+        args.seed,
+    );
     let start = Instant::now();
-    let run = format!("sim{}", args.seed);
-    let raw = Raw::new(&format!("{run}-demo"));
-    let mut gateway = Vec::new();
-    let mut as_events = Vec::new();
-    let mut consent = Vec::new();
-    for (_, v) in events::every_type(&run, &raw) {
-        let ty = v["type"].as_str().unwrap_or_default().to_owned();
-        let m = Msg::json(&v);
-        if ty.starts_with("custos.consent") {
-            consent.push(m);
-        } else if ty == "custos.fhir.access" || ty == "custos.breakglass.opened" {
-            gateway.push(m);
-        } else {
-            as_events.push(m);
+    let tty = std::io::stderr().is_terminal();
+    let (mut sent, mut incidents) = (0u64, 0u64);
+    let mut last_report = Instant::now();
+    let deadline = (args.duration > 0).then(|| start + Duration::from_secs(args.duration));
+    while sent < args.events && deadline.is_none_or(|d| Instant::now() < d) {
+        // One chunk of scenarios, then pace.
+        let mut chunk: [Vec<Msg>; 3] = Default::default();
+        let mut n = 0;
+        while n < 500 && sent + n < args.events {
+            for o in sim.next_scenario() {
+                incidents += u64::from(o.incident.is_some());
+                let slot = match o.dest {
+                    Dest::As => 0,
+                    Dest::Gateway => 1,
+                    Dest::Consent => 2,
+                };
+                chunk[slot].push(o.msg);
+                n += 1;
+            }
+        }
+        produce(&p, &args.as_topic, None, &chunk[0]).await?;
+        produce(&p, &args.gateway_topic, None, &chunk[1]).await?;
+        produce(&p, &args.consent_topic, None, &chunk[2]).await?;
+        sent += n;
+        if args.rate > 0 {
+            let due = start + Duration::from_secs_f64(sent as f64 / args.rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        if tty && last_report.elapsed() >= Duration::from_millis(500) {
+            last_report = Instant::now();
+            let frac = (sent as f64 / args.events as f64).min(1.0);
+            let width = 30;
+            let filled = (frac * width as f64) as usize;
+            eprint!(
+                "\rcustos-sim [{}{}] {sent}/{} msgs, {incidents} incidents, {:.0} msg/s ",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                args.events,
+                sent as f64 / start.elapsed().as_secs_f64().max(0.001)
+            );
         }
     }
-    let bin = events::fhir_access(&format!("{run}-bin"), &raw);
-    gateway.push(events::binary(
-        &format!("{run}-bin"),
-        "custos.fhir.access",
-        &bin["data"],
-    ));
-    for n in 0..args.events {
-        gateway.push(events::bulk(&run, n));
+    if tty {
+        eprintln!();
     }
-    produce(&p, &args.gateway_topic, None, &gateway).await?;
-    produce(&p, &args.as_topic, None, &as_events).await?;
-    produce(&p, &args.consent_topic, None, &consent).await?;
     eprintln!(
-        "custos-sim: produced {} events in {:.1}s (patient of the demo scenario: {})",
-        gateway.len() + as_events.len() + consent.len(),
+        "custos-sim: produced {sent} messages ({incidents} incidents) in {:.1}s, tenant {}, seed {}",
         start.elapsed().as_secs_f64(),
-        raw.patient
+        args.tenant,
+        args.seed
     );
     Ok(())
 }
