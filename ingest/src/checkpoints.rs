@@ -145,3 +145,63 @@ impl Tracker {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_schemas::checkpoint::verify;
+
+    fn rows(partition: i32, offsets: std::ops::Range<i64>) -> Vec<AuditRow> {
+        offsets
+            .map(|o| AuditRow {
+                kafka_topic: "t".into(),
+                kafka_partition: partition,
+                kafka_offset: o,
+                event_time: 1000 + o,
+                record_hash: format!("h{o}"),
+                ..AuditRow::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cuts_every_n_records_and_on_force() {
+        let signer = Signer256::new(p256::ecdsa::SigningKey::random(&mut rand_core::OsRng), "k");
+        let policy = CheckpointPolicy {
+            every_records: 10,
+            every: Duration::from_secs(3600),
+            signer: signer.clone(),
+            topic: "cp".into(),
+        };
+        let mut t = Tracker::default();
+        t.observe(&rows(0, 0..25), 10);
+        t.observe(&rows(1, 0..3), 10);
+        let due = t.due(&policy, false);
+        let spans: Vec<(i32, i64, i64, u64)> = due
+            .iter()
+            .map(|c| {
+                (
+                    c.kafka_partition,
+                    c.first_offset,
+                    c.last_offset,
+                    c.record_count,
+                )
+            })
+            .collect();
+        assert_eq!(spans, vec![(0, 0, 9, 10), (0, 10, 19, 10)]);
+        assert_eq!(due[1].head_hash, "h19");
+        let claims = verify(&due[1].jws, &signer.jwks()).unwrap();
+        assert_eq!(
+            (claims.first_offset, claims.last_offset, claims.count),
+            (10, 19, 10)
+        );
+        let mut rest: Vec<(i32, i64, i64)> = t
+            .due(&policy, true)
+            .iter()
+            .map(|c| (c.kafka_partition, c.first_offset, c.last_offset))
+            .collect();
+        rest.sort();
+        assert_eq!(rest, vec![(0, 20, 24), (1, 0, 2)]);
+        assert!(t.due(&policy, true).is_empty());
+    }
+}

@@ -109,11 +109,22 @@ impl Writer {
         cancel: CancellationToken,
     ) {
         let mut tracker = Tracker::default();
-        while let Some(batch) = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => None,
-            b = rx.recv() => b,
-        } {
+        // Quiet chains still get their time-based checkpoints.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let batch = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => None,
+                b = rx.recv() => b,
+                _ = tick.tick() => {
+                    if !self.checkpoint(&mut tracker, false, &cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(batch) = batch else { break };
             let started = Instant::now();
             let rows = batch.rows.len();
             if !self.write(&batch, &cancel).await {
