@@ -1,1 +1,212 @@
-//! Placeholder crate root (filled by the query issue).
+//! # custos-query
+//!
+//! The Custos query API: who-accessed-what reports for compliance officers, privacy
+//! officers and incident responders, read from `custos.audit_events FINAL` with a
+//! read-only ClickHouse account, secured with OIDC bearer JWTs and roles, and itself
+//! audited (every answered query is written to `custos.report_queries` with the writer
+//! account before it is answered).
+//!
+//! - [`auth`]: JWT validation against the issuer's JWKS, roles from a claim path;
+//! - [`reports`]: the SQL builders, pure functions over validated parameters;
+//! - [`export`]: JSON pages with cursors, CSV / NDJSON streaming;
+//! - [`fhir`]: `GET /fhir/AuditEvent` searchset Bundles (IHE BALP);
+//! - [`audit`]: the query audit.
+//!
+//! Tests drive [`app`] without a socket:
+//!
+//! ```no_run
+//! # async fn demo(cfg: custos_query::config::QueryConfig) -> anyhow::Result<()> {
+//! use tower::ServiceExt;
+//! let state = custos_query::AppState::new(&cfg, None)?;
+//! let resp = custos_query::app(state)
+//!     .oneshot(axum::http::Request::get("/healthz").body(axum::body::Body::empty())?)
+//!     .await?;
+//! assert_eq!(resp.status(), 200);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod export;
+pub mod fhir;
+pub mod openapi;
+pub mod params;
+pub mod reports;
+pub mod sql;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use custos_schemas::KeyRing;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+use crate::audit::QueryAudit;
+use crate::auth::Authenticator;
+use crate::config::{ConfigError, QueryConfig};
+use crate::params::Limits;
+
+/// Report settings derived from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Validation limits and defaults.
+    pub limits: Limits,
+    /// Purposes excluded from the accounting of disclosures.
+    pub excluded_purposes: Vec<String>,
+    /// Grace after a consent revocation, seconds.
+    pub revocation_grace_secs: u64,
+    /// Public base URL.
+    pub public_url: String,
+    /// Request timeout (headers of a response).
+    pub request_timeout: Duration,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Bearer-token verification.
+    pub auth: Arc<Authenticator>,
+    /// ClickHouse as the read-only account.
+    pub reader: clickhouse::Client,
+    /// Query-audit writer (writer account).
+    pub audit: QueryAudit,
+    /// Pseudonymization keys (lookups try every live key).
+    pub keys: Arc<KeyRing>,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Prometheus handle for `/metrics` (none in tests).
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("auth", &self.auth)
+            .field("keys", &self.keys)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Validates the configuration and builds the state (no I/O).
+    pub fn new(
+        cfg: &QueryConfig,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<AppState, ConfigError> {
+        cfg.validate()?;
+        let timeout = cfg.clickhouse_timeout_secs.to_string();
+        let reader = clickhouse::Client::default()
+            .with_url(&cfg.clickhouse_url)
+            .with_user(&cfg.reader_user)
+            .with_password(&cfg.reader_password)
+            .with_setting("max_execution_time", timeout.clone());
+        let writer = clickhouse::Client::default()
+            .with_url(&cfg.clickhouse_url)
+            .with_user(&cfg.writer_user)
+            .with_password(&cfg.writer_password)
+            .with_database(custos_schemas::migrations::DATABASE)
+            .with_setting("max_execution_time", timeout);
+        Ok(AppState {
+            auth: Arc::new(Authenticator::new(&cfg.oidc)?),
+            reader,
+            audit: QueryAudit::new(writer.clone()),
+            keys: Arc::new(cfg.key_ring()?),
+            settings: Arc::new(Settings {
+                limits: Limits {
+                    default_tenant: cfg.default_tenant.clone(),
+                    page_default: cfg.page_default,
+                    page_max: cfg.page_max,
+                    export_max_rows: cfg.export_max_rows,
+                    default_window_days: cfg.default_window_days,
+                },
+                excluded_purposes: cfg
+                    .disclosure_excluded_purposes
+                    .iter()
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+                revocation_grace_secs: cfg.revocation_grace_secs,
+                public_url: cfg.public_url.clone(),
+                request_timeout: cfg.clickhouse_timeout() + Duration::from_secs(5),
+            }),
+            metrics,
+        })
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let store = s.reader.query("SELECT 1").fetch_one::<u8>().await.is_ok();
+    let audit_table = s
+        .reader
+        .query("SELECT count() FROM custos.report_queries WHERE 0")
+        .fetch_one::<u64>()
+        .await
+        .is_ok();
+    let keys = s.auth.has_keys().await || s.auth.refresh(false).await.is_ok();
+    let ready = store && audit_table && keys;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"status": if ready { "ready" } else { "not ready" },
+            "clickhouse": store, "query_audit_table": audit_table, "jwks": keys})),
+    )
+}
+
+async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics
+            .as_ref()
+            .map(PrometheusHandle::render)
+            .unwrap_or_default(),
+    )
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    Json(openapi::ApiDoc::openapi())
+}
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    let timeout = state.settings.request_timeout;
+    Router::new()
+        .merge(api::router())
+        .route("/fhir/AuditEvent", get(fhir::search))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(error::not_found)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            timeout,
+        ))
+        // Spans carry the path only: query strings hold raw patient ids.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .with_state(state)
+}

@@ -1,0 +1,822 @@
+//! The `/v1` report endpoints. Each handler: authenticate (extractor), authorize by role
+//! (a refusal is itself recorded), validate parameters (400 problem naming the
+//! parameter), resolve raw ids to pseudonyms under every live key, run the bound SQL as
+//! the reader account, record the answer in the query audit, respond.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use clickhouse::{RowOwned, RowRead};
+use custos_schemas::PseudonymKind;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tracing::{error, info};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::audit::Asked;
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, Problem, ValidQuery};
+use crate::export::{fetch_page, page_response, stream, Page};
+use crate::params::{self, Common, Format};
+use crate::reports::break_glass::{self, BreakGlass};
+use crate::reports::consents::{self, ConsentChange};
+use crate::reports::disclosures::{self, Disclosure};
+use crate::reports::query_audit::{self, QueryAuditFilter, ReportQuery};
+use crate::reports::revocation::{self, Violation, ViolationFilter};
+use crate::reports::token_trace::{
+    self, Deadlines, Selector, SummaryRow, TokenSummary, TraceEvent,
+};
+use crate::reports::{self, EventFilter, EventRow, Keyed, Tabular, UserMatch};
+use crate::sql::Sql;
+use crate::AppState;
+
+/// The reports, with the roles allowed to run them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// Who accessed a patient's record.
+    PatientAccess,
+    /// Everything a user did.
+    UserActivity,
+    /// A token's lifecycle and uses.
+    TokenTrace,
+    /// HIPAA accounting of disclosures.
+    Disclosures,
+    /// Break-the-glass accesses.
+    BreakGlass,
+    /// Accesses after consent revocation.
+    RevocationViolations,
+    /// Consent history.
+    Consents,
+    /// The query audit itself.
+    QueryAudit,
+    /// FHIR AuditEvent search.
+    FhirAuditEvent,
+}
+
+impl Report {
+    /// Name in URLs and the query audit.
+    pub fn name(self) -> &'static str {
+        match self {
+            Report::PatientAccess => "patient-access",
+            Report::UserActivity => "user-activity",
+            Report::TokenTrace => "token-trace",
+            Report::Disclosures => "disclosures",
+            Report::BreakGlass => "break-glass",
+            Report::RevocationViolations => "revocation-violations",
+            Report::Consents => "consents",
+            Report::QueryAudit => "query-audit",
+            Report::FhirAuditEvent => "fhir-auditevent",
+        }
+    }
+
+    /// Roles allowed to run it (auditors may read everything).
+    pub fn roles(self) -> &'static [Role] {
+        match self {
+            Report::PatientAccess
+            | Report::UserActivity
+            | Report::Disclosures
+            | Report::BreakGlass
+            | Report::FhirAuditEvent => &[Role::ComplianceOfficer, Role::Auditor],
+            Report::TokenTrace => &[Role::IncidentResponder, Role::Auditor],
+            Report::RevocationViolations | Report::Consents => {
+                &[Role::PrivacyOfficer, Role::Auditor]
+            }
+            Report::QueryAudit => &[Role::Auditor],
+        }
+    }
+}
+
+/// Refuses callers without a role for `report`; the refusal is recorded (best effort).
+pub fn authorize(state: &AppState, caller: &Caller, report: Report) -> Result<(), ApiError> {
+    if caller.has_any(report.roles()) {
+        return Ok(());
+    }
+    info!(caller = %caller.sub, report = report.name(), "report refused: missing role");
+    metrics::counter!("custos_query_forbidden_total", "report" => report.name()).increment(1);
+    let asked = Asked::new(caller, report.name(), "", json!({}), "none");
+    let audit = state.audit.clone();
+    tokio::spawn(async move {
+        if let Err(e) = audit.write(&asked.record("forbidden", 0)).await {
+            error!(error = %e, "query audit record of a refusal not written");
+        }
+    });
+    Err(ApiError::Forbidden)
+}
+
+/// Answers with a JSON page or an export, per `c.format`.
+pub async fn respond<R, O, B, M>(
+    state: &AppState,
+    asked: Asked,
+    c: &Common,
+    build: B,
+    map: M,
+) -> Result<Response, ApiError>
+where
+    R: RowOwned + RowRead + Send,
+    O: Serialize + Tabular + Keyed,
+    B: Fn(u64) -> Sql,
+    M: FnMut(R) -> O + Send + 'static,
+{
+    let timer = std::time::Instant::now();
+    let out = match c.format {
+        Format::Json => {
+            let sql = build(c.limit + 1);
+            let (rows, next) = fetch_page(state, &asked, &sql, c.limit, map).await?;
+            Ok(page_response(&asked, c, rows, next))
+        }
+        f => {
+            let sql = build(c.limit);
+            stream(state, asked.clone(), &sql, f, map).await
+        }
+    };
+    metrics::histogram!("custos_query_report_seconds", "report" => asked.report())
+        .record(timer.elapsed().as_secs_f64());
+    out
+}
+
+/// The parameters recorded in the query audit: identifiers pseudonymized with the
+/// current key, everything else as validated.
+pub struct AuditParams<'a> {
+    state: &'a AppState,
+    tenant: String,
+    map: Map<String, Value>,
+}
+
+impl<'a> AuditParams<'a> {
+    /// Starts with the common parameters.
+    pub fn new(state: &'a AppState, c: &Common) -> AuditParams<'a> {
+        let mut map = Map::new();
+        map.insert("from".into(), c.window.from_rfc3339().into());
+        map.insert("to".into(), c.window.to_rfc3339().into());
+        map.insert("limit".into(), c.limit.into());
+        map.insert("cursor".into(), c.after.is_some().into());
+        AuditParams {
+            state,
+            tenant: c.tenant.clone(),
+            map,
+        }
+    }
+
+    /// A readable parameter.
+    pub fn plain(mut self, name: &str, v: &Option<String>) -> Self {
+        if let Some(v) = v {
+            self.map.insert(name.into(), v.clone().into());
+        }
+        self
+    }
+
+    /// A parameter stored as its pseudonym of `kind` under the current key.
+    pub fn hashed(mut self, name: &str, kind: PseudonymKind, v: &Option<String>) -> Self {
+        if let Some(v) = v {
+            let p = self.state.keys.pseudonymize(&self.tenant, kind, v);
+            self.map.insert(name.into(), p.into());
+        }
+        self
+    }
+
+    /// The JSON object.
+    pub fn done(self) -> Value {
+        Value::Object(self.map)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn common(
+    state: &AppState,
+    default_days: u32,
+    tenant: &Option<String>,
+    from: &Option<String>,
+    to: &Option<String>,
+    limit: &Option<String>,
+    cursor: &Option<String>,
+    format: &Option<String>,
+) -> Result<Common, ApiError> {
+    Common::parse(
+        &state.settings.limits,
+        default_days,
+        tenant.as_deref(),
+        from.as_deref(),
+        to.as_deref(),
+        limit.as_deref(),
+        cursor.as_deref(),
+        format.as_deref(),
+    )
+}
+
+/// Parameters of `/v1/reports/patient-access`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PatientAccessParams {
+    /// Raw patient id (or `Patient/id`); hashed under every live key, never stored.
+    pub patient: Option<String>,
+    /// Tenant (default: `CUSTOS_DEFAULT_TENANT`).
+    pub tenant: Option<String>,
+    /// Window start, RFC 3339 or YYYY-MM-DD (default: `CUSTOS_QUERY_DEFAULT_WINDOW_DAYS` before `to`).
+    pub from: Option<String>,
+    /// Window end, exclusive (default: now).
+    pub to: Option<String>,
+    /// User `sub` or `fhirUser`.
+    pub user: Option<String>,
+    /// OAuth client.
+    pub client: Option<String>,
+    /// FHIR resource type.
+    pub resource_type: Option<String>,
+    /// FHIR interaction.
+    pub interaction: Option<String>,
+    /// `success` or `failure`.
+    pub outcome: Option<String>,
+    /// Purpose of use code (v3-ActReason).
+    pub purpose: Option<String>,
+    /// `permit` or `deny`.
+    pub decision: Option<String>,
+    /// Page size (JSON) or row cap (exports).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// `json` (default), `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+/// Who accessed a patient's record.
+#[utoipa::path(get, path = "/v1/reports/patient-access", params(PatientAccessParams),
+    responses((status = 200, body = Page<EventRow>), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn patient_access(
+    State(s): State<AppState>,
+    caller: Caller,
+    ValidQuery(p): ValidQuery<PatientAccessParams>,
+) -> Result<Response, ApiError> {
+    let report = Report::PatientAccess;
+    authorize(&s, &caller, report)?;
+    let days = s.settings.limits.default_window_days;
+    let c = common(
+        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+    )?;
+    let patient = params::required_ident("patient", p.patient.as_deref())?;
+    let user = params::ident("user", p.user.as_deref())?;
+    let client = params::ident("client", p.client.as_deref())?;
+    let resource_type = params::resource_type("resource_type", p.resource_type.as_deref())?;
+    let interaction = params::interaction("interaction", p.interaction.as_deref())?;
+    let outcome = params::outcome(p.outcome.as_deref())?;
+    let purpose = params::code("purpose", p.purpose.as_deref())?;
+    let decision = params::decision(p.decision.as_deref())?;
+    let filter = EventFilter {
+        patients: Some(
+            s.keys
+                .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
+        ),
+        user: user
+            .as_deref()
+            .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
+        client: client.clone(),
+        resource_type: resource_type.clone(),
+        interactions: interaction.clone().map(|i| vec![i]),
+        outcome: outcome.clone(),
+        purpose: purpose.clone(),
+        decision: decision.clone(),
+        event_type: None,
+    };
+    let audit = AuditParams::new(&s, &c)
+        .hashed("patient", PseudonymKind::Patient, &Some(patient))
+        .hashed("user", PseudonymKind::Subject, &user)
+        .plain("client", &client)
+        .plain("resource_type", &resource_type)
+        .plain("interaction", &interaction)
+        .plain("outcome", &outcome)
+        .plain("purpose", &purpose)
+        .plain("decision", &decision)
+        .done();
+    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
+    respond(
+        &s,
+        asked,
+        &c,
+        |lim| reports::events(&c, reports::PATIENT_ACCESS, &filter, lim),
+        |r: EventRow| r,
+    )
+    .await
+}
+
+/// Parameters of `/v1/reports/user-activity`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UserActivityParams {
+    /// User `sub` (readable or raw patient-user subject) or `fhirUser` reference.
+    pub user: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Window start.
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Custos event type.
+    pub event_type: Option<String>,
+    /// OAuth client.
+    pub client: Option<String>,
+    /// FHIR resource type.
+    pub resource_type: Option<String>,
+    /// FHIR interaction.
+    pub interaction: Option<String>,
+    /// `success` or `failure`.
+    pub outcome: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+/// Everything a user (sub or fhirUser) did.
+#[utoipa::path(get, path = "/v1/reports/user-activity", params(UserActivityParams),
+    responses((status = 200, body = Page<EventRow>), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn user_activity(
+    State(s): State<AppState>,
+    caller: Caller,
+    ValidQuery(p): ValidQuery<UserActivityParams>,
+) -> Result<Response, ApiError> {
+    let report = Report::UserActivity;
+    authorize(&s, &caller, report)?;
+    let days = s.settings.limits.default_window_days;
+    let c = common(
+        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+    )?;
+    let user = params::required_ident("user", p.user.as_deref())?;
+    let event_type = params::event_type(p.event_type.as_deref())?;
+    let client = params::ident("client", p.client.as_deref())?;
+    let resource_type = params::resource_type("resource_type", p.resource_type.as_deref())?;
+    let interaction = params::interaction("interaction", p.interaction.as_deref())?;
+    let outcome = params::outcome(p.outcome.as_deref())?;
+    let filter = EventFilter {
+        user: Some(UserMatch::new(&s.keys, &c.tenant, &user)),
+        client: client.clone(),
+        resource_type: resource_type.clone(),
+        interactions: interaction.clone().map(|i| vec![i]),
+        outcome: outcome.clone(),
+        event_type: event_type.clone(),
+        ..EventFilter::default()
+    };
+    let audit = AuditParams::new(&s, &c)
+        .hashed("user", PseudonymKind::Subject, &Some(user))
+        .plain("event_type", &event_type)
+        .plain("client", &client)
+        .plain("resource_type", &resource_type)
+        .plain("interaction", &interaction)
+        .plain("outcome", &outcome)
+        .done();
+    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
+    respond(
+        &s,
+        asked,
+        &c,
+        |lim| reports::events(&c, reports::USER_ACTIVITY, &filter, lim),
+        |r: EventRow| r,
+    )
+    .await
+}
+
+/// Parameters of `/v1/reports/token-trace` (exactly one of jti, session, client).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TokenTraceParams {
+    /// Token id.
+    pub jti: Option<String>,
+    /// AS session id.
+    pub session: Option<String>,
+    /// OAuth client.
+    pub client: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Window start.
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson` (exports stream the flagged events).
+    pub format: Option<String>,
+}
+
+/// A token trace page: lifecycle summaries plus the flagged events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TracePage {
+    /// The events page.
+    #[serde(flatten)]
+    pub page: Page<TraceEvent>,
+    /// Per-token lifecycle over the whole window.
+    pub tokens: Vec<TokenSummary>,
+}
+
+/// A token's lifecycle, accesses, IPs and scopes; late uses flagged.
+#[utoipa::path(get, path = "/v1/reports/token-trace", params(TokenTraceParams),
+    responses((status = 200, body = TracePage), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn token_trace(
+    State(s): State<AppState>,
+    caller: Caller,
+    ValidQuery(p): ValidQuery<TokenTraceParams>,
+) -> Result<Response, ApiError> {
+    let report = Report::TokenTrace;
+    authorize(&s, &caller, report)?;
+    let days = s.settings.limits.default_window_days;
+    let c = common(
+        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+    )?;
+    let jti = params::ident("jti", p.jti.as_deref())?;
+    let session = params::ident("session", p.session.as_deref())?;
+    let client = params::ident("client", p.client.as_deref())?;
+    let sel = match (jti, session, client) {
+        (Some(j), None, None) => Selector::Jti(j),
+        (None, Some(s), None) => Selector::Session(s),
+        (None, None, Some(c)) => Selector::Client(c),
+        _ => {
+            return Err(ApiError::bad(
+                "exactly one of jti, session, client is required",
+            ))
+        }
+    };
+    let (name, value) = sel.describe();
+    let audit = AuditParams::new(&s, &c)
+        .plain(name, &Some(value.to_owned()))
+        .done();
+    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
+    let summary: Vec<SummaryRow> = token_trace::summary(&c, &sel)
+        .query(&s.reader)
+        .fetch_all()
+        .await?;
+    let deadlines = Deadlines::new(&summary);
+    let map = move |r: EventRow| deadlines.flag(r);
+    if c.format != Format::Json {
+        return respond(&s, asked, &c, |lim| token_trace::events(&c, &sel, lim), map).await;
+    }
+    let sql = token_trace::events(&c, &sel, c.limit + 1);
+    let (rows, next) = fetch_page(&s, &asked, &sql, c.limit, map).await?;
+    let page = Page {
+        report: asked.report().to_owned(),
+        query_id: asked.query_id.clone(),
+        tenant: c.tenant.clone(),
+        from: c.window.from_rfc3339(),
+        to: c.window.to_rfc3339(),
+        rows,
+        next_cursor: next,
+    };
+    Ok(Json(TracePage {
+        page,
+        tokens: summary.into_iter().map(TokenSummary::from).collect(),
+    })
+    .into_response())
+}
+
+/// Parameters of `/v1/reports/disclosures`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DisclosureParams {
+    /// Raw patient id.
+    pub patient: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Window start (default: six years before `to`).
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Recipient client.
+    pub client: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+/// Six years (45 CFR 164.528(a)).
+pub const DISCLOSURE_WINDOW_DAYS: u32 = 6 * 365 + 2;
+
+/// HIPAA 164.528 accounting of disclosures for a patient.
+#[utoipa::path(get, path = "/v1/reports/disclosures", params(DisclosureParams),
+    responses((status = 200, body = Page<Disclosure>), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn disclosures(
+    State(s): State<AppState>,
+    caller: Caller,
+    ValidQuery(p): ValidQuery<DisclosureParams>,
+) -> Result<Response, ApiError> {
+    let report = Report::Disclosures;
+    authorize(&s, &caller, report)?;
+    let c = common(
+        &s,
+        DISCLOSURE_WINDOW_DAYS,
+        &p.tenant,
+        &p.from,
+        &p.to,
+        &p.limit,
+        &p.cursor,
+        &p.format,
+    )?;
+    let patient = params::required_ident("patient", p.patient.as_deref())?;
+    let client = params::ident("client", p.client.as_deref())?;
+    let filter = EventFilter {
+        patients: Some(
+            s.keys
+                .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
+        ),
+        client: client.clone(),
+        ..EventFilter::default()
+    };
+    let excluded = s.settings.excluded_purposes.clone();
+    let audit = AuditParams::new(&s, &c)
+        .hashed("patient", PseudonymKind::Patient, &Some(patient))
+        .plain("client", &client)
+        .plain("excluded_purposes", &Some(excluded.join(",")))
+        .done();
+    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
+    respond(
+        &s,
+        asked,
+        &c,
+        |lim| disclosures::build(&c, &filter, &excluded, lim),
+        |r: EventRow| Disclosure::from(r),
+    )
+    .await
+}
+
+/// Parameters of `/v1/reports/break-glass`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct BreakGlassParams {
+    /// Raw patient id.
+    pub patient: Option<String>,
+    /// Clinician `sub` or `fhirUser`.
+    pub user: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Window start.
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+/// Break-the-glass openings (reason, duration) and BTG accesses.
+#[utoipa::path(get, path = "/v1/reports/break-glass", params(BreakGlassParams),
+    responses((status = 200, body = Page<BreakGlass>), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn break_glass(
+    State(s): State<AppState>,
+    caller: Caller,
+    ValidQuery(p): ValidQuery<BreakGlassParams>,
+) -> Result<Response, ApiError> {
+    let report = Report::BreakGlass;
+    authorize(&s, &caller, report)?;
+    let days = s.settings.limits.default_window_days;
+    let c = common(
+        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+    )?;
+    let patient = params::ident("patient", p.patient.as_deref())?;
+    let user = params::ident("user", p.user.as_deref())?;
+    let filter = EventFilter {
+        patients: patient
+            .as_deref()
+            .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
+        user: user
+            .as_deref()
+            .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
+        ..EventFilter::default()
+    };
+    let audit = AuditParams::new(&s, &c)
+        .hashed("patient", PseudonymKind::Patient, &patient)
+        .hashed("user", PseudonymKind::Subject, &user)
+        .done();
+    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
+    respond(
+        &s,
+        asked,
+        &c,
+        |lim| reports::events(&c, break_glass::BASE, &filter, lim),
+        |r: EventRow| BreakGlass::from(r),
+    )
+    .await
+}
+
+/// Parameters of `/v1/reports/revocation-violations`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ViolationParams {
+    /// Raw patient id (needed to link across a key rotation).
+    pub patient: Option<String>,
+    /// Client.
+    pub client: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Window start.
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+/// Accesses permitted after a consent revocation (past the grace period).
+#[utoipa::path(get, path = "/v1/reports/revocation-violations", params(ViolationParams),
+    responses((status = 200, body = Page<Violation>), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn revocation_violations(
+    State(s): State<AppState>,
+    caller: Caller,
+    ValidQuery(p): ValidQuery<ViolationParams>,
+) -> Result<Response, ApiError> {
+    let report = Report::RevocationViolations;
+    authorize(&s, &caller, report)?;
+    let days = s.settings.limits.default_window_days;
+    let c = common(
+        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+    )?;
+    let patient = params::ident("patient", p.patient.as_deref())?;
+    let client = params::ident("client", p.client.as_deref())?;
+    let filter = ViolationFilter {
+        patients: patient
+            .as_deref()
+            .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
+        client: client.clone(),
+    };
+    let grace = s.settings.revocation_grace_secs;
+    let audit = AuditParams::new(&s, &c)
+        .hashed("patient", PseudonymKind::Patient, &patient)
+        .plain("client", &client)
+        .plain("grace_secs", &Some(grace.to_string()))
+        .done();
+    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
+    respond(
+        &s,
+        asked,
+        &c,
+        |lim| revocation::build(&c, &filter, grace, lim),
+        |v: Violation| v,
+    )
+    .await
+}
+
+/// Parameters of `/v1/consents`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConsentParams {
+    /// Raw patient id.
+    pub patient: Option<String>,
+    /// Client.
+    pub client: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Window start.
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+/// A patient's consent history as recorded in the audit trail.
+#[utoipa::path(get, path = "/v1/consents", params(ConsentParams),
+    responses((status = 200, body = Page<ConsentChange>), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = [])), tag = "consents")]
+pub async fn consent_history(
+    State(s): State<AppState>,
+    caller: Caller,
+    ValidQuery(p): ValidQuery<ConsentParams>,
+) -> Result<Response, ApiError> {
+    let report = Report::Consents;
+    authorize(&s, &caller, report)?;
+    let days = s.settings.limits.default_window_days;
+    let c = common(
+        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+    )?;
+    let patient = params::required_ident("patient", p.patient.as_deref())?;
+    let client = params::ident("client", p.client.as_deref())?;
+    let filter = EventFilter {
+        patients: Some(
+            s.keys
+                .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
+        ),
+        client: client.clone(),
+        ..EventFilter::default()
+    };
+    let audit = AuditParams::new(&s, &c)
+        .hashed("patient", PseudonymKind::Patient, &Some(patient))
+        .plain("client", &client)
+        .done();
+    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
+    respond(
+        &s,
+        asked,
+        &c,
+        |lim| reports::events(&c, consents::BASE, &filter, lim),
+        |r: EventRow| ConsentChange::from(r),
+    )
+    .await
+}
+
+/// Parameters of `/v1/reports/query-audit`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct QueryAuditParams {
+    /// Caller `sub`.
+    pub caller: Option<String>,
+    /// Report name.
+    pub report: Option<String>,
+    /// Tenant queried (no default: all tenants).
+    pub tenant: Option<String>,
+    /// Window start.
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+/// The report queries answered (auditors only).
+#[utoipa::path(get, path = "/v1/reports/query-audit", params(QueryAuditParams),
+    responses((status = 200, body = Page<ReportQuery>), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn query_audit_report(
+    State(s): State<AppState>,
+    caller: Caller,
+    ValidQuery(p): ValidQuery<QueryAuditParams>,
+) -> Result<Response, ApiError> {
+    let report = Report::QueryAudit;
+    authorize(&s, &caller, report)?;
+    let days = s.settings.limits.default_window_days;
+    let c = common(
+        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+    )?;
+    let filter = QueryAuditFilter {
+        caller: params::ident("caller", p.caller.as_deref())?,
+        report: params::code("report", p.report.as_deref())?,
+        tenant: p.tenant.as_ref().map(|_| c.tenant.clone()),
+    };
+    let audit = AuditParams::new(&s, &c)
+        .plain("caller", &filter.caller)
+        .plain("report", &filter.report)
+        .plain("tenant", &filter.tenant)
+        .done();
+    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
+    respond(
+        &s,
+        asked,
+        &c,
+        |lim| query_audit::build(&c, &filter, lim),
+        |r: ReportQuery| r,
+    )
+    .await
+}
+
+/// The `/v1` router.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/reports/patient-access", get(patient_access))
+        .route("/v1/reports/user-activity", get(user_activity))
+        .route("/v1/reports/token-trace", get(token_trace))
+        .route("/v1/reports/disclosures", get(disclosures))
+        .route("/v1/reports/break-glass", get(break_glass))
+        .route(
+            "/v1/reports/revocation-violations",
+            get(revocation_violations),
+        )
+        .route("/v1/reports/query-audit", get(query_audit_report))
+        .route("/v1/consents", get(consent_history))
+}

@@ -1,0 +1,349 @@
+//! Query API configuration: every knob has a flag and an environment variable
+//! (`CUSTOS_QUERY_*`, `CUSTOS_OIDC_*`, and the shared `CUSTOS_CLICKHOUSE_*` /
+//! `CUSTOS_PSEUDONYM_*` ones), and [`QueryConfig::validate`] checks the combination
+//! before anything connects.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use custos_schemas::{KeyRing, KeyRingError};
+use jsonwebtoken::Algorithm;
+use thiserror::Error;
+
+/// Errors in the configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// The pseudonymization key ring could not be loaded.
+    #[error("pseudonymization keys: {0}")]
+    Keys(#[from] KeyRingError),
+    /// The key file could not be read.
+    #[error("cannot read key file: {0}")]
+    KeyFile(std::io::Error),
+}
+
+/// OIDC bearer-token settings.
+#[derive(Debug, Clone, Args)]
+pub struct OidcArgs {
+    /// Expected `iss` of access tokens; discovery is read from
+    /// `{issuer}/.well-known/openid-configuration` unless a JWKS URL is given.
+    #[arg(long, env = "CUSTOS_OIDC_ISSUER")]
+    pub oidc_issuer: String,
+    /// Accepted `aud` values, comma separated (at least one).
+    #[arg(long, env = "CUSTOS_OIDC_AUDIENCE", value_delimiter = ',')]
+    pub oidc_audience: Vec<String>,
+    /// Explicit JWKS URL (skips discovery).
+    #[arg(long, env = "CUSTOS_OIDC_JWKS_URL")]
+    pub oidc_jwks_url: Option<String>,
+    /// Dotted path of the claim holding the caller's roles (`roles`, `realm_access.roles`).
+    #[arg(long, env = "CUSTOS_OIDC_ROLES_CLAIM", default_value = "roles")]
+    pub oidc_roles_claim: String,
+    /// Accepted signature algorithms, comma separated (asymmetric only: RS*, PS*, ES256,
+    /// ES384, EdDSA; `none` and HS* are refused).
+    #[arg(
+        long,
+        env = "CUSTOS_OIDC_ALGORITHMS",
+        value_delimiter = ',',
+        default_value = "RS256,PS256,ES256"
+    )]
+    pub oidc_algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "CUSTOS_OIDC_LEEWAY_SECS", default_value_t = 30)]
+    pub oidc_leeway_secs: u64,
+    /// Least time between two JWKS fetches triggered by unknown key ids, in seconds.
+    #[arg(long, env = "CUSTOS_OIDC_JWKS_REFRESH_MIN_SECS", default_value_t = 30)]
+    pub oidc_jwks_refresh_min_secs: u64,
+    /// Age after which the cached JWKS is fetched again, in seconds.
+    #[arg(long, env = "CUSTOS_OIDC_JWKS_TTL_SECS", default_value_t = 3600)]
+    pub oidc_jwks_ttl_secs: u64,
+    /// Timeout of discovery and JWKS requests, in seconds.
+    #[arg(long, env = "CUSTOS_OIDC_HTTP_TIMEOUT_SECS", default_value_t = 5)]
+    pub oidc_http_timeout_secs: u64,
+}
+
+/// Settings of `custos-query`.
+#[derive(Debug, Clone, Args)]
+pub struct QueryConfig {
+    /// Listen address of the API.
+    #[arg(long, env = "CUSTOS_QUERY_HTTP_ADDR", default_value = "127.0.0.1:8088")]
+    pub http_addr: SocketAddr,
+    /// Absolute base URL clients reach the API at (used in FHIR Bundle links).
+    #[arg(
+        long,
+        env = "CUSTOS_QUERY_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8088"
+    )]
+    pub public_url: String,
+    /// ClickHouse HTTP endpoint.
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:18123"
+    )]
+    pub clickhouse_url: String,
+    /// Read-only account the reports run as.
+    #[arg(
+        long,
+        env = "CUSTOS_QUERY_READER_USER",
+        default_value = "custos_reader"
+    )]
+    pub reader_user: String,
+    /// Password of the reader account.
+    #[arg(
+        long,
+        env = "CUSTOS_QUERY_READER_PASSWORD",
+        default_value = "custos_reader_pw",
+        hide_env_values = true
+    )]
+    pub reader_password: String,
+    /// Account that writes the query-audit records (INSERT and SELECT only).
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_WRITER_USER",
+        default_value = "custos_writer"
+    )]
+    pub writer_user: String,
+    /// Password of the writer account.
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        default_value = "custos_writer_pw",
+        hide_env_values = true
+    )]
+    pub writer_password: String,
+    /// Timeout of one ClickHouse request (and of a JSON report), in seconds.
+    #[arg(long, env = "CUSTOS_CLICKHOUSE_TIMEOUT_SECS", default_value_t = 30)]
+    pub clickhouse_timeout_secs: u64,
+    /// Tenant of requests that name none.
+    #[arg(long, env = "CUSTOS_DEFAULT_TENANT", default_value = "default")]
+    pub default_tenant: String,
+    /// Pseudonymization keys, `kid=hex[,kid=hex]` (the same ring as ingest).
+    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS", hide_env_values = true)]
+    pub pseudonym_keys: Option<String>,
+    /// File holding the keys (one `kid=hex` a line); used when CUSTOS_PSEUDONYM_KEYS is unset.
+    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS_FILE")]
+    pub pseudonym_keys_file: Option<std::path::PathBuf>,
+    /// Key id of the current key (pseudonyms in query-audit parameters use it).
+    #[arg(long, env = "CUSTOS_PSEUDONYM_CURRENT_KID")]
+    pub pseudonym_current_kid: Option<String>,
+    /// Rows of a JSON page when `limit` is not given.
+    #[arg(long, env = "CUSTOS_QUERY_PAGE_DEFAULT", default_value_t = 100)]
+    pub page_default: u32,
+    /// Largest accepted `limit` / `_count`.
+    #[arg(long, env = "CUSTOS_QUERY_PAGE_MAX", default_value_t = 1000)]
+    pub page_max: u32,
+    /// Most rows one CSV / NDJSON export streams.
+    #[arg(
+        long,
+        env = "CUSTOS_QUERY_EXPORT_MAX_ROWS",
+        default_value_t = 10_000_000
+    )]
+    pub export_max_rows: u64,
+    /// Window of a report when `from` is not given, in days (default six years).
+    #[arg(long, env = "CUSTOS_QUERY_DEFAULT_WINDOW_DAYS", default_value_t = 2192)]
+    pub default_window_days: u32,
+    /// Purposes of use excluded from the accounting of disclosures (treatment, payment,
+    /// operations), comma separated v3-ActReason codes.
+    #[arg(
+        long,
+        env = "CUSTOS_QUERY_DISCLOSURE_EXCLUDED_PURPOSES",
+        value_delimiter = ',',
+        default_value = "TREAT,HPAYMT,HOPERAT"
+    )]
+    pub disclosure_excluded_purposes: Vec<String>,
+    /// Seconds after a consent revocation before a permitted access counts as a violation.
+    #[arg(long, env = "CUSTOS_REVOCATION_GRACE_SECS", default_value_t = 60)]
+    pub revocation_grace_secs: u64,
+    /// OIDC settings.
+    #[command(flatten)]
+    pub oidc: OidcArgs,
+}
+
+/// Parses an algorithm name of the allow-list; symmetric and `none` are refused.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
+    let alg = match name.trim() {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => {
+            return Err(ConfigError::Invalid(
+                "CUSTOS_OIDC_ALGORITHMS accepts RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA (never none or HS*)"
+                    .into(),
+            ))
+        }
+    };
+    Ok(alg)
+}
+
+/// Whether a URL may be fetched for keys: https, or http on a loopback host only.
+pub fn fetchable_url(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    match url.strip_prefix("http://") {
+        Some(rest) => {
+            let host = rest.split(['/', '?']).next().unwrap_or_default();
+            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+        }
+        None => false,
+    }
+}
+
+/// Whether a tenant name is acceptable (`[A-Za-z0-9._-]{1,64}`).
+pub fn valid_tenant(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl OidcArgs {
+    /// The validated algorithm allow-list.
+    pub fn algorithms(&self) -> Result<Vec<Algorithm>, ConfigError> {
+        let algs = self
+            .oidc_algorithms
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| parse_algorithm(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        if algs.is_empty() {
+            return Err(ConfigError::Invalid(
+                "CUSTOS_OIDC_ALGORITHMS is empty".into(),
+            ));
+        }
+        Ok(algs)
+    }
+
+    /// Checks the OIDC settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !fetchable_url(&self.oidc_issuer) {
+            return bad("CUSTOS_OIDC_ISSUER must be https (http only on loopback)");
+        }
+        if let Some(u) = &self.oidc_jwks_url {
+            if !fetchable_url(u) {
+                return bad("CUSTOS_OIDC_JWKS_URL must be https (http only on loopback)");
+            }
+        }
+        if self.oidc_audience.iter().all(|a| a.trim().is_empty()) {
+            return bad("CUSTOS_OIDC_AUDIENCE must name at least one audience");
+        }
+        let path_ok = !self.oidc_roles_claim.is_empty()
+            && self
+                .oidc_roles_claim
+                .split('.')
+                .all(|seg| !seg.is_empty() && seg.len() <= 64);
+        if !path_ok {
+            return bad("CUSTOS_OIDC_ROLES_CLAIM must be a dotted claim path");
+        }
+        if self.oidc_leeway_secs > 300 {
+            return bad("CUSTOS_OIDC_LEEWAY_SECS must be at most 300");
+        }
+        if self.oidc_http_timeout_secs == 0 || self.oidc_http_timeout_secs > 60 {
+            return bad("CUSTOS_OIDC_HTTP_TIMEOUT_SECS must be 1..=60");
+        }
+        self.algorithms()?;
+        Ok(())
+    }
+}
+
+impl QueryConfig {
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        self.oidc.validate()?;
+        if !valid_tenant(&self.default_tenant) {
+            return bad("CUSTOS_DEFAULT_TENANT must be 1-64 characters of A-Z a-z 0-9 . _ -");
+        }
+        if self.page_default == 0 || self.page_default > self.page_max {
+            return bad("CUSTOS_QUERY_PAGE_DEFAULT must be 1..=CUSTOS_QUERY_PAGE_MAX");
+        }
+        if self.page_max == 0 || self.page_max > 10_000 {
+            return bad("CUSTOS_QUERY_PAGE_MAX must be 1..=10000");
+        }
+        if self.export_max_rows == 0 {
+            return bad("CUSTOS_QUERY_EXPORT_MAX_ROWS must be positive");
+        }
+        if self.default_window_days == 0 || self.default_window_days > 36_500 {
+            return bad("CUSTOS_QUERY_DEFAULT_WINDOW_DAYS must be 1..=36500");
+        }
+        if self.clickhouse_timeout_secs == 0 {
+            return bad("CUSTOS_CLICKHOUSE_TIMEOUT_SECS must be positive");
+        }
+        if self.revocation_grace_secs > 86_400 * 30 {
+            return bad("CUSTOS_REVOCATION_GRACE_SECS must be at most 30 days");
+        }
+        for p in &self.disclosure_excluded_purposes {
+            if !crate::params::valid_code(p.trim()) {
+                return bad(
+                    "CUSTOS_QUERY_DISCLOSURE_EXCLUDED_PURPOSES must be codes of A-Z a-z 0-9 . _ -",
+                );
+            }
+        }
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            return bad("CUSTOS_QUERY_PUBLIC_URL must be an http(s) URL");
+        }
+        Ok(())
+    }
+
+    /// Loads the pseudonymization key ring from the env var or the key file.
+    pub fn key_ring(&self) -> Result<KeyRing, ConfigError> {
+        let spec = match (&self.pseudonym_keys, &self.pseudonym_keys_file) {
+            (Some(spec), _) => spec.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(ConfigError::KeyFile)?,
+            (None, None) => String::new(),
+        };
+        Ok(KeyRing::parse(
+            &spec,
+            self.pseudonym_current_kid.as_deref(),
+        )?)
+    }
+
+    /// ClickHouse request timeout.
+    pub fn clickhouse_timeout(&self) -> Duration {
+        Duration::from_secs(self.clickhouse_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn algorithm_allow_list_refuses_symmetric_and_none() {
+        for bad in ["HS256", "HS384", "HS512", "none", "None", ""] {
+            assert!(parse_algorithm(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(parse_algorithm("RS256").ok(), Some(Algorithm::RS256));
+        assert_eq!(parse_algorithm("ES256").ok(), Some(Algorithm::ES256));
+    }
+
+    #[test]
+    fn key_urls_must_be_https_or_loopback() {
+        assert!(fetchable_url("https://as.example/realms/x"));
+        assert!(fetchable_url("http://127.0.0.1:8080/realms/x"));
+        assert!(fetchable_url("http://localhost/jwks"));
+        assert!(!fetchable_url("http://as.example/realms/x"));
+        assert!(!fetchable_url("http://127.0.0.1.evil.example/x"));
+        assert!(!fetchable_url("ftp://127.0.0.1/x"));
+    }
+
+    #[test]
+    fn tenants_are_strict() {
+        assert!(valid_tenant("general"));
+        assert!(valid_tenant("t-1.a_b"));
+        assert!(!valid_tenant(""));
+        assert!(!valid_tenant("x' OR 1=1"));
+        assert!(!valid_tenant(&"a".repeat(65)));
+    }
+}

@@ -1,0 +1,172 @@
+//! One error type for the whole API, rendered as RFC 9457 `application/problem+json`.
+//! Internal details (ClickHouse messages, JWKS failures) are logged, never sent.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+use tracing::{error, warn};
+use utoipa::ToSchema;
+
+use crate::auth::AuthError;
+
+/// Media type of error bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Everything a request can fail with.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// No, or an unacceptable, bearer token.
+    #[error("authentication failed: {0}")]
+    Unauthorized(#[from] AuthError),
+    /// The caller's roles do not include one this endpoint requires.
+    #[error("the caller's roles do not allow this report")]
+    Forbidden,
+    /// A request parameter is missing or invalid (the message names it, never its value).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such route.
+    #[error("not found")]
+    NotFound,
+    /// ClickHouse failed or could not be reached.
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    /// The query-audit record could not be written, so the report is not answered.
+    #[error("query audit record not written: {0}")]
+    AuditWrite(clickhouse::error::Error),
+    /// Anything else internal.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The problem+json body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Problem type URI.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong (names parameters, never their values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl ApiError {
+    /// A 400 naming the offending parameter.
+    pub fn bad(detail: impl Into<String>) -> ApiError {
+        ApiError::BadRequest(detail.into())
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::ClickHouse(clickhouse::error::Error::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::ClickHouse(_) | ApiError::AuditWrite(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        let status = self.status();
+        let (slug, title, detail) = match self {
+            ApiError::Unauthorized(e) => (
+                "unauthorized",
+                "Unauthorized",
+                Some(e.public_detail().to_owned()),
+            ),
+            ApiError::Forbidden => ("forbidden", "Forbidden", Some(self.to_string())),
+            ApiError::BadRequest(d) => ("bad-request", "Bad Request", Some(d.clone())),
+            ApiError::NotFound => ("not-found", "Not Found", None),
+            ApiError::ClickHouse(_) => (
+                "store-unavailable",
+                "Audit store unavailable",
+                Some("the audit store did not answer; retry later".to_owned()),
+            ),
+            ApiError::AuditWrite(_) => (
+                "audit-unavailable",
+                "Query audit unavailable",
+                Some("the query could not be recorded, so it was not answered".to_owned()),
+            ),
+            ApiError::Internal(_) => ("internal", "Internal Server Error", None),
+        };
+        Problem {
+            kind: format!("https://custos.dev/problems/{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::ClickHouse(e) => error!(error = %e, "ClickHouse query failed"),
+            ApiError::AuditWrite(e) => error!(error = %e, "query audit insert failed"),
+            ApiError::Internal(e) => error!(error = %e, "internal error"),
+            ApiError::Unauthorized(e) => {
+                metrics::counter!("custos_query_auth_failures_total", "reason" => e.reason())
+                    .increment(1);
+                warn!(reason = e.reason(), "bearer token rejected");
+            }
+            _ => {}
+        }
+        let status = self.status();
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut resp = (status, body).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"custos\", error=\"invalid_token\""),
+            );
+        }
+        resp
+    }
+}
+
+/// `Query<T>` whose rejections become [`ApiError::BadRequest`] problems.
+#[derive(Debug, Clone)]
+pub struct ValidQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ValidQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ValidQuery(v)),
+            Err(rejection) => Err(query_rejection(&rejection)),
+        }
+    }
+}
+
+fn query_rejection(r: &QueryRejection) -> ApiError {
+    // serde_urlencoded names the field (or the unknown parameter); values are not echoed.
+    let text = r.body_text();
+    let detail = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text);
+    let detail: String = detail.chars().take(200).collect();
+    ApiError::bad(format!("invalid query string: {detail}"))
+}
+
+/// Fallback for unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}

@@ -1,0 +1,67 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::api;
+use crate::error::Problem;
+use crate::export::Page;
+use crate::reports::break_glass::BreakGlass;
+use crate::reports::consents::ConsentChange;
+use crate::reports::disclosures::Disclosure;
+use crate::reports::query_audit::ReportQuery;
+use crate::reports::revocation::Violation;
+use crate::reports::token_trace::{TokenSummary, TraceEvent};
+use crate::reports::EventRow;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Custos query API",
+        description = "Audited HIPAA access reports over the Custos audit store. Every answered report query is itself recorded (see /v1/reports/query-audit). Errors are application/problem+json."
+    ),
+    paths(
+        api::patient_access,
+        api::user_activity,
+        api::token_trace,
+        api::disclosures,
+        api::break_glass,
+        api::revocation_violations,
+        api::consent_history,
+        api::query_audit_report,
+        crate::fhir::search,
+    ),
+    components(schemas(
+        Problem,
+        EventRow,
+        Disclosure,
+        BreakGlass,
+        ConsentChange,
+        Violation,
+        ReportQuery,
+        TraceEvent,
+        TokenSummary,
+        Page<EventRow>,
+        api::TracePage
+    )),
+    modifiers(&Bearer)
+)]
+pub struct ApiDoc;
