@@ -1,1 +1,34 @@
-//! Placeholder crate root (filled by the consent issue).
+//! # custos-consent
+//!
+//! Folds consent events into state, records their history immutably in ClickHouse, and
+//! pushes revocations (on withdrawal, period expiry and user deprovisioning) to the
+//! authorization server and to gateways, recording every attempt and receipt.
+//!
+//! - [`consumer`]: Kafka (consent topic + AS-events topic) → [`state`] fold → ClickHouse →
+//!   commit; replays are skipped and never push twice.
+//! - [`fhir_consent`]: FHIR R4 `Consent` resources as consent events.
+//! - [`scopes`]: SMART v1/v2 scope parsing and coverage.
+//! - [`dispatcher`]: durable per-target push with retries; adapters [`keycloak`] (Admin REST),
+//!   [`ssf`] + [`set`] (CAEP session-revoked SETs, RFC 8417/8935/9493) and [`publish`]
+//!   (`custos.revocations`).
+//! - [`seal`]: AEAD sealing of the raw identifiers a push needs.
+//! - [`api`]: the privacy API, SSF metadata, JWKS, health and metrics.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod consumer;
+pub mod dispatcher;
+pub mod fhir_consent;
+pub mod health;
+pub mod keycloak;
+pub mod publish;
+pub mod push;
+pub mod rows;
+pub mod scopes;
+pub mod seal;
+pub mod service;
+pub mod set;
+pub mod ssf;
+pub mod state;
+pub mod store;

@@ -52,6 +52,10 @@ pub enum Report {
     QueryAudit,
     /// FHIR AuditEvent search.
     FhirAuditEvent,
+    /// Hash-chain and checkpoint verification.
+    IntegrityVerify,
+    /// Membership proof of one record.
+    IntegrityProof,
 }
 
 impl Report {
@@ -67,6 +71,8 @@ impl Report {
             Report::Consents => "consents",
             Report::QueryAudit => "query-audit",
             Report::FhirAuditEvent => "fhir-auditevent",
+            Report::IntegrityVerify => "integrity-verify",
+            Report::IntegrityProof => "integrity-proof",
         }
     }
 
@@ -82,7 +88,9 @@ impl Report {
             Report::RevocationViolations | Report::Consents => {
                 &[Role::PrivacyOfficer, Role::Auditor]
             }
-            Report::QueryAudit => &[Role::Auditor],
+            Report::QueryAudit | Report::IntegrityVerify | Report::IntegrityProof => {
+                &[Role::Auditor]
+            }
         }
     }
 }

@@ -157,6 +157,18 @@ pub struct QueryConfig {
     /// Seconds after a consent revocation before a permitted access counts as a violation.
     #[arg(long, env = "CUSTOS_REVOCATION_GRACE_SECS", default_value_t = 60)]
     pub revocation_grace_secs: u64,
+    /// JWKS file of the checkpoint public keys (made by `custos-ingest jwks`), served at
+    /// `/.well-known/custos-checkpoint-jwks.json` and used by `/v1/integrity/*` to check
+    /// checkpoint signatures. Without it checkpoints are reported as unverifiable.
+    #[arg(long, env = "CUSTOS_CHECKPOINT_JWKS_FILE")]
+    pub checkpoint_jwks_file: Option<std::path::PathBuf>,
+    /// Time limit of one `/v1/integrity/verify` run (HTTP and ClickHouse), in seconds.
+    #[arg(long, env = "CUSTOS_QUERY_VERIFY_TIMEOUT_SECS", default_value_t = 600)]
+    pub verify_timeout_secs: u64,
+    /// Most chained records a membership proof walks from the record to the covering
+    /// checkpoint head (farther heads are reported as `beyond_limit`).
+    #[arg(long, env = "CUSTOS_QUERY_PROOF_MAX_RECORDS", default_value_t = 10_000)]
+    pub proof_max_records: u64,
     /// OIDC settings.
     #[command(flatten)]
     pub oidc: OidcArgs,
@@ -293,6 +305,12 @@ impl QueryConfig {
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
             return bad("CUSTOS_QUERY_PUBLIC_URL must be an http(s) URL");
         }
+        if self.verify_timeout_secs == 0 || self.verify_timeout_secs > 86_400 {
+            return bad("CUSTOS_QUERY_VERIFY_TIMEOUT_SECS must be 1..=86400");
+        }
+        if self.proof_max_records == 0 || self.proof_max_records > 1_000_000 {
+            return bad("CUSTOS_QUERY_PROOF_MAX_RECORDS must be 1..=1000000");
+        }
         Ok(())
     }
 
@@ -307,6 +325,15 @@ impl QueryConfig {
             &spec,
             self.pseudonym_current_kid.as_deref(),
         )?)
+    }
+
+    /// The checkpoint JWKS (public keys only), if a file is configured.
+    pub fn checkpoint_jwks(&self) -> Result<Option<serde_json::Value>, ConfigError> {
+        let Some(path) = &self.checkpoint_jwks_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(ConfigError::KeyFile)?;
+        crate::integrity::public_jwks(&text).map(Some)
     }
 
     /// ClickHouse request timeout.

@@ -10,7 +10,8 @@
 //! - [`reports`]: the SQL builders, pure functions over validated parameters;
 //! - [`export`]: JSON pages with cursors, CSV / NDJSON streaming;
 //! - [`fhir`]: `GET /fhir/AuditEvent` searchset Bundles (IHE BALP);
-//! - [`audit`]: the query audit.
+//! - [`audit`]: the query audit;
+//! - [`integrity`]: chain verification, membership proofs and the checkpoint JWKS.
 //!
 //! Tests drive [`app`] without a socket:
 //!
@@ -33,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod fhir;
+pub mod integrity;
 pub mod openapi;
 pub mod params;
 pub mod reports;
@@ -88,6 +90,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Prometheus handle for `/metrics` (none in tests).
     pub metrics: Option<PrometheusHandle>,
+    /// Tamper-evidence endpoints: checkpoint JWKS, verify client.
+    pub integrity: Arc<integrity::Integrity>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -96,6 +100,7 @@ impl std::fmt::Debug for AppState {
             .field("auth", &self.auth)
             .field("keys", &self.keys)
             .field("settings", &self.settings)
+            .field("integrity", &self.integrity)
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +148,7 @@ impl AppState {
                 request_timeout: cfg.clickhouse_timeout() + Duration::from_secs(5),
             }),
             metrics,
+            integrity: Arc::new(integrity::Integrity::new(cfg)?),
         })
     }
 }
@@ -190,8 +196,10 @@ async fn openapi_json() -> impl IntoResponse {
 /// The whole API.
 pub fn app(state: AppState) -> Router {
     let timeout = state.settings.request_timeout;
+    let verify_timeout = state.integrity.verify_timeout;
     Router::new()
         .merge(api::router())
+        .merge(integrity::router())
         .route("/fhir/AuditEvent", get(fhir::search))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -202,6 +210,8 @@ pub fn app(state: AppState) -> Router {
             StatusCode::GATEWAY_TIMEOUT,
             timeout,
         ))
+        // Verification reads whole chains: its own, longer timeout.
+        .merge(integrity::verify_router(verify_timeout))
         // Spans carry the path only: query strings hold raw patient ids.
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {

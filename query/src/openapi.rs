@@ -36,7 +36,7 @@ impl Modify for Bearer {
 #[openapi(
     info(
         title = "Custos query API",
-        description = "Audited HIPAA access reports over the Custos audit store. Every answered report query is itself recorded (see /v1/reports/query-audit). Errors are application/problem+json."
+        description = "Audited HIPAA access reports over the Custos audit store. Every answered report query is itself recorded (see /v1/reports/query-audit). Auditors verify the hash chains and fetch membership proofs under /v1/integrity; the checkpoint public keys are at /.well-known/custos-checkpoint-jwks.json. Errors are application/problem+json."
     ),
     paths(
         api::patient_access,
@@ -48,6 +48,9 @@ impl Modify for Bearer {
         api::consent_history,
         api::query_audit_report,
         crate::fhir::search,
+        crate::integrity::verify_chains,
+        crate::integrity::proof,
+        crate::integrity::checkpoint_jwks,
     ),
     components(schemas(
         Problem,
@@ -60,7 +63,15 @@ impl Modify for Bearer {
         TraceEvent,
         TokenSummary,
         Page<EventRow>,
-        api::TracePage
+        api::TracePage,
+        crate::integrity::VerifyAnswer,
+        crate::integrity::ChainResult,
+        crate::integrity::Break,
+        crate::integrity::CheckpointProblem,
+        crate::integrity::ProofAnswer,
+        crate::integrity::ProofCheckpoint,
+        crate::integrity::ProofChecks,
+        crate::integrity::Link
     )),
     modifiers(&Bearer)
 )]

@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_report_queries",
         sql: include_str!("../migrations/0004_report_queries.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_consent",
+        sql: include_str!("../migrations/0005_consent.sql"),
+    },
 ];
 
 impl Migration {

@@ -1,0 +1,320 @@
+//! Consent service configuration: every knob has a flag and an environment variable;
+//! [`ConsentConfig::validate`] checks the combination before anything connects. Secrets
+//! (`hide_env_values`) never appear in `--help` output or logs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use custos_schemas::{KeyRing, KeyRingError};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::seal::{SealError, Sealer};
+use crate::set::{SetError, SetSigner};
+
+/// Errors in the configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// Pseudonymization keys.
+    #[error("pseudonymization keys: {0}")]
+    Keys(#[from] KeyRingError),
+    /// Sealing keys.
+    #[error("sealing keys: {0}")]
+    Seal(#[from] SealError),
+    /// SSF signing key.
+    #[error("SSF key: {0}")]
+    Set(#[from] SetError),
+    /// A key file could not be read.
+    #[error("cannot read {what}: {source}")]
+    File {
+        /// Which file.
+        what: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// One SSF push receiver (RFC 8935).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Receiver {
+    /// Short name, used in the target column (`ssf:<name>`) and the stable `jti`.
+    pub name: String,
+    /// Push endpoint URL.
+    pub endpoint: String,
+    /// `aud` of the SETs for this receiver (default: the endpoint).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Value of the `Authorization` header the receiver expects, if any.
+    #[serde(default)]
+    pub authorization: Option<String>,
+}
+
+/// `custos-consent run` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ConsentConfig {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "CUSTOS_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+    pub brokers: String,
+    /// Consumer group of the consent service.
+    #[arg(long, env = "CUSTOS_CONSENT_GROUP", default_value = "custos-consent")]
+    pub group_id: String,
+    /// Consent topic: consumed, and where privacy-API revocations and expiries are published.
+    #[arg(
+        long,
+        env = "CUSTOS_CONSENT_TOPIC",
+        default_value = "custos.consent-events"
+    )]
+    pub consent_topic: String,
+    /// AS events topic (Keycloak consent events, deprovisioning). Empty: not consumed.
+    #[arg(long, env = "CUSTOS_AS_TOPIC", default_value = "custos.as-events")]
+    pub as_topic: String,
+    /// Topic revocations are published to for gateways. Empty: no Kafka target.
+    #[arg(
+        long,
+        env = "CUSTOS_REVOCATIONS_TOPIC",
+        default_value = "custos.revocations"
+    )]
+    pub revocations_topic: String,
+    /// ClickHouse HTTP endpoint.
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:18123"
+    )]
+    pub clickhouse_url: String,
+    /// ClickHouse account (INSERT and SELECT on `custos.*`).
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_WRITER_USER",
+        default_value = "custos_writer"
+    )]
+    pub clickhouse_user: String,
+    /// Its password.
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        default_value = "custos_writer_pw",
+        hide_env_values = true
+    )]
+    pub clickhouse_password: String,
+    /// Tenant of events naming none.
+    #[arg(long, env = "CUSTOS_DEFAULT_TENANT", default_value = "default")]
+    pub default_tenant: String,
+    /// Pseudonymization keys, `kid=hex[,kid=hex]` (the same ring as ingest).
+    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS", hide_env_values = true)]
+    pub pseudonym_keys: Option<String>,
+    /// File with the pseudonymization keys.
+    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS_FILE")]
+    pub pseudonym_keys_file: Option<PathBuf>,
+    /// Pseudonymization write key id (default: the last).
+    #[arg(long, env = "CUSTOS_PSEUDONYM_CURRENT_KID")]
+    pub pseudonym_current_kid: Option<String>,
+    /// Sealing keys for raw AS subjects, `kid=<64 hex>[,kid=<64 hex>]`.
+    #[arg(long, env = "CUSTOS_CONSENT_SEAL_KEYS", hide_env_values = true)]
+    pub seal_keys: Option<String>,
+    /// File with the sealing keys.
+    #[arg(long, env = "CUSTOS_CONSENT_SEAL_KEYS_FILE")]
+    pub seal_keys_file: Option<PathBuf>,
+    /// Sealing key id for new values (default: the last).
+    #[arg(long, env = "CUSTOS_CONSENT_SEAL_CURRENT_KID")]
+    pub seal_current_kid: Option<String>,
+    /// Address of the HTTP API (privacy API, SSF metadata, JWKS, health, metrics).
+    #[arg(
+        long,
+        env = "CUSTOS_CONSENT_HTTP_ADDR",
+        default_value = "127.0.0.1:9465"
+    )]
+    pub http_addr: SocketAddr,
+    /// DEVELOPMENT bearer token for the privacy API (a shared secret, until the query API's
+    /// OIDC authentication is shared). Unset: the privacy API answers 401 to everyone.
+    #[arg(long, env = "CUSTOS_CONSENT_DEV_TOKEN", hide_env_values = true)]
+    pub dev_token: Option<String>,
+    /// Keycloak base URL (e.g. http://127.0.0.1:18080). Unset: no Keycloak target.
+    #[arg(long, env = "CUSTOS_KEYCLOAK_URL")]
+    pub keycloak_url: Option<String>,
+    /// Realm the admin account lives in.
+    #[arg(long, env = "CUSTOS_KEYCLOAK_ADMIN_REALM", default_value = "master")]
+    pub keycloak_admin_realm: String,
+    /// Admin client id.
+    #[arg(
+        long,
+        env = "CUSTOS_KEYCLOAK_ADMIN_CLIENT_ID",
+        default_value = "admin-cli"
+    )]
+    pub keycloak_admin_client_id: String,
+    /// Admin client secret (client-credentials grant); when unset, the password grant is used.
+    #[arg(
+        long,
+        env = "CUSTOS_KEYCLOAK_ADMIN_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    pub keycloak_admin_client_secret: Option<String>,
+    /// Admin user (password grant).
+    #[arg(long, env = "CUSTOS_KEYCLOAK_ADMIN_USER", default_value = "admin")]
+    pub keycloak_admin_user: String,
+    /// Admin password (password grant).
+    #[arg(long, env = "CUSTOS_KEYCLOAK_ADMIN_PASSWORD", hide_env_values = true)]
+    pub keycloak_admin_password: Option<String>,
+    /// Which sessions to end besides revoking the consent: `client` (sessions the client is
+    /// part of), `user` (every session of the user) or `none`.
+    #[arg(long, env = "CUSTOS_KEYCLOAK_LOGOUT", default_value = "client")]
+    pub keycloak_logout: String,
+    /// SSF transmitter issuer (default: `http://<http addr>`).
+    #[arg(long, env = "CUSTOS_SSF_ISSUER")]
+    pub ssf_issuer: Option<String>,
+    /// PKCS#8 PEM P-256 key that signs SETs. Unset: a random key per process (development).
+    #[arg(long, env = "CUSTOS_SSF_KEY_FILE")]
+    pub ssf_key_file: Option<PathBuf>,
+    /// Key id of the SET signing key.
+    #[arg(long, env = "CUSTOS_SSF_KID", default_value = "custos-ssf-1")]
+    pub ssf_kid: String,
+    /// SSF push receivers, a JSON array of `{name, endpoint, audience?, authorization?}`.
+    #[arg(long, env = "CUSTOS_SSF_RECEIVERS", hide_env_values = true)]
+    pub ssf_receivers: Option<String>,
+    /// Attempts per (revocation, target) before it is marked failed.
+    #[arg(long, env = "CUSTOS_REVOCATION_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+    /// First retry delay, in milliseconds (doubles per attempt, with jitter).
+    #[arg(long, env = "CUSTOS_REVOCATION_BACKOFF_MS", default_value_t = 250)]
+    pub backoff_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    #[arg(
+        long,
+        env = "CUSTOS_REVOCATION_BACKOFF_MAX_MS",
+        default_value_t = 30_000
+    )]
+    pub backoff_max_ms: u64,
+    /// Timeout of one outbound request, in seconds.
+    #[arg(long, env = "CUSTOS_REVOCATION_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_timeout_secs: u64,
+    /// Pushes in flight at once.
+    #[arg(long, env = "CUSTOS_REVOCATION_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// How often active consents are checked for an ended period, in seconds.
+    #[arg(long, env = "CUSTOS_CONSENT_EXPIRY_SCAN_SECS", default_value_t = 10)]
+    pub expiry_scan_secs: u64,
+    /// Largest accepted event, in bytes.
+    #[arg(long, env = "CUSTOS_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_event_bytes: usize,
+}
+
+impl ConsentConfig {
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.consent_topic.trim().is_empty() {
+            return bad("CUSTOS_CONSENT_TOPIC must not be empty");
+        }
+        if self.max_attempts == 0 || self.max_attempts > 1000 {
+            return bad("CUSTOS_REVOCATION_MAX_ATTEMPTS must be 1..=1000");
+        }
+        if self.backoff_ms == 0 || self.backoff_max_ms < self.backoff_ms {
+            return bad("CUSTOS_REVOCATION_BACKOFF_MS must be positive and <= _MAX_MS");
+        }
+        if self.request_timeout_secs == 0 || self.concurrency == 0 || self.concurrency > 1024 {
+            return bad("request timeout and concurrency (1..=1024) must be positive");
+        }
+        if self.expiry_scan_secs == 0 {
+            return bad("CUSTOS_CONSENT_EXPIRY_SCAN_SECS must be positive");
+        }
+        if !matches!(self.keycloak_logout.as_str(), "client" | "user" | "none") {
+            return bad("CUSTOS_KEYCLOAK_LOGOUT must be client, user or none");
+        }
+        if self.keycloak_url.is_some()
+            && self.keycloak_admin_client_secret.is_none()
+            && self.keycloak_admin_password.is_none()
+        {
+            return bad(
+                "CUSTOS_KEYCLOAK_URL needs CUSTOS_KEYCLOAK_ADMIN_PASSWORD or _CLIENT_SECRET",
+            );
+        }
+        let receivers = self.receivers()?;
+        let mut names: Vec<&str> = receivers.iter().map(|r| r.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() != receivers.len() {
+            return bad("SSF receiver names must be unique");
+        }
+        if receivers.iter().any(|r| {
+            r.name.is_empty()
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        }) {
+            return bad("SSF receiver names must be [A-Za-z0-9._-]+");
+        }
+        Ok(())
+    }
+
+    /// The SSF receivers.
+    pub fn receivers(&self) -> Result<Vec<Receiver>, ConfigError> {
+        match self.ssf_receivers.as_deref().map(str::trim) {
+            None | Some("") => Ok(Vec::new()),
+            Some(json) => serde_json::from_str(json).map_err(|_| {
+                ConfigError::Invalid(
+                    "CUSTOS_SSF_RECEIVERS must be a JSON array of {name, endpoint, audience?, authorization?}"
+                        .to_owned(),
+                )
+            }),
+        }
+    }
+
+    fn read(path: &std::path::Path, what: &'static str) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::File { what, source })
+    }
+
+    /// The pseudonymization key ring.
+    pub fn key_ring(&self) -> Result<KeyRing, ConfigError> {
+        let spec = match (&self.pseudonym_keys, &self.pseudonym_keys_file) {
+            (Some(s), _) => s.clone(),
+            (None, Some(p)) => Self::read(p, "the pseudonym key file")?,
+            (None, None) => String::new(),
+        };
+        Ok(KeyRing::parse(
+            &spec,
+            self.pseudonym_current_kid.as_deref(),
+        )?)
+    }
+
+    /// The sealing keys.
+    pub fn sealer(&self) -> Result<Sealer, ConfigError> {
+        let spec = match (&self.seal_keys, &self.seal_keys_file) {
+            (Some(s), _) => s.clone(),
+            (None, Some(p)) => Self::read(p, "the sealing key file")?,
+            (None, None) => String::new(),
+        };
+        Ok(Sealer::parse(&spec, self.seal_current_kid.as_deref())?)
+    }
+
+    /// The SSF issuer.
+    pub fn issuer(&self) -> String {
+        self.ssf_issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.http_addr))
+    }
+
+    /// The SET signer (ephemeral without a key file).
+    pub fn set_signer(&self) -> Result<(SetSigner, bool), ConfigError> {
+        match &self.ssf_key_file {
+            Some(p) => {
+                let pem = Self::read(p, "the SSF key file")?;
+                Ok((
+                    SetSigner::from_pem(&self.issuer(), &pem, &self.ssf_kid)?,
+                    false,
+                ))
+            }
+            None => Ok((SetSigner::ephemeral(&self.issuer(), &self.ssf_kid), true)),
+        }
+    }
+
+    /// Timeout of one outbound request.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}

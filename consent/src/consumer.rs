@@ -1,0 +1,336 @@
+//! The Kafka side: consumes the consent topic and the AS-events topic, folds consent events
+//! into [`crate::state::ConsentBook`], records what changed and hands revocations to the
+//! dispatcher.
+//!
+//! Guarantee: offsets are committed only after the batch's history rows, sealed identifiers
+//! and `requested` revocation rows are in ClickHouse, so a crash replays rather than loses.
+//! A replay is harmless: positions at or below the highest offset recorded in
+//! `consent_history` for their partition are skipped (this also covers a new consumer group
+//! or an offset reset), history rows are keyed by the event identity, and a revocation id
+//! already recorded is never planned again, so nothing is pushed twice. One instance owns
+//! the state: run a single consent service per consumer group.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use custos_schemas::{decode, DecodeError, DecodeLimits, Event, KafkaPosition, Payload};
+use metrics::counter;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::dispatcher::Job;
+use crate::fhir_consent::{decode_fhir_consent, is_fhir_consent};
+use crate::service::Core;
+use crate::state::FoldContext;
+
+/// Most messages processed per batch.
+pub const MAX_BATCH: usize = 5000;
+
+/// Consumer settings: manual commits after ClickHouse acknowledged the batch.
+pub fn consumer_config(brokers: &str, group_id: &str) -> rdkafka::ClientConfig {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("client.id", "custos-consent")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
+        .set("fetch.wait.max.ms", "20")
+        .set("fetch.message.max.bytes", "8388608");
+    c
+}
+
+/// What a message is to the consent service.
+#[derive(Debug)]
+pub enum Input {
+    /// A consent or deprovisioning event.
+    Relevant(Box<Event>),
+    /// Another event type (logins, accesses, ...).
+    Other,
+    /// Undecodable (ingest dead-letters it; here it is counted and skipped).
+    Invalid(DecodeError),
+}
+
+/// Byte patterns at least one of which every consent or deprovisioning message contains:
+/// native types, FHIR `Consent`, Keycloak consent user events and admin events.
+const RELEVANT: [&[u8]; 6] = [
+    b"custos.consent.",
+    b"custos.user.deprovisioned",
+    b"\"Consent\"",
+    b"CONSENT",
+    b"REVOKE_GRANT",
+    b"\"operationType\"",
+];
+
+/// A cheap pre-check so the bulk of AS traffic (logins, tokens) is not fully decoded:
+/// false positives are decoded and dropped; there are no false negatives.
+pub fn maybe_relevant(payload: &[u8], headers: &[(&str, &[u8])]) -> bool {
+    if let Some((_, ty)) = headers.iter().find(|(k, _)| *k == "ce_type") {
+        return ty.starts_with(b"custos.consent.") || *ty == b"custos.user.deprovisioned";
+    }
+    RELEVANT
+        .iter()
+        .any(|p| memchr::memmem::find(payload, p).is_some())
+}
+
+/// Classifies one message: FHIR `Consent` resources first, then every format
+/// [`custos_schemas::decode`] knows.
+pub fn classify(payload: &[u8], headers: &[(&str, &[u8])], limits: &DecodeLimits) -> Input {
+    if !maybe_relevant(payload, headers) {
+        return Input::Other;
+    }
+    let decoded = if is_fhir_consent(payload) {
+        decode_fhir_consent(payload, limits)
+    } else {
+        decode(payload, headers, limits)
+    };
+    match decoded {
+        Ok(ev)
+            if matches!(
+                ev.payload,
+                Payload::Consent(_) | Payload::UserDeprovisioned(_)
+            ) =>
+        {
+            Input::Relevant(Box::new(ev))
+        }
+        Ok(_) => Input::Other,
+        Err(e) => Input::Invalid(e),
+    }
+}
+
+/// Runs the consumer until `cancel` fires.
+pub async fn run(
+    core: Arc<Core>,
+    consumer: StreamConsumer,
+    topics: Vec<String>,
+    mut applied: HashMap<(String, i32), i64>,
+    cancel: CancellationToken,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names)?;
+    core.health.set_subscribed();
+    info!(topics = ?topics, "consuming consent events");
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let mut batch: Vec<OwnedMessage> = Vec::new();
+        match first {
+            Ok(m) => batch.push(m.detach()),
+            Err(e) => {
+                counter!("custos_consent_kafka_errors_total").increment(1);
+                warn!(error = %e, "Kafka error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        // Take what else is already there (a backlog is worked off in large batches, one
+        // ClickHouse round per batch), for at most 25 ms.
+        let cut = tokio::time::Instant::now() + Duration::from_millis(25);
+        while batch.len() < MAX_BATCH && tokio::time::Instant::now() < cut {
+            match tokio::time::timeout(Duration::from_millis(5), consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                _ => break,
+            }
+        }
+        if !process(&core, &batch, &mut applied, &cancel).await {
+            break;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        for m in &batch {
+            let e = next
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        for ((t, p), o) in &next {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            warn!(error = %e, "offset commit failed; the batch will be replayed and skipped");
+        }
+    }
+    core.health.set_stopping();
+    info!("consumer stopped");
+    Ok(())
+}
+
+/// Folds, records and dispatches one batch; false when cancelled before it was recorded.
+async fn process(
+    core: &Arc<Core>,
+    batch: &[OwnedMessage],
+    applied: &mut HashMap<(String, i32), i64>,
+    cancel: &CancellationToken,
+) -> bool {
+    let limits = DecodeLimits {
+        max_bytes: core.max_event_bytes,
+    };
+    let mut history = Vec::new();
+    let mut sealed = Vec::new();
+    let mut revocations = Vec::new();
+    let mut jobs = Vec::new();
+    let mut new_ids = HashSet::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    {
+        let mut book = core.book.write().await;
+        let known = core.known_revocations.lock().await;
+        let ctx = FoldContext {
+            keys: &core.keys,
+            sealer: &core.sealer,
+            default_tenant: &core.default_tenant,
+        };
+        for m in batch {
+            let topic = m.topic().to_owned();
+            if applied
+                .get(&(topic.clone(), m.partition()))
+                .is_some_and(|a| m.offset() <= *a)
+            {
+                counter!("custos_consent_replayed_skipped_total").increment(1);
+                continue;
+            }
+            let mut headers: Vec<(&str, &[u8])> = Vec::new();
+            if let Some(h) = m.headers() {
+                for x in h.iter() {
+                    headers.push((x.key, x.value.unwrap_or_default()));
+                }
+            }
+            let event = match classify(m.payload().unwrap_or_default(), &headers, &limits) {
+                Input::Relevant(ev) => ev,
+                Input::Other => continue,
+                Input::Invalid(e) => {
+                    counter!("custos_consent_decode_errors_total", "reason" => e.reason())
+                        .increment(1);
+                    debug!(topic = %topic, partition = m.partition(), offset = m.offset(), reason = e.reason(), "skipping undecodable message");
+                    continue;
+                }
+            };
+            let pos = KafkaPosition {
+                topic,
+                partition: m.partition(),
+                offset: m.offset(),
+            };
+            for change in book.apply(&event, &pos, now, &ctx) {
+                counter!("custos_consent_events_total", "effect" => change.history.effect.clone())
+                    .increment(1);
+                history.push(change.history);
+                sealed.extend(change.sealed);
+                if let Some(order) = change.revoke {
+                    if known.contains(&order.revocation_id)
+                        || !new_ids.insert(order.revocation_id.clone())
+                    {
+                        counter!("custos_consent_revocations_known_total").increment(1);
+                        continue;
+                    }
+                    counter!("custos_consent_revocations_total", "cause" => order.cause.as_str())
+                        .increment(1);
+                    for row in core.dispatcher.plan(&order, now) {
+                        if row.state == "requested" {
+                            jobs.push(Job {
+                                row: row.clone(),
+                                attempts_done: 0,
+                                sealed: order.consent.sealed.clone(),
+                            });
+                        }
+                        revocations.push(row);
+                    }
+                }
+            }
+        }
+    }
+    // Sealed identifiers and `requested` rows first: then the pushes may start while the
+    // history is written; the offsets are committed by the caller after both.
+    let has_requests = !sealed.is_empty() || !revocations.is_empty();
+    if has_requests
+        && !retry(core, cancel, || {
+            core.store.record_requests(&sealed, &revocations)
+        })
+        .await
+    {
+        return false;
+    }
+    core.known_revocations.lock().await.extend(new_ids);
+    for job in jobs {
+        core.dispatcher.submit(job);
+    }
+    if !history.is_empty() && !retry(core, cancel, || core.store.record_history(&history)).await {
+        return false;
+    }
+    for h in &history {
+        let e = applied
+            .entry((h.kafka_topic.clone(), h.kafka_partition))
+            .or_insert(-1);
+        *e = (*e).max(h.kafka_offset);
+    }
+    true
+}
+
+/// Runs a ClickHouse write until it succeeds (false: cancelled first).
+async fn retry<F, Fut>(core: &Core, cancel: &CancellationToken, f: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::store::Error>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(()) => {
+                core.health.set_clickhouse(true);
+                return true;
+            }
+            Err(e) => {
+                core.health.set_clickhouse(false);
+                counter!("custos_consent_clickhouse_retries_total").increment(1);
+                warn!(error = %e, "recording consent changes failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefilter_keeps_every_consent_format_and_drops_logins() {
+        let limits = DecodeLimits::default();
+        let login =
+            br#"{"id":"1","time":1,"type":"LOGIN","realmId":"r","clientId":"c","userId":"u"}"#;
+        assert!(!maybe_relevant(login, &[]));
+        assert!(matches!(classify(login, &[], &limits), Input::Other));
+        let grant = br#"{"id":"2","time":1,"type":"GRANT_CONSENT","realmId":"r","clientId":"c","userId":"u"}"#;
+        assert!(matches!(classify(grant, &[], &limits), Input::Relevant(_)));
+        let admin = br#"{"id":"3","time":1,"realmId":"r","operationType":"DELETE","resourceType":"USER","resourcePath":"users/u"}"#;
+        assert!(matches!(classify(admin, &[], &limits), Input::Relevant(_)));
+        let ce = br#"{"specversion":"1.0","id":"4","source":"s","type":"custos.user.deprovisioned","time":"2026-01-01T00:00:00Z","data":{"iss":"i","sub":"u"}}"#;
+        assert!(matches!(classify(ce, &[], &limits), Input::Relevant(_)));
+        let data = br#"{"consentId":"c","patient":"p","client_id":"a"}"#;
+        let headers: Vec<(&str, &[u8])> = vec![
+            ("ce_specversion", b"1.0"),
+            ("ce_id", b"5"),
+            ("ce_source", b"s"),
+            ("ce_type", b"custos.consent.granted"),
+            ("ce_time", b"2026-01-01T00:00:00Z"),
+        ];
+        assert!(matches!(
+            classify(data, &headers, &limits),
+            Input::Relevant(_)
+        ));
+        let other: Vec<(&str, &[u8])> = vec![("ce_type", b"custos.auth.login")];
+        assert!(!maybe_relevant(data, &other));
+    }
+}

@@ -1,0 +1,369 @@
+//! Wires the service: config → validate → load state from ClickHouse → resume pending
+//! pushes → serve HTTP → consume until cancelled. Also the period-expiry scanner.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custos_schemas::{ConsentData, KeyRing};
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::StreamConsumer;
+use thiserror::Error;
+use tokio::sync::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, ConsentConfig};
+use crate::dispatcher::{Dispatcher, Job, RetryPolicy};
+use crate::health::Health;
+use crate::keycloak::{AdminCredentials, KeycloakAdapter, Logout};
+use crate::publish::Publisher;
+use crate::seal::Sealer;
+use crate::ssf::SsfPusher;
+use crate::state::{ConsentBook, ConsentState, SealedIds, Status};
+use crate::store::Store;
+
+/// Errors building or running the service.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Kafka client creation or subscription failed.
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// An adapter could not be built.
+    #[error("adapter: {0}")]
+    Adapter(String),
+    /// The HTTP listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the consumer, the dispatcher, the scanner and the API.
+pub struct Core {
+    /// Current consent state.
+    pub book: RwLock<ConsentBook>,
+    /// Revocation ids already recorded.
+    pub known_revocations: Mutex<HashSet<String>>,
+    /// Pseudonymization keys.
+    pub keys: KeyRing,
+    /// Sealing keys.
+    pub sealer: Sealer,
+    /// Default tenant.
+    pub default_tenant: String,
+    /// ClickHouse.
+    pub store: Store,
+    /// Kafka producer.
+    pub publisher: Publisher,
+    /// Revocation push.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Readiness.
+    pub health: Health,
+    /// Largest accepted event.
+    pub max_event_bytes: usize,
+    /// Development bearer token of the privacy API.
+    pub dev_token: Option<String>,
+    /// Prometheus exposition.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Rebuilds a consent state from its latest history row.
+fn state_from_row(r: crate::rows::HistoryRow) -> Option<ConsentState> {
+    Some(ConsentState {
+        status: Status::parse(&r.status)?,
+        tenant: r.tenant,
+        consent_id: r.consent_id,
+        patient: r.patient,
+        subject: r.subject,
+        client_id: r.client_id,
+        issuer: r.issuer,
+        version: r.version,
+        scopes: r.scopes,
+        purpose: r.purpose,
+        period_start: r.period_start,
+        period_end: r.period_end,
+        updated_at: r.event_time,
+        sealed: None,
+    })
+}
+
+/// Runs the service until `cancel` fires.
+pub async fn run(
+    cfg: ConsentConfig,
+    metrics: Option<PrometheusHandle>,
+    cancel: CancellationToken,
+) -> Result<(), ServiceError> {
+    cfg.validate()?;
+    let keys = cfg.key_ring()?;
+    let sealer = cfg.sealer()?;
+    let receivers = cfg.receivers()?;
+    let (signer, ephemeral) = cfg.set_signer()?;
+    if ephemeral {
+        warn!("no CUSTOS_SSF_KEY_FILE: SETs are signed with a per-process key (development only)");
+    }
+    if cfg.dev_token.is_none() {
+        warn!("no CUSTOS_CONSENT_DEV_TOKEN: the privacy API refuses every request");
+    }
+    let store = Store::new(
+        &cfg.clickhouse_url,
+        &cfg.clickhouse_user,
+        &cfg.clickhouse_password,
+        Duration::from_secs(30),
+    );
+    let revocations_topic = Some(cfg.revocations_topic.clone()).filter(|t| !t.trim().is_empty());
+    let publisher = Publisher::new(&cfg.brokers, &cfg.consent_topic, revocations_topic)?;
+    let keycloak = match &cfg.keycloak_url {
+        None => None,
+        Some(url) => {
+            let credentials = match &cfg.keycloak_admin_client_secret {
+                Some(s) => AdminCredentials::ClientSecret(s.clone()),
+                None => AdminCredentials::Password {
+                    user: cfg.keycloak_admin_user.clone(),
+                    password: cfg.keycloak_admin_password.clone().unwrap_or_default(),
+                },
+            };
+            Some(Arc::new(
+                KeycloakAdapter::new(
+                    url,
+                    &cfg.keycloak_admin_realm,
+                    &cfg.keycloak_admin_client_id,
+                    credentials,
+                    Logout::parse(&cfg.keycloak_logout),
+                    cfg.request_timeout(),
+                )
+                .map_err(ServiceError::Adapter)?,
+            ))
+        }
+    };
+    let ssf = SsfPusher::new(cfg.request_timeout()).map_err(ServiceError::Adapter)?;
+    info!(
+        consent_topic = %cfg.consent_topic,
+        as_topic = %cfg.as_topic,
+        group_id = %cfg.group_id,
+        keycloak = keycloak.is_some(),
+        ssf_receivers = receivers.len(),
+        revocations_topic = publisher.has_revocations_topic(),
+        seal_kid = sealer.current_kid(),
+        "starting consent service"
+    );
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        sealer.clone(),
+        keycloak,
+        ssf,
+        receivers,
+        signer,
+        publisher.clone(),
+        RetryPolicy {
+            max_attempts: cfg.max_attempts,
+            base: Duration::from_millis(cfg.backoff_ms),
+            max: Duration::from_millis(cfg.backoff_max_ms),
+        },
+        cfg.concurrency,
+        cancel.clone(),
+    ));
+    let core = Arc::new(Core {
+        book: RwLock::new(ConsentBook::default()),
+        known_revocations: Mutex::new(HashSet::new()),
+        keys,
+        sealer,
+        default_tenant: cfg.default_tenant.clone(),
+        store,
+        publisher,
+        dispatcher,
+        health: Health::default(),
+        max_event_bytes: cfg.max_event_bytes,
+        dev_token: cfg.dev_token.clone().filter(|t| !t.is_empty()),
+        metrics,
+    });
+
+    // HTTP first, so /healthz answers (and /readyz explains) while the state loads.
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|source| ServiceError::Listen {
+            addr: cfg.http_addr,
+            source,
+        })?;
+    let app = crate::api::app(core.clone());
+    let http_cancel = cancel.clone();
+    let http = tokio::spawn(async move {
+        let shutdown = async move { http_cancel.cancelled().await };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            warn!(error = %e, "HTTP server failed");
+        }
+    });
+    info!(addr = %cfg.http_addr, "HTTP API listening");
+
+    let mut topics = vec![cfg.consent_topic.clone()];
+    if !cfg.as_topic.trim().is_empty() {
+        topics.push(cfg.as_topic.clone());
+    }
+    let Some((applied, pending)) = load(&core, &topics, &cancel).await else {
+        let _ = http.await;
+        return Ok(());
+    };
+    core.health.set_loaded();
+    for p in pending {
+        let sealed = core
+            .book
+            .read()
+            .await
+            .get(&p.row.tenant, &p.row.consent_id)
+            .and_then(|c| c.sealed.clone());
+        info!(revocation_id = %p.row.revocation_id, target = %p.row.target, attempts = p.attempts, "resuming revocation push");
+        core.dispatcher.submit(Job {
+            row: p.row,
+            attempts_done: p.attempts,
+            sealed,
+        });
+    }
+
+    let scanner = tokio::spawn(expiry_scanner(
+        core.clone(),
+        Duration::from_secs(cfg.expiry_scan_secs),
+        cancel.clone(),
+    ));
+    let consumer: StreamConsumer =
+        crate::consumer::consumer_config(&cfg.brokers, &cfg.group_id).create()?;
+    let result =
+        crate::consumer::run(core.clone(), consumer, topics, applied, cancel.clone()).await;
+    cancel.cancel();
+    let _ = scanner.await;
+    let _ = http.await;
+    info!("consent service stopped");
+    Ok(result?)
+}
+
+type Loaded = (
+    std::collections::HashMap<(String, i32), i64>,
+    Vec<crate::store::Pending>,
+);
+
+/// Rebuilds the state of the consents recorded from `topics` from ClickHouse, and finds
+/// their pending pushes, retrying until ClickHouse answers (None: cancelled).
+async fn load(core: &Core, topics: &[String], cancel: &CancellationToken) -> Option<Loaded> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let states = core.store.latest_states(topics).await?;
+            let sealed = core.store.sealed().await?;
+            let applied = core.store.applied_offsets(topics).await?;
+            let ids = core.store.revocation_ids().await?;
+            let pending = core.store.pending().await?;
+            Ok::<_, crate::store::Error>((states, sealed, applied, ids, pending))
+        };
+        match attempt.await {
+            Ok((states, sealed, applied, ids, pending)) => {
+                core.health.set_clickhouse(true);
+                let mut book = core.book.write().await;
+                for s in states.into_iter().filter_map(state_from_row) {
+                    book.insert(s);
+                }
+                for s in sealed {
+                    if let Some(c) = book.get_mut(&s.tenant, &s.consent_id) {
+                        c.sealed = Some(SealedIds {
+                            patient: s.patient_sealed,
+                            subject: s.subject_sealed,
+                        });
+                    }
+                }
+                // Only this service's consents: another deployment's pushes are its own.
+                let pending: Vec<_> = pending
+                    .into_iter()
+                    .filter(|p| book.get(&p.row.tenant, &p.row.consent_id).is_some())
+                    .collect();
+                info!(
+                    consents = book.len(),
+                    revocations = ids.len(),
+                    pending = pending.len(),
+                    partitions = applied.len(),
+                    "consent state rebuilt from ClickHouse"
+                );
+                core.known_revocations.lock().await.extend(ids);
+                return Some((applied, pending));
+            }
+            Err(e) => {
+                core.health.set_clickhouse(false);
+                warn!(error = %e, "loading consent state failed; retrying (migrations applied?)");
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Publishes `custos.consent.expired` for active consents whose period ended. The event id
+/// is derived from consent and version, so a restart republishing it changes nothing.
+async fn expiry_scanner(core: Arc<Core>, every: Duration, cancel: CancellationToken) {
+    let mut published: HashSet<(String, String, u64)> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = chrono::Utc::now();
+        let due: Vec<ConsentState> = core
+            .book
+            .read()
+            .await
+            .iter()
+            .filter(|c| c.status == Status::Active)
+            .filter(|c| c.period_end.is_some_and(|e| e <= now.timestamp_millis()))
+            .filter(|c| !published.contains(&(c.tenant.clone(), c.consent_id.clone(), c.version)))
+            .cloned()
+            .collect();
+        for c in due {
+            let Some(sealed) = &c.sealed else {
+                continue;
+            };
+            let Ok(patient) = core.sealer.open(&c.tenant, &c.consent_id, &sealed.patient) else {
+                warn!(consent_id = %c.consent_id, "cannot unseal the patient id; expiry not published");
+                continue;
+            };
+            let sub = if sealed.subject.is_empty() {
+                None
+            } else {
+                core.sealer
+                    .open(&c.tenant, &c.consent_id, &sealed.subject)
+                    .ok()
+            };
+            let data = ConsentData {
+                consent_id: c.consent_id.clone(),
+                patient,
+                client_id: c.client_id.clone(),
+                iss: Some(c.issuer.clone()).filter(|i| !i.is_empty()),
+                sub,
+                scope: None,
+                purpose: Vec::new(),
+                period_start: None,
+                period_end: None,
+                reason: Some("consent period ended".to_owned()),
+                actor: Some("custos-consent:expiry".to_owned()),
+            };
+            let id = format!("expiry-{}-v{}", c.consent_id, c.version);
+            match core
+                .publisher
+                .consent_event("custos.consent.expired", &id, now, &c.tenant, &data)
+                .await
+            {
+                Ok(()) => {
+                    info!(consent_id = %c.consent_id, "consent period ended: expiry published");
+                    published.insert((c.tenant.clone(), c.consent_id.clone(), c.version));
+                }
+                Err(e) => warn!(error = %e, "publishing an expiry failed; will retry"),
+            }
+        }
+    }
+}

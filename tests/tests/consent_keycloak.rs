@@ -1,0 +1,1395 @@
+//! End-to-end: the consent service against the real Kafka, ClickHouse and Keycloak
+//! (`scripts/keycloak up`, http://127.0.0.1:18080 by default).
+//!
+//! Each test creates its own realm, confidential client (consent required) and patient user
+//! through the Keycloak Admin REST API, then obtains tokens with `offline_access` through
+//! the real authorization-code flow: the login form and the consent screen are posted like a
+//! browser would (cookies kept by hand), so Keycloak stores a real user consent. The
+//! `GRANT_CONSENT` user event Keycloak would emit is produced to the test's AS-events topic
+//! (Keycloak has no Kafka event listener built in). Revocations go through Custos (privacy
+//! API or consent topic) and their effect is asserted through Keycloak itself: token
+//! introspection answers `active: false` and the user's consent list is empty. A SET
+//! receiver in the test verifies the SETs' ES256 signatures against the JWKS the consent
+//! service publishes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use custos_tests::*;
+use p256::ecdsa::signature::Verifier;
+use serde_json::{json, Value};
+
+const SEAL_KEYS: &str = "ts1=6b6579206f6620746865207465737420636f6e73656e74207365616c696e6721";
+const DEV_TOKEN: &str = "consent-e2e-dev-token";
+const CLIENT: &str = "growth-chart-app";
+const CLIENT_SECRET: &str = "growth-chart-secret";
+const REDIRECT: &str = "http://127.0.0.1:1/callback";
+const PATIENT_PASSWORD: &str = "Patient-pass-0123456789";
+
+fn kc_url() -> String {
+    std::env::var("CUSTOS_KEYCLOAK_URL").unwrap_or_else(|_| "http://127.0.0.1:18080".into())
+}
+
+fn kc_admin_password() -> String {
+    std::env::var("CUSTOS_KEYCLOAK_ADMIN_PASSWORD").unwrap_or_else(|_| "custos_kc_admin_pw".into())
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+// ---------------------------------------------------------------------------------------
+// Keycloak
+
+struct Kc {
+    http: reqwest::Client,
+    base: String,
+}
+
+struct Tokens {
+    access: String,
+    refresh: String,
+}
+
+/// A minimal cookie jar for the browser-like login.
+#[derive(Default)]
+struct Jar(HashMap<String, String>);
+
+impl Jar {
+    fn take(&mut self, resp: &reqwest::Response) {
+        for v in resp.headers().get_all(reqwest::header::SET_COOKIE) {
+            if let Some((pair, _)) = v.to_str().unwrap_or_default().split_once(';') {
+                if let Some((k, val)) = pair.split_once('=') {
+                    self.0.insert(k.trim().to_owned(), val.trim().to_owned());
+                }
+            }
+        }
+    }
+
+    fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+fn html_attr_after(html: &str, anchor: &str, attr: &str) -> Option<String> {
+    let at = html.find(anchor)?;
+    let rest = &html[at..];
+    let start = rest.find(&format!("{attr}=\""))? + attr.len() + 2;
+    let end = rest[start..].find('"')? + start;
+    Some(rest[start..end].replace("&amp;", "&"))
+}
+
+impl Kc {
+    fn new() -> Kc {
+        Kc {
+            http: http(),
+            base: kc_url(),
+        }
+    }
+
+    async fn admin_token(&self) -> Result<String> {
+        let resp: Value = self
+            .http
+            .post(format!(
+                "{}/realms/master/protocol/openid-connect/token",
+                self.base
+            ))
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", "admin-cli"),
+                ("username", "admin"),
+                ("password", &kc_admin_password()),
+            ])
+            .send()
+            .await
+            .context("Keycloak is not reachable: run scripts/keycloak up")?
+            .json()
+            .await?;
+        resp["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no admin token (is CUSTOS_KEYCLOAK_ADMIN_PASSWORD right?)")
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, String)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/admin/realms{path}", self.base))
+            .bearer_auth(self.admin_token().await?);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
+    }
+
+    /// Realm (id = name, so Keycloak events' realmId names it), client and patient user.
+    async fn setup(&self, realm: &str, user: &str) -> Result<String> {
+        let (s, b) = self
+            .admin(
+                reqwest::Method::POST,
+                "",
+                Some(json!({"id": realm, "realm": realm, "enabled": true})),
+            )
+            .await?;
+        ensure!(s == 201, "create realm: {s} {b}");
+        let (s, b) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/{realm}/clients"),
+                Some(json!({
+                    "clientId": CLIENT, "secret": CLIENT_SECRET, "publicClient": false,
+                    "standardFlowEnabled": true, "directAccessGrantsEnabled": false,
+                    "consentRequired": true, "redirectUris": [REDIRECT]
+                })),
+            )
+            .await?;
+        ensure!(s == 201, "create client: {s} {b}");
+        let (s, b) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/{realm}/users"),
+                Some(json!({
+                    "username": user, "enabled": true, "email": format!("{user}@example.org"),
+                    "emailVerified": true, "firstName": "Pat", "lastName": "Ient",
+                    "credentials": [{"type": "password", "value": PATIENT_PASSWORD, "temporary": false}]
+                })),
+            )
+            .await?;
+        ensure!(s == 201, "create user: {s} {b}");
+        let (_, b) = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/{realm}/users?username={user}&exact=true"),
+                None,
+            )
+            .await?;
+        let users: Value = serde_json::from_str(&b)?;
+        users[0]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("user id")
+    }
+
+    async fn delete_realm(&self, realm: &str) {
+        let _ = self
+            .admin(reqwest::Method::DELETE, &format!("/{realm}"), None)
+            .await;
+    }
+
+    /// The authorization-code flow with the login form and the consent screen.
+    async fn login_with_consent(&self, realm: &str, user: &str) -> Result<Tokens> {
+        let mut jar = Jar::default();
+        let auth = format!(
+            "{}/realms/{realm}/protocol/openid-connect/auth?client_id={CLIENT}&response_type=code\
+             &scope=openid%20offline_access&redirect_uri={REDIRECT}&state=e2e",
+            self.base
+        );
+        let resp = self.http.get(&auth).send().await?;
+        jar.take(&resp);
+        let html = resp.text().await?;
+        let action = html_attr_after(&html, "kc-form-login", "action")
+            .or_else(|| html_attr_after(&html, "<form", "action"))
+            .context("no login form")?;
+        let resp = self
+            .http
+            .post(&action)
+            .header("Cookie", jar.header())
+            .form(&[
+                ("username", user),
+                ("password", PATIENT_PASSWORD),
+                ("credentialId", ""),
+            ])
+            .send()
+            .await?;
+        jar.take(&resp);
+        // Keycloak redirects to the OAUTH_GRANT required action (the consent screen).
+        let mut location = resp
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .map(str::to_owned)
+            .context("login did not redirect (wrong password or an extra required action?)")?;
+        if !location.contains("code=") {
+            let resp = self
+                .http
+                .get(&location)
+                .header("Cookie", jar.header())
+                .send()
+                .await?;
+            jar.take(&resp);
+            let html = resp.text().await?;
+            // The consent form posts to .../login-actions/consent?...
+            let action = html
+                .find("/login-actions/consent")
+                .and_then(|at| {
+                    let start = html[..at].rfind('"')? + 1;
+                    let end = html[at..].find('"')? + at;
+                    Some(html[start..end].replace("&amp;", "&"))
+                })
+                .context("no consent form")?;
+            let action = if action.starts_with('/') {
+                format!("{}{action}", self.base)
+            } else {
+                action
+            };
+            let code = html_attr_after(&html, "name=\"code\"", "value").context("consent code")?;
+            let resp = self
+                .http
+                .post(&action)
+                .header("Cookie", jar.header())
+                .form(&[("code", code.as_str()), ("accept", "Yes")])
+                .send()
+                .await?;
+            location = resp
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_owned)
+                .context("consent did not redirect")?;
+        }
+        let code = location
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("code="))
+            .context("no authorization code")?
+            .to_owned();
+        let tok: Value = self
+            .http
+            .post(format!(
+                "{}/realms/{realm}/protocol/openid-connect/token",
+                self.base
+            ))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("client_id", CLIENT),
+                ("client_secret", CLIENT_SECRET),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(Tokens {
+            access: tok["access_token"]
+                .as_str()
+                .context("access token")?
+                .to_owned(),
+            refresh: tok["refresh_token"]
+                .as_str()
+                .context("refresh token")?
+                .to_owned(),
+        })
+    }
+
+    /// RFC 7662 introspection by the client itself.
+    async fn active(&self, realm: &str, token: &str) -> Result<bool> {
+        let v: Value = self
+            .http
+            .post(format!(
+                "{}/realms/{realm}/protocol/openid-connect/token/introspect",
+                self.base
+            ))
+            .form(&[
+                ("token", token),
+                ("client_id", CLIENT),
+                ("client_secret", CLIENT_SECRET),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        v["active"]
+            .as_bool()
+            .context("introspection without `active`")
+    }
+
+    async fn consents(&self, realm: &str, user_id: &str) -> Result<Vec<Value>> {
+        let (s, b) = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/{realm}/users/{user_id}/consents"),
+                None,
+            )
+            .await?;
+        ensure!(s == 200, "consents: {s}");
+        Ok(serde_json::from_str(&b)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SET receiver (RFC 8935) and a switchable TCP proxy in front of Keycloak
+
+#[derive(Clone, Default)]
+struct Receiver {
+    sets: Arc<Mutex<Vec<String>>>,
+    reject: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    async fn start(reject: bool) -> Result<(Receiver, String)> {
+        let r = Receiver::default();
+        r.reject.store(reject, Ordering::SeqCst);
+        let state = r.clone();
+        let app = axum::Router::new().route(
+            "/events",
+            axum::routing::post(
+                |axum::extract::State(s): axum::extract::State<Receiver>,
+                 headers: axum::http::HeaderMap,
+                 body: String| async move {
+                    let ct_ok = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        == Some("application/secevent+jwt");
+                    s.sets.lock().expect("lock").push(body);
+                    if !ct_ok {
+                        return (axum::http::StatusCode::BAD_REQUEST, r#"{"err":"invalid_request","description":"content type"}"#.to_owned());
+                    }
+                    if s.reject.load(Ordering::SeqCst) {
+                        (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            r#"{"err":"invalid_audience","description":"this receiver does not accept that audience"}"#.to_owned(),
+                        )
+                    } else {
+                        (axum::http::StatusCode::ACCEPTED, String::new())
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app.with_state(state)).await;
+        });
+        Ok((r, format!("http://{addr}/events")))
+    }
+
+    fn received(&self) -> Vec<String> {
+        self.sets.lock().expect("lock").clone()
+    }
+}
+
+/// Forwards 127.0.0.1:port to Keycloak while up; refuses connections while down.
+struct Proxy {
+    port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn new() -> Proxy {
+        Proxy {
+            port: free_port(),
+            task: None,
+        }
+    }
+
+    async fn up(&mut self) -> Result<()> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await?;
+        let target: SocketAddr = kc_url()
+            .trim_start_matches("http://")
+            .parse()
+            .context("CUSTOS_KEYCLOAK_URL must be http://host:port")?;
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+        Ok(())
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The consent service process
+
+fn consent_binary() -> std::path::PathBuf {
+    static BIN: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "custos-consent",
+                "--bin",
+                "custos-consent",
+            ])
+            .current_dir(workspace())
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building custos-consent failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        target.join("debug").join("custos-consent")
+    })
+    .clone()
+}
+
+struct Service {
+    child: Option<Child>,
+    url: String,
+    log: std::path::PathBuf,
+    http: reqwest::Client,
+}
+
+struct Setup {
+    consent_topic: String,
+    as_topic: String,
+    revocations_topic: String,
+    keycloak_url: String,
+    admin_password: String,
+    receivers: Value,
+}
+
+static LOG_SEQ: AtomicU16 = AtomicU16::new(0);
+
+impl Service {
+    fn spawn(s: &Setup, group: &str, extra: &[(&str, &str)]) -> Result<Service> {
+        let port = free_port();
+        let logs = workspace().join("target").join("e2e-logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!(
+            "consent-{group}-{}.log",
+            LOG_SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(consent_binary());
+        cmd.arg("run")
+            .env("CUSTOS_KAFKA_BROKERS", brokers())
+            .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
+            .env("CUSTOS_CONSENT_GROUP", group)
+            .env("CUSTOS_CONSENT_TOPIC", &s.consent_topic)
+            .env("CUSTOS_AS_TOPIC", &s.as_topic)
+            .env("CUSTOS_REVOCATIONS_TOPIC", &s.revocations_topic)
+            .env("CUSTOS_PSEUDONYM_KEYS", TEST_KEYS)
+            .env("CUSTOS_CONSENT_SEAL_KEYS", SEAL_KEYS)
+            .env("CUSTOS_CONSENT_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("CUSTOS_CONSENT_DEV_TOKEN", DEV_TOKEN)
+            .env("CUSTOS_KEYCLOAK_URL", &s.keycloak_url)
+            .env("CUSTOS_KEYCLOAK_ADMIN_PASSWORD", &s.admin_password)
+            .env("CUSTOS_SSF_RECEIVERS", s.receivers.to_string())
+            .env("CUSTOS_REVOCATION_BACKOFF_MS", "200")
+            .env("CUSTOS_REVOCATION_BACKOFF_MAX_MS", "1000")
+            .env("CUSTOS_CONSENT_EXPIRY_SCAN_SECS", "1")
+            .env("CUSTOS_LOG", "info,custos_consent=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Ok(Service {
+            child: Some(cmd.spawn().context("spawning custos-consent")?),
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            http: http(),
+        })
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&self) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "consent service not ready; log:\n{}",
+                    tail(&self.log_text(), 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(DEV_TOKEN)
+            .send()
+            .await?;
+        ensure!(r.status() == 200, "GET {path}: {}", r.status());
+        Ok(r.json().await?)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(DEV_TOKEN)
+            .json(&body)
+            .send()
+            .await?;
+        let s = r.status().as_u16();
+        Ok((s, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Waits until `pred` holds for the consents of (tenant, patient).
+    async fn wait_consents<F: Fn(&Value) -> bool>(
+        &self,
+        tenant: &str,
+        patient: &str,
+        what: &str,
+        pred: F,
+    ) -> Result<Value> {
+        let start = Instant::now();
+        loop {
+            let v = self
+                .get(&format!("/v1/consents?tenant={tenant}&patient={patient}"))
+                .await?;
+            if pred(&v) {
+                return Ok(v);
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "timed out waiting for {what}: {v:#}\nlog:\n{}",
+                    tail(&self.log_text(), 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn stop(&mut self) -> Result<i32> {
+        let mut child = self.child.take().context("stopped")?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s.code().unwrap_or(-1));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                child.kill()?;
+                child.wait()?;
+                bail!("consent service did not stop after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Latest state per target of the revocations in a `/v1/consents` answer.
+fn target_states(v: &Value) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for c in v["consents"].as_array().into_iter().flatten() {
+        for r in c["revocations"].as_array().into_iter().flatten() {
+            out.insert(
+                r["target"].as_str().unwrap_or_default().to_owned(),
+                r["state"].as_str().unwrap_or_default().to_owned(),
+            );
+        }
+    }
+    out
+}
+
+fn all_final(v: &Value, n: usize) -> bool {
+    let s = target_states(v);
+    s.len() == n && s.values().all(|x| x != "requested")
+}
+
+async fn topics(name: &str) -> Result<(String, String, String)> {
+    let p = unique(name);
+    let t = (
+        format!("{p}.consent-events"),
+        format!("{p}.as-events"),
+        format!("{p}.revocations"),
+    );
+    create_topics(&[(&t.0, 2), (&t.1, 2), (&t.2, 1)]).await?;
+    Ok(t)
+}
+
+fn grant_consent_event(realm: &str, user_id: &str) -> Value {
+    json!({
+        "id": format!("kc-ev-{}", unique("grant")),
+        "time": chrono_now_ms(),
+        "type": "GRANT_CONSENT",
+        "realmId": realm,
+        "clientId": CLIENT,
+        "userId": user_id,
+        "ipAddress": "127.0.0.1",
+        "details": {"granted_client": CLIENT, "scope": "openid offline_access launch/patient patient/Observation.rs?category=laboratory"}
+    })
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Verifies a compact ES256 SET against a JWKS (independently of the service's code).
+fn verify_set(set: &str, jwks: &Value) -> Result<(Value, Value)> {
+    let parts: Vec<&str> = set.split('.').collect();
+    ensure!(parts.len() == 3, "not a compact JWS");
+    let header: Value = serde_json::from_slice(&B64.decode(parts[0])?)?;
+    let claims: Value = serde_json::from_slice(&B64.decode(parts[1])?)?;
+    ensure!(header["alg"] == "ES256", "alg {}", header["alg"]);
+    let jwk = jwks["keys"]
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["kid"] == header["kid"]))
+        .context("kid not in the JWKS")?;
+    let minimal = json!({"kty": jwk["kty"], "crv": jwk["crv"], "x": jwk["x"], "y": jwk["y"]});
+    let key = p256::PublicKey::from_jwk_str(&minimal.to_string())?;
+    let sig = p256::ecdsa::Signature::from_slice(&B64.decode(parts[2])?)?;
+    p256::ecdsa::VerifyingKey::from(key)
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+        .context("SET signature does not verify")?;
+    Ok((header, claims))
+}
+
+/// Every row ClickHouse holds about a consent, as text (for leak checks).
+async fn stored_text(consent_id: &str) -> Result<String> {
+    let mut out = String::new();
+    for (table, col) in [
+        ("consent_history", "consent_id"),
+        ("revocations", "consent_id"),
+        ("consent_sealed", "consent_id"),
+    ] {
+        let body = reqwest::Client::new()
+            .post(clickhouse_url())
+            .basic_auth("custos_admin", Some("custos_admin_pw"))
+            .query(&[("param_c", consent_id)])
+            .body(format!(
+                "SELECT * FROM custos.{table} WHERE {col} = {{c:String}} FORMAT JSONEachRow"
+            ))
+            .send()
+            .await?
+            .text()
+            .await?;
+        out.push_str(&body);
+    }
+    Ok(out)
+}
+
+async fn attempts_of(svc: &Service, revocation_id: &str) -> Result<Vec<Value>> {
+    let v = svc
+        .get(&format!("/v1/revocations/{revocation_id}/attempts"))
+        .await?;
+    Ok(v["attempts"].as_array().cloned().unwrap_or_default())
+}
+
+fn revocation_ids(v: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = v["consents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["revocations"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["revocation_id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_reaches_keycloak_and_receivers_and_replay_pushes_nothing_twice() -> Result<()> {
+    migrate()?;
+    let kc = Kc::new();
+    let realm = unique("kc").replace('-', "");
+    let user_id = kc.setup(&realm, "patient-one").await?;
+    let tokens = kc.login_with_consent(&realm, "patient-one").await?;
+    ensure!(
+        kc.active(&realm, &tokens.access).await?,
+        "fresh access token inactive"
+    );
+    ensure!(
+        kc.active(&realm, &tokens.refresh).await?,
+        "fresh offline token inactive"
+    );
+    let before = kc.consents(&realm, &user_id).await?;
+    ensure!(
+        before.iter().any(|c| c["clientId"] == CLIENT),
+        "Keycloak holds no consent: {before:?}"
+    );
+
+    let (consent_topic, as_topic, rev_topic) = topics("consent-kc").await?;
+    let (receiver, endpoint) = Receiver::start(false).await?;
+    let setup = Setup {
+        consent_topic: consent_topic.clone(),
+        as_topic: as_topic.clone(),
+        revocations_topic: rev_topic.clone(),
+        keycloak_url: kc_url(),
+        admin_password: kc_admin_password(),
+        receivers: json!([{"name": "gw", "endpoint": endpoint, "audience": "https://gateway.example"}]),
+    };
+    let mut svc = Service::spawn(&setup, &unique("cg"), &[])?;
+    svc.wait_ready().await?;
+
+    let producer = producer()?;
+    produce(
+        &producer,
+        &as_topic,
+        None,
+        &[Msg::json(&grant_consent_event(&realm, &user_id))],
+    )
+    .await?;
+    let v = svc
+        .wait_consents(&realm, &user_id, "the consent", |v| {
+            v["consents"][0]["current"]["status"] == "active"
+        })
+        .await?;
+    let consent_id = v["consents"][0]["current"]["consent_id"]
+        .as_str()
+        .context("consent id")?
+        .to_owned();
+    assert_eq!(
+        consent_id,
+        custos_schemas::keycloak::keycloak_consent_id(&realm, &user_id, CLIENT)
+    );
+    // SMART scopes are parsed, filters kept.
+    let smart = &v["consents"][0]["smart"]["scopes"];
+    assert!(
+        smart
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x["filters"][0][1] == "laboratory")),
+        "{smart}"
+    );
+
+    // Revoke through the privacy API (by patient + client); it goes through Kafka.
+    let (status, body) = svc
+        .post(
+            "/v1/consents/revoke",
+            json!({"tenant": realm, "patient": user_id, "client_id": CLIENT, "reason": "patient withdrew consent by phone"}),
+        )
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    let v = svc
+        .wait_consents(&realm, &user_id, "the pushes", |v| all_final(v, 3))
+        .await?;
+    let states = target_states(&v);
+    assert_eq!(
+        states.get("keycloak").map(String::as_str),
+        Some("delivered"),
+        "{v:#}"
+    );
+    assert_eq!(
+        states.get("ssf:gw").map(String::as_str),
+        Some("delivered"),
+        "{v:#}"
+    );
+    assert_eq!(
+        states.get("kafka").map(String::as_str),
+        Some("delivered"),
+        "{v:#}"
+    );
+    assert_eq!(v["consents"][0]["current"]["status"], "revoked");
+
+    // Through Keycloak itself: the tokens are dead and the consent is gone.
+    assert!(
+        !kc.active(&realm, &tokens.refresh).await?,
+        "offline token still active"
+    );
+    assert!(
+        !kc.active(&realm, &tokens.access).await?,
+        "access token still active"
+    );
+    let after = kc.consents(&realm, &user_id).await?;
+    assert!(after.is_empty(), "consent still at Keycloak: {after:?}");
+
+    // Latency from the revoke request to the AS acknowledgement is stored.
+    let kc_row = v["consents"][0]["revocations"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["target"] == "keycloak"))
+        .cloned()
+        .context("keycloak row")?;
+    let latency = kc_row["latency_ms"].as_i64().context("latency")?;
+    assert!((0..30_000).contains(&latency), "latency {latency}");
+
+    // The SET: signed with a published key, CAEP session-revoked about the user.
+    let jwks: Value = svc
+        .http
+        .get(format!("{}/jwks.json", svc.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let config: Value = svc
+        .http
+        .get(format!("{}/.well-known/ssf-configuration", svc.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(config["jwks_uri"], format!("{}/jwks.json", svc.url));
+    let sets = receiver.received();
+    assert_eq!(sets.len(), 1, "exactly one SET");
+    let (header, claims) = verify_set(&sets[0], &jwks)?;
+    assert_eq!(header["typ"], "secevent+jwt");
+    assert_eq!(claims["iss"], config["issuer"]);
+    assert_eq!(claims["aud"], "https://gateway.example");
+    assert_eq!(claims["sub_id"]["format"], "iss_sub");
+    assert_eq!(claims["sub_id"]["sub"], user_id.as_str());
+    assert_eq!(
+        claims["sub_id"]["iss"],
+        format!("{}/realms/{realm}", kc_url())
+    );
+    let ev =
+        &claims["events"]["https://schemas.openid.net/secevent/caep/event-type/session-revoked"];
+    assert_eq!(ev["initiating_entity"], "admin");
+    assert_eq!(
+        ev["reason_admin"]["en"],
+        "patient withdrew consent by phone"
+    );
+    assert!(claims["jti"].as_str().is_some_and(|j| j.len() == 32));
+
+    // The gateway notice on Kafka: pseudonymous.
+    let notices = consume_all(&rev_topic, 1, Duration::from_secs(20))?;
+    assert_eq!(notices.len(), 1);
+    let notice: Value = serde_json::from_slice(&notices[0].0)?;
+    assert_eq!(notice["consentId"], consent_id.as_str());
+    assert!(!String::from_utf8_lossy(&notices[0].0).contains(&user_id));
+
+    // No raw user id in any stored row nor in the log.
+    let stored = stored_text(&consent_id).await?;
+    assert!(!stored.is_empty());
+    assert!(!stored.contains(&user_id), "raw subject stored");
+    assert!(!svc.log_text().contains(&user_id), "raw subject logged");
+
+    // Restart with a new consumer group: the whole topic is read again, nothing is pushed twice.
+    let rev_ids = revocation_ids(&v);
+    assert_eq!(rev_ids.len(), 1);
+    let attempts_before = attempts_of(&svc, &rev_ids[0]).await?.len();
+    assert_eq!(svc.stop()?, 0, "SIGTERM exit code");
+    let svc2 = Service::spawn(&setup, &unique("cg2"), &[])?;
+    svc2.wait_ready().await?;
+    // Let it consume the topics from the beginning.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let v2 = svc2
+        .get(&format!("/v1/consents?tenant={realm}&patient={user_id}"))
+        .await?;
+    assert_eq!(v2["consents"][0]["current"]["status"], "revoked");
+    assert_eq!(revocation_ids(&v2), rev_ids);
+    assert_eq!(
+        attempts_of(&svc2, &rev_ids[0]).await?.len(),
+        attempts_before
+    );
+    assert_eq!(receiver.received().len(), 1, "a SET was pushed twice");
+    assert_eq!(consume_all(&rev_topic, 2, Duration::from_secs(5))?.len(), 1);
+    kc.delete_realm(&realm).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keycloak_down_then_back_is_delivered_after_retries() -> Result<()> {
+    migrate()?;
+    let kc = Kc::new();
+    let realm = unique("kcdown").replace('-', "");
+    let user_id = kc.setup(&realm, "patient-two").await?;
+    let tokens = kc.login_with_consent(&realm, "patient-two").await?;
+    let (consent_topic, as_topic, rev_topic) = topics("consent-down").await?;
+    // Custos reaches Keycloak only through a proxy that starts down.
+    let mut proxy = Proxy::new();
+    let setup = Setup {
+        consent_topic,
+        as_topic: as_topic.clone(),
+        revocations_topic: rev_topic,
+        keycloak_url: proxy.url(),
+        admin_password: kc_admin_password(),
+        receivers: json!([]),
+    };
+    let svc = Service::spawn(
+        &setup,
+        &unique("cg"),
+        &[("CUSTOS_REVOCATION_MAX_ATTEMPTS", "40")],
+    )?;
+    svc.wait_ready().await?;
+    produce(
+        &producer()?,
+        &as_topic,
+        None,
+        &[Msg::json(&grant_consent_event(&realm, &user_id))],
+    )
+    .await?;
+    let consent_id = custos_schemas::keycloak::keycloak_consent_id(&realm, &user_id, CLIENT);
+    svc.wait_consents(&realm, &user_id, "the consent", |v| {
+        v["consents"][0]["current"]["status"] == "active"
+    })
+    .await?;
+    let (status, body) = svc
+        .post(
+            &format!("/v1/consents/{consent_id}/revoke"),
+            json!({"tenant": realm, "reason": "app decommissioned"}),
+        )
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    // Wait for failed attempts while the AS is unreachable.
+    let start = Instant::now();
+    let rev_id = loop {
+        let v = svc
+            .get(&format!("/v1/consents?tenant={realm}&patient={user_id}"))
+            .await?;
+        if let Some(id) = revocation_ids(&v).first() {
+            let a = attempts_of(&svc, id).await?;
+            let kc_retries = a
+                .iter()
+                .filter(|x| x["target"] == "keycloak" && x["outcome"] == "retry")
+                .count();
+            if kc_retries >= 3 {
+                assert!(a.iter().any(|x| x["error_code"] == "connect"), "{a:?}");
+                break id.clone();
+            }
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "no retries recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    ensure!(
+        kc.active(&realm, &tokens.refresh).await?,
+        "revoked while the AS was down?"
+    );
+    proxy.up().await?;
+    let v = svc
+        .wait_consents(&realm, &user_id, "delivery after the outage", |v| {
+            target_states(v).get("keycloak").map(String::as_str) == Some("delivered")
+        })
+        .await?;
+    let a = attempts_of(&svc, &rev_id).await?;
+    let kc_attempts: Vec<&Value> = a.iter().filter(|x| x["target"] == "keycloak").collect();
+    assert!(kc_attempts.len() >= 4, "{kc_attempts:?}");
+    assert_eq!(
+        kc_attempts.last().map(|x| &x["outcome"]),
+        Some(&json!("delivered"))
+    );
+    let row = v["consents"][0]["revocations"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["target"] == "keycloak"))
+        .cloned()
+        .context("row")?;
+    assert_eq!(row["attempts"].as_u64(), Some(kc_attempts.len() as u64));
+    // Asserted through Keycloak.
+    assert!(
+        !kc.active(&realm, &tokens.refresh).await?,
+        "offline token still active"
+    );
+    assert!(kc.consents(&realm, &user_id).await?.is_empty());
+    kc.delete_realm(&realm).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refusals_are_recorded_failures_and_expiry_deprovisioning_and_fhir_consents_revoke(
+) -> Result<()> {
+    migrate()?;
+    let (consent_topic, as_topic, rev_topic) = topics("consent-fail").await?;
+    let (receiver, endpoint) = Receiver::start(true).await?;
+    let setup = Setup {
+        consent_topic: consent_topic.clone(),
+        as_topic: as_topic.clone(),
+        revocations_topic: rev_topic,
+        keycloak_url: kc_url(),
+        // Keycloak answers the admin token request with 401.
+        admin_password: "not-the-admin-password".into(),
+        receivers: json!([{"name": "strict", "endpoint": endpoint}]),
+    };
+    let svc = Service::spawn(&setup, &unique("cg"), &[])?;
+    svc.wait_ready().await?;
+    let tenant = "acme";
+    let now = chrono_now_ms();
+    let iso = format_rfc3339;
+    let ce = |id: &str, ty: &str, data: Value| {
+        json!({"specversion": "1.0", "id": id, "source": "//e2e", "type": ty,
+               "time": iso(now), "tenant": tenant, "data": data})
+    };
+    let p1 = unique("PAT-A");
+    let p2 = unique("PAT-B");
+    let p3 = unique("PAT-C");
+    let fhir = json!({
+        "resourceType": "Consent", "id": unique("fc"), "status": "active",
+        "meta": {"versionId": "1", "lastUpdated": iso(now), "tag": [{"system": "urn:custos:tenant", "code": tenant}]},
+        "patient": {"reference": format!("Patient/{p3}")},
+        "extension": [
+            {"url": "urn:custos:fhir:extension:oauth-scope", "valueString": "patient/*.rs"},
+            {"url": "urn:custos:fhir:extension:as-subject", "valueString": format!("sub-{p3}")},
+            {"url": "urn:custos:fhir:extension:as-issuer", "valueUri": "keycloak:acme"}
+        ],
+        "provision": {"type": "permit", "actor": [{"reference": {"identifier": {"system": "urn:ietf:params:oauth:client-id", "value": "fhir-app"}}}]}
+    });
+    // One partition: a consent's events are ordered (producers key them by consent id).
+    produce(
+        &producer()?,
+        &consent_topic,
+        Some(0),
+        &[
+            Msg::json(&ce("g1", "custos.consent.granted", json!({"consentId": format!("c-{p1}"), "patient": p1,
+                "client_id": "app1", "iss": "keycloak:acme", "sub": format!("sub-{p1}"), "scope": "user/*.read"}))),
+            Msg::json(&ce("g2", "custos.consent.granted", json!({"consentId": format!("c-{p2}"), "patient": p2,
+                "client_id": "app2", "iss": "keycloak:acme", "sub": format!("sub-{p2}"),
+                "periodEnd": iso(now + 2_000)}))),
+            Msg::json(&fhir),
+            Msg::json(&ce("r1", "custos.consent.revoked", json!({"consentId": format!("c-{p1}"), "patient": p1,
+                "client_id": "app1", "reason": "patient request"}))),
+        ],
+    )
+    .await?;
+    // The deprovisioning of the FHIR consent's user, on the AS topic (once it is granted).
+    svc.wait_consents(tenant, &p3, "the FHIR consent", |v| {
+        v["consents"][0]["current"]["status"] == "active"
+    })
+    .await?;
+    produce(
+        &producer()?,
+        &as_topic,
+        None,
+        &[Msg::json(&ce(
+            "d1",
+            "custos.user.deprovisioned",
+            json!({"iss": "keycloak:acme", "sub": format!("sub-{p3}")}),
+        ))],
+    )
+    .await?;
+
+    for (patient, cause) in [(&p1, "revoke"), (&p2, "expiry"), (&p3, "deprovision")] {
+        let v = svc
+            .wait_consents(tenant, patient, cause, |v| all_final(v, 3))
+            .await?;
+        let st = target_states(&v);
+        assert_eq!(
+            st.get("keycloak").map(String::as_str),
+            Some("failed"),
+            "{cause}: {v:#}"
+        );
+        assert_eq!(
+            st.get("ssf:strict").map(String::as_str),
+            Some("failed"),
+            "{cause}: {v:#}"
+        );
+        assert_eq!(
+            st.get("kafka").map(String::as_str),
+            Some("delivered"),
+            "{cause}: {v:#}"
+        );
+        let revs = v["consents"][0]["revocations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(revs.iter().all(|r| r["cause"] == cause), "{revs:?}");
+        let kc_row = revs
+            .iter()
+            .find(|r| r["target"] == "keycloak")
+            .context("kc row")?;
+        assert!(
+            kc_row["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("HTTP 401")),
+            "{kc_row}"
+        );
+        let ssf_row = revs
+            .iter()
+            .find(|r| r["target"] == "ssf:strict")
+            .context("ssf row")?;
+        assert!(
+            ssf_row["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("invalid_audience")),
+            "{ssf_row}"
+        );
+        // One attempt each: 4xx is final, not retried.
+        let id = kc_row["revocation_id"].as_str().context("id")?;
+        let a = attempts_of(&svc, id).await?;
+        let kc_a: Vec<&Value> = a.iter().filter(|x| x["target"] == "keycloak").collect();
+        assert_eq!(kc_a.len(), 1, "{a:?}");
+        assert_eq!(kc_a[0]["http_status"], 401);
+        let ssf_a: Vec<&Value> = a.iter().filter(|x| x["target"] == "ssf:strict").collect();
+        assert_eq!(ssf_a.len(), 1);
+        assert_eq!(ssf_a[0]["http_status"], 400);
+        assert_eq!(ssf_a[0]["error_code"], "ssf_invalid_audience");
+        assert!(ssf_a[0]["receipt"]
+            .as_str()
+            .is_some_and(|r| r.contains("\"err\"")));
+    }
+    // FHIR consent state kept its SMART scopes.
+    let v = svc
+        .get(&format!(
+            "/v1/consents?tenant={tenant}&patient=Patient/{p3}"
+        ))
+        .await?;
+    assert_eq!(v["consents"][0]["current"]["client_id"], "fhir-app");
+    assert_eq!(v["consents"][0]["current"]["scopes"][0], "patient/*.rs");
+    // The failure report lists them.
+    let report = svc.get("/v1/revocations?state=failed&limit=10000").await?;
+    let failed = report["revocations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(failed.len() >= 6, "{failed:?}");
+    assert_eq!(receiver.received().len(), 3);
+    // Bad bearer tokens are refused.
+    let r = svc
+        .http
+        .get(format!("{}/v1/revocations", svc.url))
+        .bearer_auth("wrong")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+    Ok(())
+}
+
+/// RFC 3339 with milliseconds, UTC, from epoch milliseconds.
+fn format_rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil-from-days (H. Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
+}
+
+/// Revocation propagation benchmark (revoke request → Keycloak acknowledgement), with ingest
+/// and the consent service consuming simulated traffic at the same time. Ignored by default:
+/// `cargo test -p custos-tests --test consent_keycloak -- --ignored --nocapture bench`.
+/// `CUSTOS_BENCH_REVOCATIONS` (default 100), `CUSTOS_BENCH_SIM_RATE` (default 2000 msg/s),
+/// `CUSTOS_BENCH_SPACING_MS` (default 250: one revoke request every 250 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: run explicitly"]
+async fn bench_revocation_propagation() -> Result<()> {
+    let n: usize = std::env::var("CUSTOS_BENCH_REVOCATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let rate: u64 = std::env::var("CUSTOS_BENCH_SIM_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let spacing: u64 = std::env::var("CUSTOS_BENCH_SPACING_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
+    migrate()?;
+    let kc = Kc::new();
+    let realm = unique("kcbench").replace('-', "");
+    let user_ids = {
+        // One user per revocation, each with a real consent (authorization-code flow).
+        let first = kc.setup(&realm, "bench-0").await?;
+        let mut ids = vec![first];
+        for i in 1..n {
+            let user = format!("bench-{i}");
+            let (s, b) = kc
+                .admin(
+                    reqwest::Method::POST,
+                    &format!("/{realm}/users"),
+                    Some(json!({
+                        "username": user, "enabled": true, "email": format!("{user}@example.org"),
+                        "emailVerified": true, "firstName": "Pat", "lastName": "Ient",
+                        "credentials": [{"type": "password", "value": PATIENT_PASSWORD, "temporary": false}]
+                    })),
+                )
+                .await?;
+            ensure!(s == 201, "create user: {s} {b}");
+            let (_, b) = kc
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/{realm}/users?username={user}&exact=true"),
+                    None,
+                )
+                .await?;
+            let v: Value = serde_json::from_str(&b)?;
+            ids.push(v[0]["id"].as_str().context("id")?.to_owned());
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let realm = realm.clone();
+            set.spawn(async move {
+                Kc::new()
+                    .login_with_consent(&realm, &format!("bench-{i}"))
+                    .await
+            });
+            if set.len() >= 6 {
+                if let Some(r) = set.join_next().await {
+                    r??;
+                }
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+        ids
+    };
+    let topics = Topics::create("cbench", 4).await?;
+    let rev_topic = format!("{}.revocations", topics.group);
+    create_topics(&[(&rev_topic, 2)]).await?;
+    let ingest = Ingest::spawn(&topics, &[])?;
+    ingest.wait_ready(Duration::from_secs(60)).await?;
+    let setup = Setup {
+        consent_topic: topics.consent.clone(),
+        as_topic: topics.as_events.clone(),
+        revocations_topic: rev_topic,
+        keycloak_url: kc_url(),
+        admin_password: kc_admin_password(),
+        receivers: json!([]),
+    };
+    let svc = Service::spawn(&setup, &unique("cgbench"), &[("CUSTOS_LOG", "info")])?;
+    svc.wait_ready().await?;
+    // Load: the simulator feeds both services' input topics during the whole run.
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "custos-tests", "--bin", "custos-sim"])
+        .current_dir(workspace())
+        .status()?;
+    ensure!(status.success(), "building custos-sim");
+    let mut sim = Command::new(workspace().join("target/debug/custos-sim"))
+        .args([
+            "--events",
+            "100000000",
+            "--duration",
+            "600",
+            "--rate",
+            &rate.to_string(),
+        ])
+        .args([
+            "--as-topic",
+            &topics.as_events,
+            "--gateway-topic",
+            &topics.gateway,
+        ])
+        .args(["--consent-topic", &topics.consent, "--tenant", "benchload"])
+        .env("CUSTOS_KAFKA_BROKERS", brokers())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let p = producer()?;
+    let grants: Vec<Msg> = user_ids
+        .iter()
+        .map(|u| Msg::json(&grant_consent_event(&realm, u)))
+        .collect();
+    produce(&p, &topics.as_events, None, &grants).await?;
+    for u in &user_ids {
+        svc.wait_consents(&realm, u, "bench consent", |v| {
+            v["consents"][0]["current"]["status"] == "active"
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t0 = Instant::now();
+    for u in &user_ids {
+        let (s, b) = svc
+            .post(
+                "/v1/consents/revoke",
+                json!({"tenant": realm, "patient": u, "client_id": CLIENT, "reason": "benchmark"}),
+            )
+            .await?;
+        ensure!(s == 202, "{b}");
+        tokio::time::sleep(Duration::from_millis(spacing)).await;
+    }
+    let mut latencies: Vec<i64> = Vec::new();
+    let start = Instant::now();
+    while latencies.len() < n && start.elapsed() < Duration::from_secs(180) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let body = reqwest::Client::new()
+            .post(clickhouse_url())
+            .basic_auth("custos_admin", Some("custos_admin_pw"))
+            .query(&[("param_t", realm.as_str())])
+            .body(
+                "SELECT latency_ms FROM custos.revocations FINAL WHERE tenant = {t:String} \
+                 AND target = 'keycloak' AND state = 'delivered' FORMAT TSV",
+            )
+            .send()
+            .await?
+            .text()
+            .await?;
+        latencies = body.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    }
+    let elapsed = t0.elapsed();
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let consumed = ingest
+        .metric("custos_ingest_consumed_total")
+        .await
+        .unwrap_or(0.0);
+    ensure!(
+        latencies.len() == n,
+        "only {} of {n} delivered",
+        latencies.len()
+    );
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
+    println!(
+        "revocation propagation (revoke request -> Keycloak ack) n={n} sim_rate={rate}/s \
+         spacing={spacing}ms: p50={} ms p90={} ms p99={} ms max={} ms; \
+         ingest consumed {consumed} msgs; wall {:.1}s",
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        latencies[n - 1],
+        elapsed.as_secs_f64()
+    );
+    // Every token's consent is gone at Keycloak.
+    for u in user_ids.iter().take(5) {
+        ensure!(kc.consents(&realm, u).await?.is_empty());
+    }
+    kc.delete_realm(&realm).await;
+    Ok(())
+}
