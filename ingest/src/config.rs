@@ -85,7 +85,7 @@ pub struct IngestConfig {
     #[arg(long, env = "CUSTOS_BATCH_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub batch_max_bytes: usize,
     /// Flush a non-empty batch after this many milliseconds.
-    #[arg(long, env = "CUSTOS_BATCH_LINGER_MS", default_value_t = 500)]
+    #[arg(long, env = "CUSTOS_BATCH_LINGER_MS", default_value_t = 2000)]
     pub batch_linger_ms: u64,
     /// Batches in flight between the consumer and the writer.
     #[arg(long, env = "CUSTOS_BATCH_QUEUE", default_value_t = 2)]

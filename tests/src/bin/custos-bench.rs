@@ -114,10 +114,6 @@ struct Args {
     label: String,
 }
 
-fn n_events(args: &Args) -> u64 {
-    args.events
-}
-
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -720,11 +716,11 @@ async fn end_to_end(
         .env("NO_COLOR", "1")
         .stdout(Stdio::from(file.try_clone()?))
         .stderr(Stdio::from(file));
+    let key = logs.join(format!("{}-ck.pem", topics.group));
     if args.no_chain {
         cmd.env("CUSTOS_CHAIN", "false");
     } else if !args.no_checkpoints {
         // Signed checkpoints as in production (a fresh key per run, like the harness).
-        let key = logs.join(format!("{}-ck.pem", topics.group));
         let _ = std::fs::remove_file(&key);
         let out = Command::new(bin)
             .arg("keygen")
@@ -821,6 +817,7 @@ async fn end_to_end(
         let _ = child.wait();
     }
     let shutdown_s = stop.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&key);
     let queries = query_cpu(from_us, tag).await;
     let (t_first, rows_at_first) = first.unwrap_or((done, 0));
     let steady = done - t_first;
@@ -1081,11 +1078,11 @@ async fn main() -> Result<()> {
         let (_, secs) = build_rows(
             &prefix,
             "decode-only",
-            n_events(&args),
+            args.events,
             args.partitions,
             !args.no_chain,
         )?;
-        let n = n_events(&args);
+        let n = args.events;
         println!(
             "custos-bench: decode + pseudonymize{} + AuditRow, 1 thread: {} events in {:.2} s = {} events/s ({:.2} us/event)",
             if args.no_chain { "" } else { " + chain" },
