@@ -162,6 +162,19 @@ async fn integrity_endpoints_verify_prove_and_catch_tampering() -> Result<()> {
     assert!(jwks["keys"][0].get("d").is_none(), "private key served");
     assert_eq!(get(&app, "/v1/integrity/jwks", None).await.json(), jwks);
 
+    // The endpoints are described.
+    let doc = get(&app, "/openapi.json", None).await.json();
+    for path in [
+        "/v1/integrity/verify",
+        "/v1/integrity/proof",
+        "/.well-known/custos-checkpoint-jwks.json",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} not in the OpenAPI"
+        );
+    }
+
     // Untouched: clean, every record checked, checkpoints verified.
     let verify_url = url("/v1/integrity/verify", &[("topic", g), ("partition", "0")]);
     let r = get(&app, &verify_url, Some(&auditor)).await;

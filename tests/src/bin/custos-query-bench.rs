@@ -14,6 +14,9 @@
 //!    raw ClickHouse time of the same SQL (built with the same `custos_query` builders, run
 //!    as the reader account) in the same run.
 //!
+//! A cell whose requests fail (the API and the raw queries share
+//! `CUSTOS_CLICKHOUSE_TIMEOUT_SECS`, default 30 s) as many times as it has clients is
+//! stopped and reported with its error count: the store is saturated at that load.
 //! `--cleanup` removes the tenant's rows afterwards with the admin account.
 //!
 //! ```sh
@@ -475,8 +478,12 @@ async fn run(
 ) -> Result<Stats> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    // A saturated store times every request out: stop the cell once each client failed
+    // once on average instead of piling more work on it.
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for w in 0..clients {
         let ctx = ctx.clone();
+        let failed = failed.clone();
         let n = requests / clients + usize::from(w < requests % clients);
         tasks.spawn(async move {
             let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ ((w as u64 + 1) * 0x1000_0001);
@@ -484,6 +491,9 @@ async fn run(
             let mut rows = 0usize;
             let mut errors = 0usize;
             for _ in 0..n {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) >= clients {
+                    break;
+                }
                 let id = ctx.id(ep, &mut state);
                 let t = Instant::now();
                 let answer = if raw {
@@ -505,6 +515,7 @@ async fn run(
                             );
                         }
                         errors += 1;
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
