@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Development helper for the Keycloak that scripts/keycloak runs on loopback.
+
+  dev_realm.py ensure            create the demo realm from deploy/keycloak/realm-custos.json
+                                 unless it exists (placeholders ${VAR} are filled from the
+                                 environment; a missing variable is an error)
+  dev_realm.py token USERNAME    print a fresh access token of a demo user (password grant of
+                                 the custos-query client), for curl against the query API
+
+Environment: CUSTOS_KEYCLOAK_URL (http://127.0.0.1:18080), CUSTOS_KC_ADMIN (admin),
+CUSTOS_KC_ADMIN_PASSWORD, CUSTOS_DEMO_REALM (custos), CUSTOS_QUERY_CLIENT_SECRET,
+CUSTOS_DEMO_USER_PASSWORD. Nothing secret is printed except the token asked for.
+Only the standard library is used (runs on any python3).
+"""
+import json
+import os
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = os.environ.get("CUSTOS_KEYCLOAK_URL", "http://127.0.0.1:18080").rstrip("/")
+REALM = os.environ.get("CUSTOS_DEMO_REALM", "custos")
+REALM_FILE = os.path.join(REPO, "deploy", "keycloak", "realm-custos.json")
+
+
+def fail(msg):
+    print(f"dev_realm: ERROR: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def env(name):
+    v = os.environ.get(name)
+    if not v:
+        fail(f"{name} is not set")
+    return v
+
+
+def call(method, url, data=None, token=None, form=False, timeout=30):
+    headers = {}
+    body = None
+    if form:
+        body = urllib.parse.urlencode(data).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    elif data is not None:
+        body = json.dumps(data).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            return r.status, (json.loads(raw) if raw else None)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, raw.decode(errors="replace")[:300]
+    except (urllib.error.URLError, OSError) as e:
+        fail(f"{method} {url}: {e}")
+
+
+def token_for(realm, client_id, username, password, secret=None):
+    form = {"grant_type": "password", "client_id": client_id, "username": username,
+            "password": password, "scope": "openid"}
+    if secret:
+        form["client_secret"] = secret
+    status, body = call("POST", f"{BASE}/realms/{realm}/protocol/openid-connect/token", form, form=True)
+    if status != 200 or not isinstance(body, dict) or "access_token" not in body:
+        err = body.get("error_description") or body.get("error") if isinstance(body, dict) else status
+        fail(f"no token for {username} in realm {realm}: HTTP {status} {err}")
+    return body["access_token"]
+
+
+def fill(text):
+    missing = []
+
+    def sub(m):
+        v = os.environ.get(m.group(1))
+        if v is None:
+            missing.append(m.group(1))
+            return ""
+        return json.dumps(v)[1:-1]
+
+    out = re.sub(r"\$\{([A-Z0-9_]+)\}", sub, text)
+    if missing:
+        fail("realm file needs " + ", ".join(sorted(set(missing))))
+    return out
+
+
+def ensure():
+    admin = token_for("master", "admin-cli", os.environ.get("CUSTOS_KC_ADMIN", "admin"),
+                      env("CUSTOS_KC_ADMIN_PASSWORD"))
+    status, _ = call("GET", f"{BASE}/admin/realms/{REALM}", token=admin)
+    if status == 200:
+        print(f"dev_realm: realm {REALM} exists", file=sys.stderr)
+        return
+    if status != 404:
+        fail(f"GET realm {REALM}: HTTP {status}")
+    with open(REALM_FILE, encoding="utf-8") as f:
+        rep = json.loads(fill(f.read()))
+    rep["realm"] = REALM
+    status, body = call("POST", f"{BASE}/admin/realms", rep, token=admin, timeout=120)
+    if status not in (201, 204):
+        fail(f"creating realm {REALM}: HTTP {status} {body}")
+    print(f"dev_realm: realm {REALM} created from {os.path.relpath(REALM_FILE, REPO)}", file=sys.stderr)
+
+
+def main():
+    if len(sys.argv) == 2 and sys.argv[1] == "ensure":
+        ensure()
+    elif len(sys.argv) == 3 and sys.argv[1] == "token":
+        print(token_for(REALM, "custos-query", sys.argv[2], env("CUSTOS_DEMO_USER_PASSWORD"),
+                        env("CUSTOS_QUERY_CLIENT_SECRET")))
+    else:
+        fail("usage: dev_realm.py ensure | token USERNAME")
+
+
+if __name__ == "__main__":
+    main()
