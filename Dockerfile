@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1.7
-# Custos service image: every binary of the workspace (today custos-ingest, for `run` and
-# `migrate`, and custos-sim, the sample-traffic generator) in /usr/local/bin of a slim Debian
-# runtime, run as the unprivileged user 10001.
+# Custos service image: the binaries of the workspace in /usr/local/bin of a slim Debian runtime,
+# run as the unprivileged user 10001: custos-ingest (`run`, `migrate`, `verify`, `keygen`, `jwks`),
+# custos-query (report API), custos-consent (`run`, `keygen`) and custos-sim (sample traffic).
+# The benchmark drivers (custos-*-bench) are built but left out of the runtime image.
 #
 #   docker build -t custos:local .          (compose.yaml builds it as custos:${CUSTOS_IMAGE_TAG})
 #   docker build --build-arg CARGO_BUILD_ARGS="-p custos-ingest" -t custos-ingest:local .
@@ -9,8 +10,9 @@
 # Entry point: custos-entrypoint (deploy/docker/file-env.sh) turns FILE__<VAR>=<secret file>
 # into <VAR> and execs the command, e.g. `custos-ingest run`.
 # Health: no HEALTHCHECK here, since one image serves long-running (`custos-ingest run`) and
-# one-shot (`migrate`, `custos-sim`) containers: compose.yaml declares it on the ingest service,
-# calling custos-healthcheck (deploy/docker/healthcheck.sh), a bash /dev/tcp probe of /readyz.
+# one-shot (`migrate`, `custos-sim`) containers: compose.yaml declares it on the ingest, query and
+# consent services, calling custos-healthcheck (deploy/docker/healthcheck.sh), a bash /dev/tcp
+# probe of /readyz.
 # That keeps curl and wget out of the image (less to patch, less for an intruder to use).
 
 ARG RUST_IMAGE=rust:1-bookworm
@@ -28,26 +30,32 @@ WORKDIR /src
 # The context holds only what the build needs (see .dockerignore): manifests, lock file, crates.
 COPY . .
 
-# Which binaries to build. Default: all of them, so that a new service binary (query, consent)
-# lands in the image without editing this file.
+# Which binaries to build. Default: all of them, so that a new service binary lands in the image
+# without editing this file. The default build must produce the four programs compose.yaml runs.
 ARG CARGO_BUILD_ARGS="--workspace --bins"
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked ${CARGO_BUILD_ARGS} \
  && mkdir -p /out \
- && find target/release -maxdepth 1 -type f -executable -name 'custos-*' -exec cp {} /out/ \; \
+ && find target/release -maxdepth 1 -type f -executable -name 'custos-*' ! -name '*-bench' \
+      -exec cp {} /out/ \; \
  && ls -l /out \
- && test -x /out/custos-ingest
+ && if [ "${CARGO_BUILD_ARGS}" = "--workspace --bins" ]; then \
+      for bin in custos-ingest custos-query custos-consent custos-sim; do \
+        test -x "/out/$bin" || { echo "missing binary $bin" >&2; exit 1; }; \
+      done; \
+    fi
 
 # ---------------------------------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="custos" \
-      org.opencontainers.image.description="Custos HIPAA audit pipeline: ingest (Kafka -> ClickHouse) and tools" \
+      org.opencontainers.image.description="Custos HIPAA audit pipeline: ingest (Kafka -> ClickHouse), query API, consent service and tools" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# ca-certificates only: TLS to a managed Kafka or ClickHouse. librdkafka is linked statically.
+# ca-certificates only: TLS to a managed Kafka or ClickHouse. librdkafka is linked statically;
+# the HTTP clients (OIDC JWKS, Keycloak, SSF receivers) use rustls with built-in roots.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
@@ -59,13 +67,16 @@ COPY --from=builder /out/ /usr/local/bin/
 COPY --chmod=0755 deploy/docker/file-env.sh /usr/local/bin/custos-entrypoint
 COPY --chmod=0755 deploy/docker/healthcheck.sh /usr/local/bin/custos-healthcheck
 
-# In a container the operational endpoints must listen beyond loopback to be reachable.
+# In a container the HTTP endpoints must listen beyond loopback to be reachable.
 ENV CUSTOS_INGEST_HTTP_ADDR=0.0.0.0:9464 \
+    CUSTOS_QUERY_HTTP_ADDR=0.0.0.0:8088 \
+    CUSTOS_CONSENT_HTTP_ADDR=0.0.0.0:9465 \
     CUSTOS_LOG_FORMAT=json
 
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 9464
+# ingest (/readyz, /metrics), query API, consent service.
+EXPOSE 9464 8088 9465
 
 ENTRYPOINT ["custos-entrypoint"]
 CMD ["custos-ingest", "run"]

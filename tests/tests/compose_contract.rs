@@ -3,12 +3,17 @@
 //! ClickHouse: it reads the files, and runs the deploy scripts (bash) against fakes.
 //!
 //! Checked: the compose file parses and holds exactly the expected services, each pinned and
-//! backed by an existing binary; every `CUSTOS_*` variable given to `ingest` / `migrate` is one
-//! the code reads, the connection variables are all there and every password or key comes from a
-//! secret file; host ports are bound to 127.0.0.1; `kafka-init` creates the topics of
+//! backed by an existing binary; every `CUSTOS_*` variable given to `ingest` / `migrate` /
+//! `query` / `consent` is one the code reads (for `consent`, the `CUSTOS_OIDC_*` variables may
+//! come from a configuration struct shared with the query API), the connection variables are all
+//! there and every password or key comes from a secret file; the query service's environment
+//! passes the query API's own configuration parsing and validation; the OIDC settings of query
+//! and consent match the Keycloak demo realm (issuer, audiences, roles claim, the consent
+//! service account); host ports are bound to 127.0.0.1; `kafka-init` creates the topics of
 //! `config/topics.conf` (its script is run against a fake `kafka-topics.sh`); the ClickHouse
 //! accounts and grants match `config/clickhouse/users.xml`; the Dockerfile's runtime stage runs
-//! as a non-root user; healthchecks, start order, limits, volumes and the Keycloak demo realm.
+//! as a non-root user; `deploy/secrets/generate.sh` makes secrets the code accepts;
+//! healthchecks, start order, limits, volumes and the Keycloak demo realm.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -222,9 +227,8 @@ fn custos_literals(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// `env = "CUSTOS_..."` names of ingest/src/config.rs (the clap arguments).
-fn config_rs_env_names() -> BTreeSet<String> {
-    let text = read("ingest/src/config.rs");
+/// `env = "CUSTOS_..."` names of one source text (the clap arguments).
+fn clap_env_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for (i, _) in text.match_indices("env = \"CUSTOS_") {
         let start = i + "env = \"".len();
@@ -234,17 +238,51 @@ fn config_rs_env_names() -> BTreeSet<String> {
     names
 }
 
-/// Every `CUSTOS_*` variable the ingest binary reads: the clap `env = "..."` names of
-/// config.rs plus any other exact literal in ingest/src (e.g. CUSTOS_LOG in main.rs).
-fn ingest_env_names() -> BTreeSet<String> {
+/// `env = "CUSTOS_..."` names of ingest/src/config.rs (the clap arguments).
+fn config_rs_env_names() -> BTreeSet<String> {
+    clap_env_names(&read("ingest/src/config.rs"))
+}
+
+/// Every `CUSTOS_*` variable read by the sources under `dir` (a crate's `src`): the clap
+/// `env = "..."` names plus any other exact literal (e.g. CUSTOS_LOG in main.rs).
+fn env_names_in(dir: &str) -> BTreeSet<String> {
     let mut files = Vec::new();
-    rust_files(&workspace().join("ingest/src"), &mut files);
-    let mut names = config_rs_env_names();
+    rust_files(&workspace().join(dir), &mut files);
+    let mut names = BTreeSet::new();
     for f in files {
-        names.extend(custos_literals(
-            &std::fs::read_to_string(&f).expect("read source"),
-        ));
+        let text = std::fs::read_to_string(&f).expect("read source");
+        names.extend(clap_env_names(&text));
+        names.extend(custos_literals(&text));
     }
+    names
+}
+
+/// Every `CUSTOS_*` variable the ingest binary reads.
+fn ingest_env_names() -> BTreeSet<String> {
+    env_names_in("ingest/src")
+}
+
+/// Every `CUSTOS_*` variable custos-query reads.
+fn query_env_names() -> BTreeSet<String> {
+    env_names_in("query/src")
+}
+
+/// The `CUSTOS_OIDC_*` variables defined anywhere in the workspace's crates: the bearer-token
+/// settings are one clap struct (today `OidcArgs` of query/src/config.rs) that other services
+/// may flatten into their own configuration, wherever it ends up living.
+fn shared_oidc_env_names() -> BTreeSet<String> {
+    workspace_members()
+        .iter()
+        .flat_map(|m| env_names_in(&format!("{m}/src")))
+        .filter(|n| n.starts_with("CUSTOS_OIDC_"))
+        .collect()
+}
+
+/// Every `CUSTOS_*` variable custos-consent reads: its own sources plus the shared OIDC
+/// settings (the privacy API checks bearer tokens like the query API, same variables).
+fn consent_env_names() -> BTreeSet<String> {
+    let mut names = env_names_in("consent/src");
+    names.extend(shared_oidc_env_names());
     names
 }
 
@@ -440,8 +478,14 @@ const SERVICES: &[&str] = &[
     "keycloak",
     "migrate",
     "ingest",
+    "query",
+    "consent",
     "simulator",
 ];
+
+/// Services that run in keycloak's network namespace, so that the (plain http, dev-mode)
+/// Keycloak is on their loopback: the OIDC code fetches keys over https or loopback http only.
+const IN_KEYCLOAK_NETNS: &[&str] = &["query", "consent"];
 
 #[test]
 fn compose_parses_with_the_expected_services() {
@@ -471,10 +515,25 @@ fn compose_parses_with_the_expected_services() {
                 "{name}: third-party image `{image}` must be pinned to a version"
             );
         }
-        assert!(
-            svc.get("network_mode").is_none(),
-            "{name}: no host networking"
-        );
+        match scalar(svc.get("network_mode").unwrap_or(&Value::Null)) {
+            None => assert!(
+                svc.get("networks").is_some(),
+                "{name}: on the custos network"
+            ),
+            Some(mode) => {
+                assert!(
+                    IN_KEYCLOAK_NETNS.contains(&name.as_str()) && mode == "service:keycloak",
+                    "{name}: network_mode `{mode}` (no host networking; only query and consent \
+                     share keycloak's namespace)"
+                );
+                for key in ["networks", "ports"] {
+                    assert!(
+                        svc.get(key).is_none(),
+                        "{name}: `{key}` conflicts with network_mode"
+                    );
+                }
+            }
+        }
         let limit = &svc["deploy"]["resources"]["limits"];
         assert!(
             limit.get("memory").is_some() && limit.get("cpus").is_some(),
@@ -497,10 +556,9 @@ fn compose_parses_with_the_expected_services() {
 fn custos_services_run_binaries_that_exist() {
     let c = compose();
     let bins = workspace_binaries();
-    assert!(
-        bins.contains("custos-ingest") && bins.contains("custos-sim"),
-        "{bins:?}"
-    );
+    for bin in CUSTOS_PROGRAMS {
+        assert!(bins.contains(*bin), "{bin} is no binary: {bins:?}");
+    }
     let mut custos_services = 0;
     for (name, svc) in services(&c) {
         if svc.get("build").is_none() {
@@ -528,7 +586,15 @@ fn custos_services_run_binaries_that_exist() {
             "{name}: runs `{program}`, which is no binary of the workspace ({bins:?})"
         );
     }
-    assert_eq!(custos_services, 3, "migrate, ingest, simulator");
+    assert_eq!(
+        custos_services, 5,
+        "migrate, ingest, query, consent, simulator"
+    );
+    assert_eq!(strings(&service(&c, "query")["command"]), ["custos-query"]);
+    assert_eq!(
+        strings(&service(&c, "consent")["command"]),
+        ["custos-consent", "run"]
+    );
     assert_eq!(
         strings(&service(&c, "ingest")["command"]),
         ["custos-ingest", "run"]
@@ -545,10 +611,32 @@ fn custos_services_run_binaries_that_exist() {
 // ---------------------------------------------------------------------------------------------
 // environment of ingest / migrate
 
-/// Checks one service's environment against the variables the code reads; returns the
+/// The programs compose.yaml runs from the Custos image.
+const CUSTOS_PROGRAMS: &[&str] = &[
+    "custos-ingest",
+    "custos-query",
+    "custos-consent",
+    "custos-sim",
+];
+
+/// Variables whose values are keys or credentials even though their names say neither
+/// PASSWORD nor SECRET: they must come from secret files too.
+const SECRET_VALUED: &[&str] = &[
+    "CUSTOS_PSEUDONYM_KEYS",
+    "CUSTOS_CONSENT_SEAL_KEYS",
+    "CUSTOS_SSF_RECEIVERS",
+    "CUSTOS_CONSENT_DEV_TOKEN",
+];
+
+/// Checks one service's environment against the variables its program reads; returns the
 /// effective variables (FILE__X counted as X).
 fn check_custos_env(c: &Value, name: &str) -> BTreeMap<String, Option<String>> {
-    let known = ingest_env_names();
+    let (program, known) = match name {
+        "ingest" | "migrate" => ("custos-ingest", ingest_env_names()),
+        "query" => ("custos-query", query_env_names()),
+        "consent" => ("custos-consent", consent_env_names()),
+        other => panic!("no variable list for service {other}"),
+    };
     let svc = service(c, name);
     let secrets = service_secrets(svc);
     let mut effective = BTreeMap::new();
@@ -575,10 +663,10 @@ fn check_custos_env(c: &Value, name: &str) -> BTreeMap<String, Option<String>> {
         );
         assert!(
             known.contains(&target),
-            "{name}: {target} is not read by custos-ingest (known: {known:?})"
+            "{name}: {target} is not read by {program} (known: {known:?})"
         );
         let secret_like = ["PASSWORD", "SECRET"].iter().any(|w| target.contains(w))
-            || target == "CUSTOS_PSEUDONYM_KEYS";
+            || SECRET_VALUED.contains(&target.as_str());
         if secret_like {
             assert!(
                 key.starts_with("FILE__"),
@@ -606,6 +694,7 @@ fn ingest_env_matches_the_code() {
         "CUSTOS_CLICKHOUSE_ADMIN_PASSWORD",
         "CUSTOS_PSEUDONYM_KEYS_FILE",
         "CUSTOS_INGEST_HTTP_ADDR",
+        "CUSTOS_CHECKPOINT_KEY_FILE",
     ] {
         assert!(
             names.contains(required),
@@ -621,6 +710,7 @@ fn ingest_env_matches_the_code() {
         "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
         "CUSTOS_PSEUDONYM_KEYS_FILE",
         "CUSTOS_INGEST_HTTP_ADDR",
+        "CUSTOS_CHECKPOINT_KEY_FILE",
     ] {
         assert!(e.contains_key(required), "ingest: {required} missing");
     }
@@ -644,6 +734,11 @@ fn ingest_env_matches_the_code() {
         .strip_prefix("/run/secrets/")
         .expect("CUSTOS_PSEUDONYM_KEYS_FILE points to a docker secret");
     assert!(service_secrets(service(&c, "ingest")).contains(secret));
+    let ck = get("CUSTOS_CHECKPOINT_KEY_FILE");
+    let ck = ck
+        .strip_prefix("/run/secrets/")
+        .expect("CUSTOS_CHECKPOINT_KEY_FILE points to a docker secret");
+    assert!(service_secrets(service(&c, "ingest")).contains(ck));
     let addr = get("CUSTOS_INGEST_HTTP_ADDR");
     assert!(
         addr.starts_with("0.0.0.0:"),
@@ -685,6 +780,422 @@ fn migrate_env_matches_the_code() {
         Some("custos_admin")
     );
     assert!(!e.contains_key("CUSTOS_CLICKHOUSE_WRITER_PASSWORD"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// environment of query / consent, and their OIDC settings against the demo realm
+
+fn realm() -> Value {
+    serde_json::from_str(&read("deploy/keycloak/realm-custos.json")).expect("realm JSON")
+}
+
+fn realm_client(realm: &Value, id: &str) -> Value {
+    realm["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .find(|c| c["clientId"] == id)
+        .unwrap_or_else(|| panic!("the demo realm has no client {id}"))
+        .clone()
+}
+
+/// The Keycloak base URL every caller uses (`KC_HOSTNAME`, defaults applied).
+fn keycloak_base(c: &Value) -> String {
+    default_of(&env_value(service(c, "keycloak"), "KC_HOSTNAME"))
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// The secret behind `FILE__<var>` in a service's environment.
+fn secret_of(svc: &Value, var: &str) -> String {
+    let path = env_value(svc, &format!("FILE__{var}"));
+    path.strip_prefix("/run/secrets/")
+        .unwrap_or_else(|| panic!("FILE__{var} must name a /run/secrets file"))
+        .to_owned()
+}
+
+/// A `*_FILE` variable that must point to a mounted docker secret; returns the secret's name.
+fn file_secret(
+    svc_name: &str,
+    e: &BTreeMap<String, Option<String>>,
+    c: &Value,
+    var: &str,
+) -> String {
+    let path = e
+        .get(var)
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| panic!("{svc_name}: {var} missing"));
+    let secret = path
+        .strip_prefix("/run/secrets/")
+        .unwrap_or_else(|| panic!("{svc_name}: {var} must point into /run/secrets"))
+        .to_owned();
+    assert!(
+        service_secrets(service(c, svc_name)).contains(&secret),
+        "{svc_name}: {var} names secret {secret}, which is not mounted"
+    );
+    secret
+}
+
+/// Checks the OIDC settings of one API service against the realm; returns the audience.
+fn check_oidc(c: &Value, name: &str, e: &BTreeMap<String, Option<String>>) -> String {
+    let get = |k: &str| {
+        default_of(
+            &e.get(k)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| panic!("{name}: {k} missing")),
+        )
+    };
+    let realm = realm();
+    let realm_name = realm["realm"].as_str().expect("realm name");
+    let issuer = get("CUSTOS_OIDC_ISSUER");
+    assert_eq!(
+        issuer,
+        format!("{}/realms/{realm_name}", keycloak_base(c)),
+        "{name}: the issuer is the demo realm as Keycloak names it (KC_HOSTNAME)"
+    );
+    if let Some(Some(jwks)) = e.get("CUSTOS_OIDC_JWKS_URL") {
+        assert_eq!(
+            default_of(jwks),
+            format!("{issuer}/protocol/openid-connect/certs"),
+            "{name}: JWKS URL of the demo realm"
+        );
+    }
+    // The OIDC code fetches keys over https, or plain http on loopback only. The dev-mode
+    // Keycloak speaks http: the service must share its network namespace, and Keycloak must
+    // listen there on the issuer's port.
+    for url in [
+        Some(issuer.clone()),
+        e.get("CUSTOS_OIDC_JWKS_URL").cloned().flatten(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|u| default_of(&u))
+    {
+        assert!(
+            custos_query::config::fetchable_url(&url),
+            "{name}: {url} would be refused (https, or http on loopback)"
+        );
+        if url.starts_with("http://") {
+            assert_eq!(
+                scalar(&service(c, name)["network_mode"]).as_deref(),
+                Some("service:keycloak"),
+                "{name}: loopback {url} reaches Keycloak only in keycloak's network namespace"
+            );
+            let port = url
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .and_then(|h| h.rsplit_once(':'))
+                .map(|(_, p)| p.to_owned())
+                .unwrap_or_else(|| "80".into());
+            assert_eq!(
+                default_of(&env_value(service(c, "keycloak"), "KC_HTTP_PORT")),
+                port,
+                "{name}: Keycloak must listen on {url}'s port inside its namespace"
+            );
+        }
+    }
+
+    // Audience: a client of the realm, added to the tokens of the staff client (custos-query,
+    // the client demo users sign in with) by an audience mapper of one of its default scopes.
+    let audience = get("CUSTOS_OIDC_AUDIENCE");
+    assert!(!audience.contains(','), "{name}: one audience");
+    realm_client(&realm, &audience);
+    let staff = realm_client(&realm, "custos-query");
+    let defaults: Vec<&str> = staff["defaultClientScopes"]
+        .as_array()
+        .expect("default scopes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let scopes = realm["clientScopes"].as_array().expect("client scopes");
+    let mappers_of_defaults = || {
+        scopes
+            .iter()
+            .filter(|s| s["name"].as_str().is_some_and(|n| defaults.contains(&n)))
+            .flat_map(|s| s["protocolMappers"].as_array().cloned().unwrap_or_default())
+    };
+    assert!(
+        mappers_of_defaults().any(|m| m["protocolMapper"] == "oidc-audience-mapper"
+            && m["config"]["included.client.audience"] == audience.as_str()),
+        "{name}: staff tokens must carry aud={audience} (audience mapper in a default scope of custos-query)"
+    );
+
+    // Roles: the claim is filled with the realm roles.
+    let claim = e
+        .get("CUSTOS_OIDC_ROLES_CLAIM")
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| "roles".into());
+    assert!(
+        mappers_of_defaults().any(
+            |m| m["protocolMapper"] == "oidc-usermodel-realm-role-mapper"
+                && m["config"]["claim.name"] == claim.as_str()
+                && m["config"]["access.token.claim"] == "true"
+        ),
+        "{name}: no realm-role mapper fills the `{claim}` claim of access tokens"
+    );
+    if let Some(Some(algs)) = e.get("CUSTOS_OIDC_ALGORITHMS") {
+        for alg in algs.split(',') {
+            custos_query::config::parse_algorithm(alg)
+                .unwrap_or_else(|err| panic!("{name}: algorithm {alg}: {err}"));
+        }
+        let signed = staff["attributes"]["access.token.signed.response.alg"]
+            .as_str()
+            .unwrap_or("RS256");
+        assert!(
+            algs.split(',').any(|a| a.trim() == signed),
+            "{name}: Keycloak signs with {signed}, not in {algs}"
+        );
+    }
+    audience
+}
+
+#[test]
+fn query_env_matches_the_code() {
+    let c = compose();
+    let names = query_env_names();
+    for required in [
+        "CUSTOS_QUERY_HTTP_ADDR",
+        "CUSTOS_CLICKHOUSE_URL",
+        "CUSTOS_QUERY_READER_USER",
+        "CUSTOS_QUERY_READER_PASSWORD",
+        "CUSTOS_CLICKHOUSE_WRITER_USER",
+        "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        "CUSTOS_PSEUDONYM_KEYS_FILE",
+        "CUSTOS_CHECKPOINT_JWKS_FILE",
+        "CUSTOS_OIDC_ISSUER",
+        "CUSTOS_OIDC_AUDIENCE",
+    ] {
+        assert!(
+            names.contains(required),
+            "query/src no longer reads {required}: update compose.yaml"
+        );
+    }
+    let e = check_custos_env(&c, "query");
+    for required in [
+        "CUSTOS_QUERY_HTTP_ADDR",
+        "CUSTOS_QUERY_PUBLIC_URL",
+        "CUSTOS_CLICKHOUSE_URL",
+        "CUSTOS_QUERY_READER_USER",
+        "CUSTOS_QUERY_READER_PASSWORD",
+        "CUSTOS_CLICKHOUSE_WRITER_USER",
+        "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        "CUSTOS_PSEUDONYM_KEYS_FILE",
+        "CUSTOS_CHECKPOINT_JWKS_FILE",
+        "CUSTOS_OIDC_ISSUER",
+        "CUSTOS_OIDC_AUDIENCE",
+        "CUSTOS_OIDC_ROLES_CLAIM",
+    ] {
+        assert!(e.contains_key(required), "query: {required} missing");
+    }
+    let get = |k: &str| e[k].clone().unwrap_or_default();
+    assert_eq!(get("CUSTOS_CLICKHOUSE_URL"), "http://clickhouse:8123");
+    assert_eq!(get("CUSTOS_QUERY_READER_USER"), "custos_reader");
+    assert_eq!(get("CUSTOS_CLICKHOUSE_WRITER_USER"), "custos_writer");
+    assert!(get("CUSTOS_QUERY_HTTP_ADDR").starts_with("0.0.0.0:"));
+    let svc = service(&c, "query");
+    assert_eq!(
+        secret_of(svc, "CUSTOS_QUERY_READER_PASSWORD"),
+        "ch_reader_password"
+    );
+    assert_eq!(
+        secret_of(svc, "CUSTOS_CLICKHOUSE_WRITER_PASSWORD"),
+        "ch_writer_password"
+    );
+    for forbidden in [
+        "CUSTOS_CLICKHOUSE_ADMIN_USER",
+        "CUSTOS_CLICKHOUSE_ADMIN_PASSWORD",
+        "CUSTOS_PSEUDONYM_KEYS",
+    ] {
+        assert!(!e.contains_key(forbidden), "query must not get {forbidden}");
+    }
+    // Same key ring as the ingest; the public half of the ingest's checkpoint key.
+    let ingest_env = check_custos_env(&c, "ingest");
+    assert_eq!(
+        file_secret("query", &e, &c, "CUSTOS_PSEUDONYM_KEYS_FILE"),
+        file_secret("ingest", &ingest_env, &c, "CUSTOS_PSEUDONYM_KEYS_FILE")
+    );
+    assert_eq!(
+        file_secret("query", &e, &c, "CUSTOS_CHECKPOINT_JWKS_FILE"),
+        "checkpoint_jwks"
+    );
+    assert_eq!(
+        file_secret("ingest", &ingest_env, &c, "CUSTOS_CHECKPOINT_KEY_FILE"),
+        "checkpoint_signing_key"
+    );
+    assert_eq!(check_oidc(&c, "query", &e), "custos-query");
+}
+
+/// custos-query's own argument parser and `validate()` accept the compose environment (with
+/// placeholder values for the secrets): every variable maps to one of its arguments.
+#[test]
+fn query_env_passes_the_query_config_validation() {
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct QueryCli {
+        #[command(flatten)]
+        config: custos_query::config::QueryConfig,
+    }
+
+    let c = compose();
+    let e = check_custos_env(&c, "query");
+    let cmd = QueryCli::command();
+    let mut argv = vec!["custos-query".to_owned()];
+    let mut mapped = BTreeSet::new();
+    for arg in cmd.get_arguments() {
+        let Some(var) = arg.get_env().and_then(|v| v.to_str()) else {
+            continue;
+        };
+        let Some(value) = e.get(var) else { continue };
+        mapped.insert(var.to_owned());
+        // Pass-through variables (no value here) keep the code's default.
+        let Some(value) = value else { continue };
+        let value = if env(service(&c, "query")).contains_key(&format!("FILE__{var}")) {
+            "placeholder-from-secret".to_owned()
+        } else {
+            default_of(value)
+        };
+        argv.push(format!("--{}", arg.get_long().expect("long flag")));
+        argv.push(value);
+    }
+    let not_args: Vec<&String> = e
+        .keys()
+        .filter(|k| {
+            !mapped.contains(*k) && !["CUSTOS_LOG", "CUSTOS_LOG_FORMAT"].contains(&k.as_str())
+        })
+        .collect();
+    assert!(
+        not_args.is_empty(),
+        "query: {not_args:?} are no arguments of custos-query"
+    );
+    let cli = QueryCli::try_parse_from(&argv).unwrap_or_else(|err| panic!("{argv:?}: {err}"));
+    cli.config
+        .validate()
+        .unwrap_or_else(|err| panic!("custos-query refuses the compose settings: {err}"));
+    assert_eq!(cli.config.http_addr.port(), 8088);
+}
+
+#[test]
+fn consent_env_matches_the_code() {
+    let c = compose();
+    let e = check_custos_env(&c, "consent");
+    for required in [
+        "CUSTOS_KAFKA_BROKERS",
+        "CUSTOS_CLICKHOUSE_URL",
+        "CUSTOS_CLICKHOUSE_WRITER_USER",
+        "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        "CUSTOS_PSEUDONYM_KEYS_FILE",
+        "CUSTOS_CONSENT_SEAL_KEYS_FILE",
+        "CUSTOS_CONSENT_HTTP_ADDR",
+        "CUSTOS_KEYCLOAK_URL",
+        "CUSTOS_KEYCLOAK_ADMIN_REALM",
+        "CUSTOS_KEYCLOAK_ADMIN_CLIENT_ID",
+        "CUSTOS_KEYCLOAK_ADMIN_CLIENT_SECRET",
+        "CUSTOS_SSF_ISSUER",
+        "CUSTOS_SSF_KEY_FILE",
+        "CUSTOS_OIDC_ISSUER",
+        "CUSTOS_OIDC_AUDIENCE",
+        "CUSTOS_OIDC_ROLES_CLAIM",
+    ] {
+        assert!(e.contains_key(required), "consent: {required} missing");
+    }
+    // The privacy API authenticates with OIDC bearer tokens, never the development token; the
+    // revocation push uses the realm's service account, never the master admin.
+    for forbidden in [
+        "CUSTOS_CONSENT_DEV_TOKEN",
+        "CUSTOS_KEYCLOAK_ADMIN_PASSWORD",
+        "CUSTOS_KEYCLOAK_ADMIN_USER",
+        "CUSTOS_CLICKHOUSE_ADMIN_PASSWORD",
+        "CUSTOS_PSEUDONYM_KEYS",
+        "CUSTOS_CONSENT_SEAL_KEYS",
+    ] {
+        assert!(
+            !e.contains_key(forbidden),
+            "consent must not get {forbidden}"
+        );
+    }
+    let get = |k: &str| default_of(&e[k].clone().unwrap_or_default());
+    assert_eq!(get("CUSTOS_KAFKA_BROKERS"), "kafka:9092");
+    assert_eq!(get("CUSTOS_CLICKHOUSE_URL"), "http://clickhouse:8123");
+    assert_eq!(get("CUSTOS_CLICKHOUSE_WRITER_USER"), "custos_writer");
+    assert!(get("CUSTOS_CONSENT_HTTP_ADDR").starts_with("0.0.0.0:"));
+    let svc = service(&c, "consent");
+    assert_eq!(
+        secret_of(svc, "CUSTOS_CLICKHOUSE_WRITER_PASSWORD"),
+        "ch_writer_password"
+    );
+    let ingest_env = check_custos_env(&c, "ingest");
+    assert_eq!(
+        file_secret("consent", &e, &c, "CUSTOS_PSEUDONYM_KEYS_FILE"),
+        file_secret("ingest", &ingest_env, &c, "CUSTOS_PSEUDONYM_KEYS_FILE"),
+        "consent and ingest share the key ring"
+    );
+    file_secret("consent", &e, &c, "CUSTOS_CONSENT_SEAL_KEYS_FILE");
+    file_secret("consent", &e, &c, "CUSTOS_SSF_KEY_FILE");
+    assert!(get("CUSTOS_SSF_ISSUER").starts_with("http"));
+
+    // Topics it reads and writes exist.
+    let topics: BTreeSet<String> = topics_conf().into_iter().map(|(n, _)| n).collect();
+    for var in [
+        "CUSTOS_CONSENT_TOPIC",
+        "CUSTOS_AS_TOPIC",
+        "CUSTOS_REVOCATIONS_TOPIC",
+    ] {
+        if let Some(Some(topic)) = e.get(var) {
+            assert!(topics.contains(topic), "{var} {topic} not in topics.conf");
+        }
+    }
+
+    // Keycloak: the issuers' base URL (consents naming {base}/realms/{realm} are this
+    // Keycloak's), and a service account of the realm with the roles the push needs.
+    assert_eq!(get("CUSTOS_KEYCLOAK_URL"), keycloak_base(&c));
+    let realm = realm();
+    assert_eq!(get("CUSTOS_KEYCLOAK_ADMIN_REALM"), realm["realm"]);
+    let client_id = get("CUSTOS_KEYCLOAK_ADMIN_CLIENT_ID");
+    let client = realm_client(&realm, &client_id);
+    assert_eq!(client["serviceAccountsEnabled"], true);
+    assert_eq!(client["publicClient"], false);
+    let account = realm["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["serviceAccountClientId"] == client_id.as_str())
+        .unwrap_or_else(|| panic!("no service account user for {client_id}"));
+    let roles: BTreeSet<&str> = account["clientRoles"]["realm-management"]
+        .as_array()
+        .expect("realm-management roles")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        roles,
+        BTreeSet::from(["manage-users", "view-users"]),
+        "least privilege: revoke consents, end sessions, list sessions"
+    );
+    // The client secret consent presents is the one Keycloak imported for that client.
+    let placeholder = client["secret"]
+        .as_str()
+        .expect("client secret placeholder");
+    let var = placeholder
+        .strip_prefix("${")
+        .and_then(|p| p.strip_suffix('}'))
+        .expect("the secret is a ${VAR} placeholder");
+    assert_eq!(
+        secret_of(svc, "CUSTOS_KEYCLOAK_ADMIN_CLIENT_SECRET"),
+        secret_of(service(&c, "keycloak"), var),
+        "consent and keycloak must read the same client secret"
+    );
+
+    assert_eq!(check_oidc(&c, "consent", &e), "custos-consent");
+    assert_eq!(
+        e["CUSTOS_OIDC_ISSUER"],
+        check_custos_env(&c, "query")["CUSTOS_OIDC_ISSUER"],
+        "query and consent trust the same issuer"
+    );
 }
 
 #[test]
@@ -745,8 +1256,8 @@ fn host_ports_are_bound_to_loopback() {
         }
     }
     assert!(
-        published >= 4,
-        "kafka, clickhouse, keycloak and ingest publish ports"
+        published >= 6,
+        "kafka, clickhouse, keycloak (with query and consent) and ingest publish ports"
     );
 
     // The ingest's published port, healthcheck and listen address agree.
@@ -763,6 +1274,38 @@ fn host_ports_are_bound_to_loopback() {
         "ingest publishes container port {port}: {ports:?}"
     );
     assert!(strings(&ingest["healthcheck"]["test"]).contains(&port));
+
+    // query and consent: listen on all interfaces of keycloak's namespace, on the port their
+    // healthcheck probes and keycloak publishes.
+    let keycloak_ports: Vec<String> = strings(&service(&c, "keycloak")["ports"])
+        .iter()
+        .map(|p| default_of(p))
+        .collect();
+    for (name, var) in [
+        ("query", "CUSTOS_QUERY_HTTP_ADDR"),
+        ("consent", "CUSTOS_CONSENT_HTTP_ADDR"),
+    ] {
+        let svc = service(&c, name);
+        let addr = env_value(svc, var);
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        assert_eq!(
+            host, "0.0.0.0",
+            "{name}: published ports need all interfaces"
+        );
+        assert!(
+            keycloak_ports
+                .iter()
+                .any(|p| p.ends_with(&format!(":{port}"))),
+            "{name}: keycloak must publish container port {port}: {keycloak_ports:?}"
+        );
+        assert!(strings(&svc["healthcheck"]["test"]).contains(&port.to_owned()));
+    }
+    // Keycloak listens on the published port inside its namespace too (one URL for all).
+    let kc_port = default_of(&env_value(service(&c, "keycloak"), "KC_HTTP_PORT"));
+    assert!(
+        keycloak_ports.contains(&format!("127.0.0.1:{kc_port}:{kc_port}")),
+        "keycloak: publish {kc_port} as {kc_port}: {keycloak_ports:?}"
+    );
 }
 
 #[test]
@@ -851,6 +1394,10 @@ fn secrets_are_operator_files_with_examples() {
     ));
     let filled = format!("{example}k1={}\n", "ab".repeat(32));
     KeyRing::parse(&filled, None).expect("example plus one key parses");
+    // Likewise the sealing-key example: comments only, so that adding one line makes it valid.
+    assert!(read("deploy/secrets/consent_seal_keys.example")
+        .lines()
+        .all(|l| l.starts_with('#') && !l.contains(',')));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -859,7 +1406,14 @@ fn secrets_are_operator_files_with_examples() {
 #[test]
 fn healthchecks_and_start_order() {
     let c = compose();
-    for name in ["kafka", "clickhouse", "keycloak", "ingest"] {
+    for name in [
+        "kafka",
+        "clickhouse",
+        "keycloak",
+        "ingest",
+        "query",
+        "consent",
+    ] {
         let hc = &service(&c, name)["healthcheck"];
         let test = strings(&hc["test"]);
         assert!(
@@ -867,9 +1421,25 @@ fn healthchecks_and_start_order() {
             "{name}: needs a healthcheck"
         );
     }
-    let ingest_hc = strings(&service(&c, "ingest")["healthcheck"]["test"]);
-    assert!(ingest_hc.contains(&"custos-healthcheck".to_owned()));
-    assert!(ingest_hc.contains(&"/readyz".to_owned()));
+    // The Custos services answer /readyz (query: ClickHouse, audit table, JWKS; consent: state
+    // loaded, consumer subscribed, ClickHouse), probed with the image's custos-healthcheck.
+    for (name, src) in [
+        ("ingest", "ingest/src"),
+        ("query", "query/src"),
+        ("consent", "consent/src"),
+    ] {
+        let hc = strings(&service(&c, name)["healthcheck"]["test"]);
+        assert!(hc.contains(&"custos-healthcheck".to_owned()), "{name}");
+        assert!(hc.contains(&"/readyz".to_owned()), "{name}");
+        let mut files = Vec::new();
+        rust_files(&workspace().join(src), &mut files);
+        assert!(
+            files.iter().any(|f| std::fs::read_to_string(f)
+                .expect("read source")
+                .contains("\"/readyz\"")),
+            "{name}: {src} serves no /readyz"
+        );
+    }
     assert!(strings(&service(&c, "clickhouse")["healthcheck"]["test"])
         .iter()
         .any(|t| t.contains("/ping")));
@@ -889,6 +1459,22 @@ fn healthchecks_and_start_order() {
         cond("simulator", "kafka-init"),
         "service_completed_successfully"
     );
+    for svc in ["query", "consent"] {
+        assert_eq!(cond(svc, "clickhouse"), "service_healthy");
+        assert_eq!(cond(svc, "migrate"), "service_completed_successfully");
+        assert_eq!(cond(svc, "keycloak"), "service_healthy");
+        // Their network namespace is keycloak's: restarted with it.
+        assert_eq!(
+            service(&c, svc)["depends_on"]["keycloak"]["restart"],
+            Value::Bool(true),
+            "{svc}: depends_on keycloak restart: true"
+        );
+    }
+    assert_eq!(
+        cond("consent", "kafka-init"),
+        "service_completed_successfully"
+    );
+    assert_eq!(cond("consent", "kafka"), "service_healthy");
 
     // The ingest drains for CUSTOS_DRAIN_TIMEOUT_SECS on SIGTERM: compose must wait longer.
     let ingest = service(&c, "ingest");
@@ -1178,7 +1764,20 @@ fn dockerfile_runtime_stage_is_non_root() {
         "the runtime stage must not run as root (USER {user})"
     );
     assert_eq!(uid, "10001");
-    assert!(instr(runtime, "EXPOSE").iter().any(|p| p == "9464"));
+    let exposed: Vec<String> = instr(runtime, "EXPOSE")
+        .iter()
+        .flat_map(|p| p.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    for port in ["9464", "8088", "9465"] {
+        assert!(exposed.iter().any(|p| p == port), "EXPOSE {port}");
+    }
+    // The builder checks that the default build made every program compose.yaml runs.
+    for bin in CUSTOS_PROGRAMS {
+        assert!(
+            builder.iter().any(|l| l.contains(bin)),
+            "the builder stage must check for {bin}"
+        );
+    }
     assert!(runtime
         .iter()
         .any(|l| l.starts_with("COPY --from=builder") && l.ends_with("/usr/local/bin/")));
@@ -1346,6 +1945,113 @@ fn healthcheck_script_probes_readyz() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// deploy/secrets/generate.sh
+
+#[test]
+fn generate_sh_makes_secrets_the_code_accepts() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipped: no openssl on PATH (generate.sh needs it for the P-256 keys)");
+        return;
+    }
+    let dir = scratch_dir("secrets");
+    let script = workspace().join("deploy/secrets/generate.sh");
+    let dir_str = dir.to_str().expect("utf-8").to_owned();
+    let run = || {
+        let out = bash(&script, &[], &[("CUSTOS_SECRETS_DIR", dir_str.as_str())]);
+        assert!(
+            out.status.success(),
+            "generate.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run();
+
+    let c = compose();
+    let names: Vec<String> = c["secrets"]
+        .as_object()
+        .expect("top-level secrets")
+        .keys()
+        .cloned()
+        .collect();
+    let content = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(
+        mode(dir.as_path()),
+        0o700,
+        "the secrets directory is private"
+    );
+    for name in &names {
+        let text = content(name);
+        assert!(
+            !text.trim().is_empty() && !text.starts_with("REPLACE"),
+            "{name}: empty or example text"
+        );
+        assert_eq!(
+            mode(dir.join(name).as_path()),
+            0o644,
+            "{name}: readable by the services' users"
+        );
+    }
+    let is_hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    for name in names
+        .iter()
+        .filter(|n| n.contains("password") || n.contains("secret"))
+    {
+        let text = content(name);
+        assert!(
+            is_hex(text.trim()) && text.trim().len() >= 32,
+            "{name}: random hex"
+        );
+    }
+
+    // Each file in the format its reader expects.
+    KeyRing::parse(&content("pseudonym_keys"), None).expect("pseudonym_keys parse");
+    for line in content("consent_seal_keys")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+    {
+        let (kid, key) = line.split_once('=').expect("kid=hex");
+        assert!(!kid.is_empty() && kid.len() <= 16, "seal kid {kid}");
+        assert!(is_hex(key) && key.len() == 64, "seal key: 32 bytes of hex");
+    }
+    let receivers: Value = serde_json::from_str(&content("ssf_receivers")).expect("JSON");
+    assert!(receivers.is_array(), "ssf_receivers is a JSON array");
+    {
+        use p256::pkcs8::DecodePrivateKey;
+        p256::SecretKey::from_pkcs8_pem(&content("ssf_signing_key"))
+            .expect("ssf_signing_key: PKCS#8 PEM P-256");
+    }
+    // The checkpoint JWKS is exactly the public half of the checkpoint key, as
+    // `custos-ingest jwks` prints it, and the query API accepts it.
+    let ingest_kid = env_value(service(&c, "ingest"), "CUSTOS_CHECKPOINT_KID");
+    let signer = custos_schemas::checkpoint::Signer256::from_pem(
+        &content("checkpoint_signing_key"),
+        &ingest_kid,
+    )
+    .expect("checkpoint_signing_key: PKCS#8 PEM P-256");
+    let jwks: Value = serde_json::from_str(&content("checkpoint_jwks")).expect("JWKS JSON");
+    let want = signer.jwks();
+    for member in ["kty", "crv", "x", "y", "kid", "alg", "use"] {
+        assert_eq!(
+            jwks["keys"][0][member], want["keys"][0][member],
+            "checkpoint_jwks: {member}"
+        );
+    }
+    custos_query::integrity::public_jwks(&content("checkpoint_jwks"))
+        .expect("the query API accepts checkpoint_jwks");
+
+    // A second run keeps every file.
+    let before: Vec<String> = names.iter().map(|n| content(n)).collect();
+    run();
+    let after: Vec<String> = names.iter().map(|n| content(n)).collect();
+    assert_eq!(before, after, "generate.sh never overwrites a secret");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Keycloak demo realm
 
 #[test]
@@ -1388,6 +2094,16 @@ fn keycloak_demo_realm() {
     };
     let query = client("custos-query");
     assert_eq!(query["publicClient"], false, "custos-query is confidential");
+    let consent = client("custos-consent");
+    assert_eq!(
+        consent["publicClient"], false,
+        "custos-consent is confidential"
+    );
+    assert_eq!(consent["serviceAccountsEnabled"], true);
+    assert_eq!(
+        consent["directAccessGrantsEnabled"], false,
+        "no user signs in through custos-consent"
+    );
     let smart = client("smart-patient-app");
     assert_eq!(smart["publicClient"], true);
     assert_eq!(smart["attributes"]["pkce.code.challenge.method"], "S256");
@@ -1411,7 +2127,7 @@ fn keycloak_demo_realm() {
         .contains(&audience_scope["name"]));
     // Every scope a client names exists in the realm.
     let scope_names: BTreeSet<&str> = scopes.iter().filter_map(|s| s["name"].as_str()).collect();
-    for cl in [&query, &smart] {
+    for cl in [&query, &consent, &smart] {
         for key in ["defaultClientScopes", "optionalClientScopes"] {
             for s in cl[key].as_array().expect("scopes") {
                 let s = s.as_str().expect("scope name");
