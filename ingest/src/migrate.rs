@@ -62,8 +62,16 @@ pub async fn migrate(cfg: &MigrateConfig) -> Result<Vec<u32>, MigrateError> {
             }
             continue;
         }
-        for stmt in m.statements(cfg.retention_days) {
-            client.query(&stmt).execute().await?;
+        let in_place = match m.done_when {
+            Some(guard) => client.query(guard).fetch_one::<u64>().await? > 0,
+            None => false,
+        };
+        if in_place {
+            info!(version = m.version, name = m.name, "migration already in effect; recording it");
+        } else {
+            for stmt in m.statements(cfg.retention_days) {
+                client.query(&stmt).execute().await?;
+            }
         }
         client
             .query(

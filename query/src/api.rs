@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::audit::Asked;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, Problem, ValidQuery};
-use crate::export::{fetch_page, page_response, stream, Page};
+use crate::export::{fetch_page, page_of, page_response, stream, Page};
 use crate::params::{self, Common, Format};
 use crate::reports::break_glass::{self, BreakGlass};
 use crate::reports::consents::{self, ConsentChange};
@@ -458,17 +458,21 @@ pub async fn token_trace(
         .plain(name, &Some(value.to_owned()))
         .done();
     let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    let summary: Vec<SummaryRow> = token_trace::summary(&c, &sel)
-        .query(&s.reader)
-        .fetch_all()
-        .await?;
-    let deadlines = Deadlines::new(&summary);
-    let map = move |r: EventRow| deadlines.flag(r);
+    let summary_sql = token_trace::summary(&c, &sel);
     if c.format != Format::Json {
+        let summary: Vec<SummaryRow> = summary_sql.query(&s.reader).fetch_all().await?;
+        let deadlines = Deadlines::new(&summary);
+        let map = move |r: EventRow| deadlines.flag(r);
         return respond(&s, asked, &c, |lim| token_trace::events(&c, &sel, lim), map).await;
     }
+    // The summary and the page's events are independent queries: run them together.
     let sql = token_trace::events(&c, &sel, c.limit + 1);
-    let (rows, next) = fetch_page(&s, &asked, &sql, c.limit, map).await?;
+    let (summary, events) = tokio::try_join!(
+        summary_sql.query(&s.reader).fetch_all::<SummaryRow>(),
+        sql.query(&s.reader).fetch_all::<EventRow>()
+    )?;
+    let deadlines = Deadlines::new(&summary);
+    let (rows, next) = page_of(&s, &asked, events, c.limit, |r| deadlines.flag(r)).await?;
     let page = Page {
         report: asked.report().to_owned(),
         query_id: asked.query_id.clone(),

@@ -54,7 +54,22 @@ where
     O: Keyed,
     F: FnMut(R) -> O,
 {
-    let mut rows: Vec<R> = sql.query(&state.reader).fetch_all().await?;
+    let rows: Vec<R> = sql.query(&state.reader).fetch_all().await?;
+    page_of(state, asked, rows, limit, map).await
+}
+
+/// [`fetch_page`] for rows already fetched (`limit + 1` of them at most).
+pub async fn page_of<R, O, F>(
+    state: &AppState,
+    asked: &Asked,
+    mut rows: Vec<R>,
+    limit: u64,
+    map: F,
+) -> Result<(Vec<O>, Option<String>), ApiError>
+where
+    O: Keyed,
+    F: FnMut(R) -> O,
+{
     let more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     let out: Vec<O> = rows.into_iter().map(map).collect();

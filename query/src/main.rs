@@ -42,7 +42,11 @@ fn main() -> anyhow::Result<()> {
                 &[0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             )?
             .install_recorder()?;
-        let state = custos_query::AppState::new(&cli.config, Some(metrics))?;
+        let mut state = custos_query::AppState::new(&cli.config, Some(metrics))?;
+        match state.enable_optional_settings().await {
+            Ok(applied) => info!(?applied, "optional ClickHouse reader settings"),
+            Err(e) => tracing::warn!(error = %e, "ClickHouse not reachable; optional reader settings not applied"),
+        }
         if let Err(e) = state.auth.refresh(true).await {
             tracing::warn!(error = %e, "JWKS not loaded yet; retrying on first request");
         }

@@ -1,8 +1,10 @@
 //! Versioned ClickHouse DDL. Each migration is a `.sql` file of `;`-terminated statements
 //! using the template variable `{retention_days}` (rendered from a validated integer,
 //! never from free text). The runner (in `custos-ingest migrate`) records applied
-//! versions with a checksum in `custos.schema_migrations`; every statement is idempotent
-//! (`IF NOT EXISTS`), so a rerun is harmless.
+//! versions with a checksum in `custos.schema_migrations`. Every statement is idempotent
+//! (`IF NOT EXISTS`), so a rerun is harmless, unless the migration has a [`Migration::done_when`]
+//! guard: a query that tells whether its effect is already in place (a table rebuild), in
+//! which case the runner records it without running the statements again.
 
 use sha2::{Digest, Sha256};
 
@@ -26,6 +28,10 @@ pub struct Migration {
     pub name: &'static str,
     /// Template SQL.
     pub sql: &'static str,
+    /// A `SELECT count() ...` that returns a positive count when the migration's effect is
+    /// already in place; the runner then skips the statements (needed by the statements
+    /// that are not idempotent by themselves, such as `EXCHANGE TABLES`).
+    pub done_when: Option<&'static str>,
 }
 
 /// All migrations, in order.
@@ -34,26 +40,40 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "0001_audit_events",
         sql: include_str!("../migrations/0001_audit_events.sql"),
+        done_when: None,
     },
     Migration {
         version: 2,
         name: "0002_ingest_rejections",
         sql: include_str!("../migrations/0002_ingest_rejections.sql"),
+        done_when: None,
     },
     Migration {
         version: 3,
         name: "0003_chain",
         sql: include_str!("../migrations/0003_chain.sql"),
+        done_when: None,
     },
     Migration {
         version: 4,
         name: "0004_report_queries",
         sql: include_str!("../migrations/0004_report_queries.sql"),
+        done_when: None,
     },
     Migration {
         version: 5,
         name: "0005_consent",
         sql: include_str!("../migrations/0005_consent.sql"),
+        done_when: None,
+    },
+    Migration {
+        version: 6,
+        name: "0006_audit_layout",
+        sql: include_str!("../migrations/0006_audit_layout.sql"),
+        done_when: Some(
+            "SELECT count() FROM system.tables WHERE database = 'custos' \
+             AND name = 'audit_events' AND partition_key = 'toYear(event_time)'",
+        ),
     },
 ];
 
@@ -96,7 +116,10 @@ mod tests {
             assert!(!stmts.is_empty());
             for s in &stmts {
                 assert!(!s.contains('{'), "unrendered template in {}", m.name);
-                assert!(s.contains("IF NOT EXISTS"), "not idempotent: {s}");
+                assert!(
+                    m.done_when.is_some() || s.contains("IF NOT EXISTS"),
+                    "not idempotent: {s}"
+                );
             }
         }
     }
