@@ -11,54 +11,65 @@
 //! | `GET /.well-known/ssf-configuration`, `GET /jwks.json` | SSF transmitter metadata and SET keys |
 //! | `GET /healthz`, `/readyz`, `/metrics` | operations |
 //!
-//! `/v1/*` needs `Authorization: Bearer <CUSTOS_CONSENT_DEV_TOKEN>`: a DEVELOPMENT shared
-//! secret standing in for the query API's OIDC authentication. A revocation is published to
-//! Kafka (the source of truth) and answered `202`; the consumer applies it and the
-//! dispatcher pushes it. Internal errors are logged, never returned.
+//! `/v1/*` authenticates callers exactly like the query API: OIDC bearer JWTs checked against
+//! the issuer's JWKS by [`custos_query::auth::Authenticator`] (issuer, audience, expiry,
+//! algorithm allow-list, roles from `CUSTOS_OIDC_ROLES_CLAIM`). Revoking needs the
+//! `privacy_officer` role; reading consents and revocation reports needs `privacy_officer`,
+//! `compliance_officer` or `auditor`. A missing or unacceptable token is a 401, a token
+//! without a fitting role a 403; every error is an RFC 9457 `application/problem+json`
+//! body. The revocation event names the caller (`preferred_username`, else `sub`) as its
+//! actor. A revocation is published to Kafka (the source of truth) and answered `202`; the
+//! consumer applies it and the dispatcher pushes it. Internal errors and tokens are never
+//! returned nor logged.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{SecondsFormat, Utc};
+use custos_query::auth::{AuthError, Caller, Role};
+use custos_query::error::PROBLEM_JSON;
 use custos_schemas::decode::find_raw_token;
 use custos_schemas::{ConsentData, PseudonymKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::publish::new_event_id;
 use crate::scopes::ScopeSet;
 use crate::service::Core;
 use crate::state::{ConsentState, Status};
 
-/// Actor recorded for revocations made through this API with the development token.
-pub const DEV_ACTOR: &str = "privacy-api:dev-token";
+/// Roles that may revoke consents.
+pub const REVOKE_ROLES: &[Role] = &[Role::PrivacyOfficer];
+/// Roles that may read consent state, history and revocation reports.
+pub const READ_ROLES: &[Role] = &[Role::PrivacyOfficer, Role::ComplianceOfficer, Role::Auditor];
 
-/// An API error: status, stable code, safe message.
+/// An API error: status, stable problem code, safe detail. Rendered as RFC 9457
+/// `application/problem+json` (`type`, `title`, `status`, `detail`).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
-    message: String,
+    detail: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
-            message: message.into(),
+            detail: detail.into(),
         }
     }
 
-    fn bad(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    fn bad(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad-request", detail)
     }
 
     fn internal(what: &str, err: impl std::fmt::Display) -> ApiError {
@@ -69,15 +80,47 @@ impl ApiError {
             "a backend is unavailable; try again",
         )
     }
+
+    fn unauthorized(e: &AuthError) -> ApiError {
+        // The reason is a fixed label; the token itself is never logged.
+        metrics::counter!("custos_consent_auth_failures_total", "reason" => e.reason())
+            .increment(1);
+        warn!(reason = e.reason(), "bearer token rejected");
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.public_detail())
+    }
+
+    fn forbidden() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the caller's roles do not allow this operation",
+        )
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response()
+        let body = json!({
+            "type": format!("https://custos.dev/problems/{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut resp = (self.status, Json(body)).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"custos\", error=\"invalid_token\""),
+            );
+        }
+        resp
     }
 }
 
@@ -87,36 +130,43 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// The development bearer-token check.
-pub struct DevBearer;
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Authenticates the request's bearer token and checks the caller holds one of `roles`.
+async fn authorize(parts: &Parts, core: &Core, roles: &[Role]) -> Result<Caller, ApiError> {
+    let caller = core
+        .auth
+        .authenticate_headers(&parts.headers)
+        .await
+        .map_err(|e| ApiError::unauthorized(&e))?;
+    if caller.has_any(roles) {
+        Ok(caller)
+    } else {
+        // The client only: a caller without a Custos role may be a patient.
+        info!(client = %caller.client, roles = ?caller.role_names(), "privacy API call refused: role");
+        Err(ApiError::forbidden())
+    }
 }
 
-impl FromRequestParts<Arc<Core>> for DevBearer {
+/// A caller allowed to revoke consents ([`REVOKE_ROLES`]).
+#[derive(Debug)]
+pub struct Revoker(pub Caller);
+
+impl FromRequestParts<Arc<Core>> for Revoker {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, ApiError> {
-        let unauthorized = || {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required",
-            )
-        };
-        let expected = core.dev_token.as_deref().ok_or_else(unauthorized)?;
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(unauthorized)?;
-        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            Ok(DevBearer)
-        } else {
-            Err(unauthorized())
-        }
+        authorize(parts, core, REVOKE_ROLES).await.map(Revoker)
+    }
+}
+
+/// A caller allowed to read consents and revocation reports ([`READ_ROLES`]).
+#[derive(Debug)]
+pub struct Reader(pub Caller);
+
+impl FromRequestParts<Arc<Core>> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, ApiError> {
+        authorize(parts, core, READ_ROLES).await.map(Reader)
     }
 }
 
@@ -217,11 +267,12 @@ async fn publish_revocation(
     core: &Core,
     c: &ConsentState,
     reason: &str,
+    actor: &str,
 ) -> Result<Value, ApiError> {
     let sealed = c.sealed.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
-            "no_identifiers",
+            "no-identifiers",
             "the consent's identifiers are not available to this service",
         )
     })?;
@@ -249,7 +300,7 @@ async fn publish_revocation(
         period_start: None,
         period_end: None,
         reason: Some(reason.to_owned()),
-        actor: Some(DEV_ACTOR.to_owned()),
+        actor: Some(actor.to_owned()),
     };
     let id = new_event_id();
     let now = Utc::now();
@@ -257,7 +308,7 @@ async fn publish_revocation(
         .consent_event("custos.consent.revoked", &id, now, &c.tenant, &data)
         .await
         .map_err(|e| ApiError::internal("publish", e))?;
-    info!(consent_id = %c.consent_id, event_id = %id, "revocation requested through the privacy API");
+    info!(consent_id = %c.consent_id, event_id = %id, actor, "revocation requested through the privacy API");
     Ok(json!({
         "eventId": id,
         "consentId": c.consent_id,
@@ -267,7 +318,7 @@ async fn publish_revocation(
 }
 
 async fn revoke_by_id(
-    _auth: DevBearer,
+    Revoker(caller): Revoker,
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
     body: Result<Json<RevokeBody>, JsonRejection>,
@@ -281,15 +332,15 @@ async fn revoke_by_id(
         .await
         .get(&tenant, &id)
         .cloned()
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such consent"))?;
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such consent"))?;
     if consent.status != Status::Active {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "not_active",
+            "not-active",
             format!("the consent is already {}", consent.status.as_str()),
         ));
     }
-    let ev = publish_revocation(&core, &consent, &body.reason).await?;
+    let ev = publish_revocation(&core, &consent, &body.reason, caller.actor()).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"status": "accepted", "revocations": [ev]})),
@@ -298,7 +349,7 @@ async fn revoke_by_id(
 }
 
 async fn revoke_by_patient(
-    _auth: DevBearer,
+    Revoker(caller): Revoker,
     State(core): State<Arc<Core>>,
     body: Result<Json<RevokeByPatientBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -323,13 +374,13 @@ async fn revoke_by_patient(
     if active.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            "not-found",
             "no active consent for this patient and client",
         ));
     }
     let mut out = Vec::new();
     for c in &active {
-        out.push(publish_revocation(&core, c, &body.reason).await?);
+        out.push(publish_revocation(&core, c, &body.reason, caller.actor()).await?);
     }
     Ok((
         StatusCode::ACCEPTED,
@@ -348,7 +399,7 @@ struct ListQuery {
 }
 
 async fn list_consents(
-    _auth: DevBearer,
+    _auth: Reader,
     State(core): State<Arc<Core>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -403,7 +454,7 @@ struct ReportQuery {
 }
 
 async fn revocations(
-    _auth: DevBearer,
+    _auth: Reader,
     State(core): State<Arc<Core>>,
     Query(q): Query<ReportQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -423,7 +474,7 @@ async fn revocations(
 }
 
 async fn attempts(
-    _auth: DevBearer,
+    _auth: Reader,
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -448,15 +499,85 @@ mod tests {
     use crate::store::Store;
     use axum::body::Body;
     use axum::http::Request;
+    use clap::Parser;
+    use custos_query::auth::Authenticator;
+    use custos_query::config::OidcArgs;
     use custos_schemas::KeyRing;
     use http_body_util::BodyExt;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
     use std::collections::HashSet;
     use std::time::Duration;
     use tokio::sync::{Mutex, RwLock};
     use tower::ServiceExt;
 
+    const AUDIENCE: &str = "custos-privacy";
+
+    /// An in-test OIDC issuer: an ES256 key whose JWKS is served on 127.0.0.1.
+    struct Issuer {
+        base: String,
+        key: EncodingKey,
+    }
+
+    impl Issuer {
+        async fn start() -> Issuer {
+            let secret = p256::SecretKey::random(&mut rand_core::OsRng);
+            let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+            let mut jwk: Value =
+                serde_json::from_str(&secret.public_key().to_jwk_string()).unwrap();
+            jwk["kid"] = json!("es-1");
+            jwk["alg"] = json!("ES256");
+            jwk["use"] = json!("sig");
+            let jwks = json!({ "keys": [jwk] });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let app = Router::new().route("/jwks", get(move || async move { Json(jwks) }));
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Issuer {
+                base,
+                key: EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+            }
+        }
+
+        fn authenticator(&self) -> Authenticator {
+            #[derive(Parser)]
+            struct Cli {
+                #[command(flatten)]
+                oidc: OidcArgs,
+            }
+            let jwks = format!("{}/jwks", self.base);
+            let cli = Cli::try_parse_from([
+                "t",
+                "--oidc-issuer",
+                &self.base,
+                "--oidc-audience",
+                AUDIENCE,
+                "--oidc-jwks-url",
+                &jwks,
+                "--oidc-roles-claim",
+                "realm_access.roles",
+            ])
+            .unwrap();
+            Authenticator::new(&cli.oidc).unwrap()
+        }
+
+        /// A token for `sub` with `roles`; `edit` changes the claims before signing.
+        fn token(&self, roles: &[&str], edit: impl FnOnce(&mut Value)) -> String {
+            let now = Utc::now().timestamp();
+            let mut claims = json!({"iss": self.base, "aud": [AUDIENCE, "account"], "sub": "u-123",
+                "preferred_username": "privacy-pat", "azp": "privacy-console", "iat": now,
+                "exp": now + 300, "realm_access": {"roles": roles}});
+            edit(&mut claims);
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = Some("es-1".to_owned());
+            jsonwebtoken::encode(&h, &claims, &self.key).unwrap()
+        }
+    }
+
     /// A core whose backends are never reached by these requests (clients connect lazily).
-    fn core() -> Arc<Core> {
+    fn core(auth: Authenticator) -> Arc<Core> {
         let store = Store::new("http://127.0.0.1:9", "u", "p", Duration::from_secs(1));
         let sealer = Sealer::parse(
             "s1=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
@@ -495,17 +616,24 @@ mod tests {
             dispatcher,
             health: Health::default(),
             max_event_bytes: 1024,
-            dev_token: Some("dev-secret".into()),
+            auth: Arc::new(auth),
             metrics: None,
         })
     }
 
-    async fn call(app: Router, req: Request<Body>) -> (StatusCode, Value) {
+    async fn call(app: Router, req: Request<Body>) -> (StatusCode, String, Value) {
         let resp = app.oneshot(req).await.unwrap();
         let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         (
             status,
+            ct,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
     }
@@ -518,76 +646,158 @@ mod tests {
         b.body(Body::from(body.to_owned())).unwrap()
     }
 
+    fn get_req(uri: &str, token: Option<&str>) -> Request<Body> {
+        let mut b = Request::get(uri);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
     #[tokio::test]
-    async fn auth_validation_and_metadata() {
-        let app = app(core());
-        let (s, _) = call(app.clone(), post("/v1/consents/c1/revoke", None, "{}")).await;
-        assert_eq!(s, StatusCode::UNAUTHORIZED);
-        let (s, _) = call(
+    async fn missing_and_unacceptable_tokens_are_401_problems() {
+        let iss = Issuer::start().await;
+        let app = app(core(iss.authenticator()));
+        let officer = |edit: fn(&mut Value)| iss.token(&["privacy_officer"], edit);
+        let expired = officer(|c| {
+            c["exp"] = json!(Utc::now().timestamp() - 3600);
+            c["iat"] = json!(Utc::now().timestamp() - 7200);
+        });
+        let wrong_aud = officer(|c| c["aud"] = json!("someone-else"));
+        let wrong_iss = officer(|c| c["iss"] = json!("http://127.0.0.1:1/other"));
+        // Same claims, signed by another key under the same kid.
+        let forged = Issuer::start()
+            .await
+            .token(&["privacy_officer"], |c| c["iss"] = json!(iss.base));
+        let bad: [Option<&str>; 6] = [
+            None,
+            Some("not-a-jwt"),
+            Some(&expired),
+            Some(&wrong_aud),
+            Some(&wrong_iss),
+            Some(&forged),
+        ];
+        for token in bad {
+            for req in [
+                post("/v1/consents/c1/revoke", token, r#"{"reason":"x"}"#),
+                post(
+                    "/v1/consents/revoke",
+                    token,
+                    r#"{"patient":"p","client_id":"a","reason":"r"}"#,
+                ),
+                get_req("/v1/consents?patient=p", token),
+                get_req("/v1/revocations?state=failed", token),
+                get_req("/v1/revocations/r1/attempts", token),
+            ] {
+                let uri = req.uri().to_string();
+                let (s, ct, v) = call(app.clone(), req).await;
+                assert_eq!(s, StatusCode::UNAUTHORIZED, "{uri} {token:?}");
+                assert_eq!(ct, PROBLEM_JSON);
+                assert_eq!(v["status"], 401);
+                assert_eq!(v["type"], "https://custos.dev/problems/unauthorized");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn roles_decide_revoke_and_read() {
+        let iss = Issuer::start().await;
+        let app = app(core(iss.authenticator()));
+        let officer = iss.token(&["privacy_officer"], |_| {});
+        let auditor = iss.token(&["auditor", "offline_access"], |_| {});
+        let compliance = iss.token(&["compliance_officer"], |_| {});
+        let responder = iss.token(&["incident_responder"], |_| {});
+        let none = iss.token(&[], |_| {});
+
+        // Revoking needs privacy_officer: 403 before the body is even looked at.
+        for token in [&auditor, &compliance, &responder, &none] {
+            for req in [
+                post("/v1/consents/c1/revoke", Some(token), r#"{"reason":"x"}"#),
+                post("/v1/consents/revoke", Some(token), "{not json"),
+            ] {
+                let (s, ct, v) = call(app.clone(), req).await;
+                assert_eq!(s, StatusCode::FORBIDDEN);
+                assert_eq!(ct, PROBLEM_JSON);
+                assert_eq!(v["type"], "https://custos.dev/problems/forbidden");
+            }
+        }
+        // Reading: privacy, compliance, auditor; not an incident responder nor no role.
+        for token in [&officer, &auditor, &compliance] {
+            let (s, _, v) = call(app.clone(), get_req("/v1/consents?patient=p", Some(token))).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            assert_eq!(v["consents"], json!([]));
+        }
+        for token in [&responder, &none] {
+            let (s, ct, _) =
+                call(app.clone(), get_req("/v1/consents?patient=p", Some(token))).await;
+            assert_eq!(s, StatusCode::FORBIDDEN);
+            assert_eq!(ct, PROBLEM_JSON);
+            let (s, _, _) = call(app.clone(), get_req("/v1/revocations", Some(token))).await;
+            assert_eq!(s, StatusCode::FORBIDDEN);
+        }
+        // A privacy officer gets past authentication into validation and lookup.
+        let (s, ct, v) = call(
             app.clone(),
-            post(
-                "/v1/consents/c1/revoke",
-                Some("dev-secreT"),
-                r#"{"reason":"x"}"#,
-            ),
-        )
-        .await;
-        assert_eq!(s, StatusCode::UNAUTHORIZED);
-        let (s, v) = call(
-            app.clone(),
-            post("/v1/consents/c1/revoke", Some("dev-secret"), "{not json"),
+            post("/v1/consents/c1/revoke", Some(&officer), "{not json"),
         )
         .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
-        assert_eq!(v["error"], "bad_request");
-        let (s, v) = call(
+        assert_eq!(ct, PROBLEM_JSON);
+        assert_eq!(v["type"], "https://custos.dev/problems/bad-request");
+        let (s, _, v) = call(
             app.clone(),
             post(
                 "/v1/consents/c1/revoke",
-                Some("dev-secret"),
+                Some(&officer),
                 r#"{"reason":"see eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.sig"}"#,
             ),
         )
         .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-        let (s, v) = call(
+        let (s, _, v) = call(
             app.clone(),
             post(
                 "/v1/consents/c1/revoke",
-                Some("dev-secret"),
+                Some(&officer),
                 r#"{"reason":"patient asked"}"#,
             ),
         )
         .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
-        assert_eq!(v["error"], "not_found");
-        let (s, _) = call(
+        assert_eq!(v["type"], "https://custos.dev/problems/not-found");
+        let (s, _, _) = call(
             app.clone(),
             post(
                 "/v1/consents/revoke",
-                Some("dev-secret"),
+                Some(&officer),
                 r#"{"patient":"p","client_id":"a","reason":"r","tenant":"bad tenant!"}"#,
             ),
         )
         .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
-        let (s, v) = call(
+        let (s, _, _) = call(
             app.clone(),
-            Request::get("/.well-known/ssf-configuration")
-                .body(Body::empty())
-                .unwrap(),
+            post(
+                "/v1/consents/revoke",
+                Some(&officer),
+                r#"{"patient":"p","client_id":"a","reason":"r"}"#,
+            ),
         )
         .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn public_metadata_needs_no_token() {
+        let iss = Issuer::start().await;
+        let app = app(core(iss.authenticator()));
+        let (s, _, v) = call(app.clone(), get_req("/.well-known/ssf-configuration", None)).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v["issuer"], "http://custos.test");
-        let (s, v) = call(
-            app.clone(),
-            Request::get("/jwks.json").body(Body::empty()).unwrap(),
-        )
-        .await;
+        let (s, _, v) = call(app.clone(), get_req("/jwks.json", None)).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v["keys"][0]["kid"], "k1");
-        let (s, v) = call(app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+        let (s, _, v) = call(app, get_req("/readyz", None)).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(v["status"], "not ready");
     }

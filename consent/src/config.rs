@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use custos_query::config::OidcArgs;
 use custos_schemas::{KeyRing, KeyRingError};
 use serde::Deserialize;
 use thiserror::Error;
@@ -29,6 +30,9 @@ pub enum ConfigError {
     /// SSF signing key.
     #[error("SSF key: {0}")]
     Set(#[from] SetError),
+    /// OIDC bearer-token settings of the privacy API (`CUSTOS_OIDC_*`).
+    #[error("OIDC: {0}")]
+    Oidc(#[from] custos_query::config::ConfigError),
     /// A key file could not be read.
     #[error("cannot read {what}: {source}")]
     File {
@@ -130,10 +134,6 @@ pub struct ConsentConfig {
         default_value = "127.0.0.1:9465"
     )]
     pub http_addr: SocketAddr,
-    /// DEVELOPMENT bearer token for the privacy API (a shared secret, until the query API's
-    /// OIDC authentication is shared). Unset: the privacy API answers 401 to everyone.
-    #[arg(long, env = "CUSTOS_CONSENT_DEV_TOKEN", hide_env_values = true)]
-    pub dev_token: Option<String>,
     /// Keycloak base URL (e.g. http://127.0.0.1:18080). Unset: no Keycloak target.
     #[arg(long, env = "CUSTOS_KEYCLOAK_URL")]
     pub keycloak_url: Option<String>,
@@ -201,12 +201,17 @@ pub struct ConsentConfig {
     /// Largest accepted event, in bytes.
     #[arg(long, env = "CUSTOS_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
     pub max_event_bytes: usize,
+    /// OIDC bearer-token authentication of the privacy API: the query API's settings
+    /// (`CUSTOS_OIDC_ISSUER`, `_AUDIENCE`, `_JWKS_URL`, `_ROLES_CLAIM`, `_ALGORITHMS`, ...).
+    #[command(flatten)]
+    pub oidc: OidcArgs,
 }
 
 impl ConsentConfig {
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        self.oidc.validate()?;
         if self.consent_topic.trim().is_empty() {
             return bad("CUSTOS_CONSENT_TOPIC must not be empty");
         }

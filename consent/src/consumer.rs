@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::dispatcher::Job;
-use crate::fhir_consent::{decode_fhir_consent, is_fhir_consent};
 use crate::service::Core;
 use crate::state::FoldContext;
 
@@ -80,18 +79,13 @@ pub fn maybe_relevant(payload: &[u8], headers: &[(&str, &[u8])]) -> bool {
         .any(|p| memchr::memmem::find(payload, p).is_some())
 }
 
-/// Classifies one message: FHIR `Consent` resources first, then every format
-/// [`custos_schemas::decode`] knows.
+/// Classifies one message with [`custos_schemas::decode`] (the decoder ingest uses, FHIR
+/// `Consent` resources included).
 pub fn classify(payload: &[u8], headers: &[(&str, &[u8])], limits: &DecodeLimits) -> Input {
     if !maybe_relevant(payload, headers) {
         return Input::Other;
     }
-    let decoded = if is_fhir_consent(payload) {
-        decode_fhir_consent(payload, limits)
-    } else {
-        decode(payload, headers, limits)
-    };
-    match decoded {
+    match decode(payload, headers, limits) {
         Ok(ev)
             if matches!(
                 ev.payload,
@@ -332,5 +326,21 @@ mod tests {
         ));
         let other: Vec<(&str, &[u8])> = vec![("ce_type", b"custos.auth.login")];
         assert!(!maybe_relevant(data, &other));
+        // FHIR Consent resources come through the shared decoder.
+        let fhir = br#"{"resourceType":"Consent","id":"fc","status":"inactive","meta":{"lastUpdated":"2026-01-02T00:00:00Z"},
+            "patient":{"reference":"Patient/p"},"provision":{"actor":[{"reference":{"identifier":
+            {"system":"urn:ietf:params:oauth:client-id","value":"a"}}}]}}"#;
+        match classify(fhir, &[], &limits) {
+            Input::Relevant(ev) => {
+                assert_eq!(ev.format, custos_schemas::SourceFormat::FhirConsent);
+                assert_eq!(ev.event_type, custos_schemas::EventType::ConsentRevoked);
+            }
+            _ => panic!("FHIR Consent not relevant"),
+        }
+        let draft = br#"{"resourceType":"Consent","id":"fc","status":"draft","meta":{"lastUpdated":"2026-01-02T00:00:00Z"}}"#;
+        assert!(matches!(
+            classify(draft, &[], &limits),
+            Input::Invalid(DecodeError::UnknownType(_))
+        ));
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! - [`consumer`]: Kafka (consent topic + AS-events topic) → [`state`] fold → ClickHouse →
 //!   commit; replays are skipped and never push twice.
-//! - [`fhir_consent`]: FHIR R4 `Consent` resources as consent events.
+//!   Every input, FHIR R4 `Consent` resources included, is decoded by
+//!   [`custos_schemas::decode()`], the decoder ingest uses
+//!   ([`custos_schemas::fhir_consent`] has the FHIR mapping).
 //! - [`scopes`]: SMART v1/v2 scope parsing and coverage.
 //! - [`dispatcher`]: durable per-target push with retries; adapters [`keycloak`] (Admin REST),
 //!   [`ssf`] + [`set`] (CAEP session-revoked SETs, RFC 8417/8935/9493) and [`publish`]
@@ -19,7 +21,6 @@ pub mod api;
 pub mod config;
 pub mod consumer;
 pub mod dispatcher;
-pub mod fhir_consent;
 pub mod health;
 pub mod keycloak;
 pub mod publish;

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use custos_query::auth::Authenticator;
 use custos_schemas::{ConsentData, KeyRing};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
@@ -67,8 +68,8 @@ pub struct Core {
     pub health: Health,
     /// Largest accepted event.
     pub max_event_bytes: usize,
-    /// Development bearer token of the privacy API.
-    pub dev_token: Option<String>,
+    /// Bearer-token verification of the privacy API (the query API's OIDC module).
+    pub auth: Arc<Authenticator>,
     /// Prometheus exposition.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -107,9 +108,14 @@ pub async fn run(
     if ephemeral {
         warn!("no CUSTOS_SSF_KEY_FILE: SETs are signed with a per-process key (development only)");
     }
-    if cfg.dev_token.is_none() {
-        warn!("no CUSTOS_CONSENT_DEV_TOKEN: the privacy API refuses every request");
-    }
+    let auth = Arc::new(Authenticator::new(&cfg.oidc).map_err(ConfigError::from)?);
+    // Fetch the issuer's keys now so a wrong CUSTOS_OIDC_* setting shows at startup.
+    let warm = auth.clone();
+    tokio::spawn(async move {
+        if let Err(e) = warm.refresh(true).await {
+            warn!(error = %e, "OIDC keys not loaded yet; privacy API calls are refused until they are");
+        }
+    });
     let store = Store::new(
         &cfg.clickhouse_url,
         &cfg.clickhouse_user,
@@ -150,6 +156,7 @@ pub async fn run(
         ssf_receivers = receivers.len(),
         revocations_topic = publisher.has_revocations_topic(),
         seal_kid = sealer.current_kid(),
+        oidc_issuer = %cfg.oidc.oidc_issuer,
         "starting consent service"
     );
     let dispatcher = Arc::new(Dispatcher::new(
@@ -179,7 +186,7 @@ pub async fn run(
         dispatcher,
         health: Health::default(),
         max_event_bytes: cfg.max_event_bytes,
-        dev_token: cfg.dev_token.clone().filter(|t| !t.is_empty()),
+        auth,
         metrics,
     });
 

@@ -533,16 +533,6 @@ fn default_reason(cause: Cause) -> &'static str {
     }
 }
 
-/// The stored format name; FHIR `Consent` resources (decoded in this crate, carried as
-/// the FHIR source format because the schemas crate has no variant for them yet) are
-/// `fhir-consent`: the AuditEvent decoder never yields consent payloads.
-fn source_format(ev: &Event) -> &'static str {
-    match (&ev.format, &ev.payload) {
-        (custos_schemas::SourceFormat::FhirAuditEvent, Payload::Consent(_)) => "fhir-consent",
-        (f, _) => f.as_str(),
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn history_row(
     ev: &Event,
@@ -559,7 +549,7 @@ fn history_row(
         event_id: ev.id.clone(),
         event_source: ev.source.clone(),
         event_type: ev.event_type.as_str().to_owned(),
-        source_format: source_format(ev).to_owned(),
+        source_format: ev.format.as_str().to_owned(),
         tenant: state.tenant.clone(),
         consent_id: state.consent_id.clone(),
         patient: state.patient.clone(),

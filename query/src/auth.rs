@@ -10,6 +10,10 @@
 //! `CUSTOS_OIDC_JWKS_REFRESH_MIN_SECS`) or the cache is older than its TTL.
 //! Roles come from a configurable claim path (`roles`, `realm_access.roles`, ...).
 //! Tokens are never logged.
+//!
+//! The consent service's privacy API uses this module too ([`Authenticator`] built from the
+//! same [`OidcArgs`], so the same `CUSTOS_OIDC_*` settings), so both services accept the
+//! same tokens and read roles the same way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -123,6 +128,8 @@ pub struct Caller {
     pub issuer: String,
     /// `azp` or `client_id` of the token.
     pub client: String,
+    /// `preferred_username` of the token, when it has one (a workforce identity).
+    pub username: Option<String>,
     /// Known roles found in the roles claim.
     pub roles: Vec<Role>,
 }
@@ -136,6 +143,12 @@ impl Caller {
     /// Role names, for the query audit.
     pub fn role_names(&self) -> Vec<String> {
         self.roles.iter().map(|r| r.as_str().to_owned()).collect()
+    }
+
+    /// The name to record as the actor of what the caller does: `preferred_username`,
+    /// else `sub`.
+    pub fn actor(&self) -> &str {
+        self.username.as_deref().unwrap_or(&self.sub)
     }
 }
 
@@ -422,12 +435,26 @@ impl Authenticator {
             c if c.is_empty() => text("client_id"),
             c => c,
         };
+        let username = Some(text("preferred_username")).filter(|u| !u.trim().is_empty());
         Ok(Caller {
             sub,
             issuer: text("iss"),
             client,
+            username,
             roles: roles_at(&claims, &self.roles_claim),
         })
+    }
+
+    /// Verifies the `Authorization: Bearer` token of a request's headers. Shared by every
+    /// service that authenticates with this module (the query API, the consent service's
+    /// privacy API).
+    pub async fn authenticate_headers(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let token = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .ok_or(AuthError::Missing)?;
+        self.authenticate(token).await
     }
 }
 
@@ -442,14 +469,8 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .ok_or(AuthError::Missing)?;
         let auth: &Arc<Authenticator> = &state.auth;
-        Ok(auth.authenticate(token).await?)
+        Ok(auth.authenticate_headers(&parts.headers).await?)
     }
 }
 
@@ -472,6 +493,20 @@ mod tests {
             vec![Role::ComplianceOfficer, Role::IncidentResponder]
         );
         assert!(roles_at(&c, &["nope".to_owned()]).is_empty());
+    }
+
+    #[test]
+    fn actor_prefers_the_username() {
+        let mut c = Caller {
+            sub: "3f1c".into(),
+            issuer: "https://as.example".into(),
+            client: "console".into(),
+            username: Some("privacy-pat".into()),
+            roles: vec![Role::PrivacyOfficer],
+        };
+        assert_eq!(c.actor(), "privacy-pat");
+        c.username = None;
+        assert_eq!(c.actor(), "3f1c");
     }
 
     #[test]

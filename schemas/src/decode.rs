@@ -15,6 +15,7 @@ use crate::cloudevents;
 use crate::error::DecodeError;
 use crate::event::Event;
 use crate::fhir_audit;
+use crate::fhir_consent;
 use crate::keycloak;
 use crate::validate;
 
@@ -60,6 +61,8 @@ pub fn decode(
         cloudevents::decode_binary(payload, headers)
     } else if memmem::find(payload, b"\"specversion\"").is_some() {
         cloudevents::decode_structured(payload)
+    } else if fhir_consent::is_fhir_consent(payload) {
+        fhir_consent::decode_fhir_consent(payload)
     } else if memmem::find(payload, b"\"resourceType\"").is_some() {
         fhir_audit::decode_fhir_audit_event(payload)
     } else if memmem::find(payload, b"\"realmId\"").is_some() {
@@ -68,7 +71,7 @@ pub fn decode(
         Err(DecodeError::InvalidJson("not a JSON document".to_owned()))
     } else {
         Err(DecodeError::UnknownFormat(
-            "expected a CloudEvent, a Keycloak event or a FHIR AuditEvent",
+            "expected a CloudEvent, a Keycloak event, a FHIR AuditEvent or a FHIR Consent",
         ))
     }?;
     validate::validate(&event)?;

@@ -152,6 +152,8 @@ pub enum SourceFormat {
     KeycloakAdminEvent,
     /// FHIR R4 `AuditEvent` resource (IHE BALP).
     FhirAuditEvent,
+    /// FHIR R4 `Consent` resource.
+    FhirConsent,
 }
 
 impl SourceFormat {
@@ -163,6 +165,7 @@ impl SourceFormat {
             SourceFormat::KeycloakEvent => "keycloak",
             SourceFormat::KeycloakAdminEvent => "keycloak-admin",
             SourceFormat::FhirAuditEvent => "fhir-auditevent",
+            SourceFormat::FhirConsent => "fhir-consent",
         }
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! - [`event`]: the normalized [`Event`] and its typed payloads, one per event family;
 //! - [`decode()`]: one entry point that recognizes CloudEvents 1.0 (structured and binary
-//!   mode), Keycloak event JSON (user and admin events) and FHIR R4 `AuditEvent` (IHE BALP)
-//!   and yields `Result<Event, DecodeError>`;
+//!   mode), Keycloak event JSON (user and admin events), FHIR R4 `AuditEvent` (IHE BALP)
+//!   and FHIR R4 `Consent` ([`fhir_consent`]) and yields `Result<Event, DecodeError>`;
 //! - [`pseudonym`]: the HMAC-SHA256 key ring that turns patient identifiers into keyed
 //!   pseudonyms carrying their key id;
 //! - [`row`]: the ClickHouse row types and the conversion from events;
@@ -20,6 +20,7 @@ pub mod decode;
 pub mod error;
 pub mod event;
 pub mod fhir_audit;
+pub mod fhir_consent;
 pub mod jsonschema;
 pub mod keycloak;
 pub mod migrations;

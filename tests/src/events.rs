@@ -94,6 +94,33 @@ pub fn fhir_access(id: &str, raw: &Raw) -> Value {
     )
 }
 
+/// A FHIR R4 `Consent` resource (tenant `general`) of `raw.patient` and its AS subject
+/// granting `patient-app` lab results, with `status` and `provision.period.end`.
+pub fn fhir_consent(id: &str, raw: &Raw, status: &str, period_end: &str) -> Value {
+    json!({
+        "resourceType": "Consent",
+        "id": id,
+        "meta": {"versionId": "1", "lastUpdated": "2026-05-04T10:11:12Z", "source": "ehr.test",
+                 "tag": [{"system": "urn:custos:tenant", "code": "general"}]},
+        "status": status,
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{}", raw.patient)},
+        "dateTime": "2026-05-04",
+        "extension": [
+            {"url": "urn:custos:fhir:extension:oauth-scope", "valueString": "launch/patient patient/Observation.rs?category=laboratory"},
+            {"url": "urn:custos:fhir:extension:as-subject", "valueString": raw.patient_sub},
+            {"url": "urn:custos:fhir:extension:as-issuer", "valueUri": ISS}
+        ],
+        "provision": {
+            "type": "permit",
+            "period": {"start": "2026-01-01", "end": period_end},
+            "actor": [{"reference": {"identifier": {"system": "urn:ietf:params:oauth:client-id", "value": "patient-app"}}}],
+            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]
+        }
+    })
+}
+
 /// One structured CloudEvent of every event type (`id` = `{prefix}-{n}`).
 pub fn every_type(prefix: &str, raw: &Raw) -> Vec<(String, Value)> {
     let p = |n: u32| format!("{prefix}-{n}");

@@ -11,6 +11,11 @@
 //! introspection answers `active: false` and the user's consent list is empty. A SET
 //! receiver in the test verifies the SETs' ES256 signatures against the JWKS the consent
 //! service publishes.
+//!
+//! The privacy API is called with real Keycloak access tokens: each realm also gets
+//! confidential clients with a service account holding the `privacy_officer` or `auditor`
+//! realm role (or none) and an audience mapper adding [`AUDIENCE`]; the consent service
+//! validates them against the realm's JWKS (`CUSTOS_OIDC_*`, the query API's settings).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +32,15 @@ use p256::ecdsa::signature::Verifier;
 use serde_json::{json, Value};
 
 const SEAL_KEYS: &str = "ts1=6b6579206f6620746865207465737420636f6e73656e74207365616c696e6721";
-const DEV_TOKEN: &str = "consent-e2e-dev-token";
+/// `aud` the consent service accepts (`CUSTOS_OIDC_AUDIENCE`), added by an audience mapper.
+const AUDIENCE: &str = "custos-privacy-api";
+/// Service-account clients of the privacy API and the realm role each holds.
+const PRIVACY_CLIENTS: [(&str, Option<&str>); 3] = [
+    ("custos-privacy-officer", Some("privacy_officer")),
+    ("custos-auditor", Some("auditor")),
+    ("custos-no-role", None),
+];
+const PRIVACY_SECRET: &str = "privacy-client-secret-0123456789";
 const CLIENT: &str = "growth-chart-app";
 const CLIENT_SECRET: &str = "growth-chart-secret";
 const REDIRECT: &str = "http://127.0.0.1:1/callback";
@@ -71,6 +84,16 @@ struct Kc {
 struct Tokens {
     access: String,
     refresh: String,
+}
+
+/// Access tokens of the privacy API's service-account clients.
+struct PrivacyTokens {
+    /// `privacy_officer`.
+    officer: String,
+    /// `auditor`.
+    auditor: String,
+    /// No Custos role.
+    no_role: String,
 }
 
 /// A minimal cookie jar for the browser-like login.
@@ -155,16 +178,121 @@ impl Kc {
         Ok((status, resp.text().await?))
     }
 
-    /// Realm (id = name, so Keycloak events' realmId names it), client and patient user.
-    async fn setup(&self, realm: &str, user: &str) -> Result<String> {
+    /// A realm (id = name, so Keycloak events' realmId names it) whose access tokens live
+    /// an hour (a benchmark outlasts the 5-minute default), with the privacy API's clients.
+    async fn create_realm(&self, realm: &str) -> Result<()> {
         let (s, b) = self
             .admin(
                 reqwest::Method::POST,
                 "",
-                Some(json!({"id": realm, "realm": realm, "enabled": true})),
+                Some(json!({"id": realm, "realm": realm, "enabled": true, "accessTokenLifespan": 3600})),
             )
             .await?;
         ensure!(s == 201, "create realm: {s} {b}");
+        for role in ["privacy_officer", "auditor"] {
+            let (s, b) = self
+                .admin(
+                    reqwest::Method::POST,
+                    &format!("/{realm}/roles"),
+                    Some(json!({"name": role})),
+                )
+                .await?;
+            ensure!(s == 201, "create role {role}: {s} {b}");
+        }
+        for (client, role) in PRIVACY_CLIENTS {
+            let (s, b) = self
+                .admin(
+                    reqwest::Method::POST,
+                    &format!("/{realm}/clients"),
+                    Some(json!({
+                        "clientId": client, "secret": PRIVACY_SECRET, "publicClient": false,
+                        "serviceAccountsEnabled": true, "standardFlowEnabled": false,
+                        "directAccessGrantsEnabled": false,
+                        "protocolMappers": [{
+                            "name": "custos-privacy-audience", "protocol": "openid-connect",
+                            "protocolMapper": "oidc-audience-mapper",
+                            "config": {"included.custom.audience": AUDIENCE,
+                                       "access.token.claim": "true", "id.token.claim": "false"}
+                        }]
+                    })),
+                )
+                .await?;
+            ensure!(s == 201, "create client {client}: {s} {b}");
+            let Some(role) = role else { continue };
+            let (_, b) = self
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/{realm}/clients?clientId={client}"),
+                    None,
+                )
+                .await?;
+            let clients: Value = serde_json::from_str(&b)?;
+            let uuid = clients[0]["id"].as_str().context("client uuid")?;
+            let (_, b) = self
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/{realm}/clients/{uuid}/service-account-user"),
+                    None,
+                )
+                .await?;
+            let sa: Value = serde_json::from_str(&b)?;
+            let sa_id = sa["id"].as_str().context("service account user")?;
+            let (s, b) = self
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/{realm}/roles/{role}"),
+                    None,
+                )
+                .await?;
+            ensure!(s == 200, "role {role}: {s} {b}");
+            let rep: Value = serde_json::from_str(&b)?;
+            let (s, b) = self
+                .admin(
+                    reqwest::Method::POST,
+                    &format!("/{realm}/users/{sa_id}/role-mappings/realm"),
+                    Some(json!([rep])),
+                )
+                .await?;
+            ensure!(s == 204, "map role {role}: {s} {b}");
+        }
+        Ok(())
+    }
+
+    /// A client-credentials access token of a privacy API client.
+    async fn client_token(&self, realm: &str, client: &str) -> Result<String> {
+        let v: Value = self
+            .http
+            .post(format!(
+                "{}/realms/{realm}/protocol/openid-connect/token",
+                self.base
+            ))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client),
+                ("client_secret", PRIVACY_SECRET),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        v["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no token for {client}: {v}"))
+    }
+
+    /// Tokens of the three privacy API clients of `realm`.
+    async fn privacy_tokens(&self, realm: &str) -> Result<PrivacyTokens> {
+        Ok(PrivacyTokens {
+            officer: self.client_token(realm, PRIVACY_CLIENTS[0].0).await?,
+            auditor: self.client_token(realm, PRIVACY_CLIENTS[1].0).await?,
+            no_role: self.client_token(realm, PRIVACY_CLIENTS[2].0).await?,
+        })
+    }
+
+    /// Realm (see [`Kc::create_realm`]), the SMART client and a patient user.
+    async fn setup(&self, realm: &str, user: &str) -> Result<String> {
+        self.create_realm(realm).await?;
         let (s, b) = self
             .admin(
                 reqwest::Method::POST,
@@ -478,9 +606,15 @@ struct Service {
     url: String,
     log: std::path::PathBuf,
     http: reqwest::Client,
+    /// A `privacy_officer` access token.
+    token: String,
 }
 
 struct Setup {
+    /// Realm whose tokens the privacy API accepts (`CUSTOS_OIDC_ISSUER`).
+    realm: String,
+    /// A `privacy_officer` access token of that realm.
+    token: String,
     consent_topic: String,
     as_topic: String,
     revocations_topic: String,
@@ -512,7 +646,12 @@ impl Service {
             .env("CUSTOS_PSEUDONYM_KEYS", TEST_KEYS)
             .env("CUSTOS_CONSENT_SEAL_KEYS", SEAL_KEYS)
             .env("CUSTOS_CONSENT_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("CUSTOS_CONSENT_DEV_TOKEN", DEV_TOKEN)
+            .env(
+                "CUSTOS_OIDC_ISSUER",
+                format!("{}/realms/{}", kc_url(), s.realm),
+            )
+            .env("CUSTOS_OIDC_AUDIENCE", AUDIENCE)
+            .env("CUSTOS_OIDC_ROLES_CLAIM", "realm_access.roles")
             .env("CUSTOS_KEYCLOAK_URL", &s.keycloak_url)
             .env("CUSTOS_KEYCLOAK_ADMIN_PASSWORD", &s.admin_password)
             .env("CUSTOS_SSF_RECEIVERS", s.receivers.to_string())
@@ -531,6 +670,7 @@ impl Service {
             url: format!("http://127.0.0.1:{port}"),
             log,
             http: http(),
+            token: s.token.clone(),
         })
     }
 
@@ -560,7 +700,7 @@ impl Service {
         let r = self
             .http
             .get(format!("{}{path}", self.url))
-            .bearer_auth(DEV_TOKEN)
+            .bearer_auth(&self.token)
             .send()
             .await?;
         ensure!(r.status() == 200, "GET {path}: {}", r.status());
@@ -571,12 +711,38 @@ impl Service {
         let r = self
             .http
             .post(format!("{}{path}", self.url))
-            .bearer_auth(DEV_TOKEN)
+            .bearer_auth(&self.token)
             .json(&body)
             .send()
             .await?;
         let s = r.status().as_u16();
         Ok((s, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// A request with an explicit bearer token (or none): status, content type, JSON body.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, String, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Ok((status, ct, r.json().await.unwrap_or(Value::Null)))
     }
 
     /// Waits until `pred` holds for the consents of (tenant, patient).
@@ -773,9 +939,12 @@ async fn revocation_reaches_keycloak_and_receivers_and_replay_pushes_nothing_twi
         "Keycloak holds no consent: {before:?}"
     );
 
+    let privacy = kc.privacy_tokens(&realm).await?;
     let (consent_topic, as_topic, rev_topic) = topics("consent-kc").await?;
     let (receiver, endpoint) = Receiver::start(false).await?;
     let setup = Setup {
+        realm: realm.clone(),
+        token: privacy.officer.clone(),
         consent_topic: consent_topic.clone(),
         as_topic: as_topic.clone(),
         revocations_topic: rev_topic.clone(),
@@ -816,13 +985,56 @@ async fn revocation_reaches_keycloak_and_receivers_and_replay_pushes_nothing_twi
         "{smart}"
     );
 
-    // Revoke through the privacy API (by patient + client); it goes through Kafka.
-    let (status, body) = svc
-        .post(
+    // The privacy API takes the query API's OIDC bearer tokens, here issued by Keycloak.
+    let revoke = json!({"tenant": realm, "patient": user_id, "client_id": CLIENT, "reason": "patient withdrew consent by phone"});
+    let read = format!("/v1/consents?tenant={realm}&patient={user_id}");
+    let post = reqwest::Method::POST;
+    let get = reqwest::Method::GET;
+    // No token, a garbage token, the patient's own SMART token (right realm, not this
+    // audience): 401 problems.
+    for token in [None, Some("not-a-token"), Some(tokens.access.as_str())] {
+        for (m, path, body) in [
+            (&post, "/v1/consents/revoke", Some(&revoke)),
+            (&get, read.as_str(), None),
+        ] {
+            let (s, ct, v) = svc.call(m.clone(), path, token, body).await?;
+            assert_eq!(s, 401, "{m} {path}: {v}");
+            assert_eq!(ct, "application/problem+json");
+            assert_eq!(v["status"], 401);
+        }
+    }
+    // An auditor reads but may not revoke; a token without a Custos role does neither.
+    let (s, ct, v) = svc
+        .call(
+            post.clone(),
             "/v1/consents/revoke",
-            json!({"tenant": realm, "patient": user_id, "client_id": CLIENT, "reason": "patient withdrew consent by phone"}),
+            Some(&privacy.auditor),
+            Some(&revoke),
         )
         .await?;
+    assert_eq!((s, ct.as_str()), (403, "application/problem+json"), "{v}");
+    let (s, _, v) = svc
+        .call(get.clone(), &read, Some(&privacy.auditor), None)
+        .await?;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["consents"][0]["current"]["status"], "active");
+    for (m, path, body) in [
+        (&post, "/v1/consents/revoke", Some(&revoke)),
+        (&get, read.as_str(), None),
+    ] {
+        let (s, _, v) = svc
+            .call(m.clone(), path, Some(&privacy.no_role), body)
+            .await?;
+        assert_eq!(s, 403, "{m} {path}: {v}");
+    }
+    assert!(
+        !svc.log_text().contains(&tokens.access),
+        "a bearer token was logged"
+    );
+
+    // Revoke through the privacy API as the privacy officer (by patient + client); it goes
+    // through Kafka.
+    let (status, body) = svc.post("/v1/consents/revoke", revoke.clone()).await?;
     assert_eq!(status, 202, "{body}");
     let v = svc
         .wait_consents(&realm, &user_id, "the pushes", |v| all_final(v, 3))
@@ -844,6 +1056,20 @@ async fn revocation_reaches_keycloak_and_receivers_and_replay_pushes_nothing_twi
         "{v:#}"
     );
     assert_eq!(v["consents"][0]["current"]["status"], "revoked");
+    // The revocation names the officer who asked for it.
+    let revoked = v["consents"][0]["history"]
+        .as_array()
+        .and_then(|h| {
+            h.iter()
+                .find(|r| r["event_type"] == "custos.consent.revoked")
+        })
+        .cloned()
+        .context("revocation in the history")?;
+    assert_eq!(
+        revoked["actor"],
+        format!("service-account-{}", PRIVACY_CLIENTS[0].0),
+        "{revoked}"
+    );
 
     // Through Keycloak itself: the tokens are dead and the consent is gone.
     assert!(
@@ -948,9 +1174,12 @@ async fn keycloak_down_then_back_is_delivered_after_retries() -> Result<()> {
     let user_id = kc.setup(&realm, "patient-two").await?;
     let tokens = kc.login_with_consent(&realm, "patient-two").await?;
     let (consent_topic, as_topic, rev_topic) = topics("consent-down").await?;
-    // Custos reaches Keycloak only through a proxy that starts down.
+    // Custos reaches Keycloak's admin API only through a proxy that starts down (tokens
+    // are checked against the realm's JWKS directly).
     let mut proxy = Proxy::new();
     let setup = Setup {
+        realm: realm.clone(),
+        token: kc.privacy_tokens(&realm).await?.officer,
         consent_topic,
         as_topic: as_topic.clone(),
         revocations_topic: rev_topic,
@@ -1044,9 +1273,15 @@ async fn keycloak_down_then_back_is_delivered_after_retries() -> Result<()> {
 async fn refusals_are_recorded_failures_and_expiry_deprovisioning_and_fhir_consents_revoke(
 ) -> Result<()> {
     migrate()?;
+    // A realm for the privacy API's tokens only.
+    let kc = Kc::new();
+    let realm = unique("kcfail").replace('-', "");
+    kc.create_realm(&realm).await?;
     let (consent_topic, as_topic, rev_topic) = topics("consent-fail").await?;
     let (receiver, endpoint) = Receiver::start(true).await?;
     let setup = Setup {
+        realm: realm.clone(),
+        token: kc.privacy_tokens(&realm).await?.officer,
         consent_topic: consent_topic.clone(),
         as_topic: as_topic.clone(),
         revocations_topic: rev_topic,
@@ -1188,13 +1423,11 @@ async fn refusals_are_recorded_failures_and_expiry_deprovisioning_and_fhir_conse
     assert!(failed.len() >= 6, "{failed:?}");
     assert_eq!(receiver.received().len(), 3);
     // Bad bearer tokens are refused.
-    let r = svc
-        .http
-        .get(format!("{}/v1/revocations", svc.url))
-        .bearer_auth("wrong")
-        .send()
+    let (s, ct, _) = svc
+        .call(reqwest::Method::GET, "/v1/revocations", Some("wrong"), None)
         .await?;
-    assert_eq!(r.status(), 401);
+    assert_eq!((s, ct.as_str()), (401, "application/problem+json"));
+    kc.delete_realm(&realm).await;
     Ok(())
 }
 
@@ -1299,6 +1532,8 @@ async fn bench_revocation_propagation() -> Result<()> {
     let ingest = Ingest::spawn(&topics, &[])?;
     ingest.wait_ready(Duration::from_secs(60)).await?;
     let setup = Setup {
+        realm: realm.clone(),
+        token: kc.privacy_tokens(&realm).await?.officer,
         consent_topic: topics.consent.clone(),
         as_topic: topics.as_events.clone(),
         revocations_topic: rev_topic,

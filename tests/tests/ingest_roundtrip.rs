@@ -101,6 +101,20 @@ async fn every_format_and_type_round_trips_without_leaking_identifiers() -> Resu
     for (_, bytes) in fixtures("fhir") {
         msgs.push((topics.gateway.clone(), Msg::raw(bytes)));
     }
+    // FHIR Consent resources on the consent topic: granted, withdrawn, expired, and a draft
+    // (not a decision: dead-lettered).
+    let fc = unique("fc");
+    let fhir_consents = [
+        ("active", "2027-01-01", "custos.consent.granted"),
+        ("inactive", "2027-01-01", "custos.consent.revoked"),
+        ("inactive", "2026-05-01", "custos.consent.expired"),
+    ];
+    for (i, (status, end, _)) in fhir_consents.iter().enumerate() {
+        let c = events::fhir_consent(&format!("{fc}-{i}"), &raw, status, end);
+        msgs.push((topics.consent.clone(), Msg::json(&c)));
+    }
+    let draft = events::fhir_consent(&format!("{fc}-draft"), &raw, "draft", "2027-01-01");
+    msgs.push((topics.consent.clone(), Msg::json(&draft)));
     // Fixtures are shared by tests: give them unique ids so this run's rows are its own.
     let tag = unique("fx");
     for (_, m) in msgs.iter_mut() {
@@ -117,7 +131,7 @@ async fn every_format_and_type_round_trips_without_leaking_identifiers() -> Resu
     let expected = expected_rows(&msgs, &keys);
     let rejected = msgs.len() - expected.len();
     assert!(
-        expected.len() >= 13 + 2 + 15 + 7,
+        expected.len() >= 13 + 2 + 15 + 7 + 3,
         "only {} decodable",
         expected.len()
     );
@@ -163,6 +177,7 @@ async fn every_format_and_type_round_trips_without_leaking_identifiers() -> Resu
             "cloudevents",
             "cloudevents-binary",
             "fhir-auditevent",
+            "fhir-consent",
             "keycloak",
             "keycloak-admin"
         ]
@@ -193,9 +208,54 @@ async fn every_format_and_type_round_trips_without_leaking_identifiers() -> Resu
         keys.pseudonymize("general", PseudonymKind::Patient, &raw.patient)
     );
 
-    // The unmappable fixtures went to the DLQ, not silently away.
+    // FHIR Consents are consent audit records: patient and AS subject pseudonymized.
+    let consents: Vec<(String, String, String, String, String, String)> = admin()
+        .query(
+            "SELECT consent_id, event_type, patient, user_sub, client_id, reason \
+             FROM custos.audit_events FINAL WHERE kafka_topic = ? AND source_format = 'fhir-consent' \
+             ORDER BY consent_id",
+        )
+        .bind(&topics.consent)
+        .fetch_all()
+        .await?;
+    assert_eq!(consents.len(), fhir_consents.len(), "{consents:?}");
+    for (i, (id, ty, patient, sub, client, reason)) in consents.iter().enumerate() {
+        assert_eq!(id, &format!("{tag}-{fc}-{i}"));
+        assert_eq!(ty, fhir_consents[i].2, "{id}");
+        assert_eq!(
+            patient,
+            &keys.pseudonymize("general", PseudonymKind::Patient, &raw.patient)
+        );
+        assert_eq!(
+            sub,
+            &keys.pseudonymize("general", PseudonymKind::Subject, &raw.patient_sub)
+        );
+        assert_eq!(client, "patient-app");
+        assert_eq!(reason.is_empty(), i == 0, "{id}: {reason}");
+    }
+
+    // The unmappable fixtures went to the DLQ, not silently away; of the FHIR Consents
+    // only the draft did.
     let dlq = consume_all(&topics.dlq, rejected, Duration::from_secs(30))?;
     assert_eq!(dlq.len(), rejected);
+    let dead_consents: Vec<String> = dlq
+        .iter()
+        .filter_map(|(payload, headers)| {
+            let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+            (v["resourceType"] == "Consent").then(|| {
+                let reason = headers
+                    .get("custos-reason")
+                    .map(|r| String::from_utf8_lossy(r).to_string())
+                    .unwrap_or_default();
+                format!("{} {reason}", v["id"].as_str().unwrap_or_default())
+            })
+        })
+        .collect();
+    assert_eq!(
+        dead_consents,
+        vec![format!("{}-{fc}-draft unknown_type", tag)],
+        "FHIR Consents in the DLQ"
+    );
 
     // No raw patient identifier in any table, nor in the service's log.
     let mut secrets = raw.all();
