@@ -247,8 +247,18 @@ fn check_reason(reason: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn tenant_or_default(core: &Core, tenant: Option<String>) -> Result<String, ApiError> {
+/// The request's tenant (default `CUSTOS_DEFAULT_TENANT`), validated and checked against the
+/// tenants the caller's token lists (`CUSTOS_OIDC_TENANTS_CLAIM`; 403 otherwise).
+fn tenant_or_default(
+    core: &Core,
+    caller: &Caller,
+    tenant: Option<String>,
+) -> Result<String, ApiError> {
     let t = tenant.unwrap_or_else(|| core.default_tenant.clone());
+    if !caller.may_read_tenant(&t) {
+        info!(client = %caller.client, "privacy API call refused: tenant not in the token");
+        return Err(ApiError::forbidden());
+    }
     let ok = !t.is_empty()
         && t.len() <= 64
         && t.chars()
@@ -325,7 +335,7 @@ async fn revoke_by_id(
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
     check_reason(&body.reason)?;
-    let tenant = tenant_or_default(&core, body.tenant)?;
+    let tenant = tenant_or_default(&core, &caller, body.tenant)?;
     let consent = core
         .book
         .read()
@@ -358,7 +368,7 @@ async fn revoke_by_patient(
     if body.patient.trim().is_empty() || body.client_id.trim().is_empty() {
         return Err(ApiError::bad("patient and client_id are required"));
     }
-    let tenant = tenant_or_default(&core, body.tenant)?;
+    let tenant = tenant_or_default(&core, &caller, body.tenant)?;
     let pseudonyms = core
         .keys
         .lookup_all(&tenant, PseudonymKind::Patient, &body.patient);
@@ -399,7 +409,7 @@ struct ListQuery {
 }
 
 async fn list_consents(
-    _auth: Reader,
+    Reader(caller): Reader,
     State(core): State<Arc<Core>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -407,7 +417,7 @@ async fn list_consents(
     if q.patient.trim().is_empty() {
         return Err(ApiError::bad("query parameter `patient` is required"));
     }
-    let tenant = tenant_or_default(&core, q.tenant)?;
+    let tenant = tenant_or_default(&core, &caller, q.tenant)?;
     let pseudonyms = core
         .keys
         .lookup_all(&tenant, PseudonymKind::Patient, &q.patient);
@@ -453,11 +463,22 @@ struct ReportQuery {
     limit: Option<u64>,
 }
 
+/// The revocation reports span every tenant: a caller bound to some tenants
+/// (`CUSTOS_OIDC_TENANTS_CLAIM`) may not read them.
+fn all_tenants(caller: &Caller) -> Result<(), ApiError> {
+    if caller.tenants.is_none() {
+        return Ok(());
+    }
+    info!(client = %caller.client, "privacy API call refused: cross-tenant report for a tenant-bound token");
+    Err(ApiError::forbidden())
+}
+
 async fn revocations(
-    _auth: Reader,
+    Reader(caller): Reader,
     State(core): State<Arc<Core>>,
     Query(q): Query<ReportQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    all_tenants(&caller)?;
     if let Some(s) = &q.state {
         if !matches!(s.as_str(), "requested" | "delivered" | "failed" | "skipped") {
             return Err(ApiError::bad(
@@ -474,10 +495,11 @@ async fn revocations(
 }
 
 async fn attempts(
-    _auth: Reader,
+    Reader(caller): Reader,
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    all_tenants(&caller)?;
     let rows = core
         .store
         .attempts(&id)

@@ -192,6 +192,7 @@ impl<'a> AuditParams<'a> {
 #[allow(clippy::too_many_arguments)]
 fn common(
     state: &AppState,
+    caller: &Caller,
     default_days: u32,
     tenant: &Option<String>,
     from: &Option<String>,
@@ -200,7 +201,7 @@ fn common(
     cursor: &Option<String>,
     format: &Option<String>,
 ) -> Result<Common, ApiError> {
-    Common::parse(
+    let c = Common::parse(
         &state.settings.limits,
         default_days,
         tenant.as_deref(),
@@ -209,7 +210,29 @@ fn common(
         limit.as_deref(),
         cursor.as_deref(),
         format.as_deref(),
-    )
+    )?;
+    tenant_allowed(caller, &c.tenant)?;
+    Ok(c)
+}
+
+/// Refuses (403) a cross-tenant request (integrity chains) from a token bound to some tenants.
+pub fn all_tenants(caller: &Caller) -> Result<(), ApiError> {
+    if caller.tenants.is_none() {
+        return Ok(());
+    }
+    info!(caller = %caller.sub, "request refused: cross-tenant data for a tenant-bound token");
+    metrics::counter!("custos_query_forbidden_total", "report" => "tenant").increment(1);
+    Err(ApiError::Forbidden)
+}
+
+/// Refuses (403) a tenant the caller's token does not list (`CUSTOS_OIDC_TENANTS_CLAIM`).
+pub fn tenant_allowed(caller: &Caller, tenant: &str) -> Result<(), ApiError> {
+    if caller.may_read_tenant(tenant) {
+        return Ok(());
+    }
+    info!(caller = %caller.sub, tenant, "report refused: tenant not in the token");
+    metrics::counter!("custos_query_forbidden_total", "report" => "tenant").increment(1);
+    Err(ApiError::Forbidden)
 }
 
 /// Parameters of `/v1/reports/patient-access`.
@@ -261,7 +284,7 @@ pub async fn patient_access(
     authorize(&s, &caller, report)?;
     let days = s.settings.limits.default_window_days;
     let c = common(
-        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
     )?;
     let patient = params::required_ident("patient", p.patient.as_deref())?;
     let user = params::ident("user", p.user.as_deref())?;
@@ -353,7 +376,7 @@ pub async fn user_activity(
     authorize(&s, &caller, report)?;
     let days = s.settings.limits.default_window_days;
     let c = common(
-        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
     )?;
     let user = params::required_ident("user", p.user.as_deref())?;
     let event_type = params::event_type(p.event_type.as_deref())?;
@@ -438,7 +461,7 @@ pub async fn token_trace(
     authorize(&s, &caller, report)?;
     let days = s.settings.limits.default_window_days;
     let c = common(
-        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
     )?;
     let jti = params::ident("jti", p.jti.as_deref())?;
     let session = params::ident("session", p.session.as_deref())?;
@@ -529,6 +552,7 @@ pub async fn disclosures(
     authorize(&s, &caller, report)?;
     let c = common(
         &s,
+        &caller,
         DISCLOSURE_WINDOW_DAYS,
         &p.tenant,
         &p.from,
@@ -601,7 +625,7 @@ pub async fn break_glass(
     authorize(&s, &caller, report)?;
     let days = s.settings.limits.default_window_days;
     let c = common(
-        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
     )?;
     let patient = params::ident("patient", p.patient.as_deref())?;
     let user = params::ident("user", p.user.as_deref())?;
@@ -666,7 +690,7 @@ pub async fn revocation_violations(
     authorize(&s, &caller, report)?;
     let days = s.settings.limits.default_window_days;
     let c = common(
-        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
     )?;
     let patient = params::ident("patient", p.patient.as_deref())?;
     let client = params::ident("client", p.client.as_deref())?;
@@ -730,7 +754,7 @@ pub async fn consent_history(
     authorize(&s, &caller, report)?;
     let days = s.settings.limits.default_window_days;
     let c = common(
-        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
     )?;
     let patient = params::required_ident("patient", p.patient.as_deref())?;
     let client = params::ident("client", p.client.as_deref())?;
@@ -794,7 +818,7 @@ pub async fn query_audit_report(
     authorize(&s, &caller, report)?;
     let days = s.settings.limits.default_window_days;
     let c = common(
-        &s, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
     )?;
     let filter = QueryAuditFilter {
         caller: params::ident("caller", p.caller.as_deref())?,

@@ -132,12 +132,22 @@ pub struct Caller {
     pub username: Option<String>,
     /// Known roles found in the roles claim.
     pub roles: Vec<Role>,
+    /// Tenants the caller may read, from `CUSTOS_OIDC_TENANTS_CLAIM`; `None` when no tenant
+    /// claim is configured (a single-tenant deployment: every tenant).
+    pub tenants: Option<Vec<String>>,
 }
 
 impl Caller {
     /// Whether the caller holds one of `allowed`.
     pub fn has_any(&self, allowed: &[Role]) -> bool {
         self.roles.iter().any(|r| allowed.contains(r))
+    }
+
+    /// Whether the caller may read `tenant` (always, without a configured tenant claim).
+    pub fn may_read_tenant(&self, tenant: &str) -> bool {
+        self.tenants
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|x| x == tenant))
     }
 
     /// Role names, for the query audit.
@@ -171,6 +181,7 @@ pub struct Authenticator {
     audiences: Vec<String>,
     explicit_jwks_url: Option<String>,
     roles_claim: Vec<String>,
+    tenants_claim: Option<Vec<String>>,
     algorithms: Vec<Algorithm>,
     leeway: u64,
     refresh_min: Duration,
@@ -241,8 +252,8 @@ fn key_algorithms(jwk: &Jwk) -> Vec<Algorithm> {
     }
 }
 
-/// Reads a dotted claim path; accepts an array of strings or a space-separated string.
-pub fn roles_at(claims: &Value, path: &[String]) -> Vec<Role> {
+/// The strings at a dotted claim path: an array of strings or a space-separated string.
+pub fn strings_at<'a>(claims: &'a Value, path: &[String]) -> Vec<&'a str> {
     let mut v = claims;
     for seg in path {
         match v.get(seg) {
@@ -250,11 +261,16 @@ pub fn roles_at(claims: &Value, path: &[String]) -> Vec<Role> {
             None => return Vec::new(),
         }
     }
-    let names: Vec<&str> = match v {
+    match v {
         Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
         Value::String(s) => s.split_ascii_whitespace().collect(),
         _ => Vec::new(),
-    };
+    }
+}
+
+/// Reads a dotted claim path; accepts an array of strings or a space-separated string.
+pub fn roles_at(claims: &Value, path: &[String]) -> Vec<Role> {
+    let names = strings_at(claims, path);
     let mut roles: Vec<Role> = names.into_iter().filter_map(Role::parse).collect();
     roles.sort_by_key(|r| r.as_str());
     roles.dedup();
@@ -279,6 +295,10 @@ impl Authenticator {
                 .filter(|a| !a.is_empty())
                 .collect(),
             explicit_jwks_url: args.oidc_jwks_url.clone(),
+            tenants_claim: args
+                .oidc_tenants_claim
+                .as_deref()
+                .map(|c| c.split('.').map(str::to_owned).collect()),
             roles_claim: args
                 .oidc_roles_claim
                 .split('.')
@@ -442,6 +462,12 @@ impl Authenticator {
             client,
             username,
             roles: roles_at(&claims, &self.roles_claim),
+            tenants: self.tenants_claim.as_ref().map(|path| {
+                strings_at(&claims, path)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect()
+            }),
         })
     }
 
@@ -503,10 +529,40 @@ mod tests {
             client: "console".into(),
             username: Some("privacy-pat".into()),
             roles: vec![Role::PrivacyOfficer],
+            tenants: None,
         };
         assert_eq!(c.actor(), "privacy-pat");
         c.username = None;
         assert_eq!(c.actor(), "3f1c");
+    }
+
+    #[test]
+    fn tenants_bind_only_when_a_claim_is_configured() {
+        let mut c = Caller {
+            sub: "3f1c".into(),
+            issuer: "https://as.example".into(),
+            client: "console".into(),
+            username: None,
+            roles: vec![Role::Auditor],
+            tenants: None,
+        };
+        assert!(c.may_read_tenant("any"));
+        let claims = json!({"custos": {"tenants": ["north", "south"]}, "tenant": "east"});
+        let path: Vec<String> = vec!["custos".into(), "tenants".into()];
+        c.tenants = Some(
+            strings_at(&claims, &path)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        );
+        assert!(c.may_read_tenant("north") && c.may_read_tenant("south"));
+        assert!(!c.may_read_tenant("east") && !c.may_read_tenant("nort"));
+        c.tenants = Some(Vec::new());
+        assert!(
+            !c.may_read_tenant("north"),
+            "a missing claim reads no tenant"
+        );
+        assert_eq!(strings_at(&claims, &["tenant".to_owned()]), vec!["east"]);
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub struct OidcArgs {
     /// Dotted path of the claim holding the caller's roles (`roles`, `realm_access.roles`).
     #[arg(long, env = "CUSTOS_OIDC_ROLES_CLAIM", default_value = "roles")]
     pub oidc_roles_claim: String,
+    /// Dotted path of a claim listing the tenants the caller may read (array or
+    /// space-separated string). Unset: every tenant (single-tenant deployments). Set: a request
+    /// for a tenant the token does not list is refused with 403.
+    #[arg(long, env = "CUSTOS_OIDC_TENANTS_CLAIM")]
+    pub oidc_tenants_claim: Option<String>,
     /// Accepted signature algorithms, comma separated (asymmetric only: RS*, PS*, ES256,
     /// ES384, EdDSA; `none` and HS* are refused).
     #[arg(
@@ -249,6 +254,12 @@ impl OidcArgs {
         }
         if self.oidc_audience.iter().all(|a| a.trim().is_empty()) {
             return bad("CUSTOS_OIDC_AUDIENCE must name at least one audience");
+        }
+        let tenants_ok = self.oidc_tenants_claim.as_deref().is_none_or(|c| {
+            !c.is_empty() && c.split('.').all(|seg| !seg.is_empty() && seg.len() <= 64)
+        });
+        if !tenants_ok {
+            return bad("CUSTOS_OIDC_TENANTS_CLAIM must be a dotted claim path");
         }
         let path_ok = !self.oidc_roles_claim.is_empty()
             && self

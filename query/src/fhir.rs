@@ -321,6 +321,7 @@ pub async fn search(
         after: cursor,
         format: Format::Json,
     };
+    crate::api::tenant_allowed(&caller, &c.tenant)?;
     let filter = EventFilter {
         patients: patient
             .as_deref()

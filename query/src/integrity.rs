@@ -339,6 +339,8 @@ pub async fn verify_chains(
 ) -> Result<Response, ApiError> {
     let report = Report::IntegrityVerify;
     authorize(&s, &caller, report)?;
+    // Chains span every tenant of a partition: tenant-bound tokens may not read them.
+    crate::api::all_tenants(&caller)?;
     let scope = verify_scope(&p)?;
     let mut audit = Map::new();
     audit.insert("topic".into(), json!(scope.topic));
@@ -646,6 +648,8 @@ pub async fn proof(
 ) -> Result<Response, ApiError> {
     let report = Report::IntegrityProof;
     authorize(&s, &caller, report)?;
+    // Chains span every tenant of a partition: tenant-bound tokens may not read them.
+    crate::api::all_tenants(&caller)?;
     let timer = Instant::now();
     let (record, tenant, audit_params) = find_record(&s, &p).await?;
     let asked = Asked::new(&caller, report.name(), &tenant, audit_params, "json");

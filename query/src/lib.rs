@@ -120,7 +120,9 @@ pub const OPTIONAL_READER_SETTINGS: &[(&str, &str)] =
 impl AppState {
     /// Probes the server for [`OPTIONAL_READER_SETTINGS`] and applies the known ones to the
     /// reader client. Returns the names applied; an unreachable server applies none.
-    pub async fn enable_optional_settings(&mut self) -> Result<Vec<&'static str>, clickhouse::error::Error> {
+    pub async fn enable_optional_settings(
+        &mut self,
+    ) -> Result<Vec<&'static str>, clickhouse::error::Error> {
         let mut applied = Vec::new();
         for (name, value) in OPTIONAL_READER_SETTINGS {
             let known: u64 = self

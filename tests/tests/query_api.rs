@@ -80,7 +80,12 @@ struct Cli {
 }
 
 fn app() -> Router {
-    let cli = Cli::try_parse_from([
+    app_with(&[])
+}
+
+/// The app with extra command-line options.
+fn app_with(extra: &[&str]) -> Router {
+    let base = [
         "custos-query",
         "--oidc-issuer",
         issuer(),
@@ -96,8 +101,8 @@ fn app() -> Router {
         &clickhouse_url(),
         "--public-url",
         "http://127.0.0.1:8088",
-    ])
-    .expect("config");
+    ];
+    let cli = Cli::try_parse_from(base.iter().chain(extra)).expect("config");
     let state = custos_query::AppState::new(&cli.config, None).expect("state");
     custos_query::app(state)
 }
@@ -1246,6 +1251,62 @@ async fn role_matrix() -> Result<()> {
     }
     assert_eq!(get(&app, "/metrics", None).await.status, 200);
     assert_eq!(get(&app, "/nope", None).await.status, 404);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_claim_binds_every_tenant_scoped_endpoint() -> Result<()> {
+    ensure_schema()?;
+    let app = app_with(&["--oidc-tenants-claim", "custos.tenants"]);
+    let mine = unique("qtm");
+    let other = unique("qto");
+    let bound = |sub: &str, tenants: Value| {
+        let mut c = claims(sub, &["auditor"]);
+        c["custos"] = json!({ "tenants": tenants });
+        sign(Algorithm::RS256, "rsa-1", &c)
+    };
+    let mine_only = bound("tenant-bound", json!([mine]));
+    let unbound = token("no-tenant-claim", &["auditor"]);
+    for t in [mine.as_str(), other.as_str()] {
+        let paths = [
+            url(
+                "/v1/reports/patient-access",
+                &[("tenant", t), ("patient", "x")],
+            ),
+            url("/v1/reports/user-activity", &[("tenant", t), ("user", "x")]),
+            url(
+                "/v1/reports/disclosures",
+                &[("tenant", t), ("patient", "x")],
+            ),
+            url("/v1/reports/break-glass", &[("tenant", t)]),
+            url("/v1/reports/token-trace", &[("tenant", t), ("jti", "x")]),
+            url("/v1/reports/revocation-violations", &[("tenant", t)]),
+            url("/v1/consents", &[("tenant", t), ("patient", "x")]),
+            url("/v1/reports/query-audit", &[("tenant", t)]),
+            url("/fhir/AuditEvent", &[("tenant", t), ("patient", "x")]),
+        ];
+        for path in &paths {
+            let want = if t == mine { 200 } else { 403 };
+            let r = get(&app, path, Some(&mine_only)).await;
+            assert_eq!(r.status.as_u16(), want, "{path}: {}", r.text());
+            // A token without the claim reads no tenant once the claim is configured.
+            let r = get(&app, path, Some(&unbound)).await;
+            assert_eq!(r.status, 403, "{path} without the claim: {}", r.text());
+            assert_eq!(r.content_type, "application/problem+json");
+        }
+    }
+    // Integrity chains span every tenant: refused to a tenant-bound token.
+    let r = get(&app, "/v1/integrity/verify", Some(&mine_only)).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // A space-separated claim works like an array.
+    let spaced = bound("tenant-bound-2", json!(format!("{other} {mine}")));
+    let r = get(
+        &app,
+        &url("/v1/reports/break-glass", &[("tenant", &other)]),
+        Some(&spaced),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
     Ok(())
 }
 
