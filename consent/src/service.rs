@@ -239,10 +239,33 @@ pub async fn run(
         Duration::from_secs(cfg.expiry_scan_secs),
         cancel.clone(),
     ));
-    let consumer: StreamConsumer =
-        crate::consumer::consumer_config(&cfg.brokers, &cfg.group_id).create()?;
-    let result =
-        crate::consumer::run(core.clone(), consumer, topics, applied, cancel.clone()).await;
+    // One consumer per topic (same group): a privacy-team revocation on the consent topic is
+    // folded and pushed without waiting behind a burst of AS events in a shared batch.
+    let mut runs = Vec::new();
+    for topic in topics {
+        let consumer: StreamConsumer =
+            crate::consumer::consumer_config(&cfg.brokers, &cfg.group_id).create()?;
+        let mine: std::collections::HashMap<(String, i32), i64> = applied
+            .iter()
+            .filter(|((t, _), _)| *t == topic)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let (core, cancel) = (core.clone(), cancel.clone());
+        runs.push(tokio::spawn(async move {
+            let r = crate::consumer::run(core, consumer, vec![topic], mine, cancel.clone()).await;
+            // Either consumer ending (SIGTERM or a fatal error) stops the service.
+            cancel.cancel();
+            r
+        }));
+    }
+    let mut result = Ok(());
+    for r in runs {
+        match r.await {
+            Ok(Err(e)) if result.is_ok() => result = Err(e),
+            Err(e) => warn!(error = %e, "consumer task failed"),
+            _ => {}
+        }
+    }
     cancel.cancel();
     let _ = scanner.await;
     let _ = http.await;
