@@ -67,7 +67,11 @@ pub async fn migrate(cfg: &MigrateConfig) -> Result<Vec<u32>, MigrateError> {
             None => false,
         };
         if in_place {
-            info!(version = m.version, name = m.name, "migration already in effect; recording it");
+            info!(
+                version = m.version,
+                name = m.name,
+                "migration already in effect; recording it"
+            );
         } else {
             for stmt in m.statements(cfg.retention_days) {
                 client.query(&stmt).execute().await?;
