@@ -30,6 +30,7 @@ pub struct Chainer {
 struct HeadRow {
     kafka_offset: i64,
     record_hash: String,
+    event_key: String,
 }
 
 impl Chainer {
@@ -55,7 +56,7 @@ impl Chainer {
             let query = self
                 .client
                 .query(
-                    "SELECT kafka_offset, record_hash FROM custos.audit_events \
+                    "SELECT kafka_offset, record_hash, event_key FROM custos.audit_events \
                      WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset < ? \
                        AND record_hash != '' \
                      ORDER BY kafka_offset DESC LIMIT 1",
@@ -68,6 +69,7 @@ impl Chainer {
                     let head = found.map(|r| Head {
                         offset: r.kafka_offset,
                         hash: r.record_hash,
+                        event_key: r.event_key,
                     });
                     info!(
                         topic,

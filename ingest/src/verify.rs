@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use clickhouse::Client;
-use custos_schemas::chain::{chain_id, Finding, Verifier};
+use custos_schemas::chain::{chain_id, collapsed_copy, Finding, Verifier};
 use custos_schemas::checkpoint;
 use custos_schemas::AuditRow;
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,22 @@ pub struct ChainReport {
     pub checkpoints_ok: u64,
     /// Checkpoint problems.
     pub checkpoint_findings: Vec<CheckpointFinding>,
+    /// Positions whose record is gone but proven to be a copy of an event stored at another
+    /// position (a producer re-send collapsed by deduplication): not breaks.
+    pub collapsed_duplicates: Vec<CollapsedView>,
+}
+
+/// A chain position proven to hold a copy of an event kept at another position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CollapsedView {
+    /// The position whose record was collapsed.
+    pub offset: i64,
+    /// Event id of the event.
+    pub event_id: String,
+    /// Where the kept copy is (`topic/partition`, offset).
+    pub kept_at: String,
+    /// Its offset.
+    pub kept_offset: i64,
 }
 
 /// A serializable view of a [`Finding`].
@@ -169,6 +185,7 @@ async fn verify_chain(
         findings: Vec::new(),
         checkpoints_ok: 0,
         checkpoint_findings: Vec::new(),
+        collapsed_duplicates: Vec::new(),
     };
     if range.n == 0 {
         return Ok(report);
@@ -194,7 +211,7 @@ async fn verify_chain(
         .fetch_all()
         .await?;
     // last_offset -> (claims, records counted in range so far, head hash seen)
-    let mut claims: BTreeMap<i64, (checkpoint::Checkpoint, u64, Option<String>)> = BTreeMap::new();
+    let mut claims: Claims = BTreeMap::new();
     for cp in &cps {
         let problem = match jwks {
             None => Some("no JWKS given: signature not checked".to_owned()),
@@ -247,25 +264,55 @@ async fn verify_chain(
         .bind(hi)
         .fetch::<AuditRow>()?;
     while let Some(row) = cursor.next().await? {
-        if report.first_offset.is_none() {
-            report.first_offset = Some(row.kafka_offset);
-        }
-        report.last_offset = Some(row.kafka_offset);
-        // Checkpoints covering this offset: add those starting here, drop those ended.
-        while next_start < by_first.len() && by_first[next_start].0 <= row.kafka_offset {
-            active.push(by_first[next_start].1);
-            next_start += 1;
-        }
-        active.retain(|last| *last >= row.kafka_offset);
-        for last in &active {
-            if let Some((_, counted, head)) = claims.get_mut(last) {
-                *counted += 1;
-                if *last == row.kafka_offset {
-                    *head = Some(row.record_hash.clone());
+        // A gap before this record: try to prove the missing one is a collapsed duplicate,
+        // and if so account for it as present (the verifier and the checkpoints see it).
+        let gap = match verifier.head() {
+            Some((p_off, _)) => row.chain_prev_offset > p_off,
+            None => from_genesis && row.chain_prev_offset >= 0,
+        };
+        let mut records = vec![];
+        if gap && !row.prev_event_key.is_empty() {
+            let pred = verifier.head().map(|(o, h)| (o, h.to_owned()));
+            let survivor: Option<AuditRow> = client
+                .query(
+                    "SELECT ?fields FROM custos.audit_events FINAL \
+                     WHERE event_key = ? AND record_hash != '' LIMIT 1",
+                )
+                .bind(&row.prev_event_key)
+                .fetch_optional()
+                .await?;
+            if let Some(kept) = survivor {
+                let pred_ref = pred.as_ref().map(|(o, h)| (*o, h.as_str()));
+                if let Some(copy) = collapsed_copy(
+                    &kept,
+                    topic,
+                    partition,
+                    row.chain_prev_offset,
+                    pred_ref,
+                    &row.prev_hash,
+                ) {
+                    report.collapsed_duplicates.push(CollapsedView {
+                        offset: copy.kafka_offset,
+                        event_id: kept.event_id.clone(),
+                        kept_at: chain_id(&kept.kafka_topic, kept.kafka_partition),
+                        kept_offset: kept.kafka_offset,
+                    });
+                    records.push(copy);
                 }
             }
         }
-        verifier.push(&row);
+        records.push(row);
+        for row in records {
+            account(
+                &mut report,
+                &mut verifier,
+                &row,
+                &by_first,
+                &mut next_start,
+                &mut active,
+                &mut claims,
+            );
+        }
     }
     report.records = verifier.checked;
     report.findings = verifier.findings.iter().map(FindingView::from).collect();
@@ -288,4 +335,39 @@ async fn verify_chain(
         }
     }
     Ok(report)
+}
+
+/// Claims of the verified checkpoints: last offset -> (claims, records counted, head seen).
+type Claims = BTreeMap<i64, (checkpoint::Checkpoint, u64, Option<String>)>;
+
+/// Feeds one record (stored, or a proven collapsed copy) to the verifier and to the
+/// checkpoints covering its offset.
+fn account(
+    report: &mut ChainReport,
+    verifier: &mut Verifier,
+    row: &AuditRow,
+    by_first: &[(i64, i64)],
+    next_start: &mut usize,
+    active: &mut Vec<i64>,
+    claims: &mut Claims,
+) {
+    if report.first_offset.is_none() {
+        report.first_offset = Some(row.kafka_offset);
+    }
+    report.last_offset = Some(row.kafka_offset);
+    // Checkpoints covering this offset: add those starting here, drop those ended.
+    while *next_start < by_first.len() && by_first[*next_start].0 <= row.kafka_offset {
+        active.push(by_first[*next_start].1);
+        *next_start += 1;
+    }
+    active.retain(|last| *last >= row.kafka_offset);
+    for last in active.iter() {
+        if let Some((_, counted, head)) = claims.get_mut(last) {
+            *counted += 1;
+            if *last == row.kafka_offset {
+                *head = Some(row.record_hash.clone());
+            }
+        }
+    }
+    verifier.push(row);
 }

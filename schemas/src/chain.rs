@@ -33,6 +33,8 @@ pub struct Head {
     pub offset: i64,
     /// Its record hash (hex).
     pub hash: String,
+    /// Its event key.
+    pub event_key: String,
 }
 
 fn put(h: &mut Vec<u8>, bytes: &[u8]) {
@@ -148,17 +150,54 @@ pub fn link(row: &mut AuditRow, head: Option<&Head>) -> Head {
         Some(h) => {
             row.chain_prev_offset = h.offset;
             row.prev_hash.clone_from(&h.hash);
+            row.prev_event_key.clone_from(&h.event_key);
         }
         None => {
             row.chain_prev_offset = -1;
             row.prev_hash = GENESIS.to_owned();
+            row.prev_event_key.clear();
         }
     }
     row.record_hash = record_hash(&row.prev_hash, row);
     Head {
         offset: row.kafka_offset,
         hash: row.record_hash.clone(),
+        event_key: row.event_key.clone(),
     }
+}
+
+/// Whether the record missing at `offset` of `topic/partition`, whose successor names its hash
+/// (`expected_hash`), is a copy of `survivor` collapsed by deduplication: the same event stored
+/// again at another position. The candidate is `survivor` moved to that position and linked
+/// after `pred` (offset and hash of the previous stored record, `None` at the chain start);
+/// it is returned when its hash is the expected one. A different event reusing the same id, or
+/// a deleted record, gives `None`.
+pub fn collapsed_copy(
+    survivor: &AuditRow,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    pred: Option<(i64, &str)>,
+    expected_hash: &str,
+) -> Option<AuditRow> {
+    let mut r = survivor.clone();
+    r.kafka_topic = topic.to_owned();
+    r.kafka_partition = partition;
+    r.kafka_offset = offset;
+    match pred {
+        Some((o, h)) => {
+            r.chain_prev_offset = o;
+            h.clone_into(&mut r.prev_hash);
+        }
+        None => {
+            r.chain_prev_offset = -1;
+            r.prev_hash = GENESIS.to_owned();
+        }
+    }
+    // Unknown for the lost copy, and not hashed.
+    r.prev_event_key.clear();
+    r.record_hash = record_hash(&r.prev_hash, &r);
+    (r.record_hash == expected_hash).then_some(r)
 }
 
 /// A break found by [`Verifier`].
@@ -443,6 +482,57 @@ mod tests {
             "c41a83a983ea4049a58115d05b31b390f1dae908293eea4afc7503b05bcfb5e2"
         );
         assert_eq!(r.prev_hash, GENESIS);
+    }
+
+    #[test]
+    fn a_collapsed_producer_duplicate_is_proven_from_its_surviving_copy() {
+        // The same event stored at offsets 2 and 5 (a producer re-send); deduplication keeps
+        // the copy at 5, so offset 2 is gone and offset 3 still points at it.
+        let mut rows = chain(&[0, 1, 2, 3, 4, 5]);
+        let copy_of_2 = |r: &mut AuditRow| {
+            r.event_key = "k2".into();
+            r.event_id = "e2".into();
+        };
+        let mut head = None;
+        for r in rows.iter_mut() {
+            if r.kafka_offset == 5 {
+                copy_of_2(r);
+            }
+            head = Some(link(r, head.as_ref()));
+        }
+        assert_eq!(rows[3].prev_event_key, "k2");
+        assert_eq!(rows[0].prev_event_key, "");
+        let survivor = rows[5].clone();
+        let (pred, succ) = (&rows[1], &rows[3]);
+        let proven = collapsed_copy(
+            &survivor,
+            "t",
+            0,
+            succ.chain_prev_offset,
+            Some((pred.kafka_offset, &pred.record_hash)),
+            &succ.prev_hash,
+        )
+        .expect("proven");
+        assert_eq!(proven.record_hash, rows[2].record_hash);
+        assert_eq!((proven.kafka_offset, proven.chain_prev_offset), (2, 1));
+        // The verifier fed the proven copy in its place sees a clean chain.
+        let mut v = Verifier::new("t/0".into(), true);
+        for r in [&rows[0], &rows[1], &proven, &rows[3], &rows[4], &rows[5]] {
+            v.push(r);
+        }
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        // A different event under the same key is not a copy.
+        let mut other = survivor.clone();
+        other.resource_id = "Observation/other".into();
+        assert!(collapsed_copy(
+            &other,
+            "t",
+            0,
+            2,
+            Some((1, &pred.record_hash)),
+            &succ.prev_hash
+        )
+        .is_none());
     }
 
     #[test]

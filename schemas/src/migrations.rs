@@ -75,6 +75,12 @@ pub const MIGRATIONS: &[Migration] = &[
              AND name = 'audit_events' AND partition_key = 'toYear(event_time)'",
         ),
     },
+    Migration {
+        version: 7,
+        name: "0007_chain_hint",
+        sql: include_str!("../migrations/0007_chain_hint.sql"),
+        done_when: None,
+    },
 ];
 
 impl Migration {

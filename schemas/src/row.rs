@@ -115,6 +115,10 @@ pub struct AuditRow {
     pub prev_hash: String,
     /// SHA-256 of `prev_hash` and this record's content ([`crate::chain::record_hash`]).
     pub record_hash: String,
+    /// `event_key` of the previous chained record (empty for the first). Not hashed: a hint
+    /// that lets `verify` prove a missing position is a producer duplicate collapsed by
+    /// deduplication (its hash recomputed from the surviving copy), not a deletion.
+    pub prev_event_key: String,
 }
 
 /// One row of `custos.ingest_rejections`: a message sent to the DLQ. It holds no payload
@@ -343,6 +347,7 @@ impl RowContext<'_> {
             chain_prev_offset: -1,
             prev_hash: String::new(),
             record_hash: String::new(),
+            prev_event_key: String::new(),
         };
         match &event.payload {
             Payload::Auth(d) => {

@@ -214,3 +214,76 @@ async fn verify_finds_each_tampering_at_its_exact_position() -> Result<()> {
         .contains("signature"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_re_send_is_proven_a_duplicate_and_a_conflicting_reuse_is_not() -> Result<()> {
+    migrate()?;
+    let topics = Topics::create("dupchain", 2).await?;
+    let raw = Raw::new(&unique("dp"));
+    let p = unique("dc");
+    let producer = producer()?;
+    let event = |n: usize| events::fhir_access(&format!("{p}-{n}"), &raw);
+    // Partition 0: event 2 is published again, byte for byte, at offset 5 (a producer retry).
+    let mut benign: Vec<Msg> = (0..5).map(|n| Msg::json(&event(n))).collect();
+    benign.push(Msg::json(&event(2)));
+    benign.extend((5..10).map(|n| Msg::json(&event(n))));
+    // Partition 1: offset 10 reuses the id of event 7 (offset 7) for different content.
+    let mut conflicting: Vec<Msg> = (10..20).map(|n| Msg::json(&event(n))).collect();
+    let mut other = event(17);
+    other["data"]["resourceId"] = Value::from("Observation/not-the-same");
+    conflicting.push(Msg::json(&other));
+    conflicting.push(Msg::json(&event(20)));
+    produce(&producer, &topics.gateway, Some(0), &benign).await?;
+    produce(&producer, &topics.gateway, Some(1), &conflicting).await?;
+    let mut ingest = Ingest::spawn(&topics, &[])?;
+    ingest.wait_ready(Duration::from_secs(60)).await?;
+    // Reports count each event identity once: 10 + 11.
+    wait_stored(&topics.input_list(), 21, Duration::from_secs(90)).await?;
+    assert_eq!(ingest.terminate(Duration::from_secs(60))?, 0);
+    let physical: u64 = admin()
+        .query("SELECT count() FROM custos.audit_events WHERE kafka_topic = ?")
+        .bind(&topics.gateway)
+        .fetch_one()
+        .await?;
+    assert!(physical >= 21, "stored rows: {physical}");
+
+    // The re-send: the position whose copy deduplication hid is proven, not reported.
+    let (code, report) = verify_partition(&topics.gateway, 0)?;
+    assert_eq!(code, 0, "benign duplicate: {report:#}");
+    let chain = &report["chains"][0];
+    let collapsed = chain["collapsed_duplicates"]
+        .as_array()
+        .context("collapsed_duplicates")?;
+    assert_eq!(collapsed.len(), 1, "{chain:#}");
+    let (hidden, kept) = (
+        collapsed[0]["offset"].as_i64().unwrap_or(-1),
+        collapsed[0]["kept_offset"].as_i64().unwrap_or(-1),
+    );
+    assert!(
+        (hidden, kept) == (2, 5) || (hidden, kept) == (5, 2),
+        "collapsed {hidden}, kept {kept}"
+    );
+    assert_eq!(collapsed[0]["event_id"], format!("{p}-2"));
+    assert_eq!(
+        chain["records"].as_u64(),
+        Some(11),
+        "the proven copy is counted"
+    );
+
+    // The reuse of an id for other content cannot be proven: a missing record is reported.
+    let (code, report) = verify_partition(&topics.gateway, 1)?;
+    assert_eq!(code, 1, "conflicting reuse: {report:#}");
+    let f = findings(&report);
+    assert!(
+        f.iter()
+            .any(|(k, o)| k == "missing" && (*o == 7 || *o == 10)),
+        "{f:?}"
+    );
+    assert_eq!(
+        report["chains"][0]["collapsed_duplicates"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    Ok(())
+}
