@@ -4,8 +4,10 @@
 use clickhouse::Client;
 use custos_schemas::migrations::{MIGRATIONS, MIGRATIONS_TABLE_DDL};
 use serde::Deserialize;
+use std::time::{Duration, Instant};
 use thiserror::Error;
-use tracing::info;
+
+use tracing::{info, warn};
 
 use crate::config::MigrateConfig;
 
@@ -24,6 +26,62 @@ pub enum MigrateError {
     /// Retention out of range.
     #[error("retention must be 1..=36500 days")]
     Retention,
+    /// Another migrator held the lock for longer than the wait.
+    #[error("another migrator holds custos.migration_lock; waited {0:?}")]
+    LockTimeout(Duration),
+}
+
+/// The lock table: created by the one migrator that runs, dropped when it is done.
+const LOCK_TABLE: &str = "custos.migration_lock";
+/// A lock older than this is taken to belong to a migrator that died, and is broken.
+const STALE_LOCK: Duration = Duration::from_secs(3600);
+/// How long a migrator waits for another one.
+const LOCK_WAIT: Duration = Duration::from_secs(3 * 3600);
+
+/// Takes the migration lock: `CREATE TABLE` without `IF NOT EXISTS` succeeds for exactly one
+/// caller. Migrations that rebuild a table (0006) must not run twice at once.
+async fn lock(client: &Client) -> Result<(), MigrateError> {
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        let created = client
+            .query(&format!(
+                "CREATE TABLE {LOCK_TABLE} (holder String, since DateTime DEFAULT now()) \
+                 ENGINE = TinyLog"
+            ))
+            .execute()
+            .await;
+        match created {
+            Ok(()) => return Ok(()),
+            Err(e) if e.to_string().contains("already exists") => {
+                let age: u64 = client
+                    .query(
+                        "SELECT toUInt64(greatest(0, dateDiff('second', metadata_modification_time, now()))) \
+                         FROM system.tables WHERE database = 'custos' AND name = 'migration_lock'",
+                    )
+                    .fetch_optional()
+                    .await?
+                    .unwrap_or(0);
+                if age > STALE_LOCK.as_secs() {
+                    warn!(age_secs = age, "breaking a stale migration lock");
+                    client
+                        .query(&format!("DROP TABLE IF EXISTS {LOCK_TABLE}"))
+                        .execute()
+                        .await?;
+                    continue;
+                }
+                if start.elapsed() > LOCK_WAIT {
+                    return Err(MigrateError::LockTimeout(LOCK_WAIT));
+                }
+                if !told {
+                    info!("another migrator is running; waiting for its lock");
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
@@ -46,6 +104,19 @@ pub async fn migrate(cfg: &MigrateConfig) -> Result<Vec<u32>, MigrateError> {
         .execute()
         .await?;
     client.query(MIGRATIONS_TABLE_DDL).execute().await?;
+    lock(&client).await?;
+    let result = apply_pending(&client, cfg).await;
+    let unlocked = client
+        .query(&format!("DROP TABLE IF EXISTS {LOCK_TABLE}"))
+        .execute()
+        .await;
+    let done = result?;
+    unlocked?;
+    Ok(done)
+}
+
+/// Applies the pending migrations (the caller holds the lock).
+async fn apply_pending(client: &Client, cfg: &MigrateConfig) -> Result<Vec<u32>, MigrateError> {
     let applied: Vec<Applied> = client
         // Two migrators racing may both record a version: read one row per version.
         .query(
