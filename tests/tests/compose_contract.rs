@@ -1905,12 +1905,13 @@ fn serve_once(listener: TcpListener, status: &'static str) -> std::thread::JoinH
             req.extend_from_slice(&buf[..n]);
         }
         let body = "{}";
-        write!(
-            conn,
+        let response = format!(
             "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
-        )
-        .expect("write");
+        );
+        // One write; the probe may close as soon as it has read the status line, so a reset
+        // while the rest is sent is not an error.
+        let _ = conn.write_all(response.as_bytes());
         String::from_utf8_lossy(&req)
             .lines()
             .next()

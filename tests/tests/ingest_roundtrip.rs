@@ -68,6 +68,7 @@ fn normalize(row: &mut AuditRow) {
     row.chain_prev_offset = -1;
     row.prev_hash.clear();
     row.record_hash.clear();
+    row.prev_event_key.clear();
     row.kafka_offset = 0;
     row.kafka_partition = 0;
 }
