@@ -29,7 +29,7 @@ pub struct Chainer {
 #[derive(Debug, Deserialize, clickhouse::Row)]
 struct HeadRow {
     kafka_offset: i64,
-    record_hash: String,
+    record_hash: custos_schemas::chain::Hash,
     event_key: String,
 }
 

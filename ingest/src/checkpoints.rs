@@ -2,9 +2,9 @@
 //! stored in `custos.chain_checkpoints` and published to the checkpoints topic so a copy
 //! lives outside the database.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use custos_schemas::chain::{self, Hash};
 use custos_schemas::checkpoint::{Checkpoint, Signer256};
 use custos_schemas::AuditRow;
 use serde::{Deserialize, Serialize};
@@ -54,7 +54,7 @@ struct Pending {
     first_offset: i64,
     last_offset: i64,
     count: u64,
-    head_hash: String,
+    head_hash: Hash,
     first_time: i64,
     last_time: i64,
     since: Instant,
@@ -63,7 +63,9 @@ struct Pending {
 /// Accumulates chained records per chain until a checkpoint is due.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    pending: HashMap<(String, i32), Pending>,
+    /// Open spans by chain: a writer holds a handful of partitions, so a list searched
+    /// without building a key per record beats a map.
+    pending: Vec<((String, i32), Pending)>,
     /// Spans that reached the record count, waiting to be signed.
     full: Vec<((String, i32), Pending)>,
 }
@@ -72,30 +74,41 @@ impl Tracker {
     /// Notes rows that are now durable in ClickHouse (in offset order per partition); a
     /// chain's span is closed every `every_records` records.
     pub fn observe(&mut self, rows: &[AuditRow], every_records: u64) {
-        for r in rows.iter().filter(|r| !r.record_hash.is_empty()) {
-            let key = (r.kafka_topic.clone(), r.kafka_partition);
-            let p = self.pending.entry(key).or_insert_with(|| Pending {
-                first_offset: r.kafka_offset,
-                last_offset: r.kafka_offset,
-                count: 0,
-                head_hash: String::new(),
-                first_time: r.event_time,
-                last_time: r.event_time,
-                since: Instant::now(),
-            });
+        for r in rows.iter().filter(|r| r.record_hash != chain::GENESIS) {
+            let at = self
+                .pending
+                .iter()
+                .position(|((t, p), _)| *p == r.kafka_partition && *t == r.kafka_topic);
+            let at = match at {
+                Some(i) => i,
+                None => {
+                    self.pending.push((
+                        (r.kafka_topic.clone(), r.kafka_partition),
+                        Pending {
+                            first_offset: r.kafka_offset,
+                            last_offset: r.kafka_offset,
+                            count: 0,
+                            head_hash: chain::GENESIS,
+                            first_time: r.event_time,
+                            last_time: r.event_time,
+                            since: Instant::now(),
+                        },
+                    ));
+                    self.pending.len() - 1
+                }
+            };
+            let p = &mut self.pending[at].1;
             if r.kafka_offset < p.last_offset {
                 continue; // never move a head backwards
             }
             p.last_offset = r.kafka_offset;
             p.count += 1;
-            p.head_hash.clone_from(&r.record_hash);
+            p.head_hash = r.record_hash;
             p.first_time = p.first_time.min(r.event_time);
             p.last_time = p.last_time.max(r.event_time);
             if p.count >= every_records {
-                let key = (r.kafka_topic.clone(), r.kafka_partition);
-                if let Some(done) = self.pending.remove(&key) {
-                    self.full.push((key, done));
-                }
+                let done = self.pending.swap_remove(at);
+                self.full.push(done);
             }
         }
     }
@@ -103,18 +116,12 @@ impl Tracker {
     /// Removes and signs the checkpoints that are due (all of them with `force`).
     pub fn due(&mut self, policy: &CheckpointPolicy, force: bool) -> Vec<CheckpointRow> {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let keys: Vec<(String, i32)> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| force || p.since.elapsed() >= policy.every)
-            .map(|(k, _)| k.clone())
-            .collect();
         let mut spans = std::mem::take(&mut self.full);
-        for key in keys {
-            if let Some(p) = self.pending.remove(&key) {
-                spans.push((key, p));
-            }
-        }
+        let (due, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(_, p)| force || p.since.elapsed() >= policy.every);
+        self.pending = open;
+        spans.extend(due);
         let mut out = Vec::new();
         for (key, p) in spans {
             let cp = Checkpoint {
@@ -123,7 +130,7 @@ impl Tracker {
                 first_offset: p.first_offset,
                 last_offset: p.last_offset,
                 count: p.count,
-                head_hash: p.head_hash.clone(),
+                head_hash: chain::to_hex(&p.head_hash),
                 first_time: p.first_time,
                 last_time: p.last_time,
                 iat: now_ms / 1000,
@@ -134,7 +141,7 @@ impl Tracker {
                 first_offset: p.first_offset,
                 last_offset: p.last_offset,
                 record_count: p.count,
-                head_hash: p.head_hash,
+                head_hash: chain::to_hex(&p.head_hash),
                 first_time: p.first_time,
                 last_time: p.last_time,
                 created_at: now_ms,
@@ -158,7 +165,7 @@ mod tests {
                 kafka_partition: partition,
                 kafka_offset: o,
                 event_time: 1000 + o,
-                record_hash: format!("h{o}"),
+                record_hash: [u8::try_from(o + 1).unwrap_or(0xff); 32],
                 ..AuditRow::default()
             })
             .collect()
@@ -189,7 +196,7 @@ mod tests {
             })
             .collect();
         assert_eq!(spans, vec![(0, 0, 9, 10), (0, 10, 19, 10)]);
-        assert_eq!(due[1].head_hash, "h19");
+        assert_eq!(due[1].head_hash, chain::to_hex(&[20u8; 32]));
         let claims = verify(&due[1].jws, &signer.jwks()).unwrap();
         assert_eq!(
             (claims.first_offset, claims.last_offset, claims.count),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use clickhouse::Client;
-use custos_schemas::chain::{chain_id, collapsed_copy, Finding, Verifier};
+use custos_schemas::chain::{self, chain_id, collapsed_copy, Finding, Verifier};
 use custos_schemas::checkpoint;
 use custos_schemas::AuditRow;
 use serde::{Deserialize, Serialize};
@@ -122,6 +122,8 @@ struct Range {
     lo: i64,
     hi: i64,
     n: u64,
+    /// Predecessor offset of the first record in range (-1: it starts the chain).
+    lo_prev: i64,
 }
 
 /// Verifies every chain in `scope`. Checkpoints are checked against `jwks` when given
@@ -167,7 +169,8 @@ async fn verify_chain(
     let timed = scope.since_ms.is_some() || scope.until_ms.is_some();
     let range: Range = client
         .query(
-            "SELECT min(kafka_offset) AS lo, max(kafka_offset) AS hi, count() AS n FROM custos.audit_events \
+            "SELECT min(kafka_offset) AS lo, max(kafka_offset) AS hi, count() AS n, \
+                    argMin(chain_prev_offset, kafka_offset) AS lo_prev FROM custos.audit_events \
              WHERE kafka_topic = ? AND kafka_partition = ? AND record_hash != '' \
                AND event_time >= fromUnixTimestamp64Milli(?) AND event_time < fromUnixTimestamp64Milli(?)",
         )
@@ -190,8 +193,10 @@ async fn verify_chain(
     if range.n == 0 {
         return Ok(report);
     }
+    // A timed range also reads the record before its first one, as the anchor its first
+    // record's hash is checked against.
     let (lo, hi) = if timed {
-        (range.lo, range.hi)
+        (range.lo.min(range.lo_prev.max(0)), range.hi)
     } else {
         (i64::MIN, i64::MAX)
     };
@@ -249,8 +254,7 @@ async fn verify_chain(
     by_first.sort_unstable();
     let mut next_start = 0;
     let mut active: Vec<i64> = Vec::new();
-    let from_genesis = !timed;
-    let mut verifier = Verifier::new(chain.clone(), from_genesis);
+    let mut verifier = Verifier::new(chain.clone(), true);
     let mut cursor = client
         .query(
             "SELECT ?fields FROM custos.audit_events FINAL \
@@ -264,15 +268,19 @@ async fn verify_chain(
         .bind(hi)
         .fetch::<AuditRow>()?;
     while let Some(row) = cursor.next().await? {
+        if timed && row.kafka_offset < range.lo {
+            verifier.anchor(&row);
+            continue;
+        }
         // A gap before this record: try to prove the missing one is a collapsed duplicate,
         // and if so account for it as present (the verifier and the checkpoints see it).
         let gap = match verifier.head() {
             Some((p_off, _)) => row.chain_prev_offset > p_off,
-            None => from_genesis && row.chain_prev_offset >= 0,
+            None => row.chain_prev_offset >= 0,
         };
         let mut records = vec![];
         if gap && !row.prev_event_key.is_empty() {
-            let pred = verifier.head().map(|(o, h)| (o, h.to_owned()));
+            let pred = verifier.head().map(|(o, h)| (o, *h));
             let survivor: Option<AuditRow> = client
                 .query(
                     "SELECT ?fields FROM custos.audit_events FINAL \
@@ -282,14 +290,14 @@ async fn verify_chain(
                 .fetch_optional()
                 .await?;
             if let Some(kept) = survivor {
-                let pred_ref = pred.as_ref().map(|(o, h)| (*o, h.as_str()));
+                let pred_ref = pred.as_ref().map(|(o, h)| (*o, h));
                 if let Some(copy) = collapsed_copy(
                     &kept,
                     topic,
                     partition,
                     row.chain_prev_offset,
                     pred_ref,
-                    &row.prev_hash,
+                    &row,
                 ) {
                     report.collapsed_duplicates.push(CollapsedView {
                         offset: copy.kafka_offset,
@@ -319,7 +327,9 @@ async fn verify_chain(
     for (last, (c, counted, head)) in claims {
         let problem = match head {
             None => Some("head record missing".to_owned()),
-            Some(h) if h != c.head_hash => Some("head hash differs from the signed one".to_owned()),
+            Some(h) if chain::to_hex(&h) != c.head_hash => {
+                Some("head hash differs from the signed one".to_owned())
+            }
             Some(_) if counted != c.count => {
                 Some(format!("{counted} records in range, {} signed", c.count))
             }
@@ -338,7 +348,7 @@ async fn verify_chain(
 }
 
 /// Claims of the verified checkpoints: last offset -> (claims, records counted, head seen).
-type Claims = BTreeMap<i64, (checkpoint::Checkpoint, u64, Option<String>)>;
+type Claims = BTreeMap<i64, (checkpoint::Checkpoint, u64, Option<chain::Hash>)>;
 
 /// Feeds one record (stored, or a proven collapsed copy) to the verifier and to the
 /// checkpoints covering its offset.
@@ -365,7 +375,7 @@ fn account(
         if let Some((_, counted, head)) = claims.get_mut(last) {
             *counted += 1;
             if *last == row.kafka_offset {
-                *head = Some(row.record_hash.clone());
+                *head = Some(row.record_hash);
             }
         }
     }

@@ -180,26 +180,33 @@ impl Writer {
         {
             return false;
         }
-        for cp in &due {
-            let key = format!("{}/{}", cp.kafka_topic, cp.kafka_partition);
-            let mut backoff = Backoff::new();
-            loop {
+        // Published together; only the ones Kafka refused are sent again.
+        let keys: Vec<String> = due
+            .iter()
+            .map(|cp| format!("{}/{}", cp.kafka_topic, cp.kafka_partition))
+            .collect();
+        let mut pending: Vec<usize> = (0..due.len()).collect();
+        let mut backoff = Backoff::new();
+        while !pending.is_empty() {
+            let sends = pending.iter().map(|&i| {
                 let record: FutureRecord<'_, str, str> = FutureRecord::to(&policy.topic)
-                    .key(key.as_str())
-                    .payload(cp.jws.as_str());
-                match self
-                    .dlq
+                    .key(keys[i].as_str())
+                    .payload(due[i].jws.as_str());
+                self.dlq
                     .send(record, Timeout::After(Duration::from_secs(30)))
-                    .await
-                {
-                    Ok(_) => break,
-                    Err((e, _)) => {
-                        warn!(error = %e, "checkpoint publish failed; retrying");
-                        if !sleep_or_cancel(backoff.step(), cancel).await {
-                            return false;
-                        }
-                    }
-                }
+            });
+            let results = futures_util::future::join_all(sends).await;
+            pending = pending
+                .into_iter()
+                .zip(results)
+                .filter_map(|(i, r)| {
+                    let (e, _) = r.err()?;
+                    warn!(error = %e, "checkpoint publish failed; retrying");
+                    Some(i)
+                })
+                .collect();
+            if !pending.is_empty() && !sleep_or_cancel(backoff.step(), cancel).await {
+                return false;
             }
         }
         counter!("custos_ingest_checkpoints_total").increment(due.len() as u64);

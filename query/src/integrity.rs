@@ -8,10 +8,11 @@
 //!   its chain neighbours, every chained record from it up to the head of the covering
 //!   signed checkpoint (at most `CUSTOS_QUERY_PROOF_MAX_RECORDS`), and that checkpoint's JWS.
 //!   An outside party checks membership without trusting this service: recompute
-//!   `record_hash` of the record and of each following record from its content and
-//!   `prev_hash` ([`custos_schemas::chain::record_hash`]), check each `prev_hash` equals the
-//!   hash before it, that the last hash is the checkpoint's signed `head_hash`, and the JWS
-//!   against the JWKS. The whole records of the path are needed: SHA-256 binds a record's
+//!   `record_hash` of the record from its content and its predecessor's hash (the
+//!   `previous` link's `record_hash`, or 32 zero bytes for a chain's first record), then of
+//!   each following record from its content and the hash before it
+//!   ([`custos_schemas::chain::record_hash`]), check each links to the offset before it, that
+//!   the last hash is the checkpoint's signed `head_hash`, and the JWS against the JWKS. The whole records of the path are needed: SHA-256 binds a record's
 //!   hash to its predecessor's only through the record's full content, so a list of bare
 //!   hashes would prove nothing.
 //! - `GET /.well-known/custos-checkpoint-jwks.json` (also `/v1/integrity/jwks`) serves the
@@ -31,7 +32,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use custos_ingest::checkpoints::CheckpointRow;
 use custos_ingest::verify::{self, ChainReport, Scope, VerifyError};
-use custos_schemas::chain::{chain_id, record_hash, GENESIS};
+use custos_schemas::chain::{self, chain_id, record_hash, Hash, GENESIS};
 use custos_schemas::checkpoint::{self, Checkpoint};
 use custos_schemas::AuditRow;
 use serde::{Deserialize, Serialize};
@@ -412,10 +413,10 @@ pub struct Link {
     pub event_key: String,
     /// Offset of its predecessor.
     pub chain_prev_offset: i64,
-    /// Its predecessor's hash.
-    pub prev_hash: String,
-    /// Its hash.
-    pub record_hash: String,
+    /// Its hash (64 hex digits).
+    #[serde(with = "custos_schemas::chain::hash_serde")]
+    #[schema(value_type = String)]
+    pub record_hash: Hash,
 }
 
 impl From<&AuditRow> for Link {
@@ -424,8 +425,7 @@ impl From<&AuditRow> for Link {
             kafka_offset: r.kafka_offset,
             event_key: r.event_key.clone(),
             chain_prev_offset: r.chain_prev_offset,
-            prev_hash: r.prev_hash.clone(),
-            record_hash: r.record_hash.clone(),
+            record_hash: r.record_hash,
         }
     }
 }
@@ -449,10 +449,11 @@ pub struct ProofCheckpoint {
 /// What the service itself found when checking the proof (an outside party repeats it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ProofChecks {
-    /// The record's content and `prev_hash` hash to its `record_hash`.
+    /// The record's content after its predecessor's hash (genesis for a chain's first
+    /// record) hashes to its `record_hash`; false when the predecessor is not stored.
     pub record_hash_valid: bool,
-    /// Its `prev_hash` is its predecessor's hash (or genesis); none when the predecessor
-    /// is not stored.
+    /// The predecessor the record names is stored (always for a chain's first record);
+    /// none when it is not.
     pub previous_link_valid: Option<bool>,
     /// Every path record hashes correctly and links to the one before it.
     pub path_valid: Option<bool>,
@@ -504,24 +505,29 @@ fn unverified_claims(jws: &str) -> Option<Checkpoint> {
     serde_json::from_slice(&B64.decode(payload).ok()?).ok()
 }
 
-/// Checks a proof as an outside party would: `record`, then each `path` record, hash
+/// Checks a proof as an outside party would: `record` after its predecessor's hash
+/// `prev_hash` ([`GENESIS`] for a chain's first record), then each `path` record, hash
 /// correctly and link in order, and the last hash is `claims.head_hash`.
-pub fn check_path(record: &AuditRow, path: &[AuditRow], claims: &Checkpoint) -> (bool, bool, bool) {
-    let record_ok = record_hash(&record.prev_hash, record) == record.record_hash;
-    let mut prev = (record.kafka_offset, record.record_hash.as_str());
+pub fn check_path(
+    record: &AuditRow,
+    prev_hash: &Hash,
+    path: &[AuditRow],
+    claims: &Checkpoint,
+) -> (bool, bool, bool) {
+    let record_ok = record_hash(prev_hash, record) == record.record_hash;
+    let mut prev = (record.kafka_offset, &record.record_hash);
     let mut path_ok = true;
     for r in path {
-        let linked = r.chain_prev_offset == prev.0 && r.prev_hash == prev.1;
-        if !linked || record_hash(&r.prev_hash, r) != r.record_hash {
+        if r.chain_prev_offset != prev.0 || record_hash(prev.1, r) != r.record_hash {
             path_ok = false;
         }
-        prev = (r.kafka_offset, r.record_hash.as_str());
+        prev = (r.kafka_offset, &r.record_hash);
     }
     // The signed head authenticates every record the path links back from it.
     let same_chain = claims.topic == record.kafka_topic
         && claims.partition == record.kafka_partition
         && prev.0 == claims.last_offset;
-    let head_ok = same_chain && prev.1 == claims.head_hash;
+    let head_ok = same_chain && chain::to_hex(prev.1) == claims.head_hash;
     (record_ok, path_ok, head_ok)
 }
 
@@ -678,7 +684,7 @@ pub async fn proof(
         jwks_uri,
         checks: ProofChecks::default(),
     };
-    if !answer.record.record_hash.is_empty() {
+    if answer.record.record_hash != GENESIS {
         fill_proof(&s, &mut answer, &topic, partition, offset).await?;
     }
     s.audit
@@ -698,12 +704,11 @@ async fn fill_proof(
     offset: i64,
 ) -> Result<(), ApiError> {
     let record = &answer.record;
-    let mut checks = ProofChecks {
-        record_hash_valid: record_hash(&record.prev_hash, record) == record.record_hash,
-        ..ProofChecks::default()
-    };
-    if record.chain_prev_offset < 0 {
-        checks.previous_link_valid = Some(record.prev_hash == GENESIS);
+    let mut checks = ProofChecks::default();
+    // The predecessor's hash the record was linked after (none when it is not stored).
+    let prev_hash = if record.chain_prev_offset < 0 {
+        checks.previous_link_valid = Some(true);
+        Some(GENESIS)
     } else {
         let prev: Option<Link> = s
             .reader
@@ -717,9 +722,13 @@ async fn fill_proof(
             .bind(record.chain_prev_offset)
             .fetch_optional()
             .await?;
-        checks.previous_link_valid = prev.as_ref().map(|l| l.record_hash == record.prev_hash);
+        checks.previous_link_valid = prev.as_ref().map(|_| true);
+        let hash = prev.as_ref().map(|l| l.record_hash);
         answer.previous = prev;
-    }
+        hash
+    };
+    checks.record_hash_valid =
+        prev_hash.is_some_and(|p| record_hash(&p, &answer.record) == answer.record.record_hash);
 
     let candidates: Vec<CheckpointRow> = s
         .reader
@@ -776,7 +785,8 @@ async fn fill_proof(
             } else {
                 answer.status = "covered".into();
                 if let Some(c) = &claims {
-                    let (_, path_ok, head_ok) = check_path(&answer.record, &path, c);
+                    let (_, path_ok, head_ok) =
+                        check_path(&answer.record, &prev_hash.unwrap_or(GENESIS), &path, c);
                     checks.path_valid = Some(path_ok);
                     checks.head_matches_checkpoint = Some(head_ok);
                 }
@@ -900,7 +910,7 @@ mod tests {
             first_offset: 0,
             last_offset: last.kafka_offset,
             count: rows.len() as u64,
-            head_hash: last.record_hash.clone(),
+            head_hash: chain::to_hex(&last.record_hash),
             first_time: 0,
             last_time: 0,
             iat: 0,
@@ -911,19 +921,32 @@ mod tests {
     fn paths_verify_and_tampering_is_caught() {
         let rows = chain(6);
         let c = claims(&rows);
-        assert_eq!(check_path(&rows[2], &rows[3..], &c), (true, true, true));
-        assert_eq!(check_path(&rows[5], &[], &c), (true, true, true));
+        let p1 = rows[1].record_hash;
+        assert_eq!(
+            check_path(&rows[2], &p1, &rows[3..], &c),
+            (true, true, true)
+        );
+        assert_eq!(
+            check_path(&rows[5], &rows[4].record_hash, &[], &c),
+            (true, true, true)
+        );
+        assert_eq!(
+            check_path(&rows[0], &GENESIS, &rows[1..], &c),
+            (true, true, true)
+        );
         let mut altered = rows.clone();
         altered[2].user_agent = "edited".into();
-        assert!(!check_path(&altered[2], &altered[3..], &c).0);
+        assert!(!check_path(&altered[2], &p1, &altered[3..], &c).0);
+        // The wrong predecessor hash does not verify the record.
+        assert!(!check_path(&rows[2], &rows[0].record_hash, &rows[3..], &c).0);
         altered = rows.clone();
         altered[4].user_agent = "edited".into();
-        assert!(!check_path(&altered[2], &altered[3..], &c).1);
+        assert!(!check_path(&altered[2], &p1, &altered[3..], &c).1);
         // A truncated path does not reach the head.
-        assert!(!check_path(&rows[2], &rows[3..5], &c).2);
+        assert!(!check_path(&rows[2], &p1, &rows[3..5], &c).2);
         // Another chain's checkpoint does not cover it.
         let mut other = c.clone();
         other.topic = "u".into();
-        assert!(!check_path(&rows[2], &rows[3..], &other).2);
+        assert!(!check_path(&rows[2], &p1, &rows[3..], &other).2);
     }
 }

@@ -7,19 +7,65 @@
 //! order that differs between runs, and fork on every replay).
 //!
 //! Each record stores `chain_prev_offset` (offset of the previous chained record of its
-//! partition, -1 for the first), `prev_hash` (that record's hash, [`GENESIS`] for the first)
-//! and `record_hash` = SHA-256(`prev_hash` ‖ canonical content). The content covers every
-//! column except `ingested_at` (which differs between a write and its replay) and the two
-//! hashes. Rejected (dead-lettered) messages are not chained: a record's `chain_prev_offset`
-//! skips them, and `custos.ingest_rejections` lists every skipped offset, so a verifier tells
-//! an intended gap (named in both places) from a deletion (a referenced offset that is gone).
+//! partition, -1 for the first) and `record_hash` = SHA-256 of the predecessor's hash
+//! ([`GENESIS`] for the first) and the record's canonical content, as 32 raw bytes
+//! (`FixedString(32)`). The predecessor's hash is not stored again: the verifier takes it from
+//! the predecessor itself, so a record whose content or link changed no longer hashes to its
+//! `record_hash`. The content covers every column except `ingested_at` (which differs
+//! between a write and its replay), the hash and the `prev_event_key` hint. Rejected
+//! (dead-lettered) messages are not chained: a record's `chain_prev_offset` skips them, and
+//! `custos.ingest_rejections` lists every skipped offset, so a verifier tells an intended gap
+//! (named in both places) from a deletion (a referenced offset that is gone).
 
 use sha2::{Digest, Sha256};
 
 use crate::row::AuditRow;
 
-/// `prev_hash` of the first record of a chain.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// A record hash: SHA-256, 32 raw bytes.
+pub type Hash = [u8; 32];
+
+/// The predecessor hash of the first record of a chain (and the `record_hash` of an
+/// unchained row: no SHA-256 output is all zeros in practice).
+pub const GENESIS: Hash = [0u8; 32];
+
+/// Lower-case hex of a hash (how checkpoints, reports and proofs show it).
+pub fn to_hex(hash: &Hash) -> String {
+    hex::encode(hash)
+}
+
+/// A hash from its hex form; `None` unless exactly 64 hex digits.
+pub fn from_hex(s: &str) -> Option<Hash> {
+    let mut out = GENESIS;
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+/// Serde form of a [`Hash`]: 64 hex digits in human-readable formats (JSON answers and
+/// proofs), 32 raw bytes in ClickHouse's RowBinary (`FixedString(32)`).
+pub mod hash_serde {
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Hash;
+
+    /// Serializes `hash`.
+    pub fn serialize<S: Serializer>(hash: &Hash, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            super::to_hex(hash).serialize(s)
+        } else {
+            hash.serialize(s)
+        }
+    }
+
+    /// Deserializes a hash.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            super::from_hex(&s).ok_or_else(|| D::Error::custom("expected 64 hex digits"))
+        } else {
+            Hash::deserialize(d)
+        }
+    }
+}
 
 /// The chain a row belongs to: `topic/partition`.
 pub fn chain_id(topic: &str, partition: i32) -> String {
@@ -31,8 +77,8 @@ pub fn chain_id(topic: &str, partition: i32) -> String {
 pub struct Head {
     /// Its Kafka offset.
     pub offset: i64,
-    /// Its record hash (hex).
-    pub hash: String,
+    /// Its record hash.
+    pub hash: Hash,
     /// Its event key.
     pub event_key: String,
 }
@@ -63,8 +109,8 @@ fn put_opt_i64(h: &mut Vec<u8>, v: Option<i64>) {
     }
 }
 
-/// SHA-256 (hex) of `prev_hash` and the canonical, length-prefixed content of `row`.
-pub fn record_hash(prev_hash: &str, row: &AuditRow) -> String {
+/// SHA-256 of the predecessor's hash and the canonical, length-prefixed content of `row`.
+pub fn record_hash(prev_hash: &Hash, row: &AuditRow) -> Hash {
     // The canonical bytes are built in one reused buffer and hashed at once: the same digest
     // as feeding SHA-256 field by field, without ~90 small update calls per record.
     thread_local! {
@@ -74,18 +120,19 @@ pub fn record_hash(prev_hash: &str, row: &AuditRow) -> String {
         let mut h = buf.borrow_mut();
         h.clear();
         canonical(&mut h, prev_hash, row);
-        let mut out = [0u8; 64];
-        let digest = Sha256::digest(h.as_slice());
-        // Cannot fail: the output is exactly twice the digest length.
-        hex::encode_to_slice(digest, &mut out).unwrap_or(());
-        out.iter().map(|&b| char::from(b)).collect()
+        Sha256::digest(h.as_slice()).into()
     })
 }
 
-/// Appends the canonical, length-prefixed content of `row` after `prev_hash` to `h`.
-fn canonical(h: &mut Vec<u8>, prev_hash: &str, row: &AuditRow) {
+/// Appends the canonical, length-prefixed content of `row` after `prev_hash` to `h`. The
+/// predecessor's hash enters as its 64 hex digits (format v1, unchanged since hashes were
+/// stored as hex, so chains written then still verify).
+fn canonical(h: &mut Vec<u8>, prev_hash: &Hash, row: &AuditRow) {
     h.extend_from_slice(b"custos-chain-v1");
-    put_str(h, prev_hash);
+    let mut prev_hex = [0u8; 64];
+    // Cannot fail: the output is exactly twice the input length.
+    hex::encode_to_slice(prev_hash, &mut prev_hex).unwrap_or(());
+    put(h, &prev_hex);
     for s in [
         &row.event_key,
         &row.event_id,
@@ -146,64 +193,67 @@ fn canonical(h: &mut Vec<u8>, prev_hash: &str, row: &AuditRow) {
 
 /// Links `row` after `head` (or as the first record when `None`) and returns the new head.
 pub fn link(row: &mut AuditRow, head: Option<&Head>) -> Head {
-    match head {
+    let prev = match head {
         Some(h) => {
             row.chain_prev_offset = h.offset;
-            row.prev_hash.clone_from(&h.hash);
             row.prev_event_key.clone_from(&h.event_key);
+            h.hash
         }
         None => {
             row.chain_prev_offset = -1;
-            row.prev_hash = GENESIS.to_owned();
             row.prev_event_key.clear();
+            GENESIS
         }
-    }
-    row.record_hash = record_hash(&row.prev_hash, row);
+    };
+    row.record_hash = record_hash(&prev, row);
     Head {
         offset: row.kafka_offset,
-        hash: row.record_hash.clone(),
+        hash: row.record_hash,
         event_key: row.event_key.clone(),
     }
 }
 
-/// Whether the record missing at `offset` of `topic/partition`, whose successor names its hash
-/// (`expected_hash`), is a copy of `survivor` collapsed by deduplication: the same event stored
-/// again at another position. The candidate is `survivor` moved to that position and linked
-/// after `pred` (offset and hash of the previous stored record, `None` at the chain start);
-/// it is returned when its hash is the expected one. A different event reusing the same id, or
-/// a deleted record, gives `None`.
+/// Whether the record missing at `offset` of `topic/partition` is a copy of `survivor`
+/// collapsed by deduplication: the same event stored again at another position. The
+/// candidate is `survivor` moved to that position and linked after `pred` (offset and hash of
+/// the previous stored record, `None` at the chain start); it is returned when `successor`
+/// (the stored record that links to `offset`) hashes correctly after it. A different event
+/// reusing the same id, or a deleted record, gives `None`.
 pub fn collapsed_copy(
     survivor: &AuditRow,
     topic: &str,
     partition: i32,
     offset: i64,
-    pred: Option<(i64, &str)>,
-    expected_hash: &str,
+    pred: Option<(i64, &Hash)>,
+    successor: &AuditRow,
 ) -> Option<AuditRow> {
     let mut r = survivor.clone();
     r.kafka_topic = topic.to_owned();
     r.kafka_partition = partition;
     r.kafka_offset = offset;
-    match pred {
+    let prev = match pred {
         Some((o, h)) => {
             r.chain_prev_offset = o;
-            h.clone_into(&mut r.prev_hash);
+            *h
         }
         None => {
             r.chain_prev_offset = -1;
-            r.prev_hash = GENESIS.to_owned();
+            GENESIS
         }
-    }
+    };
     // Unknown for the lost copy, and not hashed.
     r.prev_event_key.clear();
-    r.record_hash = record_hash(&r.prev_hash, &r);
-    (r.record_hash == expected_hash).then_some(r)
+    r.record_hash = record_hash(&prev, &r);
+    let links = successor.chain_prev_offset == offset
+        && record_hash(&r.record_hash, successor) == successor.record_hash;
+    links.then_some(r)
 }
 
 /// A break found by [`Verifier`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
-    /// The record's content no longer matches its hash (altered, or moved to another position).
+    /// The record's content or link no longer matches its hash (altered, moved to another
+    /// position, or its predecessor's hash changed).
     Altered {
         /// Chain.
         chain: String,
@@ -221,7 +271,7 @@ pub enum Finding {
         /// Offset of the record that references it.
         referenced_by: i64,
     },
-    /// A record's `prev_hash` differs from its predecessor's hash.
+    /// A record in the middle of a chain claims to be its first.
     BrokenLink {
         /// Chain.
         chain: String,
@@ -327,15 +377,21 @@ impl std::fmt::Display for Finding {
     }
 }
 
+/// How many recent (offset, hash) pairs a [`Verifier`] keeps to check a record whose link
+/// skips over other records (a swap or a forgery).
+const RECENT: usize = 4096;
+
 /// Verifies one chain from rows fed in offset order.
 ///
-/// With `from_genesis`, the first row must be the chain's first record; otherwise the first
-/// row is taken as the anchor (its own hash is still checked).
+/// With `from_genesis`, the first row must be the chain's first record. Otherwise the chain
+/// is entered in the middle: give the record before the range to [`Verifier::anchor`] so the
+/// first record of the range is checked too.
 #[derive(Debug)]
 pub struct Verifier {
     chain: String,
     from_genesis: bool,
-    prev: Option<(i64, String, String, i64)>, // offset, record_hash, event_id, chain_prev_offset
+    prev: Option<(i64, String)>, // offset, event_id of the last record
+    recent: std::collections::VecDeque<(i64, Hash)>,
     /// Records checked.
     pub checked: u64,
     /// Breaks found.
@@ -349,21 +405,54 @@ impl Verifier {
             chain,
             from_genesis,
             prev: None,
+            recent: std::collections::VecDeque::new(),
             checked: 0,
             findings: Vec::new(),
         }
     }
 
     /// The last record seen: (offset, hash).
-    pub fn head(&self) -> Option<(i64, &str)> {
-        self.prev.as_ref().map(|(o, h, _, _)| (*o, h.as_str()))
+    pub fn head(&self) -> Option<(i64, &Hash)> {
+        self.recent.back().map(|(o, h)| (*o, h))
+    }
+
+    fn remember(&mut self, offset: i64, hash: Hash) {
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((offset, hash));
+    }
+
+    fn hash_at(&self, offset: i64) -> Option<&Hash> {
+        if offset == -1 {
+            return Some(&GENESIS);
+        }
+        self.recent
+            .binary_search_by_key(&offset, |(o, _)| *o)
+            .ok()
+            .map(|i| &self.recent[i].1)
+    }
+
+    /// Takes `row`, the record just before the verified range, as the known predecessor
+    /// without checking or counting it (it lies outside the range).
+    pub fn anchor(&mut self, row: &AuditRow) {
+        self.prev = Some((row.kafka_offset, row.event_id.clone()));
+        self.remember(row.kafka_offset, row.record_hash);
     }
 
     /// Checks the next row (rows must come in ascending offset order).
     pub fn push(&mut self, row: &AuditRow) {
         self.checked += 1;
         let chain = self.chain.clone();
-        if record_hash(&row.prev_hash, row) != row.record_hash {
+        // A link must point backwards; otherwise the hash is checked against the predecessor
+        // it names, when that one has been seen.
+        let altered = if row.chain_prev_offset >= row.kafka_offset {
+            true
+        } else {
+            self.hash_at(row.chain_prev_offset)
+                .is_some_and(|prev| record_hash(prev, row) != row.record_hash)
+        };
+        if altered {
             self.findings.push(Finding::Altered {
                 chain: chain.clone(),
                 offset: row.kafka_offset,
@@ -372,25 +461,17 @@ impl Verifier {
         }
         match &self.prev {
             None => {
-                let genesis_ok = row.chain_prev_offset == -1 && row.prev_hash == GENESIS;
-                if self.from_genesis && !genesis_ok {
-                    if row.chain_prev_offset >= 0 {
-                        self.findings.push(Finding::Missing {
-                            chain,
-                            offset: row.chain_prev_offset,
-                            referenced_by: row.kafka_offset,
-                        });
-                    } else {
-                        self.findings.push(Finding::BrokenLink {
-                            chain,
-                            offset: row.kafka_offset,
-                            event_id: row.event_id.clone(),
-                        });
-                    }
+                if self.from_genesis && row.chain_prev_offset >= 0 {
+                    self.findings.push(Finding::Missing {
+                        chain,
+                        offset: row.chain_prev_offset,
+                        referenced_by: row.kafka_offset,
+                    });
                 }
             }
-            Some((p_off, p_hash, p_id, _)) => {
-                if row.kafka_offset == *p_off {
+            Some((p_off, p_id)) => {
+                let p_off = *p_off;
+                if row.kafka_offset == p_off {
                     self.findings.push(Finding::Duplicate {
                         chain,
                         offset: row.kafka_offset,
@@ -398,15 +479,9 @@ impl Verifier {
                     });
                     return;
                 }
-                if row.chain_prev_offset == *p_off {
-                    if row.prev_hash != *p_hash {
-                        self.findings.push(Finding::BrokenLink {
-                            chain,
-                            offset: row.kafka_offset,
-                            event_id: row.event_id.clone(),
-                        });
-                    }
-                } else if row.chain_prev_offset > *p_off {
+                if row.chain_prev_offset == p_off || altered {
+                    // Linked to the record before it (or already reported).
+                } else if row.chain_prev_offset > p_off {
                     self.findings.push(Finding::Missing {
                         chain,
                         offset: row.chain_prev_offset,
@@ -421,18 +496,14 @@ impl Verifier {
                 } else {
                     self.findings.push(Finding::Unreferenced {
                         chain,
-                        offset: *p_off,
+                        offset: p_off,
                         event_id: p_id.clone(),
                     });
                 }
             }
         }
-        self.prev = Some((
-            row.kafka_offset,
-            row.record_hash.clone(),
-            row.event_id.clone(),
-            row.chain_prev_offset,
-        ));
+        self.prev = Some((row.kafka_offset, row.event_id.clone()));
+        self.remember(row.kafka_offset, row.record_hash);
     }
 }
 
@@ -478,10 +549,13 @@ mod tests {
         let mut r = row(3);
         let head = link(&mut r, None);
         assert_eq!(
-            head.hash,
+            to_hex(&head.hash),
             "c41a83a983ea4049a58115d05b31b390f1dae908293eea4afc7503b05bcfb5e2"
         );
-        assert_eq!(r.prev_hash, GENESIS);
+        assert_eq!(r.record_hash, head.hash);
+        assert_eq!(r.chain_prev_offset, -1);
+        assert_eq!(from_hex(&to_hex(&head.hash)), Some(head.hash));
+        assert_eq!(from_hex("abc"), None);
     }
 
     #[test]
@@ -510,7 +584,7 @@ mod tests {
             0,
             succ.chain_prev_offset,
             Some((pred.kafka_offset, &pred.record_hash)),
-            &succ.prev_hash,
+            succ,
         )
         .expect("proven");
         assert_eq!(proven.record_hash, rows[2].record_hash);
@@ -524,15 +598,7 @@ mod tests {
         // A different event under the same key is not a copy.
         let mut other = survivor.clone();
         other.resource_id = "Observation/other".into();
-        assert!(collapsed_copy(
-            &other,
-            "t",
-            0,
-            2,
-            Some((1, &pred.record_hash)),
-            &succ.prev_hash
-        )
-        .is_none());
+        assert!(collapsed_copy(&other, "t", 0, 2, Some((1, &pred.record_hash)), succ).is_none());
     }
 
     #[test]
@@ -568,9 +634,8 @@ mod tests {
 
         let mut forged = good.clone();
         let mut f = row(4);
-        f.prev_hash = good[3].record_hash.clone();
         f.chain_prev_offset = 3;
-        f.record_hash = record_hash(&f.prev_hash, &f);
+        f.record_hash = record_hash(&good[3].record_hash, &f);
         forged.insert(4, f);
         let found = verify(&forged);
         assert_eq!(found.len(), 1);

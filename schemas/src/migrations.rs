@@ -81,6 +81,15 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0007_chain_hint.sql"),
         done_when: None,
     },
+    Migration {
+        version: 8,
+        name: "0008_chain_binary",
+        sql: include_str!("../migrations/0008_chain_binary.sql"),
+        done_when: Some(
+            "SELECT count() FROM system.columns WHERE database = 'custos' \
+             AND table = 'audit_events' AND name = 'record_hash' AND type = 'FixedString(32)'",
+        ),
+    },
 ];
 
 impl Migration {

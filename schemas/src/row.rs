@@ -111,10 +111,10 @@ pub struct AuditRow {
     pub kafka_offset: i64,
     /// Offset of the previous chained record of this partition (-1: first record).
     pub chain_prev_offset: i64,
-    /// Hash of that record ([`crate::chain::GENESIS`] for the first).
-    pub prev_hash: String,
-    /// SHA-256 of `prev_hash` and this record's content ([`crate::chain::record_hash`]).
-    pub record_hash: String,
+    /// SHA-256 of the previous record's hash and this record's content
+    /// ([`crate::chain::record_hash`]); all zeros when the row is not chained. Hex in JSON.
+    #[serde(with = "crate::chain::hash_serde")]
+    pub record_hash: crate::chain::Hash,
     /// `event_key` of the previous chained record (empty for the first). Not hashed: a hint
     /// that lets `verify` prove a missing position is a producer duplicate collapsed by
     /// deduplication (its hash recomputed from the surviving copy), not a deletion.
@@ -345,8 +345,7 @@ impl RowContext<'_> {
             kafka_partition: pos.partition,
             kafka_offset: pos.offset,
             chain_prev_offset: -1,
-            prev_hash: String::new(),
-            record_hash: String::new(),
+            record_hash: crate::chain::GENESIS,
             prev_event_key: String::new(),
         };
         match &event.payload {

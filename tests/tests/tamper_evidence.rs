@@ -129,8 +129,7 @@ async fn verify_finds_each_tampering_at_its_exact_position() -> Result<()> {
     forged.event_id = format!("{p}-forged");
     forged.event_key = "forged".into();
     forged.chain_prev_offset = 24;
-    forged.prev_hash = forged.record_hash.clone();
-    forged.record_hash = record_hash(&forged.prev_hash, &forged);
+    forged.record_hash = record_hash(&forged.record_hash, &forged);
     let mut insert = admin()
         .with_database("custos")
         .insert::<AuditRow>("audit_events")

@@ -141,7 +141,7 @@ source_format, tenant, event_time, ingested_at, outcome, issuer, user_sub, user_
 client_id, session_id, token_jti, token_type, scopes, interaction, resource_type, resource_id, patient, \
 encounter, consent_id, purpose_of_use, break_glass_reason, decision, http_status, source_ip, user_agent, \
 returned_ids, error, reason, actor, request_id, active, period_start, expires_at, kafka_topic, \
-kafka_partition, kafka_offset, chain_prev_offset, prev_hash, record_hash) \
+kafka_partition, kafka_offset, chain_prev_offset, record_hash) \
 SELECT lower(hex(substring(SHA256(concat(t, '/', toString(number))), 1, 16))), \
 concat('bench-', toString(number)), '//bench.custos/synthetic', \
 if(number % 20 = 0, 'custos.token.issued', 'custos.fhir.access'), 'cloudevents', t, \
@@ -159,7 +159,7 @@ if(p < length(hot), hot[p + 1], concat('ps1.bench.', lower(hex(substring(SHA256(
 concat('10.20.', toString(s % 4), '.', toString(1 + s % 250)), 'SimBrowser/1.0', [], '', '', '', \
 concat('req-', toString(number)), NULL, NULL, \
 if(number % 20 = 0, fromUnixTimestamp64Milli(toInt64(base + number * step + 3600000), 'UTC'), NULL), \
-'bench.synthetic', 0, toInt64(number), -1, '', '' \
+'bench.synthetic', 0, toInt64(number), -1, '' \
 FROM (SELECT number, intDiv(number, 20) AS s, (intDiv(number, 20) * 7919) % ? AS p, \
 ? AS t, ? AS hot, toInt64(?) AS base, toInt64(?) AS step FROM numbers(?, ?))";
     let started = Instant::now();
