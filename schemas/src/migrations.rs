@@ -81,6 +81,16 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0007_chain_hint.sql"),
         done_when: None,
     },
+    // Version 8 (migration 0008) is being added on another branch.
+    Migration {
+        version: 9,
+        name: "0009_token_index",
+        sql: include_str!("../migrations/0009_token_index.sql"),
+        done_when: Some(
+            "SELECT count() FROM system.tables WHERE database = 'custos' \
+             AND name = 'audit_by_token' AND comment = '0009 backfill complete'",
+        ),
+    },
 ];
 
 impl Migration {
