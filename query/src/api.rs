@@ -11,13 +11,13 @@ use clickhouse::{RowOwned, RowRead};
 use custos_schemas::PseudonymKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tracing::{error, info};
+use tracing::info;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::audit::Asked;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, Problem, ValidQuery};
-use crate::export::{fetch_page, page_of, page_response, stream, Page};
+use crate::export::{audited, fetch_page, page_of, page_response, stream, Page};
 use crate::params::{self, Common, Format};
 use crate::reports::break_glass::{self, BreakGlass};
 use crate::reports::consents::{self, ConsentChange};
@@ -103,12 +103,8 @@ pub fn authorize(state: &AppState, caller: &Caller, report: Report) -> Result<()
     info!(caller = %caller.sub, report = report.name(), "report refused: missing role");
     metrics::counter!("custos_query_forbidden_total", "report" => report.name()).increment(1);
     let asked = Asked::new(caller, report.name(), "", json!({}), "none");
-    let audit = state.audit.clone();
-    tokio::spawn(async move {
-        if let Err(e) = audit.write(&asked.record("forbidden", 0)).await {
-            error!(error = %e, "query audit record of a refusal not written");
-        }
-    });
+    // Queued, not awaited: a refusal reveals nothing (failures are logged by the writer).
+    state.audit.submit_detached(asked.record("forbidden", 0));
     Err(ApiError::Forbidden)
 }
 
@@ -489,11 +485,15 @@ pub async fn token_trace(
         return respond(&s, asked, &c, |lim| token_trace::events(&c, &sel, lim), map).await;
     }
     // The summary and the page's events are independent queries: run them together.
+    // The asked record is written meanwhile.
     let sql = token_trace::events(&c, &sel, c.limit + 1);
-    let (summary, events) = tokio::try_join!(
-        summary_sql.query(&s.reader).fetch_all::<SummaryRow>(),
-        sql.query(&s.reader).fetch_all::<EventRow>()
-    )?;
+    let (summary, events) = audited(&s, &asked, "answering", async {
+        Ok(tokio::try_join!(
+            summary_sql.query(&s.reader).fetch_all::<SummaryRow>(),
+            sql.query(&s.reader).fetch_all::<EventRow>()
+        )?)
+    })
+    .await?;
     let deadlines = Deadlines::new(&summary);
     let (rows, next) = page_of(&s, &asked, events, c.limit, |r| deadlines.flag(r)).await?;
     let page = Page {

@@ -1,16 +1,34 @@
-//! Writing the query audit (`custos.report_queries`) with the writer account. A JSON
-//! answer is recorded before it is sent (no record, no answer); an export is recorded as
-//! `streaming` before its first byte and again, with the rows sent, when it ends
-//! (`complete`) or is cut off (`aborted`).
+//! Writing the query audit (`custos.report_queries`) with the writer account.
+//!
+//! Every answer is recorded in two phases under one `query_id`
+//! (`ReplacingMergeTree(recorded_at)`: the later version replaces the earlier one):
+//!
+//! 1. the *asked* record (who, which report, pseudonymized parameters; status `answering`,
+//!    or `streaming` for an export) is inserted **concurrently** with the report query, and
+//!    the answer is sent only once ClickHouse acknowledged it: no durable record, no answer
+//!    (503 `audit-unavailable`);
+//! 2. the *final* record (`answered` with the rows returned, `complete` / `aborted` for an
+//!    export, `failed` when the report query failed) is queued before the response leaves
+//!    and written after, without delaying it. A crash or a failed insert between the two
+//!    phases leaves the `answering` / `streaming` row visible.
+//!
+//! Records are written by one background task per [`QueryAudit`] (group commit): it takes
+//! every record waiting in its queue (up to [`GroupCommit::max_rows`], lingering up to
+//! [`GroupCommit::linger`] for more), writes them as one INSERT and acknowledges each waiter.
+//! Batches are written one at a time in queue order, so a final record queued before a
+//! later request's asked record is never committed after it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use clickhouse::Row;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tracing::{error, info};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
 
 use crate::auth::Caller;
 use crate::reports::query_audit::ReportQuery;
@@ -34,27 +52,9 @@ struct ReportQueryInsert {
     duration_ms: u32,
 }
 
-/// Writes query-audit records.
-#[derive(Clone)]
-pub struct QueryAudit {
-    writer: clickhouse::Client,
-}
-
-impl std::fmt::Debug for QueryAudit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("QueryAudit")
-    }
-}
-
-impl QueryAudit {
-    /// Uses `writer` (INSERT on `custos.*`).
-    pub fn new(writer: clickhouse::Client) -> QueryAudit {
-        QueryAudit { writer }
-    }
-
-    /// Inserts one record and waits for ClickHouse's acknowledgement.
-    pub async fn write(&self, r: &ReportQuery) -> Result<(), clickhouse::error::Error> {
-        let row = ReportQueryInsert {
+impl From<&ReportQuery> for ReportQueryInsert {
+    fn from(r: &ReportQuery) -> ReportQueryInsert {
+        ReportQueryInsert {
             query_id: r.query_id.clone(),
             asked_at: r.asked_at,
             recorded_at: r.recorded_at,
@@ -69,13 +69,280 @@ impl QueryAudit {
             status: r.status.clone(),
             rows_returned: r.rows_returned,
             duration_ms: r.duration_ms,
+        }
+    }
+}
+
+/// Why a query-audit record was not written.
+#[derive(Debug, Clone, Error)]
+pub enum AuditError {
+    /// The INSERT of the batch holding the record failed.
+    #[error("insert failed: {0}")]
+    Insert(Arc<clickhouse::error::Error>),
+    /// The background writer is gone (its runtime shut down).
+    #[error("query-audit writer stopped")]
+    WriterGone,
+}
+
+/// Group-commit settings of the query-audit writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommit {
+    /// Most records in one INSERT.
+    pub max_rows: usize,
+    /// How long a batch waits for more records after its first one. Zero: a batch takes
+    /// what is queued when the previous INSERT ends (records arriving during an INSERT go
+    /// together into the next one), adding no latency to a lone request.
+    pub linger: Duration,
+    /// Records that may wait in the queue before callers wait for room.
+    pub queue: usize,
+}
+
+impl Default for GroupCommit {
+    fn default() -> GroupCommit {
+        GroupCommit {
+            max_rows: 256,
+            linger: Duration::ZERO,
+            queue: 4096,
+        }
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), AuditError>>;
+
+/// One queued record, with the waiter to acknowledge (none for final records).
+struct Pending {
+    row: ReportQueryInsert,
+    ack: Option<Ack>,
+}
+
+/// Writes query-audit records through a group-committing background task.
+#[derive(Clone)]
+pub struct QueryAudit {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: clickhouse::Client,
+    group: GroupCommit,
+    /// The queue of the background task, started on first use (inside a runtime).
+    tx: OnceLock<mpsc::Sender<Pending>>,
+    /// INSERT statements sent so far (group-commit effect, for tests and diagnostics).
+    inserts: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for QueryAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryAudit")
+            .field("group", &self.inner.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueryAudit {
+    /// Uses `writer` (INSERT on `custos.*`) with the default group commit.
+    pub fn new(writer: clickhouse::Client) -> QueryAudit {
+        QueryAudit::with_group_commit(writer, GroupCommit::default())
+    }
+
+    /// Uses `writer` with explicit group-commit settings (no I/O until the first record).
+    pub fn with_group_commit(writer: clickhouse::Client, group: GroupCommit) -> QueryAudit {
+        let group = GroupCommit {
+            max_rows: group.max_rows.max(1),
+            queue: group.queue.max(1),
+            ..group
         };
-        let mut insert = self
-            .writer
-            .insert::<ReportQueryInsert>("report_queries")
-            .await?;
-        insert.write(&row).await?;
-        insert.end().await
+        QueryAudit {
+            inner: Arc::new(Inner {
+                writer,
+                group,
+                tx: OnceLock::new(),
+                inserts: Arc::new(AtomicU64::new(0)),
+            }),
+        }
+    }
+
+    fn sender(&self) -> &mpsc::Sender<Pending> {
+        self.inner.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(self.inner.group.queue);
+            tokio::spawn(run_writer(
+                self.inner.writer.clone(),
+                self.inner.group,
+                rx,
+                self.inner.inserts.clone(),
+            ));
+            tx
+        })
+    }
+
+    /// Writes one record and waits for ClickHouse's acknowledgement of the INSERT that
+    /// carried it (phase 1: the answer depends on it).
+    pub async fn write(&self, r: &ReportQuery) -> Result<(), AuditError> {
+        let row = ReportQueryInsert::from(r);
+        let (ack, done) = oneshot::channel();
+        let pending = Pending {
+            row,
+            ack: Some(ack),
+        };
+        match self.sender().send(pending).await {
+            Ok(()) => done.await.unwrap_or(Err(AuditError::WriterGone)),
+            // The writer's runtime is gone (a state outliving it): write directly.
+            Err(mpsc::error::SendError(p)) => insert(&self.inner.writer, &[p.row])
+                .await
+                .map_err(|e| AuditError::Insert(Arc::new(e))),
+        }
+    }
+
+    /// Queues one record without waiting for its INSERT (phase 2); a failure is logged and
+    /// counted (`custos_query_audit_write_failures_total`), the earlier version stays.
+    /// Returns once the record is queued, so it is committed no later than any record
+    /// queued after it.
+    pub async fn submit(&self, r: &ReportQuery) {
+        let pending = Pending {
+            row: ReportQueryInsert::from(r),
+            ack: None,
+        };
+        if let Err(mpsc::error::SendError(p)) = self.sender().send(pending).await {
+            if let Err(e) = insert(&self.inner.writer, &[p.row]).await {
+                metrics::counter!("custos_query_audit_write_failures_total").increment(1);
+                error!(error = %e, query_id = %r.query_id, "final query-audit record not written");
+            }
+        }
+    }
+
+    /// Queues `r` from synchronous code (a drop): without waiting when the queue has room,
+    /// else from a spawned task.
+    pub fn submit_detached(&self, r: ReportQuery) {
+        let pending = Pending {
+            row: ReportQueryInsert::from(&r),
+            ack: None,
+        };
+        match self.sender().try_send(pending) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) => {
+                let audit = self.clone();
+                tokio::spawn(async move { audit.submit(&r).await });
+            }
+        }
+    }
+
+    /// INSERT statements the background writer has sent so far.
+    pub fn inserts(&self) -> u64 {
+        self.inner.inserts.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every record queued before this call is written (or failed): for a
+    /// graceful shutdown.
+    pub async fn flush(&self) {
+        let Some(tx) = self.inner.tx.get() else {
+            return;
+        };
+        let (ack, done) = oneshot::channel();
+        // A record-less barrier: an empty row is never inserted (see `run_writer`).
+        let barrier = Pending {
+            row: ReportQueryInsert::barrier(),
+            ack: Some(ack),
+        };
+        if tx.send(barrier).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+impl ReportQueryInsert {
+    fn barrier() -> ReportQueryInsert {
+        ReportQueryInsert {
+            query_id: String::new(),
+            asked_at: 0,
+            recorded_at: 0,
+            caller_sub: String::new(),
+            caller_issuer: String::new(),
+            caller_client: String::new(),
+            caller_roles: Vec::new(),
+            report: String::new(),
+            tenant: String::new(),
+            parameters: String::new(),
+            format: String::new(),
+            status: String::new(),
+            rows_returned: 0,
+            duration_ms: 0,
+        }
+    }
+
+    fn is_barrier(&self) -> bool {
+        self.query_id.is_empty()
+    }
+}
+
+/// One INSERT of `rows`, acknowledged by ClickHouse.
+async fn insert(
+    writer: &clickhouse::Client,
+    rows: &[ReportQueryInsert],
+) -> Result<(), clickhouse::error::Error> {
+    let mut insert = writer.insert::<ReportQueryInsert>("report_queries").await?;
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await
+}
+
+/// The group-commit loop: one batch at a time, in queue order, until every sender is gone.
+async fn run_writer(
+    writer: clickhouse::Client,
+    group: GroupCommit,
+    mut rx: mpsc::Receiver<Pending>,
+    inserts: Arc<AtomicU64>,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(group.max_rows);
+    loop {
+        if rx.recv_many(&mut batch, group.max_rows).await == 0 {
+            return;
+        }
+        if !group.linger.is_zero() && batch.len() < group.max_rows {
+            let deadline = tokio::time::Instant::now() + group.linger;
+            while batch.len() < group.max_rows {
+                let room = group.max_rows - batch.len();
+                match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        let rows: Vec<ReportQueryInsert> = batch
+            .iter()
+            .filter(|p| !p.row.is_barrier())
+            .map(|p| p.row.clone())
+            .collect();
+        let result = if rows.is_empty() {
+            Ok(())
+        } else {
+            let started = Instant::now();
+            inserts.fetch_add(1, Ordering::Relaxed);
+            let r = insert(&writer, &rows).await;
+            metrics::histogram!("custos_query_audit_insert_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("custos_query_audit_batch_rows").record(rows.len() as f64);
+            r.map_err(|e| AuditError::Insert(Arc::new(e)))
+        };
+        if let Err(e) = &result {
+            metrics::counter!("custos_query_audit_write_failures_total")
+                .increment(rows.len() as u64);
+            warn!(error = %e, rows = rows.len(), "query-audit batch not written");
+        }
+        for p in batch.drain(..) {
+            match p.ack {
+                Some(ack) => {
+                    let _ = ack.send(result.clone());
+                }
+                None if result.is_err() => {
+                    error!(
+                        query_id = %p.row.query_id,
+                        status = %p.row.status,
+                        "final query-audit record not written; the earlier version stays"
+                    );
+                }
+                None => {}
+            }
+        }
     }
 }
 
@@ -110,6 +377,9 @@ pub struct Asked {
     tenant: String,
     parameters: Value,
     format: &'static str,
+    /// `recorded_at` of the latest version made, shared by clones: every version of this
+    /// record gets a strictly later one, so the final version always replaces the first.
+    last_recorded: Arc<AtomicI64>,
 }
 
 impl Asked {
@@ -130,15 +400,25 @@ impl Asked {
             tenant: tenant.to_owned(),
             parameters,
             format,
+            last_recorded: Arc::new(AtomicI64::new(i64::MIN)),
         }
     }
 
-    /// The record for a status and row count.
+    /// The record for a status and row count: a new version, recorded strictly later (by
+    /// at least 1 ms) than every version made before it.
     pub fn record(&self, status: &str, rows: u64) -> ReportQuery {
+        let floor = now_ms().max(self.asked_at);
+        let previous = self
+            .last_recorded
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(floor.max(last.saturating_add(1)))
+            })
+            .unwrap_or(i64::MIN);
+        let recorded_at = floor.max(previous.saturating_add(1));
         ReportQuery {
             query_id: self.query_id.clone(),
             asked_at: self.asked_at,
-            recorded_at: now_ms().max(self.asked_at),
+            recorded_at,
             caller_sub: self.caller.sub.clone(),
             caller_issuer: self.caller.issuer.clone(),
             caller_client: self.caller.client.clone(),
@@ -187,7 +467,6 @@ impl Drop for StreamAudit {
         let record = self.asked.record(status, self.rows);
         metrics::counter!("custos_query_rows_returned_total", "report" => self.asked.report)
             .increment(self.rows);
-        let audit = self.audit.clone();
         info!(
             query_id = %record.query_id,
             report = record.report,
@@ -195,12 +474,62 @@ impl Drop for StreamAudit {
             status,
             "export finished"
         );
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = audit.write(&record).await {
-                    error!(error = %e, query_id = %record.query_id, "final export audit record not written");
-                }
-            });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.audit.submit_detached(record);
+        } else {
+            error!(query_id = %record.query_id, "final export audit record not written: no runtime");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+
+    fn caller() -> Caller {
+        Caller {
+            sub: "officer".into(),
+            issuer: "https://as.test".into(),
+            client: "app".into(),
+            username: None,
+            roles: vec![Role::Auditor],
+            tenants: None,
+        }
+    }
+
+    #[test]
+    fn every_version_is_recorded_strictly_later() {
+        let asked = Asked::new(&caller(), "token-trace", "t", Value::Null, "json");
+        let copy = asked.clone();
+        let mut last = i64::MIN;
+        for i in 0..50 {
+            // Clones share the version clock (the export's final record is made by a clone).
+            let r = if i % 2 == 0 {
+                asked.record("answering", 0)
+            } else {
+                copy.record("answered", 3)
+            };
+            assert!(r.recorded_at > last, "version {i} not later");
+            assert!(r.recorded_at >= r.asked_at);
+            assert_eq!(r.query_id, asked.query_id);
+            last = r.recorded_at;
+        }
+    }
+
+    #[test]
+    fn group_commit_settings_are_clamped() {
+        let client = clickhouse::Client::default();
+        let audit = QueryAudit::with_group_commit(
+            client,
+            GroupCommit {
+                max_rows: 0,
+                linger: Duration::from_millis(2),
+                queue: 0,
+            },
+        );
+        assert_eq!(audit.inner.group.max_rows, 1);
+        assert_eq!(audit.inner.group.queue, 1);
+        assert_eq!(audit.inserts(), 0);
     }
 }

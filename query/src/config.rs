@@ -174,6 +174,13 @@ pub struct QueryConfig {
     /// checkpoint head (farther heads are reported as `beyond_limit`).
     #[arg(long, env = "CUSTOS_QUERY_PROOF_MAX_RECORDS", default_value_t = 10_000)]
     pub proof_max_records: u64,
+    /// Most query-audit records written in one INSERT (group commit).
+    #[arg(long, env = "CUSTOS_QUERY_AUDIT_BATCH_ROWS", default_value_t = 256)]
+    pub audit_batch_rows: usize,
+    /// How long a query-audit batch waits for more records after its first, in ms. 0 (the
+    /// default): no wait; records arriving while an INSERT runs go together into the next.
+    #[arg(long, env = "CUSTOS_QUERY_AUDIT_LINGER_MS", default_value_t = 0)]
+    pub audit_linger_ms: u64,
     /// OIDC settings.
     #[command(flatten)]
     pub oidc: OidcArgs,
@@ -322,7 +329,22 @@ impl QueryConfig {
         if self.proof_max_records == 0 || self.proof_max_records > 1_000_000 {
             return bad("CUSTOS_QUERY_PROOF_MAX_RECORDS must be 1..=1000000");
         }
+        if self.audit_batch_rows == 0 || self.audit_batch_rows > 10_000 {
+            return bad("CUSTOS_QUERY_AUDIT_BATCH_ROWS must be 1..=10000");
+        }
+        if self.audit_linger_ms > 100 {
+            return bad("CUSTOS_QUERY_AUDIT_LINGER_MS must be at most 100");
+        }
         Ok(())
+    }
+
+    /// Group-commit settings of the query-audit writer.
+    pub fn group_commit(&self) -> crate::audit::GroupCommit {
+        crate::audit::GroupCommit {
+            max_rows: self.audit_batch_rows,
+            linger: Duration::from_millis(self.audit_linger_ms),
+            ..crate::audit::GroupCommit::default()
+        }
     }
 
     /// Loads the pseudonymization key ring from the env var or the key file.

@@ -37,7 +37,7 @@ pub enum ApiError {
     ClickHouse(#[from] clickhouse::error::Error),
     /// The query-audit record could not be written, so the report is not answered.
     #[error("query audit record not written: {0}")]
-    AuditWrite(clickhouse::error::Error),
+    AuditWrite(crate::audit::AuditError),
     /// Anything else internal.
     #[error("internal error: {0}")]
     Internal(String),

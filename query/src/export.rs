@@ -2,6 +2,8 @@
 //! NDJSON export streamed from a ClickHouse cursor in chunks (never the whole result in
 //! memory).
 
+use std::future::Future;
+
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -40,8 +42,31 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// Fetches `limit + 1` rows of `sql` (built with that limit), maps them, records the
-/// answer in the query audit and returns the rows and the next cursor.
+/// Runs `work` (the report query) while the asked record of `asked` (`status`:
+/// `answering` or `streaming`) is written, and returns its output once both finished: no
+/// acknowledged record, no answer ([`ApiError::AuditWrite`]). When the query fails after
+/// the record was written, a `failed` final record is queued.
+pub async fn audited<T, Fut>(
+    state: &AppState,
+    asked: &Asked,
+    status: &'static str,
+    work: Fut,
+) -> Result<T, ApiError>
+where
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let record = asked.record(status, 0);
+    let (written, out) = tokio::join!(state.audit.write(&record), work);
+    written.map_err(ApiError::AuditWrite)?;
+    if out.is_err() {
+        state.audit.submit(&asked.record("failed", 0)).await;
+    }
+    out
+}
+
+/// Fetches `limit + 1` rows of `sql` (built with that limit) while the asked record is
+/// written, maps them, queues the final `answered` record and returns the rows and the
+/// next cursor.
 pub async fn fetch_page<R, O, F>(
     state: &AppState,
     asked: &Asked,
@@ -54,11 +79,16 @@ where
     O: Keyed,
     F: FnMut(R) -> O,
 {
-    let rows: Vec<R> = sql.query(&state.reader).fetch_all().await?;
+    let rows: Vec<R> = audited(state, asked, "answering", async {
+        Ok(sql.query(&state.reader).fetch_all().await?)
+    })
+    .await?;
     page_of(state, asked, rows, limit, map).await
 }
 
-/// [`fetch_page`] for rows already fetched (`limit + 1` of them at most).
+/// The page of rows already fetched (`limit + 1` of them at most) under an acknowledged
+/// asked record ([`audited`]); queues the final `answered` record (not awaited: it is
+/// committed after the answer, before any record queued later).
 pub async fn page_of<R, O, F>(
     state: &AppState,
     asked: &Asked,
@@ -79,11 +109,7 @@ where
         None
     };
     let rows = out.len() as u64;
-    state
-        .audit
-        .write(&asked.record("answered", rows))
-        .await
-        .map_err(ApiError::AuditWrite)?;
+    state.audit.submit(&asked.record("answered", rows)).await;
     metrics::counter!("custos_query_rows_returned_total", "report" => asked.report())
         .increment(rows);
     Ok((out, next))
@@ -208,7 +234,8 @@ where
 }
 
 /// Streams the whole result of `sql` as CSV or NDJSON. The query audit gets a `streaming`
-/// record before the response starts and a final one when the stream ends.
+/// record, written while the query starts and acknowledged before the response starts, and
+/// a final one (`complete` / `aborted`) when the stream ends.
 pub async fn stream<R, O, F>(
     state: &AppState,
     asked: Asked,
@@ -222,13 +249,12 @@ where
     F: FnMut(R) -> O + Send + 'static,
 {
     let mut cursor = sql.query(&state.reader).fetch::<R>()?;
-    // The first row (or the end) before answering, so a failing query is a proper error.
-    let first = cursor.next().await?;
-    state
-        .audit
-        .write(&asked.record("streaming", 0))
-        .await
-        .map_err(ApiError::AuditWrite)?;
+    // The first row (or the end) before answering, so a failing query is a proper error;
+    // the `streaming` record is written meanwhile.
+    let first = audited(state, &asked, "streaming", async {
+        Ok(cursor.next().await?)
+    })
+    .await?;
     let query_id = asked.query_id.clone();
     let report = asked.report();
     let done = first.is_none();

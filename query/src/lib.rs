@@ -3,8 +3,8 @@
 //! The Custos query API: who-accessed-what reports for compliance officers, privacy
 //! officers and incident responders, read from `custos.audit_events FINAL` with a
 //! read-only ClickHouse account, secured with OIDC bearer JWTs and roles, and itself
-//! audited (every answered query is written to `custos.report_queries` with the writer
-//! account before it is answered).
+//! audited (every report query is recorded in `custos.report_queries` with the writer
+//! account, acknowledged before it is answered; see [`audit`]).
 //!
 //! - [`auth`]: JWT validation against the issuer's JWKS, roles from a claim path;
 //! - [`reports`]: the SQL builders, pure functions over validated parameters;
@@ -160,7 +160,7 @@ impl AppState {
         Ok(AppState {
             auth: Arc::new(Authenticator::new(&cfg.oidc)?),
             reader,
-            audit: QueryAudit::new(writer.clone()),
+            audit: QueryAudit::with_group_commit(writer.clone(), cfg.group_commit()),
             keys: Arc::new(cfg.key_ring()?),
             settings: Arc::new(Settings {
                 limits: Limits {

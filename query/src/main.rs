@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         info!(addr = %cli.config.http_addr, "custos-query listening");
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let audit = state.audit.clone();
         axum::serve(listener, custos_query::app(state))
             .with_graceful_shutdown(async move {
                 tokio::select! {
@@ -62,6 +63,13 @@ fn main() -> anyhow::Result<()> {
                 }
             })
             .await?;
+        // Final query-audit records still queued are written before exiting.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), audit.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("query-audit queue not flushed within 10 s");
+        }
         Ok(())
     })
 }

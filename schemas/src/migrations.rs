@@ -90,6 +90,15 @@ pub const MIGRATIONS: &[Migration] = &[
              AND table = 'audit_events' AND name = 'record_hash' AND type = 'FixedString(32)'",
         ),
     },
+    Migration {
+        version: 9,
+        name: "0009_token_index",
+        sql: include_str!("../migrations/0009_token_index.sql"),
+        done_when: Some(
+            "SELECT count() FROM system.tables WHERE database = 'custos' \
+             AND name = 'audit_by_token' AND comment = '0009 backfill complete'",
+        ),
+    },
 ];
 
 impl Migration {

@@ -1716,3 +1716,190 @@ async fn answered_queries_are_audited_with_pseudonymized_parameters() -> Result<
     assert!(b["next_cursor"].is_string());
     Ok(())
 }
+
+/// Query-audit rows (`FINAL`: the latest version) of `caller`: (query_id, status, rows).
+async fn audit_now(caller: &str) -> Result<Vec<(String, String, u64)>> {
+    Ok(admin()
+        .query(
+            "SELECT query_id, status, rows_returned FROM custos.report_queries FINAL \
+             WHERE caller_sub = ? ORDER BY query_id",
+        )
+        .bind(caller)
+        .fetch_all()
+        .await?)
+}
+
+/// [`audit_now`], waiting (up to 15 s) until `n` rows all have `status`.
+async fn audit_rows(caller: &str, n: usize, status: &str) -> Result<Vec<(String, String, u64)>> {
+    let start = std::time::Instant::now();
+    loop {
+        let rows = audit_now(caller).await?;
+        let settled = rows.len() >= n && rows.iter().all(|r| r.1 == status);
+        if settled || start.elapsed() > Duration::from_secs(15) {
+            return Ok(rows);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_audit_is_fail_closed_and_keeps_one_row_per_query() -> Result<()> {
+    let sc = scenario();
+    let p = [
+        ("tenant", sc.tenant.as_str()),
+        ("from", DAY_FROM),
+        ("to", DAY_TO),
+        ("patient", sc.p1.as_str()),
+    ];
+    let sub = format!("officer-gc-{}", sc.tenant);
+    let officer = token(&sub, &["compliance_officer"]);
+
+    // No durable asked record, no answer: JSON and exports alike.
+    let broken = app_with(&["--writer-password", "not-the-writer-password"]);
+    for format in ["json", "csv"] {
+        let mut pf = p.to_vec();
+        pf.push(("format", format));
+        let r = get(
+            &broken,
+            &url("/v1/reports/patient-access", &pf),
+            Some(&officer),
+        )
+        .await;
+        assert_eq!(r.status, 503, "{format}: {}", r.text());
+        assert_eq!(r.content_type, "application/problem+json");
+        assert!(r.text().contains("audit-unavailable"), "{}", r.text());
+        assert!(
+            !r.text().contains(&sc.keys["A1"]),
+            "rows leaked without a record"
+        );
+    }
+
+    // Concurrent answers: each request has exactly one row in the query audit, its final
+    // version (`answered`, rows returned), by FINAL and by argMax over recorded_at alike.
+    let app = app_with(&["--audit-linger-ms", "5"]);
+    let u = url("/v1/reports/patient-access", &p);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (app, u, t) = (app.clone(), u.clone(), officer.clone());
+        tasks.push(tokio::spawn(async move { get(&app, &u, Some(&t)).await }));
+    }
+    let mut ids = BTreeSet::new();
+    for t in tasks {
+        let r = t.await?;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(rows(&r.json()).len(), 8);
+        ids.insert(
+            r.json()["query_id"]
+                .as_str()
+                .context("query_id")?
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids.len(), 16);
+    let found = audit_rows(&sub, 16, "answered").await?;
+    assert_eq!(found.len(), 16, "{found:?}");
+    for (qid, status, n) in &found {
+        assert!(ids.contains(qid), "unexpected record {qid}");
+        assert_eq!((status.as_str(), *n), ("answered", 8), "{qid}");
+    }
+    let latest: Vec<(String, String)> = admin()
+        .query(
+            "SELECT query_id, argMax(status, recorded_at) FROM custos.report_queries \
+             WHERE caller_sub = ? GROUP BY query_id ORDER BY query_id",
+        )
+        .bind(&sub)
+        .fetch_all()
+        .await?;
+    assert_eq!(latest.len(), 16);
+    assert!(latest.iter().all(|(_, s)| s == "answered"), "{latest:?}");
+    let auditor = token("auditor-gc", &["auditor"]);
+    let r = get(
+        &app,
+        &url("/v1/reports/query-audit", &[("caller", &sub)]),
+        Some(&auditor),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listed = rows(&r.json());
+    assert_eq!(listed.len(), 16);
+    assert!(listed.iter().all(|r| r["status"] == "answered"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_audit_group_commits_and_shows_unfinished_requests() -> Result<()> {
+    use custos_query::audit::{Asked, GroupCommit, QueryAudit};
+    use custos_query::auth::{Caller, Role};
+    ensure_schema()?;
+    let writer = client_as("custos_writer", "custos_writer_pw").with_database("custos");
+    let audit = QueryAudit::with_group_commit(
+        writer,
+        GroupCommit {
+            max_rows: 256,
+            linger: Duration::from_millis(5),
+            queue: 1024,
+        },
+    );
+    let sub = unique("crashed-officer");
+    let caller = Caller {
+        sub: sub.clone(),
+        issuer: "https://as.test".into(),
+        client: "app".into(),
+        username: None,
+        roles: vec![Role::ComplianceOfficer],
+        tenants: None,
+    };
+    // 32 requests' asked records at once, each acknowledged; no final version follows, as
+    // after a crash between the two phases.
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let (audit, caller) = (audit.clone(), caller.clone());
+        tasks.push(tokio::spawn(async move {
+            let asked = Asked::new(&caller, "patient-access", "t", json!({ "i": i }), "json");
+            audit.write(&asked.record("answering", 0)).await?;
+            anyhow::Ok(asked.query_id)
+        }));
+    }
+    let mut ids = BTreeSet::new();
+    for t in tasks {
+        ids.insert(t.await??);
+    }
+    assert_eq!(ids.len(), 32);
+    let inserts = audit.inserts();
+    assert!(
+        (1..=8).contains(&inserts),
+        "32 concurrent records took {inserts} INSERTs"
+    );
+    // Acknowledged means stored: every record is there at once, and stays visible as
+    // `answering` in the query-audit report.
+    let stored = audit_now(&sub).await?;
+    assert_eq!(stored.len(), 32, "{stored:?}");
+    assert!(stored
+        .iter()
+        .all(|r| ids.contains(&r.0) && r.1 == "answering"));
+    let app = app();
+    let auditor = token("auditor-crash", &["auditor"]);
+    let r = get(
+        &app,
+        &url("/v1/reports/query-audit", &[("caller", &sub)]),
+        Some(&auditor),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listed = rows(&r.json());
+    assert_eq!(listed.len(), 32);
+    assert!(listed
+        .iter()
+        .all(|r| r["status"] == "answering" && r["rows_returned"] == 0));
+    // A later version replaces the first.
+    let one = Asked::new(&caller, "patient-access", "t", json!({}), "json");
+    audit.write(&one.record("answering", 0)).await?;
+    audit.submit(&one.record("answered", 5)).await;
+    audit.flush().await;
+    let after = audit_now(&sub).await?;
+    assert_eq!(after.len(), 33);
+    let mine: Vec<_> = after.iter().filter(|r| r.0 == one.query_id).collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!((mine[0].1.as_str(), mine[0].2), ("answered", 5));
+    Ok(())
+}

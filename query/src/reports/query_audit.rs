@@ -1,4 +1,4 @@
-//! The query audit: one record per answered report query (who asked, with which roles,
+//! The query audit: one record per report query (who asked, with which roles,
 //! which report, parameters with patient and user identifiers pseudonymized, rows
 //! returned), itself reportable to auditors.
 
@@ -39,7 +39,8 @@ pub struct ReportQuery {
     pub parameters: String,
     /// `json`, `csv`, `ndjson` or `fhir`.
     pub format: String,
-    /// `answered`, `streaming`, `complete`, `aborted` or `forbidden`.
+    /// `answering` (asked, not yet answered or never finished), `answered`, `failed`,
+    /// `streaming`, `complete`, `aborted` or `forbidden`.
     pub status: String,
     /// Rows returned.
     pub rows_returned: u64,

@@ -11,7 +11,15 @@ use utoipa::ToSchema;
 
 use super::{ms, order_limit, scope, EventRow, Keyed, Tabular, EVENT_COLUMNS, SELECT_EVENTS};
 use crate::params::{Common, Cursor};
-use crate::sql::Sql;
+use crate::sql::{Arg, Sql};
+
+/// The tokens seen in a session (binds: tenant, session).
+macro_rules! session_tokens {
+    () => {
+        "(SELECT jti FROM custos.audit_by_token WHERE tenant = ? AND kind = 'session' \
+AND token = ? AND jti != '')"
+    };
+}
 
 /// What to trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,16 +42,59 @@ impl Selector {
         }
     }
 
-    fn apply(&self, sql: &mut Sql, tenant: &str) {
+    /// Restricts `sql` (over `custos.audit_events`, already scoped to `c`'s tenant and
+    /// window) to the trace. A jti or session is looked up in `custos.audit_by_token`
+    /// (migration 0009), whose keys restrict audit_events by its primary key; the predicate
+    /// on the fetched row itself is kept, so an index row never widens the result.
+    fn apply(&self, sql: &mut Sql, c: &Common) {
+        let (from, to) = (c.window.from_ms, c.window.to_ms);
+        let tenant = c.tenant.as_str();
         match self {
             Selector::Jti(j) => {
                 sql.bind1(" AND token_jti = ?", j);
+                sql.bind(
+                    concat!(
+                        " AND (tenant, patient, event_time, event_key) IN (SELECT tenant, patient, \
+event_time, event_key FROM custos.audit_by_token WHERE tenant = ? AND kind = 'jti' AND token = ? \
+AND event_time >= ",
+                        ms!(),
+                        " AND event_time < ",
+                        ms!(),
+                        ")"
+                    ),
+                    [tenant.into(), j.into(), Arg::from(from), Arg::from(to)],
+                );
             }
             Selector::Session(s) => {
+                // The session's own events, and every event of a token seen in the session
+                // (at any time).
                 sql.bind(
-                    " AND (session_id = ? OR token_jti IN (SELECT token_jti FROM custos.audit_events \
-WHERE tenant = ? AND session_id = ? AND token_jti != ''))",
+                    concat!(
+                        " AND (session_id = ? OR token_jti IN ",
+                        session_tokens!(),
+                        ")"
+                    ),
                     [s.as_str(), tenant, s.as_str()],
+                );
+                sql.bind(
+                    concat!(
+                        " AND (tenant, patient, event_time, event_key) IN (SELECT tenant, patient, \
+event_time, event_key FROM custos.audit_by_token WHERE tenant = ? AND event_time >= ",
+                        ms!(),
+                        " AND event_time < ",
+                        ms!(),
+                        " AND ((kind = 'session' AND token = ?) OR (kind = 'jti' AND token IN ",
+                        session_tokens!(),
+                        ")))"
+                    ),
+                    [
+                        Arg::from(tenant),
+                        Arg::from(from),
+                        Arg::from(to),
+                        Arg::from(s.as_str()),
+                        Arg::from(tenant),
+                        Arg::from(s.as_str()),
+                    ],
                 );
             }
             Selector::Client(c) => {
@@ -57,7 +108,7 @@ WHERE tenant = ? AND session_id = ? AND token_jti != ''))",
 pub fn events(c: &Common, sel: &Selector, limit: u64) -> Sql {
     let mut sql = Sql::new(SELECT_EVENTS);
     scope(&mut sql, c);
-    sel.apply(&mut sql, &c.tenant);
+    sel.apply(&mut sql, c);
     order_limit(&mut sql, limit);
     sql
 }
@@ -100,7 +151,7 @@ FROM custos.audit_events FINAL WHERE ",
         concat!(" AND event_time >= ", ms!(), " AND event_time < ", ms!()),
         [c.window.from_ms, c.window.to_ms],
     );
-    sel.apply(&mut sql, &c.tenant);
+    sel.apply(&mut sql, c);
     sql.push(" AND token_jti != '' GROUP BY token_jti) ORDER BY t_issued, t_jti");
     sql.bind1(" LIMIT ?", MAX_TOKENS);
     sql
@@ -435,6 +486,32 @@ mod tests {
         assert_eq!(s.scopes_unused, vec!["user/Condition.rs".to_owned()]);
         assert_eq!(s.flags, vec!["used_after_revocation", "scope_exceeded"]);
         assert_eq!(s.expires_at, None);
+    }
+
+    #[test]
+    fn jti_and_session_go_through_the_token_index() {
+        let c = common();
+        for sel in [Selector::Jti("j-1".into()), Selector::Session("s-1".into())] {
+            for sql in [events(&c, &sel, 11), summary(&c, &sel)] {
+                let t = sql.text();
+                assert!(
+                    t.contains(
+                        "(tenant, patient, event_time, event_key) IN (SELECT tenant, patient, \
+event_time, event_key FROM custos.audit_by_token WHERE tenant = ?"
+                    ),
+                    "{t}"
+                );
+                assert_eq!(t.matches('?').count(), sql.args().len());
+                // The row itself is re-checked: the index never widens a result.
+                match &sel {
+                    Selector::Jti(_) => assert!(t.contains(" AND token_jti = ?")),
+                    _ => assert!(t.contains(" AND (session_id = ? OR token_jti IN ")),
+                }
+                assert!(sql.args().contains(&Arg::from(c.tenant.as_str())));
+            }
+        }
+        let client = events(&c, &Selector::Client("app".into()), 11);
+        assert!(!client.text().contains("audit_by_token"));
     }
 
     #[test]
