@@ -246,6 +246,11 @@ impl Writer {
         {
             return false;
         }
+        // Where the chains now stand, durable before the offsets are committed.
+        let heads = crate::chainer::batch_heads(&batch.rows);
+        if !heads.is_empty() && !self.insert_with_retry("chain_heads", &heads, cancel).await {
+            return false;
+        }
         true
     }
 

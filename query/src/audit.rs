@@ -14,7 +14,9 @@
 //!
 //! Records are written by one background task per [`QueryAudit`] (group commit): it takes
 //! every record waiting in its queue (up to [`GroupCommit::max_rows`], lingering up to
-//! [`GroupCommit::linger`] for more), writes them as one INSERT and acknowledges each waiter.
+//! [`GroupCommit::linger`] for more; final records nobody waits for wait up to
+//! [`GroupCommit::final_linger`] for the next awaited record to ride along with), writes them
+//! as one INSERT and acknowledges each waiter.
 //! Batches are written one at a time in queue order, so a final record queued before a
 //! later request's asked record is never committed after it.
 
@@ -93,6 +95,11 @@ pub struct GroupCommit {
     /// what is queued when the previous INSERT ends (records arriving during an INSERT go
     /// together into the next one), adding no latency to a lone request.
     pub linger: Duration,
+    /// How long a batch of final records only (nobody waits for them) waits for more. It
+    /// ends as soon as a record somebody waits for arrives, which then carries the finals
+    /// in its INSERT: a request's asked record usually takes the previous request's final
+    /// record along, one INSERT per request instead of two.
+    pub final_linger: Duration,
     /// Records that may wait in the queue before callers wait for room.
     pub queue: usize,
 }
@@ -102,6 +109,7 @@ impl Default for GroupCommit {
         GroupCommit {
             max_rows: 256,
             linger: Duration::ZERO,
+            final_linger: Duration::from_millis(200),
             queue: 4096,
         }
     }
@@ -297,12 +305,21 @@ async fn run_writer(
         if rx.recv_many(&mut batch, group.max_rows).await == 0 {
             return;
         }
-        if !group.linger.is_zero() && batch.len() < group.max_rows {
-            let deadline = tokio::time::Instant::now() + group.linger;
+        let awaited = |b: &[Pending]| b.iter().any(|p| p.ack.is_some());
+        let linger = if awaited(&batch) {
+            group.linger
+        } else {
+            group.final_linger
+        };
+        if !linger.is_zero() && batch.len() < group.max_rows {
+            let deadline = tokio::time::Instant::now() + linger;
+            let finals_only = !awaited(&batch);
             while batch.len() < group.max_rows {
                 let room = group.max_rows - batch.len();
                 match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
                     Ok(0) | Err(_) => break,
+                    // Somebody waits now: write at once (their own linger does not apply).
+                    Ok(_) if finals_only && awaited(&batch) => break,
                     Ok(_) => {}
                 }
             }
@@ -525,6 +542,7 @@ mod tests {
             GroupCommit {
                 max_rows: 0,
                 linger: Duration::from_millis(2),
+                final_linger: Duration::ZERO,
                 queue: 0,
             },
         );

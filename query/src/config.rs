@@ -181,6 +181,14 @@ pub struct QueryConfig {
     /// default): no wait; records arriving while an INSERT runs go together into the next.
     #[arg(long, env = "CUSTOS_QUERY_AUDIT_LINGER_MS", default_value_t = 0)]
     pub audit_linger_ms: u64,
+    /// How long final query-audit records (written after the answer) wait, in ms, for the
+    /// next awaited record to share its INSERT.
+    #[arg(
+        long,
+        env = "CUSTOS_QUERY_AUDIT_FINAL_LINGER_MS",
+        default_value_t = 200
+    )]
+    pub audit_final_linger_ms: u64,
     /// OIDC settings.
     #[command(flatten)]
     pub oidc: OidcArgs,
@@ -335,6 +343,9 @@ impl QueryConfig {
         if self.audit_linger_ms > 100 {
             return bad("CUSTOS_QUERY_AUDIT_LINGER_MS must be at most 100");
         }
+        if self.audit_final_linger_ms > 5_000 {
+            return bad("CUSTOS_QUERY_AUDIT_FINAL_LINGER_MS must be at most 5000");
+        }
         Ok(())
     }
 
@@ -343,6 +354,7 @@ impl QueryConfig {
         crate::audit::GroupCommit {
             max_rows: self.audit_batch_rows,
             linger: Duration::from_millis(self.audit_linger_ms),
+            final_linger: Duration::from_millis(self.audit_final_linger_ms),
             ..crate::audit::GroupCommit::default()
         }
     }

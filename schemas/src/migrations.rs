@@ -99,6 +99,12 @@ pub const MIGRATIONS: &[Migration] = &[
              AND name = 'audit_by_token' AND comment = '0009 backfill complete'",
         ),
     },
+    Migration {
+        version: 10,
+        name: "0010_chain_heads",
+        sql: include_str!("../migrations/0010_chain_heads.sql"),
+        done_when: None,
+    },
 ];
 
 impl Migration {

@@ -1837,6 +1837,8 @@ async fn query_audit_group_commits_and_shows_unfinished_requests() -> Result<()>
         GroupCommit {
             max_rows: 256,
             linger: Duration::from_millis(5),
+            // Long enough that the next awaited record always arrives within it.
+            final_linger: Duration::from_secs(5),
             queue: 1024,
         },
     );
@@ -1898,6 +1900,22 @@ async fn query_audit_group_commits_and_shows_unfinished_requests() -> Result<()>
     audit.flush().await;
     let after = audit_now(&sub).await?;
     assert_eq!(after.len(), 33);
+    // A final record waits for the next awaited one and shares its INSERT.
+    let two = Asked::new(&caller, "patient-access", "t", json!({}), "json");
+    audit.write(&two.record("answering", 0)).await?;
+    let before = audit.inserts();
+    audit.submit(&two.record("answered", 2)).await;
+    let three = Asked::new(&caller, "patient-access", "t", json!({}), "json");
+    audit.write(&three.record("answering", 0)).await?;
+    assert_eq!(audit.inserts() - before, 1, "final record rode along");
+    audit.flush().await;
+    let latest = audit_now(&sub).await?;
+    let status_of = |q: &str| latest.iter().find(|r| r.0 == q).map(|r| (r.1.clone(), r.2));
+    assert_eq!(status_of(&two.query_id), Some(("answered".to_owned(), 2)));
+    assert_eq!(
+        status_of(&three.query_id),
+        Some(("answering".to_owned(), 0))
+    );
     let mine: Vec<_> = after.iter().filter(|r| r.0 == one.query_id).collect();
     assert_eq!(mine.len(), 1);
     assert_eq!((mine[0].1.as_str(), mine[0].2), ("answered", 5));

@@ -109,7 +109,8 @@ async fn mutate(sql: &str, topic: &str, offset: i64) -> Result<()> {
         .with_context(|| sql.to_owned())
 }
 
-/// Query-audit rows of `caller`: (report, status) pairs, waiting for at least `n`.
+/// Query-audit rows of `caller`: (report, status) pairs, waiting for at least `n` with no
+/// request still `answering` (final records are written after the answer).
 async fn audited(caller: &str, n: usize) -> Result<Vec<(String, String)>> {
     let start = std::time::Instant::now();
     loop {
@@ -118,7 +119,8 @@ async fn audited(caller: &str, n: usize) -> Result<Vec<(String, String)>> {
             .bind(caller)
             .fetch_all()
             .await?;
-        if rows.len() >= n || start.elapsed() > Duration::from_secs(15) {
+        let settled = rows.len() >= n && rows.iter().all(|(_, s)| s != "answering");
+        if settled || start.elapsed() > Duration::from_secs(15) {
             return Ok(rows);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
