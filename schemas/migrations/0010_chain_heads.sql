@@ -4,8 +4,11 @@
 -- once per partition at every assignment. The writer now adds, after each acknowledged
 -- batch and before the offsets are committed, one row per chain: the batch's last chained
 -- record. The row with the highest offset below a committed position is therefore the last
--- chained record below it. The backfill records the current head of every existing chain;
--- rerunning it adds identical rows that ReplacingMergeTree collapses.
+-- chained record below it. The backfill records the current head of every existing chain
+-- (the lookup takes a chain without any row here for a new one, so the backfill must be
+-- complete): the last statement marks the table, and the guard in schemas/src/migrations.rs
+-- then records the migration without running it again. A rerun after an interruption adds
+-- identical rows that ReplacingMergeTree collapses.
 CREATE TABLE IF NOT EXISTS custos.chain_heads
 (
     kafka_topic     LowCardinality(String),
@@ -25,3 +28,5 @@ SELECT kafka_topic, kafka_partition, max(kafka_offset), argMax(record_hash, kafk
 FROM custos.audit_events
 WHERE record_hash != ''
 GROUP BY kafka_topic, kafka_partition;
+
+ALTER TABLE custos.chain_heads MODIFY COMMENT '0010 backfill complete';

@@ -30,9 +30,7 @@ struct Structured<'a> {
 
 /// Decodes a structured-mode CloudEvent.
 pub fn decode_structured(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let ce: Structured<'_> =
-        serde_path_to_error::deserialize(de).map_err(|e| DecodeError::from_serde(e, ""))?;
+    let ce: Structured<'_> = DecodeError::parse_json(bytes, "")?;
     check_specversion(&ce.specversion)?;
     check_content_type("datacontenttype", ce.datacontenttype.as_deref())?;
     let event_type = EventType::parse(&ce.ty).ok_or_else(|| DecodeError::unknown_type(&ce.ty))?;
@@ -109,8 +107,7 @@ fn check_content_type(field: &str, v: Option<&str>) -> Result<(), DecodeError> {
 }
 
 fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> Result<T, DecodeError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| DecodeError::from_serde(e, prefix))
+    DecodeError::parse_json(bytes, prefix)
 }
 
 /// Decodes a `data` member into the payload struct of `event_type`.

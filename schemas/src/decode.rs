@@ -9,6 +9,8 @@
 //! assert_eq!(event.event_type, EventType::AuthLogout);
 //! ```
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 
 use crate::cloudevents;
@@ -78,6 +80,13 @@ pub fn decode(
     Ok(event)
 }
 
+/// Prebuilt searchers of [`find_raw_token`].
+struct Finders {
+    fields: [(memmem::Finder<'static>, &'static str); 5],
+    bearer: [memmem::Finder<'static>; 2],
+    jws: memmem::Finder<'static>,
+}
+
 /// Field names that only ever hold raw tokens.
 const TOKEN_FIELDS: [(&[u8], &str); 5] = [
     (b"\"access_token\"", "access_token field"),
@@ -90,8 +99,19 @@ const TOKEN_FIELDS: [(&[u8], &str); 5] = [
 /// Looks for a raw token: a token-valued field name, a JWS/JWT compact serialization
 /// (`eyJ...` header, `.`, payload, `.`), or an `Authorization: Bearer` value.
 pub fn find_raw_token(bytes: &[u8]) -> Option<&'static str> {
-    for (needle, kind) in TOKEN_FIELDS {
-        for at in memmem::find_iter(bytes, needle) {
+    // The searchers are built once: building one per message and needle cost ~2% of ingest.
+    static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
+        fields: TOKEN_FIELDS.map(|(needle, kind)| (memmem::Finder::new(needle), kind)),
+        bearer: [
+            memmem::Finder::new(b"Bearer "),
+            memmem::Finder::new(b"bearer "),
+        ],
+        jws: memmem::Finder::new(b"eyJ"),
+    });
+    let f = &*FINDERS;
+    for (finder, kind) in &f.fields {
+        let needle = finder.needle();
+        for at in finder.find_iter(bytes) {
             // A field name, not a value such as `"grant_type":"refresh_token"`.
             let rest = &bytes[at + needle.len()..];
             let next = rest.iter().find(|b| !b.is_ascii_whitespace());
@@ -100,10 +120,10 @@ pub fn find_raw_token(bytes: &[u8]) -> Option<&'static str> {
             }
         }
     }
-    if memmem::find(bytes, b"Bearer ").is_some() || memmem::find(bytes, b"bearer ").is_some() {
+    if f.bearer.iter().any(|b| b.find(bytes).is_some()) {
         return Some("bearer credential");
     }
-    for start in memmem::find_iter(bytes, b"eyJ") {
+    for start in f.jws.find_iter(bytes) {
         if looks_like_jws(&bytes[start..]) {
             return Some("JWT");
         }

@@ -276,8 +276,7 @@ pub fn decode_fhir_audit_event(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> Result<T, DecodeError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| DecodeError::from_serde(e, prefix))
+    DecodeError::parse_json(bytes, prefix)
 }
 
 fn missing(path: &str) -> DecodeError {

@@ -138,9 +138,7 @@ pub fn is_fhir_consent(payload: &[u8]) -> bool {
 /// Maps a FHIR R4 `Consent` resource to a consent event (no size, token or validation
 /// checks: [`crate::decode()`] adds them).
 pub fn decode_fhir_consent(payload: &[u8]) -> Result<Event, DecodeError> {
-    let de = &mut serde_json::Deserializer::from_slice(payload);
-    let c: Consent =
-        serde_path_to_error::deserialize(de).map_err(|e| DecodeError::from_serde(e, "Consent"))?;
+    let c: Consent = DecodeError::parse_json(payload, "Consent")?;
     if c.resource_type != "Consent" {
         return Err(DecodeError::unknown_type(&format!(
             "fhir:{}",

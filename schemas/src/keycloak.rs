@@ -137,9 +137,7 @@ impl Common {
 
 /// Decodes a Keycloak user or admin event.
 pub fn decode_keycloak(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let ev: KeycloakJson =
-        serde_path_to_error::deserialize(de).map_err(|e| DecodeError::from_serde(e, ""))?;
+    let ev: KeycloakJson = DecodeError::parse_json(bytes, "")?;
     let id = required(ev.id.as_deref(), "id")?.to_owned();
     let realm = required(ev.realm_id.as_deref(), "realmId")?.to_owned();
     let millis = ev

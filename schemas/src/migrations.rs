@@ -103,7 +103,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 10,
         name: "0010_chain_heads",
         sql: include_str!("../migrations/0010_chain_heads.sql"),
-        done_when: None,
+        done_when: Some(
+            "SELECT count() FROM system.tables WHERE database = 'custos' \
+             AND name = 'chain_heads' AND comment = '0010 backfill complete'",
+        ),
     },
 ];
 
