@@ -30,6 +30,14 @@ async fn assert_exact_set(topics: &[String], prefix: &str, n: u64) -> Result<()>
     Ok(())
 }
 
+/// Records a verify report checked, over all its chains.
+fn chained(report: &serde_json::Value) -> u64 {
+    report["chains"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["records"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_run_then_restart_loses_and_duplicates_nothing() -> Result<()> {
     const N: u64 = 100_000;
@@ -57,6 +65,11 @@ async fn sigkill_mid_run_then_restart_loses_and_duplicates_nothing() -> Result<(
     // Let any replayed tail land, then verify the set.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_exact_set(&topics.input_list(), &p, N).await?;
+    // The replay re-chained the same positions to the same hashes: every chain verifies
+    // clean, checkpoints of both processes included.
+    let (code, report) = verify_chains(&["--topic", &topics.gateway])?;
+    anyhow::ensure!(code == 0, "chains after the crash and replay: {report:#}");
+    anyhow::ensure!(chained(&report) == N, "every record chained: {report:#}");
     let physical: u64 = admin()
         .query("SELECT count() FROM custos.audit_events WHERE kafka_topic IN ?")
         .bind(topics.input_list())
@@ -108,6 +121,13 @@ async fn two_processes_share_partitions_and_one_takes_over() -> Result<()> {
     // b takes over a's partitions after the session timeout.
     wait_stored(&topics.input_list(), 2 * HALF, Duration::from_secs(180)).await?;
     assert_exact_set(&topics.input_list(), &p, 2 * HALF).await?;
+    // b continued a's chains from their durable heads.
+    let (code, report) = verify_chains(&["--topic", &topics.gateway])?;
+    anyhow::ensure!(code == 0, "chains after the takeover: {report:#}");
+    anyhow::ensure!(
+        chained(&report) == 2 * HALF,
+        "every record chained: {report:#}"
+    );
     let cb_after = b.metric("custos_ingest_consumed_total").await?;
     assert!(
         cb_after - cb >= (HALF / 2) as f64,
