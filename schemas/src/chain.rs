@@ -390,7 +390,8 @@ const RECENT: usize = 4096;
 pub struct Verifier {
     chain: String,
     from_genesis: bool,
-    prev: Option<(i64, String)>, // offset, event_id of the last record
+    /// Event id of the last record (its offset and hash are `recent`'s last entry).
+    last_id: String,
     recent: std::collections::VecDeque<(i64, Hash)>,
     /// Records checked.
     pub checked: u64,
@@ -404,7 +405,7 @@ impl Verifier {
         Verifier {
             chain,
             from_genesis,
-            prev: None,
+            last_id: String::new(),
             recent: std::collections::VecDeque::new(),
             checked: 0,
             findings: Vec::new(),
@@ -416,11 +417,12 @@ impl Verifier {
         self.recent.back().map(|(o, h)| (*o, h))
     }
 
-    fn remember(&mut self, offset: i64, hash: Hash) {
+    fn remember(&mut self, row: &AuditRow) {
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
-        self.recent.push_back((offset, hash));
+        self.recent.push_back((row.kafka_offset, row.record_hash));
+        self.last_id.clone_from(&row.event_id);
     }
 
     fn hash_at(&self, offset: i64) -> Option<&Hash> {
@@ -436,8 +438,7 @@ impl Verifier {
     /// Takes `row`, the record just before the verified range, as the known predecessor
     /// without checking or counting it (it lies outside the range).
     pub fn anchor(&mut self, row: &AuditRow) {
-        self.prev = Some((row.kafka_offset, row.event_id.clone()));
-        self.remember(row.kafka_offset, row.record_hash);
+        self.remember(row);
     }
 
     /// Checks the next row (rows must come in ascending offset order).
@@ -459,7 +460,7 @@ impl Verifier {
                 event_id: row.event_id.clone(),
             });
         }
-        match &self.prev {
+        match self.head().map(|(o, _)| o) {
             None => {
                 if self.from_genesis && row.chain_prev_offset >= 0 {
                     self.findings.push(Finding::Missing {
@@ -469,8 +470,7 @@ impl Verifier {
                     });
                 }
             }
-            Some((p_off, p_id)) => {
-                let p_off = *p_off;
+            Some(p_off) => {
                 if row.kafka_offset == p_off {
                     self.findings.push(Finding::Duplicate {
                         chain,
@@ -497,13 +497,12 @@ impl Verifier {
                     self.findings.push(Finding::Unreferenced {
                         chain,
                         offset: p_off,
-                        event_id: p_id.clone(),
+                        event_id: self.last_id.clone(),
                     });
                 }
             }
         }
-        self.prev = Some((row.kafka_offset, row.event_id.clone()));
-        self.remember(row.kafka_offset, row.record_hash);
+        self.remember(row);
     }
 }
 

@@ -1729,6 +1729,19 @@ async fn audit_now(caller: &str) -> Result<Vec<(String, String, u64)>> {
         .await?)
 }
 
+/// The query-audit report's rows of `caller`, read by an auditor named `auditor`.
+async fn query_audit_of(app: &Router, caller: &str, auditor: &str) -> Vec<Value> {
+    let bearer = token(auditor, &["auditor"]);
+    let r = get(
+        app,
+        &url("/v1/reports/query-audit", &[("caller", caller)]),
+        Some(&bearer),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    rows(&r.json())
+}
+
 /// [`audit_now`], waiting (up to 15 s) until `n` rows all have `status`.
 async fn audit_rows(caller: &str, n: usize, status: &str) -> Result<Vec<(String, String, u64)>> {
     let start = std::time::Instant::now();
@@ -1812,15 +1825,7 @@ async fn query_audit_is_fail_closed_and_keeps_one_row_per_query() -> Result<()> 
         .await?;
     assert_eq!(latest.len(), 16);
     assert!(latest.iter().all(|(_, s)| s == "answered"), "{latest:?}");
-    let auditor = token("auditor-gc", &["auditor"]);
-    let r = get(
-        &app,
-        &url("/v1/reports/query-audit", &[("caller", &sub)]),
-        Some(&auditor),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let listed = rows(&r.json());
+    let listed = query_audit_of(&app, &sub, "auditor-gc").await;
     assert_eq!(listed.len(), 16);
     assert!(listed.iter().all(|r| r["status"] == "answered"));
     Ok(())
@@ -1879,16 +1884,7 @@ async fn query_audit_group_commits_and_shows_unfinished_requests() -> Result<()>
     assert!(stored
         .iter()
         .all(|r| ids.contains(&r.0) && r.1 == "answering"));
-    let app = app();
-    let auditor = token("auditor-crash", &["auditor"]);
-    let r = get(
-        &app,
-        &url("/v1/reports/query-audit", &[("caller", &sub)]),
-        Some(&auditor),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let listed = rows(&r.json());
+    let listed = query_audit_of(&app(), &sub, "auditor-crash").await;
     assert_eq!(listed.len(), 32);
     assert!(listed
         .iter()
