@@ -25,7 +25,7 @@ use crate::reports::disclosures::{self, Disclosure};
 use crate::reports::query_audit::{self, QueryAuditFilter, ReportQuery};
 use crate::reports::revocation::{self, Violation, ViolationFilter};
 use crate::reports::token_trace::{
-    self, Deadlines, Selector, SummaryRow, TokenSummary, TraceEvent,
+    self, Deadlines, Found, KeyRow, Selector, SummaryRow, TokenSummary, TraceEvent,
 };
 use crate::reports::{self, EventFilter, EventRow, Keyed, Tabular, UserMatch};
 use crate::sql::Sql;
@@ -477,17 +477,35 @@ pub async fn token_trace(
         .plain(name, &Some(value.to_owned()))
         .done();
     let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    let summary_sql = token_trace::summary(&c, &sel);
     if c.format != Format::Json {
-        let summary: Vec<SummaryRow> = summary_sql.query(&s.reader).fetch_all().await?;
+        let found = trace_keys(&s, &c, &sel).await?;
+        let summary: Vec<SummaryRow> = if found.is_empty() {
+            Vec::new()
+        } else {
+            let sql = token_trace::summary(&c, &sel, &found);
+            sql.query(&s.reader).fetch_all().await?
+        };
         let deadlines = Deadlines::new(&summary);
         let map = move |r: EventRow| deadlines.flag(r);
-        return respond(&s, asked, &c, |lim| token_trace::events(&c, &sel, lim), map).await;
+        return respond(
+            &s,
+            asked,
+            &c,
+            |lim| token_trace::events(&c, &sel, &found, lim),
+            map,
+        )
+        .await;
     }
-    // The summary and the page's events are independent queries: run them together.
-    // The asked record is written meanwhile.
-    let sql = token_trace::events(&c, &sel, c.limit + 1);
+    // The index is read once; the summary and the page's events are then independent
+    // queries over the keys it found: run them together. The asked record is written
+    // meanwhile.
     let (summary, events) = audited(&s, &asked, "answering", async {
+        let found = trace_keys(&s, &c, &sel).await?;
+        if found.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let summary_sql = token_trace::summary(&c, &sel, &found);
+        let sql = token_trace::events(&c, &sel, &found, c.limit + 1);
         Ok(tokio::try_join!(
             summary_sql.query(&s.reader).fetch_all::<SummaryRow>(),
             sql.query(&s.reader).fetch_all::<EventRow>()
@@ -510,6 +528,14 @@ pub async fn token_trace(
         tokens: summary.into_iter().map(TokenSummary::from).collect(),
     })
     .into_response())
+}
+
+/// Reads where a trace's events are from the token index (once per trace).
+async fn trace_keys(s: &AppState, c: &Common, sel: &Selector) -> Result<Found, ApiError> {
+    Ok(match sel.keys(c) {
+        Some(sql) => Found::new(Some(sql.query(&s.reader).fetch_all::<KeyRow>().await?)),
+        None => Found::new(None),
+    })
 }
 
 /// Parameters of `/v1/reports/disclosures`.

@@ -17,6 +17,8 @@ pub enum Arg {
     Int(i64),
     /// An unsigned integer.
     UInt(u64),
+    /// An array of string pairs, `[('a', 'b'), ...]`: the right side of a tuple `IN`.
+    Pairs(Vec<(String, String)>),
 }
 
 impl From<&str> for Arg {

@@ -42,16 +42,101 @@ impl Selector {
         }
     }
 
+    /// The lookup of the trace's keys in `custos.audit_by_token` (migration 0009), or
+    /// `None` for a client (not indexed). Read once per trace; its rows make a [`Found`].
+    pub fn keys(&self, c: &Common) -> Option<Sql> {
+        let mut sql = Sql::new(
+            "SELECT DISTINCT patient, event_key, toUnixTimestamp64Milli(event_time) AS at_ms \
+FROM custos.audit_by_token WHERE ",
+        );
+        sql.bind1("tenant = ?", &c.tenant).bind(
+            concat!(" AND event_time >= ", ms!(), " AND event_time < ", ms!()),
+            [c.window.from_ms, c.window.to_ms],
+        );
+        match self {
+            Selector::Jti(j) => {
+                sql.bind1(" AND kind = 'jti' AND token = ?", j);
+            }
+            Selector::Session(s) => {
+                sql.bind(
+                    concat!(
+                        " AND ((kind = 'session' AND token = ?) OR (kind = 'jti' AND token IN ",
+                        session_tokens!(),
+                        "))"
+                    ),
+                    [s.as_str(), c.tenant.as_str(), s.as_str()],
+                );
+            }
+            Selector::Client(_) => return None,
+        }
+        // One more than the most bound, to tell "all of them" from "too many".
+        sql.bind1(" LIMIT ?", MAX_BOUND_KEYS as u64 + 1);
+        Some(sql)
+    }
+
     /// Restricts `sql` (over `custos.audit_events`, already scoped to `c`'s tenant and
-    /// window) to the trace. A jti or session is looked up in `custos.audit_by_token`
-    /// (migration 0009), whose keys restrict audit_events by its primary key; the predicate
-    /// on the fetched row itself is kept, so an index row never widens the result.
-    fn apply(&self, sql: &mut Sql, c: &Common) {
-        let (from, to) = (c.window.from_ms, c.window.to_ms);
+    /// window) to the trace. A jti or session is restricted by the keys `found` in
+    /// `custos.audit_by_token`, bound as constants when few, else read by a subquery; both
+    /// go through audit_events' primary key. The predicate on the fetched row itself is
+    /// kept, so an index row never widens the result.
+    fn apply(&self, sql: &mut Sql, c: &Common, found: &Found) {
         let tenant = c.tenant.as_str();
         match self {
             Selector::Jti(j) => {
                 sql.bind1(" AND token_jti = ?", j);
+            }
+            Selector::Session(s) => {
+                // The session's own events, and every event of a token seen in the session
+                // (at any time).
+                sql.bind(
+                    concat!(
+                        " AND (session_id = ? OR token_jti IN ",
+                        session_tokens!(),
+                        ")"
+                    ),
+                    [s.as_str(), tenant, s.as_str()],
+                );
+            }
+            Selector::Client(c) => {
+                sql.bind1(" AND client_id = ?", c);
+                return;
+            }
+        }
+        match found {
+            Found::Keys { pairs, .. } if pairs.is_empty() => {
+                sql.push(" AND false");
+            }
+            Found::Keys {
+                pairs,
+                first_ms,
+                last_ms,
+            } => {
+                sql.bind(
+                    concat!(
+                        " AND event_time >= ",
+                        ms!(),
+                        " AND event_time <= ",
+                        ms!(),
+                        " AND (patient, event_key) IN ?"
+                    ),
+                    [
+                        Arg::from(*first_ms),
+                        Arg::from(*last_ms),
+                        Arg::Pairs(pairs.clone()),
+                    ],
+                );
+            }
+            Found::Unread => self.index_subquery(sql, c),
+        }
+    }
+
+    /// The restriction by a subquery on `custos.audit_by_token`, for a trace with more
+    /// keys than [`MAX_BOUND_KEYS`].
+    fn index_subquery(&self, sql: &mut Sql, c: &Common) {
+        let (from, to) = (c.window.from_ms, c.window.to_ms);
+        let tenant = c.tenant.as_str();
+        match self {
+            Selector::Jti(j) => {
                 sql.bind(
                     concat!(
                         " AND (tenant, patient, event_time, event_key) IN (SELECT tenant, patient, \
@@ -66,16 +151,6 @@ AND event_time >= ",
                 );
             }
             Selector::Session(s) => {
-                // The session's own events, and every event of a token seen in the session
-                // (at any time).
-                sql.bind(
-                    concat!(
-                        " AND (session_id = ? OR token_jti IN ",
-                        session_tokens!(),
-                        ")"
-                    ),
-                    [s.as_str(), tenant, s.as_str()],
-                );
                 sql.bind(
                     concat!(
                         " AND (tenant, patient, event_time, event_key) IN (SELECT tenant, patient, \
@@ -97,18 +172,67 @@ event_time, event_key FROM custos.audit_by_token WHERE tenant = ? AND event_time
                     ],
                 );
             }
-            Selector::Client(c) => {
-                sql.bind1(" AND client_id = ?", c);
-            }
+            Selector::Client(_) => {}
         }
     }
 }
 
+/// Most index keys bound as constants into a trace's queries; a jti or session with more
+/// events in the window is restricted by a subquery on the index instead.
+pub const MAX_BOUND_KEYS: usize = 2000;
+
+/// One row of [`Selector::keys`]: where an event of the trace is in `custos.audit_events`.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Deserialize)]
+pub struct KeyRow {
+    /// The event's patient column (its sorting key's second column).
+    pub patient: String,
+    /// The event's key.
+    pub event_key: String,
+    /// Its time, ms.
+    pub at_ms: i64,
+}
+
+/// What the index lookup of a trace found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Every key of the trace in the window (empty: the trace has no events), and the
+    /// time span they cover.
+    Keys {
+        /// `(patient, event_key)` pairs.
+        pairs: Vec<(String, String)>,
+        /// Earliest event time, ms.
+        first_ms: i64,
+        /// Latest event time, ms.
+        last_ms: i64,
+    },
+    /// Not read: a client trace, or more keys than [`MAX_BOUND_KEYS`].
+    Unread,
+}
+
+impl Found {
+    /// From the rows of [`Selector::keys`] (`None`: no lookup was made).
+    pub fn new(rows: Option<Vec<KeyRow>>) -> Found {
+        match rows {
+            Some(rows) if rows.len() <= MAX_BOUND_KEYS => Found::Keys {
+                first_ms: rows.iter().map(|r| r.at_ms).min().unwrap_or(0),
+                last_ms: rows.iter().map(|r| r.at_ms).max().unwrap_or(0),
+                pairs: rows.into_iter().map(|r| (r.patient, r.event_key)).collect(),
+            },
+            _ => Found::Unread,
+        }
+    }
+
+    /// True when the lookup proved the trace empty.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Found::Keys { pairs, .. } if pairs.is_empty())
+    }
+}
+
 /// The events of the trace, in the stable order.
-pub fn events(c: &Common, sel: &Selector, limit: u64) -> Sql {
+pub fn events(c: &Common, sel: &Selector, found: &Found, limit: u64) -> Sql {
     let mut sql = Sql::new(SELECT_EVENTS);
     scope(&mut sql, c);
-    sel.apply(&mut sql, c);
+    sel.apply(&mut sql, c, found);
     order_limit(&mut sql, limit);
     sql
 }
@@ -117,7 +241,7 @@ pub fn events(c: &Common, sel: &Selector, limit: u64) -> Sql {
 pub const MAX_TOKENS: u64 = 1000;
 
 /// Per-token lifecycle summary over the whole window (not only the current page).
-pub fn summary(c: &Common, sel: &Selector) -> Sql {
+pub fn summary(c: &Common, sel: &Selector, found: &Found) -> Sql {
     let mut sql = Sql::new(
         "SELECT t_jti AS token_jti, t_client AS client_id, t_user AS user_sub, t_fhir_user AS fhir_user, \
 t_session AS session_id, t_issued AS issued_at, t_refreshed AS refreshed_at, t_revoked AS revoked_at, \
@@ -151,7 +275,7 @@ FROM custos.audit_events FINAL WHERE ",
         concat!(" AND event_time >= ", ms!(), " AND event_time < ", ms!()),
         [c.window.from_ms, c.window.to_ms],
     );
-    sel.apply(&mut sql, c);
+    sel.apply(&mut sql, c, found);
     sql.push(" AND token_jti != '' GROUP BY token_jti) ORDER BY t_issued, t_jti");
     sql.bind1(" LIMIT ?", MAX_TOKENS);
     sql
@@ -488,39 +612,90 @@ mod tests {
         assert_eq!(s.expires_at, None);
     }
 
+    fn keys_of(n: usize) -> Found {
+        Found::new(Some(
+            (0..n)
+                .map(|i| KeyRow {
+                    patient: format!("p{i}"),
+                    event_key: format!("k{i}"),
+                    at_ms: 1_000 + i as i64,
+                })
+                .collect(),
+        ))
+    }
+
     #[test]
     fn jti_and_session_go_through_the_token_index() {
         let c = common();
+        let many = Found::new(Some(vec![
+            KeyRow {
+                patient: "p".into(),
+                event_key: "k".into(),
+                at_ms: 1,
+            };
+            MAX_BOUND_KEYS + 1
+        ]));
+        assert_eq!(many, Found::Unread);
         for sel in [Selector::Jti("j-1".into()), Selector::Session("s-1".into())] {
-            for sql in [events(&c, &sel, 11), summary(&c, &sel)] {
-                let t = sql.text();
-                assert!(
-                    t.contains(
-                        "(tenant, patient, event_time, event_key) IN (SELECT tenant, patient, \
-event_time, event_key FROM custos.audit_by_token WHERE tenant = ?"
-                    ),
-                    "{t}"
-                );
-                assert_eq!(t.matches('?').count(), sql.args().len());
-                // The row itself is re-checked: the index never widens a result.
-                match &sel {
-                    Selector::Jti(_) => assert!(t.contains(" AND token_jti = ?")),
-                    _ => assert!(t.contains(" AND (session_id = ? OR token_jti IN ")),
+            let keys = sel.keys(&c).expect("indexed selector");
+            assert!(keys
+                .text()
+                .starts_with("SELECT DISTINCT patient, event_key"));
+            assert!(keys
+                .text()
+                .contains("FROM custos.audit_by_token WHERE tenant = ?"));
+            assert_eq!(keys.text().matches('?').count(), keys.args().len());
+            assert_eq!(
+                keys.args().last(),
+                Some(&Arg::UInt(MAX_BOUND_KEYS as u64 + 1))
+            );
+            for found in [keys_of(3), Found::Unread, keys_of(0)] {
+                for sql in [events(&c, &sel, &found, 11), summary(&c, &sel, &found)] {
+                    let t = sql.text();
+                    assert_eq!(t.matches('?').count(), sql.args().len(), "{t}");
+                    match &found {
+                        Found::Unread => assert!(
+                            t.contains(
+                                "(tenant, patient, event_time, event_key) IN (SELECT tenant, \
+patient, event_time, event_key FROM custos.audit_by_token WHERE tenant = ?"
+                            ),
+                            "{t}"
+                        ),
+                        f if f.is_empty() => assert!(t.contains(" AND false"), "{t}"),
+                        Found::Keys { .. } => {
+                            assert!(t.contains(" AND (patient, event_key) IN ?"), "{t}");
+                            assert!(sql.args().contains(&Arg::Pairs(vec![
+                                ("p0".into(), "k0".into()),
+                                ("p1".into(), "k1".into()),
+                                ("p2".into(), "k2".into()),
+                            ])));
+                            // The keys' time span narrows the window.
+                            assert!(sql.args().contains(&Arg::Int(1_000)));
+                            assert!(sql.args().contains(&Arg::Int(1_002)));
+                        }
+                    }
+                    // The row itself is re-checked: the index never widens a result.
+                    match &sel {
+                        Selector::Jti(_) => assert!(t.contains(" AND token_jti = ?")),
+                        _ => assert!(t.contains(" AND (session_id = ? OR token_jti IN ")),
+                    }
+                    assert!(sql.args().contains(&Arg::from(c.tenant.as_str())));
                 }
-                assert!(sql.args().contains(&Arg::from(c.tenant.as_str())));
             }
         }
-        let client = events(&c, &Selector::Client("app".into()), 11);
-        assert!(!client.text().contains("audit_by_token"));
+        let client = Selector::Client("app".into());
+        assert!(client.keys(&c).is_none());
+        let sql = events(&c, &client, &Found::new(None), 11);
+        assert!(!sql.text().contains("audit_by_token"));
     }
 
     #[test]
     fn selectors_are_bound() {
         let sel = Selector::Session("s'; DROP TABLE x".into());
-        let e = events(&common(), &sel, 11);
+        let e = events(&common(), &sel, &Found::Unread, 11);
         assert_eq!(e.text().matches('?').count(), e.args().len());
         assert!(!e.text().contains("DROP"));
-        let s = summary(&common(), &sel);
+        let s = summary(&common(), &sel, &Found::Unread);
         assert_eq!(s.text().matches('?').count(), s.args().len());
         assert!(s.text().contains("GROUP BY token_jti"));
     }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use custos_query::params::{Common, Format, Window};
-use custos_query::reports::token_trace::{self, Selector, SummaryRow};
+use custos_query::reports::token_trace::{self, Found, KeyRow, Selector, SummaryRow};
 use custos_query::reports::{self, EventFilter, EventRow};
 use custos_schemas::{KeyRing, PseudonymKind};
 use custos_tests::{admin, clickhouse_url, client_as, free_port, workspace, TEST_KEYS};
@@ -430,15 +430,16 @@ impl Ctx {
                 Ok(rows.len())
             }
             Endpoint::TokenTrace => {
+                // As the API does: the index once, then the summary and the page together.
                 let sel = Selector::Jti(id.to_owned());
-                let _summary: Vec<SummaryRow> = token_trace::summary(&c, &sel)
-                    .query(&self.reader)
-                    .fetch_all()
-                    .await?;
-                let rows: Vec<EventRow> = token_trace::events(&c, &sel, c.limit + 1)
-                    .query(&self.reader)
-                    .fetch_all()
-                    .await?;
+                let keys = sel.keys(&c).context("a jti is indexed")?;
+                let found = Found::new(Some(keys.query(&self.reader).fetch_all::<KeyRow>().await?));
+                let summary = token_trace::summary(&c, &sel, &found);
+                let events = token_trace::events(&c, &sel, &found, c.limit + 1);
+                let (_summary, rows) = tokio::try_join!(
+                    summary.query(&self.reader).fetch_all::<SummaryRow>(),
+                    events.query(&self.reader).fetch_all::<EventRow>()
+                )?;
                 Ok(rows.len())
             }
         }
