@@ -3,15 +3,9 @@
 //! ES256 with a key id (compact JWS, `typ` `secevent+jwt`). The same revocation and receiver
 //! always give the same `jti` and the same claims, so a retried push is the same SET.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine;
-use p256::ecdsa::signature::{Signer, Verifier};
-use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
-use p256::pkcs8::DecodePrivateKey;
-use serde::{Deserialize, Serialize};
+use custos_schemas::jws::{self, Es256Signer, JwsError};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use thiserror::Error;
 
 /// JWS `typ` of a SET (RFC 8417 §2.3).
 pub const TYP: &str = "secevent+jwt";
@@ -22,31 +16,7 @@ pub const SESSION_REVOKED: &str =
 pub const PUSH_DELIVERY: &str = "urn:ietf:rfc:8935";
 
 /// SET signing and verification errors.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum SetError {
-    /// The key is not a PKCS#8 PEM P-256 private key.
-    #[error("SSF signing key is not a PKCS#8 PEM P-256 private key")]
-    BadKey,
-    /// Not a compact JWS of the expected shape.
-    #[error("malformed SET")]
-    Malformed,
-    /// Unexpected `alg` or `typ`.
-    #[error("unexpected SET header")]
-    Header,
-    /// No key with the header's `kid`.
-    #[error("unknown key id")]
-    UnknownKid,
-    /// The signature does not verify.
-    #[error("bad signature")]
-    BadSignature,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Header {
-    alg: String,
-    typ: String,
-    kid: String,
-}
+pub type SetError = JwsError;
 
 /// The stable `jti` of the SET for a revocation at one receiver.
 pub fn stable_jti(revocation_id: &str, receiver: &str) -> String {
@@ -80,41 +50,27 @@ pub struct SessionRevoked<'a> {
 }
 
 /// Signs SETs with an ES256 key.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SetSigner {
     issuer: String,
-    kid: String,
-    key: SigningKey,
-}
-
-impl std::fmt::Debug for SetSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SetSigner")
-            .field("issuer", &self.issuer)
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
-    }
+    key: Es256Signer,
 }
 
 impl SetSigner {
     /// A signer for `issuer` with a PKCS#8 PEM P-256 key.
     pub fn from_pem(issuer: &str, pem: &str, kid: &str) -> Result<SetSigner, SetError> {
-        let key = SigningKey::from_pkcs8_pem(pem).map_err(|_| SetError::BadKey)?;
-        Ok(SetSigner::new(issuer, key, kid))
-    }
-
-    /// A signer with a given key.
-    pub fn new(issuer: &str, key: SigningKey, kid: &str) -> SetSigner {
-        SetSigner {
+        Ok(SetSigner {
             issuer: issuer.to_owned(),
-            kid: kid.to_owned(),
-            key,
-        }
+            key: Es256Signer::from_pem(pem, kid)?,
+        })
     }
 
     /// A signer with a fresh random key (development: the JWKS changes on restart).
     pub fn ephemeral(issuer: &str, kid: &str) -> SetSigner {
-        SetSigner::new(issuer, SigningKey::random(&mut rand_core::OsRng), kid)
+        SetSigner {
+            issuer: issuer.to_owned(),
+            key: Es256Signer::random(kid),
+        }
     }
 
     /// The transmitter's issuer.
@@ -143,30 +99,12 @@ impl SetSigner {
 
     /// The compact JWS of a session-revoked SET.
     pub fn sign(&self, ev: &SessionRevoked<'_>) -> String {
-        self.sign_claims(&self.claims(ev))
-    }
-
-    fn sign_claims(&self, claims: &Value) -> String {
-        let header = Header {
-            alg: "ES256".into(),
-            typ: TYP.into(),
-            kid: self.kid.clone(),
-        };
-        let h = B64.encode(serde_json::to_vec(&header).unwrap_or_default());
-        let p = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let input = format!("{h}.{p}");
-        let sig: Signature = self.key.sign(input.as_bytes());
-        format!("{input}.{}", B64.encode(sig.to_bytes()))
+        self.key.sign(TYP, &self.claims(ev))
     }
 
     /// The public key as a JWKS document.
     pub fn jwks(&self) -> Value {
-        let jwk = p256::PublicKey::from(self.key.verifying_key()).to_jwk();
-        let mut v: Value = serde_json::from_str(&jwk.to_string()).unwrap_or_else(|_| json!({}));
-        v["kid"] = json!(self.kid);
-        v["alg"] = json!("ES256");
-        v["use"] = json!("sig");
-        json!({ "keys": [v] })
+        self.key.jwks()
     }
 
     /// The transmitter configuration metadata (`/.well-known/ssf-configuration`).
@@ -186,41 +124,14 @@ impl SetSigner {
 /// Verifies a SET against a JWKS and returns its claims (used by tests and by receivers
 /// written in Rust).
 pub fn verify(jws: &str, jwks: &Value) -> Result<Value, SetError> {
-    let mut parts = jws.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(SetError::Malformed);
-    };
-    let header: Header = B64
-        .decode(h)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(SetError::Malformed)?;
-    if header.alg != "ES256" || header.typ != TYP {
-        return Err(SetError::Header);
-    }
-    let jwk = jwks["keys"]
-        .as_array()
-        .and_then(|keys| keys.iter().find(|k| k["kid"] == header.kid.as_str()))
-        .ok_or(SetError::UnknownKid)?;
-    let minimal = json!({"kty": jwk["kty"], "crv": jwk["crv"], "x": jwk["x"], "y": jwk["y"]});
-    let public =
-        p256::PublicKey::from_jwk_str(&minimal.to_string()).map_err(|_| SetError::UnknownKid)?;
-    let sig_bytes = B64.decode(s).map_err(|_| SetError::Malformed)?;
-    let sig = Signature::from_slice(&sig_bytes).map_err(|_| SetError::BadSignature)?;
-    VerifyingKey::from(public)
-        .verify(format!("{h}.{p}").as_bytes(), &sig)
-        .map_err(|_| SetError::BadSignature)?;
-    B64.decode(p)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(SetError::Malformed)
+    jws::verify(jws, TYP, jwks)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
 
     fn ev<'a>(jti: &'a str) -> SessionRevoked<'a> {
         SessionRevoked {

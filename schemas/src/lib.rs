@@ -22,6 +22,7 @@ pub mod event;
 pub mod fhir_audit;
 pub mod fhir_consent;
 pub mod jsonschema;
+pub mod jws;
 pub mod keycloak;
 pub mod migrations;
 pub mod pseudonym;
