@@ -11,210 +11,30 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use clap::Parser;
-use custos_query::config::QueryConfig;
 use custos_schemas::{KeyRing, PseudonymKind};
 use custos_tests::*;
-use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
-const AUDIENCE: &str = "custos-query";
+mod support;
+
+use support::{claims, ensure_schema, fixture, get, now, rows, sign, token, url};
+
 const ISS_AS: &str = "https://as.test/realms/general";
 const DAY_FROM: &str = "2026-03-01T00:00:00Z";
 const DAY_TO: &str = "2026-03-02T00:00:00Z";
 /// Only the first key: the state before the rotation.
 const KEY_T1: &str = "t1=5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
 
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(workspace().join("tests/fixtures/jwt").join(name)).expect("jwt fixture")
-}
-
-// ---------------------------------------------------------------- JWKS server
-
-/// Base URL of the in-test OIDC issuer (discovery + JWKS), started once per process.
-fn issuer() -> &'static str {
-    static ISSUER: OnceLock<String> = OnceLock::new();
-    ISSUER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                let base = format!("http://{}", listener.local_addr().expect("addr"));
-                let jwks: Value = serde_json::from_slice(&fixture("jwks.json")).expect("jwks");
-                let discovery = json!({"issuer": base, "jwks_uri": format!("{base}/jwks"),
-                    "id_token_signing_alg_values_supported": ["RS256", "ES256"]});
-                let app = Router::new()
-                    .route(
-                        "/.well-known/openid-configuration",
-                        axum::routing::get(move || async move { axum::Json(discovery) }),
-                    )
-                    .route(
-                        "/jwks",
-                        axum::routing::get(move || async move { axum::Json(jwks) }),
-                    );
-                tx.send(base).expect("send");
-                axum::serve(listener, app).await.expect("serve");
-            });
-        });
-        rx.recv().expect("issuer url")
-    })
-}
-
-#[derive(clap::Parser)]
-struct Cli {
-    #[command(flatten)]
-    config: QueryConfig,
-}
-
 fn app() -> Router {
-    app_with(&[])
+    support::app(&[])
 }
 
-/// The app with extra command-line options.
 fn app_with(extra: &[&str]) -> Router {
-    let base = [
-        "custos-query",
-        "--oidc-issuer",
-        issuer(),
-        "--oidc-audience",
-        AUDIENCE,
-        "--oidc-roles-claim",
-        "realm_access.roles",
-        "--oidc-jwks-refresh-min-secs",
-        "1",
-        "--pseudonym-keys",
-        TEST_KEYS,
-        "--clickhouse-url",
-        &clickhouse_url(),
-        "--public-url",
-        "http://127.0.0.1:8088",
-    ];
-    let cli = Cli::try_parse_from(base.iter().chain(extra)).expect("config");
-    let state = custos_query::AppState::new(&cli.config, None).expect("state");
-    custos_query::app(state)
-}
-
-// ---------------------------------------------------------------- tokens
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn claims(sub: &str, roles: &[&str]) -> Value {
-    json!({"iss": issuer(), "aud": AUDIENCE, "sub": sub, "azp": "compliance-console",
-        "iat": now(), "nbf": now() - 5, "exp": now() + 600,
-        "realm_access": {"roles": roles}})
-}
-
-fn sign(alg: Algorithm, kid: &str, claims: &Value) -> String {
-    let key = match alg {
-        Algorithm::ES256 => EncodingKey::from_ec_pem(&fixture("ec_private.pem")).expect("ec key"),
-        _ => EncodingKey::from_rsa_pem(&fixture("rsa_private.pem")).expect("rsa key"),
-    };
-    let mut h = Header::new(alg);
-    h.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(&h, claims, &key).expect("sign")
-}
-
-fn token(sub: &str, roles: &[&str]) -> String {
-    sign(Algorithm::RS256, "rsa-1", &claims(sub, roles))
-}
-
-// ---------------------------------------------------------------- HTTP helpers
-
-struct Resp {
-    status: StatusCode,
-    content_type: String,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
-            panic!(
-                "not JSON ({}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).to_string()
-    }
-}
-
-async fn get(app: &Router, path_and_query: &str, bearer: Option<&str>) -> Resp {
-    let mut req = Request::get(path_and_query);
-    if let Some(t) = bearer {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let resp = app
-        .clone()
-        .oneshot(req.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes()
-        .to_vec();
-    Resp {
-        status,
-        content_type,
-        body,
-    }
-}
-
-fn enc(v: &str) -> String {
-    let mut out = String::new();
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// `path?k=v&...` with values percent-encoded.
-fn url(path: &str, params: &[(&str, &str)]) -> String {
-    let q: Vec<String> = params
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect();
-    if q.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", q.join("&"))
-    }
-}
-
-fn rows(v: &Value) -> Vec<Value> {
-    v["rows"].as_array().cloned().unwrap_or_default()
+    support::app(extra)
 }
 
 /// The request ids of access rows (the scenario names every access `A<n>`).
@@ -582,24 +402,6 @@ async fn seed() -> Result<Scenario> {
 
 /// Applies the migrations. If a migration another change is still adding fails, the tables
 /// this test needs (versions up to 4) may still be there: then go on, else fail.
-fn ensure_schema() -> Result<()> {
-    match migrate() {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let out = std::process::Command::new("curl")
-                .args(["-s", "-u", "custos_admin:custos_admin_pw", &format!("{}/", clickhouse_url()),
-                    "--data-binary", "SELECT countDistinct(version) FROM custos.schema_migrations WHERE version <= 4"])
-                .output()?;
-            if String::from_utf8_lossy(&out.stdout).trim() == "4" {
-                eprintln!("warning: migrate failed after version 4 ({e}); continuing");
-                Ok(())
-            } else {
-                Err(e)
-            }
-        }
-    }
-}
-
 fn ring() -> KeyRing {
     KeyRing::parse(TEST_KEYS, None).expect("keys")
 }

@@ -1,5 +1,5 @@
-//! Query-API test support shared by `query_integrity.rs` and `sim_incidents.rs` (the
-//! minimal parts of `query_api.rs`): an in-test OIDC issuer on 127.0.0.1 serving the
+//! Query-API test support shared by `query_api.rs`, `query_integrity.rs` and
+//! `sim_incidents.rs`: an in-test OIDC issuer on 127.0.0.1 serving the
 //! fixture JWKS, the in-process app, JWTs signed with the fixture keys, GET helpers.
 #![allow(dead_code)]
 
@@ -20,7 +20,8 @@ use tower::ServiceExt;
 /// Audience of the test tokens.
 pub const AUDIENCE: &str = "custos-query";
 
-fn fixture(name: &str) -> Vec<u8> {
+/// A file of `tests/fixtures/jwt`.
+pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(workspace().join("tests/fixtures/jwt").join(name)).expect("jwt fixture")
 }
 
@@ -91,15 +92,32 @@ pub fn app(extra: &[&str]) -> Router {
     custos_query::app(state)
 }
 
+/// Now, in seconds since the epoch.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The claims of a valid access token for `sub` with `roles` (ten minutes).
+pub fn claims(sub: &str, roles: &[&str]) -> Value {
+    json!({"iss": issuer(), "aud": AUDIENCE, "sub": sub, "azp": "compliance-console",
+        "iat": now(), "nbf": now() - 5, "exp": now() + 600,
+        "realm_access": {"roles": roles}})
+}
+
+/// `claims` signed with the fixture key of `alg` (ES256 or else RSA) under `kid`.
+pub fn sign(alg: Algorithm, kid: &str, claims: &Value) -> String {
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&fixture("ec_private.pem")).expect("ec key"),
+        _ => EncodingKey::from_rsa_pem(&fixture("rsa_private.pem")).expect("rsa key"),
+    };
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&h, claims, &key).expect("sign")
+}
+
 /// An RS256 access token for `sub` with `roles`, valid for ten minutes.
 pub fn token(sub: &str, roles: &[&str]) -> String {
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({"iss": issuer(), "aud": AUDIENCE, "sub": sub, "azp": "compliance-console",
-        "iat": now, "nbf": now - 5, "exp": now + 600, "realm_access": {"roles": roles}});
-    let key = EncodingKey::from_rsa_pem(&fixture("rsa_private.pem")).expect("rsa key");
-    let mut h = Header::new(Algorithm::RS256);
-    h.kid = Some("rsa-1".to_owned());
-    jsonwebtoken::encode(&h, &claims, &key).expect("sign")
+    sign(Algorithm::RS256, "rsa-1", &claims(sub, roles))
 }
 
 /// A response.
