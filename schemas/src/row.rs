@@ -212,7 +212,9 @@ pub fn event_key(source: &str, id: &str) -> String {
     h.update(source.as_bytes());
     h.update([0x1f]);
     h.update(id.as_bytes());
-    hex::encode(&h.finalize()[..16])
+    let mut out = String::with_capacity(32);
+    crate::pseudonym::push_hex(&mut out, &h.finalize()[..16]);
+    out
 }
 
 /// Splits a space-separated scope string.
@@ -255,20 +257,35 @@ impl RowContext<'_> {
     }
 
     fn typed_id(&self, tenant: &str, rtype: &str, id: &str, with_type: bool) -> String {
-        let value = if rtype == "Patient" {
-            self.ps(tenant, PseudonymKind::Patient, id)
-        } else if rtype == "Encounter" {
-            self.ps(tenant, PseudonymKind::Encounter, id)
-        } else if NON_COMPARTMENT_TYPES.contains(&rtype) {
-            id.to_owned()
+        // Built in one string: `{rtype}/` then the readable id or the pseudonym written in
+        // place (no intermediate `format!` strings).
+        let with_type = with_type && !rtype.is_empty();
+        let readable =
+            !matches!(rtype, "Patient" | "Encounter") && NON_COMPARTMENT_TYPES.contains(&rtype);
+        let value_len = if readable {
+            id.len()
         } else {
-            self.ps(tenant, PseudonymKind::Resource, &format!("{rtype}/{id}"))
+            self.keys.current_pseudonym_len()
         };
-        if with_type && !rtype.is_empty() {
-            format!("{rtype}/{value}")
-        } else {
-            value
+        let mut out =
+            String::with_capacity(if with_type { rtype.len() + 1 } else { 0 } + value_len);
+        if with_type {
+            out.push_str(rtype);
+            out.push('/');
         }
+        if rtype == "Patient" {
+            self.keys
+                .pseudonymize_into(&mut out, tenant, PseudonymKind::Patient, id);
+        } else if rtype == "Encounter" {
+            self.keys
+                .pseudonymize_into(&mut out, tenant, PseudonymKind::Encounter, id);
+        } else if readable {
+            out.push_str(id);
+        } else {
+            self.keys
+                .pseudonymize_resource_into(&mut out, tenant, rtype, id);
+        }
+        out
     }
 
     fn user(&self, tenant: &str, kind: UserKind, sub: Option<&str>) -> String {
