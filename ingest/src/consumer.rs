@@ -14,6 +14,7 @@
 //! frees up. On partition revocation and on shutdown it flushes its batch, waits (up to a
 //! deadline) for in-flight batches to be acknowledged and commits synchronously.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -308,19 +309,19 @@ impl Decoder {
                     keys: &self.keys,
                     default_tenant: &self.default_tenant,
                 };
-                let mut row = ctx.audit_row(&event, &pos, now_ms);
+                // The event's strings and the position's topic move into the row.
+                let mut row = ctx.audit_row_owned(event, pos, now_ms);
                 if let Some(chainer) = &self.chainer {
-                    let key = (topic.clone(), pos.partition);
-                    let head = match state.heads.get(&key) {
-                        Some(h) => h.clone(),
-                        None => match chainer.head_before(&pos.topic, pos.partition, pos.offset) {
-                            Ok(h) => h,
+                    let (partition, offset) = (msg.partition(), msg.offset());
+                    let head = match state.heads.entry((topic.clone(), partition)) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => match chainer.head_before(&topic, partition, offset) {
+                            Ok(h) => e.insert(h),
                             // Stopping: leave the message unconsumed; it is replayed later.
                             Err(crate::chainer::Stopping) => return,
                         },
                     };
-                    let new_head = chain::link(&mut row, head.as_ref());
-                    state.heads.insert(key, Some(new_head));
+                    chain::advance(&mut row, head);
                 }
                 state.current.rows.push(row);
             }
@@ -334,7 +335,7 @@ impl Decoder {
                     "rejecting message to the DLQ"
                 );
                 state.current.rejects.push(Rejected {
-                    pos: pos.clone(),
+                    pos,
                     key: msg.key().map(<[u8]>::to_vec),
                     payload: payload.to_vec(),
                     headers: headers

@@ -213,6 +213,23 @@ pub fn link(row: &mut AuditRow, head: Option<&Head>) -> Head {
     }
 }
 
+/// Links `row` after `*head` (as the first record when `None`) and makes it the new head:
+/// the same as `*head = Some(link(row, head.as_ref()))`, but the old head's event key moves
+/// into `row.prev_event_key` instead of being copied (one string copy per record, not two).
+pub fn advance(row: &mut AuditRow, head: &mut Option<Head>) {
+    match head {
+        Some(h) => {
+            row.chain_prev_offset = h.offset;
+            row.record_hash = record_hash(&h.hash, row);
+            h.offset = row.kafka_offset;
+            h.hash = row.record_hash;
+            // `prev_event_key` is not hashed, so it may be set after the hash.
+            row.prev_event_key = std::mem::replace(&mut h.event_key, row.event_key.clone());
+        }
+        None => *head = Some(link(row, None)),
+    }
+}
+
 /// Whether the record missing at `offset` of `topic/partition` is a copy of `survivor`
 /// collapsed by deduplication: the same event stored again at another position. The
 /// candidate is `survivor` moved to that position and linked after `pred` (offset and hash of
@@ -555,6 +572,23 @@ mod tests {
         assert_eq!(r.chain_prev_offset, -1);
         assert_eq!(from_hex(&to_hex(&head.hash)), Some(head.hash));
         assert_eq!(from_hex("abc"), None);
+    }
+
+    #[test]
+    fn advance_links_like_link() {
+        let mut by_link = vec![row(0), row(1), row(3)];
+        let mut by_advance = by_link.clone();
+        by_advance[0].prev_event_key = "stale".into();
+        let mut head = None;
+        for r in by_link.iter_mut() {
+            head = Some(link(r, head.as_ref()));
+        }
+        let mut advanced = None;
+        for r in by_advance.iter_mut() {
+            advance(r, &mut advanced);
+        }
+        assert_eq!(by_link, by_advance);
+        assert_eq!(head, advanced);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! CloudEvents 1.0: structured JSON mode and the Kafka protocol binding's binary mode
 //! (`ce_*` headers, `content-type` header, the message value is `data`).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -12,20 +14,31 @@ use crate::event::{
     Payload, PayloadFamily, SourceFormat, TokenData,
 };
 
+/// The envelope of a structured-mode CloudEvent. Attributes that are only checked are
+/// borrowed from the message when they hold no JSON escape (copied otherwise).
 #[derive(Deserialize)]
 struct Structured<'a> {
-    specversion: String,
+    #[serde(borrow)]
+    specversion: Cow<'a, str>,
     id: String,
     source: String,
-    #[serde(rename = "type")]
-    ty: String,
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
     time: DateTime<Utc>,
-    #[serde(default)]
-    datacontenttype: Option<String>,
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    datacontenttype: Option<Cow<'a, str>>,
     #[serde(default)]
     tenant: Option<String>,
     #[serde(borrow)]
     data: &'a RawValue,
+}
+
+/// An optional string, borrowed when it has no escape (serde borrows a `Cow<str>` only
+/// when it is the field's type itself, not inside an `Option`).
+fn opt_cow<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'de>>::deserialize(d)?.map(|b| b.0))
 }
 
 /// Decodes a structured-mode CloudEvent.

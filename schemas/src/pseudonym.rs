@@ -173,26 +173,79 @@ impl KeyRing {
         &self.keys[self.current].kid
     }
 
-    fn compute(key: &Key, tenant: &str, kind: PseudonymKind, value: &str) -> String {
+    /// The length of a pseudonym under `key`.
+    fn pseudonym_len(key: &Key) -> usize {
+        PREFIX.len() + key.kid.len() + 1 + TAG_BYTES * 2
+    }
+
+    /// Appends the pseudonym of the value `parts` concatenated (already normalized) to `out`.
+    fn compute_into(
+        out: &mut String,
+        key: &Key,
+        tenant: &str,
+        kind: PseudonymKind,
+        parts: &[&str],
+    ) {
+        // A clone of the keyed prototype: the key's pads are hashed once, at parse time.
         let mut mac = key.mac.clone();
         mac.update(b"custos-ps1\x1f");
         mac.update(tenant.as_bytes());
         mac.update(b"\x1f");
         mac.update(kind.label());
         mac.update(b"\x1f");
-        mac.update(normalize(kind, value).as_bytes());
+        for part in parts {
+            mac.update(part.as_bytes());
+        }
         let tag = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(PREFIX.len() + key.kid.len() + 1 + TAG_BYTES * 2);
+        out.reserve(Self::pseudonym_len(key));
         out.push_str(PREFIX);
         out.push_str(&key.kid);
         out.push('.');
-        out.push_str(&hex::encode(&tag[..TAG_BYTES]));
+        push_hex(out, &tag[..TAG_BYTES]);
+    }
+
+    fn compute(key: &Key, tenant: &str, kind: PseudonymKind, value: &str) -> String {
+        let mut out = String::with_capacity(Self::pseudonym_len(key));
+        Self::compute_into(&mut out, key, tenant, kind, &[normalize(kind, value)]);
         out
     }
 
     /// The pseudonym of `value` under the current key.
     pub fn pseudonymize(&self, tenant: &str, kind: PseudonymKind, value: &str) -> String {
         Self::compute(&self.keys[self.current], tenant, kind, value)
+    }
+
+    /// Appends [`KeyRing::pseudonymize`]`(tenant, kind, value)` to `out`, without an
+    /// intermediate string.
+    pub(crate) fn pseudonymize_into(
+        &self,
+        out: &mut String,
+        tenant: &str,
+        kind: PseudonymKind,
+        value: &str,
+    ) {
+        let key = &self.keys[self.current];
+        Self::compute_into(out, key, tenant, kind, &[normalize(kind, value)]);
+    }
+
+    /// Appends the resource pseudonym of `{rtype}/{id}` to `out`: the same as
+    /// [`KeyRing::pseudonymize`] of [`PseudonymKind::Resource`] and `format!("{rtype}/{id}")`,
+    /// without building that string.
+    pub(crate) fn pseudonymize_resource_into(
+        &self,
+        out: &mut String,
+        tenant: &str,
+        rtype: &str,
+        id: &str,
+    ) {
+        let key = &self.keys[self.current];
+        // Resource ids are not normalized (see `normalize`).
+        Self::compute_into(out, key, tenant, PseudonymKind::Resource, &[rtype, "/", id]);
+    }
+
+    /// The length of a pseudonym under the current key (for preallocating).
+    pub(crate) fn current_pseudonym_len(&self) -> usize {
+        Self::pseudonym_len(&self.keys[self.current])
     }
 
     /// The pseudonyms of `value` under every live key (for lookups across rotations).
@@ -206,6 +259,17 @@ impl KeyRing {
     /// Whether a stored value is a pseudonym (as opposed to a readable identity).
     pub fn is_pseudonym(value: &str) -> bool {
         value.starts_with(PREFIX)
+    }
+}
+
+/// Appends the lower-case hex digits of `bytes` to `out` (no intermediate string, unlike
+/// `hex::encode`).
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
 }
 
@@ -225,6 +289,34 @@ mod tests {
 
     const K1: &str = "k1=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
     const K2: &str = "k2=ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+    /// HMAC-SHA256 of the module doc's input under K1, computed independently (Python).
+    const GOLDEN_PATIENT_123: &str = "ps1.k1.6bce19e6824030d12ba3c6e5b763ad07";
+
+    #[test]
+    fn push_hex_matches_hex_encode() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut out = String::from("x");
+        push_hex(&mut out, &bytes);
+        assert_eq!(out, format!("x{}", hex::encode(&bytes)));
+    }
+
+    #[test]
+    fn resource_pseudonyms_match_the_formatted_value() {
+        let ring = KeyRing::parse(&format!("{K1},{K2}"), Some("k1")).unwrap();
+        let mut out = String::from("Observation/");
+        ring.pseudonymize_resource_into(&mut out, "t", "Observation", "o-1");
+        let want = ring.pseudonymize("t", PseudonymKind::Resource, "Observation/o-1");
+        assert_eq!(out, format!("Observation/{want}"));
+        assert_eq!(want.len(), ring.current_pseudonym_len());
+        let mut p = String::new();
+        ring.pseudonymize_into(&mut p, "t", PseudonymKind::Patient, "Patient/9");
+        assert_eq!(p, ring.pseudonymize("t", PseudonymKind::Patient, "9"));
+        // Golden value: the stored pseudonyms must not change.
+        assert_eq!(
+            ring.pseudonymize("acme", PseudonymKind::Patient, "Patient/123"),
+            GOLDEN_PATIENT_123
+        );
+    }
 
     #[test]
     fn deterministic_and_domain_separated() {

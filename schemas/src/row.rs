@@ -212,7 +212,9 @@ pub fn event_key(source: &str, id: &str) -> String {
     h.update(source.as_bytes());
     h.update([0x1f]);
     h.update(id.as_bytes());
-    hex::encode(&h.finalize()[..16])
+    let mut out = String::with_capacity(32);
+    crate::pseudonym::push_hex(&mut out, &h.finalize()[..16]);
+    out
 }
 
 /// Splits a space-separated scope string.
@@ -255,35 +257,54 @@ impl RowContext<'_> {
     }
 
     fn typed_id(&self, tenant: &str, rtype: &str, id: &str, with_type: bool) -> String {
-        let value = if rtype == "Patient" {
-            self.ps(tenant, PseudonymKind::Patient, id)
-        } else if rtype == "Encounter" {
-            self.ps(tenant, PseudonymKind::Encounter, id)
-        } else if NON_COMPARTMENT_TYPES.contains(&rtype) {
-            id.to_owned()
+        // Built in one string: `{rtype}/` then the readable id or the pseudonym written in
+        // place (no intermediate `format!` strings).
+        let with_type = with_type && !rtype.is_empty();
+        let readable =
+            !matches!(rtype, "Patient" | "Encounter") && NON_COMPARTMENT_TYPES.contains(&rtype);
+        let value_len = if readable {
+            id.len()
         } else {
-            self.ps(tenant, PseudonymKind::Resource, &format!("{rtype}/{id}"))
+            self.keys.current_pseudonym_len()
         };
-        if with_type && !rtype.is_empty() {
-            format!("{rtype}/{value}")
+        let mut out =
+            String::with_capacity(if with_type { rtype.len() + 1 } else { 0 } + value_len);
+        if with_type {
+            out.push_str(rtype);
+            out.push('/');
+        }
+        if rtype == "Patient" {
+            self.keys
+                .pseudonymize_into(&mut out, tenant, PseudonymKind::Patient, id);
+        } else if rtype == "Encounter" {
+            self.keys
+                .pseudonymize_into(&mut out, tenant, PseudonymKind::Encounter, id);
+        } else if readable {
+            out.push_str(id);
         } else {
-            value
+            self.keys
+                .pseudonymize_resource_into(&mut out, tenant, rtype, id);
         }
+        out
     }
 
-    fn user(&self, tenant: &str, kind: UserKind, sub: Option<&str>) -> String {
+    /// A subject: kept when readable, else its pseudonym (empty stays empty).
+    fn user(&self, tenant: &str, kind: UserKind, sub: Option<String>) -> String {
         match sub {
-            None | Some("") => String::new(),
-            Some(s) if kind.readable() => s.to_owned(),
-            Some(s) => self.ps(tenant, PseudonymKind::Subject, s),
+            Some(s) if s.is_empty() => String::new(),
+            Some(s) if kind.readable() => s,
+            Some(s) => self.ps(tenant, PseudonymKind::Subject, &s),
+            None => String::new(),
         }
     }
 
-    fn ip(&self, tenant: &str, kind: UserKind, ip: Option<&str>) -> String {
+    /// An IP address: kept when readable, else its pseudonym (empty stays empty).
+    fn ip(&self, tenant: &str, kind: UserKind, ip: Option<String>) -> String {
         match ip {
-            None | Some("") => String::new(),
-            Some(s) if kind.readable() => s.to_owned(),
-            Some(s) => self.ps(tenant, PseudonymKind::Ip, s),
+            Some(s) if s.is_empty() => String::new(),
+            Some(s) if kind.readable() => s,
+            Some(s) => self.ps(tenant, PseudonymKind::Ip, &s),
+            None => String::new(),
         }
     }
 
@@ -294,27 +315,44 @@ impl RowContext<'_> {
         }
     }
 
-    /// Converts a decoded event into its audit row.
+    /// Converts a decoded event into its audit row. The same as
+    /// [`RowContext::audit_row_owned`] on copies of `event` and `pos`.
     pub fn audit_row(&self, event: &Event, pos: &KafkaPosition, ingested_at_ms: i64) -> AuditRow {
-        let tenant = event
-            .tenant
-            .as_deref()
-            .unwrap_or(self.default_tenant)
-            .to_owned();
+        self.audit_row_owned(event.clone(), pos.clone(), ingested_at_ms)
+    }
+
+    /// Converts a decoded event into its audit row, moving the event's strings (and the
+    /// position's topic) into the row instead of copying them: the ingest's per-message path.
+    pub fn audit_row_owned(
+        &self,
+        event: Event,
+        pos: KafkaPosition,
+        ingested_at_ms: i64,
+    ) -> AuditRow {
+        let Event {
+            id,
+            source,
+            event_type,
+            time,
+            tenant,
+            format,
+            payload,
+        } = event;
+        let tenant = tenant.unwrap_or_else(|| self.default_tenant.to_owned());
         let t = tenant.as_str();
         let mut row = AuditRow {
-            event_key: event_key(&event.source, &event.id),
-            event_id: event.id.clone(),
-            event_source: event.source.clone(),
-            event_type: event.event_type.as_str().to_owned(),
-            source_format: event.format.as_str().to_owned(),
-            tenant: tenant.clone(),
-            event_time: event.time.timestamp_millis(),
+            event_key: event_key(&source, &id),
+            event_id: id,
+            event_source: source,
+            event_type: event_type.as_str().to_owned(),
+            source_format: format.as_str().to_owned(),
+            tenant: String::new(),
+            event_time: time.timestamp_millis(),
             ingested_at: ingested_at_ms,
-            outcome: "success".to_owned(),
+            outcome: String::new(),
             issuer: String::new(),
             user_sub: String::new(),
-            user_kind: UserKind::Unknown.as_str().to_owned(),
+            user_kind: String::new(),
             fhir_user: String::new(),
             client_id: String::new(),
             session_id: String::new(),
@@ -341,79 +379,76 @@ impl RowContext<'_> {
             active: None,
             period_start: None,
             expires_at: None,
-            kafka_topic: pos.topic.clone(),
+            kafka_topic: pos.topic,
             kafka_partition: pos.partition,
             kafka_offset: pos.offset,
             chain_prev_offset: -1,
             record_hash: crate::chain::GENESIS,
             prev_event_key: String::new(),
         };
-        match &event.payload {
+        // Each column is written once: the constant ones (`user_kind`, `outcome`) are
+        // decided first, so no placeholder string is allocated and replaced.
+        let (kind, failure) = match payload {
             Payload::Auth(d) => {
                 let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
-                row.issuer = d.iss.clone();
-                row.user_kind = kind.as_str().to_owned();
-                row.user_sub = self.user(t, kind, d.sub.as_deref());
+                let failure = event_type == EventType::AuthLoginFailed || d.error.is_some();
+                row.issuer = d.iss;
+                row.user_sub = self.user(t, kind, d.sub);
                 row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
-                row.client_id = d.client_id.clone();
-                row.session_id = d.sid.clone().unwrap_or_default();
-                row.source_ip = self.ip(t, kind, d.source_ip.as_deref());
-                row.user_agent = d.user_agent.clone().unwrap_or_default();
-                row.error = d.error.clone().unwrap_or_default();
-                if event.event_type == EventType::AuthLoginFailed || d.error.is_some() {
-                    row.outcome = "failure".to_owned();
-                }
+                row.client_id = d.client_id;
+                row.session_id = d.sid.unwrap_or_default();
+                row.source_ip = self.ip(t, kind, d.source_ip);
+                row.user_agent = d.user_agent.unwrap_or_default();
+                row.error = d.error.unwrap_or_default();
+                (kind, failure)
             }
             Payload::Token(d) => {
                 let mut kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
                 if d.sub.as_deref() == Some(d.client_id.as_str()) {
                     kind = UserKind::Service;
                 }
-                row.issuer = d.iss.clone();
-                row.user_kind = kind.as_str().to_owned();
-                row.user_sub = self.user(t, kind, d.sub.as_deref());
+                let failure = d.error.is_some();
+                row.issuer = d.iss;
+                row.user_sub = self.user(t, kind, d.sub);
                 row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
-                row.client_id = d.client_id.clone();
-                row.session_id = d.sid.clone().unwrap_or_default();
-                row.token_jti = d.jti.clone();
-                row.token_type = d.token_type.clone().unwrap_or_default();
+                row.client_id = d.client_id;
+                row.session_id = d.sid.unwrap_or_default();
+                row.token_jti = d.jti;
+                row.token_type = d.token_type.unwrap_or_default();
                 row.scopes = split_scopes(d.scope.as_deref());
                 row.patient = self.opt_ps(t, PseudonymKind::Patient, d.patient.as_deref());
-                row.source_ip = self.ip(t, kind, d.source_ip.as_deref());
-                row.user_agent = d.user_agent.clone().unwrap_or_default();
+                row.source_ip = self.ip(t, kind, d.source_ip);
+                row.user_agent = d.user_agent.unwrap_or_default();
                 row.active = d.active;
-                row.reason = d.reason.clone().unwrap_or_default();
-                row.error = d.error.clone().unwrap_or_default();
+                row.reason = d.reason.unwrap_or_default();
+                row.error = d.error.unwrap_or_default();
                 row.expires_at = d.expires_at.map(|e| e.timestamp_millis());
-                if d.error.is_some() {
-                    row.outcome = "failure".to_owned();
-                }
+                (kind, failure)
             }
             Payload::Consent(d) => {
-                row.issuer = d.iss.clone().unwrap_or_default();
-                row.user_kind = UserKind::Patient.as_str().to_owned();
-                row.user_sub = self.user(t, UserKind::Patient, d.sub.as_deref());
-                row.client_id = d.client_id.clone();
-                row.consent_id = d.consent_id.clone();
+                row.issuer = d.iss.unwrap_or_default();
+                row.user_sub = self.user(t, UserKind::Patient, d.sub);
+                row.client_id = d.client_id;
+                row.consent_id = d.consent_id;
                 row.patient = self.ps(t, PseudonymKind::Patient, &d.patient);
                 row.scopes = split_scopes(d.scope.as_deref());
-                row.purpose_of_use = d.purpose.clone();
-                row.reason = d.reason.clone().unwrap_or_default();
-                row.actor = d.actor.clone().unwrap_or_default();
+                row.purpose_of_use = d.purpose;
+                row.reason = d.reason.unwrap_or_default();
+                row.actor = d.actor.unwrap_or_default();
                 row.period_start = d.period_start.map(|e| e.timestamp_millis());
                 row.expires_at = d.period_end.map(|e| e.timestamp_millis());
+                (UserKind::Patient, false)
             }
             Payload::FhirAccess(d) => {
                 let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
-                row.issuer = d.iss.clone();
-                row.user_kind = kind.as_str().to_owned();
-                row.user_sub = self.user(t, kind, Some(&d.sub));
+                let failure = d.decision == crate::event::Decision::Deny || d.http_status >= 400;
+                row.issuer = d.iss;
+                row.user_sub = self.user(t, kind, Some(d.sub));
                 row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
-                row.client_id = d.client_id.clone();
-                row.token_jti = d.jti.clone().unwrap_or_default();
+                row.client_id = d.client_id;
+                row.token_jti = d.jti.unwrap_or_default();
                 row.scopes = split_scopes(d.scope.as_deref());
-                row.interaction = d.interaction.clone();
-                row.resource_type = d.resource_type.clone();
+                row.interaction = d.interaction;
                 row.resource_id = d
                     .resource_id
                     .as_deref()
@@ -426,47 +461,49 @@ impl RowContext<'_> {
                 });
                 row.patient = self.opt_ps(t, PseudonymKind::Patient, patient);
                 row.encounter = self.opt_ps(t, PseudonymKind::Encounter, d.encounter.as_deref());
-                row.purpose_of_use = d.purpose_of_use.clone();
-                row.break_glass_reason = d.break_glass_reason.clone().unwrap_or_default();
+                row.purpose_of_use = d.purpose_of_use;
+                row.break_glass_reason = d.break_glass_reason.unwrap_or_default();
                 row.decision = d.decision.as_str().to_owned();
                 row.http_status = d.http_status;
-                row.source_ip = self.ip(t, kind, d.source_ip.as_deref());
-                row.user_agent = d.user_agent.clone().unwrap_or_default();
+                row.source_ip = self.ip(t, kind, d.source_ip);
+                row.user_agent = d.user_agent.unwrap_or_default();
                 row.returned_ids = d
                     .returned_ids
                     .iter()
                     .map(|r| self.reference(t, r, &d.resource_type))
                     .collect();
-                row.request_id = d.request_id.clone();
-                if d.decision == crate::event::Decision::Deny || d.http_status >= 400 {
-                    row.outcome = "failure".to_owned();
-                }
+                row.resource_type = d.resource_type;
+                row.request_id = d.request_id;
+                (kind, failure)
             }
             Payload::UserDeprovisioned(d) => {
                 let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
-                row.issuer = d.iss.clone();
-                row.user_kind = kind.as_str().to_owned();
-                row.user_sub = self.user(t, kind, Some(&d.sub));
+                row.issuer = d.iss;
+                row.user_sub = self.user(t, kind, Some(d.sub));
                 row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
-                row.reason = d.reason.clone().unwrap_or_default();
-                row.actor = d.actor.clone().unwrap_or_default();
+                row.reason = d.reason.unwrap_or_default();
+                row.actor = d.actor.unwrap_or_default();
+                (kind, false)
             }
             Payload::BreakGlass(d) => {
                 // Break-the-glass is by definition a workforce action.
                 let kind = UserKind::Workforce;
-                row.issuer = d.iss.clone();
-                row.user_kind = kind.as_str().to_owned();
-                row.user_sub = d.sub.clone();
+                row.issuer = d.iss;
+                row.user_sub = d.sub;
                 row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
-                row.client_id = d.client_id.clone().unwrap_or_default();
-                row.session_id = d.sid.clone().unwrap_or_default();
+                row.client_id = d.client_id.unwrap_or_default();
+                row.session_id = d.sid.unwrap_or_default();
                 row.patient = self.ps(t, PseudonymKind::Patient, &d.patient);
-                row.break_glass_reason = d.reason.clone();
+                row.break_glass_reason = d.reason;
                 row.purpose_of_use = vec!["BTG".to_owned()];
-                row.source_ip = self.ip(t, kind, d.source_ip.as_deref());
+                row.source_ip = self.ip(t, kind, d.source_ip);
                 row.expires_at = d.expires_at.map(|e| e.timestamp_millis());
+                (kind, false)
             }
-        }
+        };
+        row.user_kind = kind.as_str().to_owned();
+        row.outcome = if failure { "failure" } else { "success" }.to_owned();
+        row.tenant = tenant;
         row
     }
 }

@@ -490,7 +490,7 @@ fn build_rows(
         .unwrap_or_default();
     let parts = u64::try_from(partitions.max(1)).unwrap_or(1);
     let mut rows = Vec::with_capacity(usize::try_from(n)?);
-    let mut heads: HashMap<i32, chain::Head> = HashMap::new();
+    let mut heads: HashMap<i32, Option<chain::Head>> = HashMap::new();
     let mut decode_s = 0.0;
     for k in 0..n {
         let msg = events::bulk(prefix, k);
@@ -502,10 +502,12 @@ fn build_rows(
             partition: i32::try_from(k % parts)?,
             offset: i64::try_from(k / parts)?,
         };
-        let mut row = ctx.audit_row(&event, &pos, now_ms);
+        let partition = pos.partition;
+        // As the ingest's consumer does: the event and position move into the row, and the
+        // partition's chain head advances in place.
+        let mut row = ctx.audit_row_owned(event, pos, now_ms);
         if chain {
-            let head = chain::link(&mut row, heads.get(&pos.partition));
-            heads.insert(pos.partition, head);
+            chain::advance(&mut row, heads.entry(partition).or_default());
         }
         rows.push(row);
         decode_s += t.elapsed().as_secs_f64();
