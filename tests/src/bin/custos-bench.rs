@@ -112,6 +112,11 @@ struct Args {
     /// (busy share at most --quiet-pct over 2 s); 0 disables the wait.
     #[arg(long, default_value_t = 30)]
     quiet_wait_secs: u64,
+    /// Before the insert and end-to-end phases, wait up to this long for ClickHouse to
+    /// finish the merges of custos tables (the previous phase's parts), so that they are
+    /// not charged to the phase measured next. 0: do not wait.
+    #[arg(long, default_value_t = 180)]
+    merge_wait_secs: u64,
     /// Busy share (%) of both cores counted as idle by --quiet-wait-secs.
     #[arg(long, default_value_t = 15.0)]
     quiet_pct: f64,
@@ -349,6 +354,31 @@ fn wait_quiet(max: Duration, threshold_pct: f64) -> f64 {
         }
         eprintln!("bench: machine {busy:.0}% busy (others); waiting for quiet");
     }
+}
+
+/// Waits at most `max` until ClickHouse runs no merge of a `custos` table; returns the
+/// seconds waited.
+async fn wait_merges(max: Duration) -> f64 {
+    let start = Instant::now();
+    let client = admin();
+    while start.elapsed() < max {
+        let running = client
+            .query("SELECT count() FROM system.merges WHERE database = 'custos'")
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or(0);
+        if running == 0 {
+            break;
+        }
+        if start.elapsed() < Duration::from_secs(1) {
+            eprintln!("bench: waiting for {running} ClickHouse merge(s) to finish");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if start.elapsed() >= max {
+        eprintln!("bench: merges still running after {max:?}; measuring anyway");
+    }
+    round(start.elapsed().as_secs_f64(), 1)
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -1207,11 +1237,13 @@ async fn main() -> Result<()> {
             "note": "decode + pseudonymize + AuditRow on one thread (what the consumer thread does per message)",
         });
         row_topics.push(topic);
+        let merges_wait = wait_merges(Duration::from_secs(args.merge_wait_secs)).await;
         let busy = quiet(&args);
         eprintln!("bench: insert-only ceiling");
         result["insert_ceiling"] =
             insert_ceiling(&rows, args.batch_rows, true, &prefix, tck).await?;
         result["insert_ceiling"]["busy_pct_before"] = busy;
+        result["insert_ceiling"]["merges_wait_s"] = json!(merges_wait);
         drop(rows);
         if args.insert_no_validation {
             let topic = format!("{prefix}.insert-ceiling-nv");
@@ -1233,12 +1265,14 @@ async fn main() -> Result<()> {
     if let Some(bin) = &bin {
         eprintln!("bench: end to end ({})", bin.display());
         row_topics.extend(topics.input_list());
+        let merges_wait = wait_merges(Duration::from_secs(args.merge_wait_secs)).await;
         let busy = quiet(&args);
         let e2e = end_to_end(&args, bin, &topics, &prefix, tck).await;
         match e2e {
             Ok(v) => {
                 result["e2e"] = v;
                 result["e2e"]["busy_pct_before"] = busy;
+                result["e2e"]["merges_wait_s"] = json!(merges_wait);
             }
             Err(e) => {
                 if !args.keep {
