@@ -49,6 +49,18 @@ impl Selector {
             "SELECT DISTINCT patient, event_key, toUnixTimestamp64Milli(event_time) AS at_ms \
 FROM custos.audit_by_token WHERE ",
         );
+        if !self.index_filter(&mut sql, c) {
+            return None;
+        }
+        // One more than the most bound, to tell "all of them" from "too many".
+        sql.bind1(" LIMIT ?", MAX_BOUND_KEYS as u64 + 1);
+        Some(sql)
+    }
+
+    /// Appends the condition on `custos.audit_by_token` that selects the trace's index rows
+    /// in `c`'s tenant and window; false (nothing appended) for a client, which is not
+    /// indexed.
+    fn index_filter(&self, sql: &mut Sql, c: &Common) -> bool {
         sql.bind1("tenant = ?", &c.tenant).bind(
             concat!(" AND event_time >= ", ms!(), " AND event_time < ", ms!()),
             [c.window.from_ms, c.window.to_ms],
@@ -67,11 +79,9 @@ FROM custos.audit_by_token WHERE ",
                     [s.as_str(), c.tenant.as_str(), s.as_str()],
                 );
             }
-            Selector::Client(_) => return None,
+            Selector::Client(_) => return false,
         }
-        // One more than the most bound, to tell "all of them" from "too many".
-        sql.bind1(" LIMIT ?", MAX_BOUND_KEYS as u64 + 1);
-        Some(sql)
+        true
     }
 
     /// Restricts `sql` (over `custos.audit_events`, already scoped to `c`'s tenant and
@@ -133,47 +143,15 @@ FROM custos.audit_by_token WHERE ",
     /// The restriction by a subquery on `custos.audit_by_token`, for a trace with more
     /// keys than [`MAX_BOUND_KEYS`].
     fn index_subquery(&self, sql: &mut Sql, c: &Common) {
-        let (from, to) = (c.window.from_ms, c.window.to_ms);
-        let tenant = c.tenant.as_str();
-        match self {
-            Selector::Jti(j) => {
-                sql.bind(
-                    concat!(
-                        " AND (tenant, patient, event_time, event_key) IN (SELECT tenant, patient, \
-event_time, event_key FROM custos.audit_by_token WHERE tenant = ? AND kind = 'jti' AND token = ? \
-AND event_time >= ",
-                        ms!(),
-                        " AND event_time < ",
-                        ms!(),
-                        ")"
-                    ),
-                    [tenant.into(), j.into(), Arg::from(from), Arg::from(to)],
-                );
-            }
-            Selector::Session(s) => {
-                sql.bind(
-                    concat!(
-                        " AND (tenant, patient, event_time, event_key) IN (SELECT tenant, patient, \
-event_time, event_key FROM custos.audit_by_token WHERE tenant = ? AND event_time >= ",
-                        ms!(),
-                        " AND event_time < ",
-                        ms!(),
-                        " AND ((kind = 'session' AND token = ?) OR (kind = 'jti' AND token IN ",
-                        session_tokens!(),
-                        ")))"
-                    ),
-                    [
-                        Arg::from(tenant),
-                        Arg::from(from),
-                        Arg::from(to),
-                        Arg::from(s.as_str()),
-                        Arg::from(tenant),
-                        Arg::from(s.as_str()),
-                    ],
-                );
-            }
-            Selector::Client(_) => {}
+        if matches!(self, Selector::Client(_)) {
+            return;
         }
+        sql.push(
+            " AND (tenant, patient, event_time, event_key) IN (SELECT tenant, patient, \
+event_time, event_key FROM custos.audit_by_token WHERE ",
+        );
+        self.index_filter(sql, c);
+        sql.push(")");
     }
 }
 

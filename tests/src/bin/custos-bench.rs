@@ -840,14 +840,13 @@ async fn end_to_end(
     let done = start.elapsed().as_secs_f64();
     // Acknowledged is not yet proven stored: the run is complete when count() shows all
     // the rows (after `done`, so this check is not timed).
-    while !args.poll_count && count >= n && Instant::now() < deadline {
-        let stored = stored(&poller, &inputs).await?;
-        if stored >= n {
-            break;
+    let mut complete = count >= n && args.poll_count;
+    while count >= n && !complete && Instant::now() < deadline {
+        complete = stored(&poller, &inputs).await? >= n;
+        if !complete {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let complete = count >= n && stored(&poller, &inputs).await? >= n;
     // Samples before the shutdown.
     let cpu = cpu.since(tck, &me);
     let hwm_kb = vm_hwm_kb(pid);
