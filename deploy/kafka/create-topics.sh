@@ -3,7 +3,8 @@
 # service of compose.yaml runs it in the apache/kafka image once the broker is healthy.
 #
 # The topics file is config/topics.conf of the repository (mounted read-only), the same file
-# `scripts/stack up` reads: one `<name> <partitions>` a line, '#' starts a comment.
+# `scripts/stack up` reads: one `<name> <partitions> [<setting>=<value> ...]` a line, '#' starts a
+# comment; settings apply when a topic is created.
 # A missing topic is created; a topic with fewer partitions than listed gets more; a topic with
 # more only draws a warning (Kafka cannot remove partitions). Exits non-zero when the broker does
 # not end up with every listed topic at (at least) its listed partition count.
@@ -44,14 +45,19 @@ describe_all() {
   printf '%s\n' "$out"
 }
 
-declare -A want=()
+declare -A want=() settings=()
 order=()
-while read -r name parts _rest || [[ -n ${name:-} ]]; do
+while read -r name parts rest || [[ -n ${name:-} ]]; do
   [[ -z ${name:-} || $name == \#* ]] && continue
   [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || die "$CONF: bad topic name '$name'"
   [[ $parts =~ ^[0-9]+$ ]] && ((parts >= 1)) || die "$CONF: bad partition count for $name: '${parts:-}'"
   [[ -z ${want[$name]:-} ]] || die "$CONF: topic $name listed twice"
   want[$name]=$parts
+  settings[$name]=""
+  for kv in ${rest%%#*}; do
+    [[ $kv =~ ^[a-z.]+=[A-Za-z0-9._-]+$ ]] || die "$CONF: bad topic setting for $name: '$kv'"
+    settings[$name]+=" --config $kv"
+  done
   order+=("$name")
 done <"$CONF"
 ((${#order[@]} > 0)) || die "$CONF lists no topic"
@@ -61,7 +67,8 @@ for name in "${order[@]}"; do
   parts=${want[$name]}
   have=$(partition_count "$describe" "$name")
   if [[ -z $have ]]; then
-    topics --create --if-not-exists --topic "$name" --partitions "$parts" --replication-factor "$RF" >/dev/null \
+    # shellcheck disable=SC2086 # settings are validated key=value words
+    topics --create --if-not-exists --topic "$name" --partitions "$parts" --replication-factor "$RF" ${settings[$name]} >/dev/null \
       || die "creating topic $name failed"
     say "created topic $name ($parts partitions)"
   elif ((have < parts)); then

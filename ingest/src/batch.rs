@@ -17,16 +17,19 @@ pub struct BatchPolicy {
     pub linger: Duration,
 }
 
-/// A message that failed to decode, kept whole for the dead-letter queue.
+/// A message that failed to decode, kept for the dead-letter queue: its bytes with
+/// credentials redacted ([`custos_schemas::redact`]), nothing else changed.
 #[derive(Debug, Clone)]
 pub struct Rejected {
     /// Where it was read.
     pub pos: KafkaPosition,
-    /// Original key.
+    /// Key, credentials redacted.
     pub key: Option<Vec<u8>>,
-    /// Original value bytes.
+    /// Value bytes, credentials redacted.
     pub payload: Vec<u8>,
-    /// Original headers.
+    /// Size of the original value.
+    pub size_bytes: usize,
+    /// Headers, credentials redacted.
     pub headers: Vec<(String, Vec<u8>)>,
     /// Why it was rejected.
     pub error: DecodeError,
@@ -35,6 +38,30 @@ pub struct Rejected {
 }
 
 impl Rejected {
+    /// A rejected message, its key, value and headers redacted of credentials.
+    pub fn redacted(
+        pos: KafkaPosition,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+        error: DecodeError,
+        at_ms: i64,
+    ) -> Self {
+        use custos_schemas::redact::{redact, redact_header};
+        Rejected {
+            pos,
+            key: key.map(|k| redact(k).into_owned()),
+            payload: redact(payload).into_owned(),
+            size_bytes: payload.len(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), redact_header(k, v).into_owned()))
+                .collect(),
+            error,
+            at_ms,
+        }
+    }
+
     /// The row recorded in `custos.ingest_rejections`.
     pub fn row(&self) -> RejectionRow {
         RejectionRow {
@@ -44,7 +71,8 @@ impl Rejected {
             rejected_at: self.at_ms,
             reason: self.error.reason().to_owned(),
             detail: self.error.to_string(),
-            size_bytes: u32::try_from(self.payload.len()).unwrap_or(u32::MAX),
+            size_bytes: u32::try_from(self.size_bytes).unwrap_or(u32::MAX),
+            refused_row: String::new(),
         }
     }
 }

@@ -103,6 +103,9 @@ impl ConsumerContext for IngestContext {
                 state
                     .assignment
                     .remove(&(e.topic().to_owned(), e.partition()));
+                // Another process may write this chain before it comes back: its head is
+                // looked up again (from ClickHouse) on the next message after an assignment.
+                forget_head(&mut state.heads, e.topic(), e.partition());
             }
             state.paused = false;
         }
@@ -115,6 +118,10 @@ impl ConsumerContext for IngestContext {
                 state
                     .assignment
                     .insert((e.topic().to_owned(), e.partition()));
+                // Reading resumes at the committed offset, which may lie before where this
+                // process last chained (a drain that timed out, a failed commit): the head
+                // comes from the chainer, never from memory.
+                forget_head(&mut state.heads, e.topic(), e.partition());
             }
             state.paused = false;
             info!(partitions = tpl.count(), "partitions assigned");
@@ -334,23 +341,25 @@ impl Decoder {
                     detail = %error,
                     "rejecting message to the DLQ"
                 );
-                state.current.rejects.push(Rejected {
+                state.current.rejects.push(Rejected::redacted(
                     pos,
-                    key: msg.key().map(<[u8]>::to_vec),
-                    payload: payload.to_vec(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
-                        .collect(),
+                    msg.key(),
+                    payload,
+                    &headers,
                     error,
-                    at_ms: now_ms,
-                });
+                    now_ms,
+                ));
             }
         }
         state
             .current
             .note(&topic, msg.partition(), msg.offset(), payload.len());
     }
+}
+
+/// Drops the cached chain head of `topic/partition`.
+fn forget_head(heads: &mut HashMap<PartitionKey, Option<Head>>, topic: &str, partition: i32) {
+    heads.retain(|(t, p), _| !(*p == partition && &**t == topic));
 }
 
 /// Receives acknowledgements; with `wait`, blocks until nothing is in flight or `deadline`.

@@ -66,6 +66,40 @@ pub struct ChainReport {
     /// Positions whose record is gone but proven to be a copy of an event stored at another
     /// position (a producer re-send collapsed by deduplication): not breaks.
     pub collapsed_duplicates: Vec<CollapsedView>,
+    /// Records ClickHouse refused after they were chained, proven from the copy kept with
+    /// their rejection (`store_refused` in `custos.ingest_rejections`): not breaks.
+    pub store_refused: Vec<RefusedView>,
+}
+
+/// A chained record the store refused, kept with its rejection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedView {
+    /// Its offset.
+    pub offset: i64,
+    /// Its event id.
+    pub event_id: String,
+}
+
+/// The chained record at `offset` that the store refused, from its rejection record.
+async fn refused_row(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<Option<AuditRow>, VerifyError> {
+    let kept: Option<String> = client
+        .query(
+            "SELECT refused_row FROM custos.ingest_rejections FINAL \
+             WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset = ? \
+               AND refused_row != '' LIMIT 1",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(offset)
+        .fetch_optional()
+        .await?;
+    // A copy that does not parse proves nothing: the position then reads as missing.
+    Ok(kept.and_then(|json| serde_json::from_str::<AuditRow>(&json).ok()))
 }
 
 /// A chain position proven to hold a copy of an event kept at another position.
@@ -189,6 +223,7 @@ async fn verify_chain(
         checkpoints_ok: 0,
         checkpoint_findings: Vec::new(),
         collapsed_duplicates: Vec::new(),
+        store_refused: Vec::new(),
     };
     if range.n == 0 {
         return Ok(report);
@@ -279,6 +314,29 @@ async fn verify_chain(
             None => row.chain_prev_offset >= 0,
         };
         let mut records = vec![];
+        // Records the store refused after they were chained are kept, whole, with their
+        // rejection (`store_refused`): the chain is proven through them.
+        let mut refused = Vec::new();
+        if gap {
+            let head_offset = verifier.head().map_or(-1, |(o, _)| o);
+            let mut want = row.chain_prev_offset;
+            while want > head_offset {
+                let Some(r) = refused_row(client, topic, partition, want).await? else {
+                    break;
+                };
+                want = r.chain_prev_offset;
+                refused.push(r);
+            }
+            refused.reverse();
+        }
+        for r in &refused {
+            report.store_refused.push(RefusedView {
+                offset: r.kafka_offset,
+                event_id: r.event_id.clone(),
+            });
+        }
+        let gap = gap && refused.is_empty();
+        records.extend(refused);
         if gap && !row.prev_event_key.is_empty() {
             let pred = verifier.head().map(|(o, h)| (o, *h));
             let survivor: Option<AuditRow> = client

@@ -26,6 +26,7 @@ pub mod jws;
 pub mod keycloak;
 pub mod migrations;
 pub mod pseudonym;
+pub mod redact;
 pub mod row;
 pub mod validate;
 

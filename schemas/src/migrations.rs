@@ -108,6 +108,12 @@ pub const MIGRATIONS: &[Migration] = &[
              AND name = 'chain_heads' AND comment = '0010 backfill complete'",
         ),
     },
+    Migration {
+        version: 11,
+        name: "0011_store_refused",
+        sql: include_str!("../migrations/0011_store_refused.sql"),
+        done_when: None,
+    },
 ];
 
 impl Migration {

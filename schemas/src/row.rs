@@ -122,7 +122,9 @@ pub struct AuditRow {
 }
 
 /// One row of `custos.ingest_rejections`: a message sent to the DLQ. It holds no payload
-/// bytes (they may carry PHI or tokens; the DLQ topic keeps them), only where and why.
+/// bytes (they may carry PHI; the DLQ topic keeps them, credentials redacted), only where
+/// and why; except for a row the store refused after it was chained (`store_refused`),
+/// whose pseudonymized audit row is kept in `refused_row` so its chain still verifies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct RejectionRow {
@@ -140,6 +142,8 @@ pub struct RejectionRow {
     pub detail: String,
     /// Message size in bytes.
     pub size_bytes: u32,
+    /// For `store_refused`: the chained audit row as JSON; otherwise empty.
+    pub refused_row: String,
 }
 
 /// The kind of user an event's subject is.
