@@ -91,18 +91,18 @@ pub struct ConsentConfig {
         default_value = "http://127.0.0.1:18123"
     )]
     pub clickhouse_url: String,
-    /// ClickHouse account (INSERT and SELECT on `custos.*`).
+    /// ClickHouse account of the consent service (its consent and revocation tables, and
+    /// INSERT into `custos.report_queries`).
     #[arg(
         long,
-        env = "CUSTOS_CLICKHOUSE_WRITER_USER",
-        default_value = "custos_writer"
+        env = "CUSTOS_CONSENT_CLICKHOUSE_USER",
+        default_value = "custos_consent"
     )]
     pub clickhouse_user: String,
-    /// Its password.
+    /// Its password (required: no password is built in).
     #[arg(
         long,
-        env = "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
-        default_value = "custos_writer_pw",
+        env = "CUSTOS_CONSENT_CLICKHOUSE_PASSWORD",
         hide_env_values = true
     )]
     pub clickhouse_password: String,

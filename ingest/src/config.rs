@@ -35,18 +35,17 @@ pub struct ClickHouseArgs {
         default_value = "http://127.0.0.1:18123"
     )]
     pub clickhouse_url: String,
-    /// Account for inserts (INSERT and SELECT on `custos.*` only).
+    /// Account for inserts (INSERT and SELECT on the ingest's own tables only).
     #[arg(
         long,
         env = "CUSTOS_CLICKHOUSE_WRITER_USER",
         default_value = "custos_writer"
     )]
     pub clickhouse_user: String,
-    /// Password of the writer account.
+    /// Password of the writer account (required: no password is built in).
     #[arg(
         long,
         env = "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
-        default_value = "custos_writer_pw",
         hide_env_values = true
     )]
     pub clickhouse_password: String,
@@ -230,13 +229,8 @@ pub struct MigrateConfig {
         default_value = "custos_admin"
     )]
     pub admin_user: String,
-    /// Admin password.
-    #[arg(
-        long,
-        env = "CUSTOS_CLICKHOUSE_ADMIN_PASSWORD",
-        default_value = "custos_admin_pw",
-        hide_env_values = true
-    )]
+    /// Admin password (required: no password is built in).
+    #[arg(long, env = "CUSTOS_CLICKHOUSE_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: String,
     /// Retention of audit rows in days (TTL), applied when a table is created.
     #[arg(long, env = "CUSTOS_RETENTION_DAYS", default_value_t = DEFAULT_RETENTION_DAYS)]

@@ -58,11 +58,10 @@ struct VerifyArgs {
         default_value = "custos_reader"
     )]
     user: String,
-    /// Its password.
+    /// Its password (required: no password is built in).
     #[arg(
         long,
         env = "CUSTOS_CLICKHOUSE_READER_PASSWORD",
-        default_value = "custos_reader_pw",
         hide_env_values = true
     )]
     password: String,

@@ -96,28 +96,14 @@ pub struct QueryConfig {
         default_value = "custos_reader"
     )]
     pub reader_user: String,
-    /// Password of the reader account.
-    #[arg(
-        long,
-        env = "CUSTOS_QUERY_READER_PASSWORD",
-        default_value = "custos_reader_pw",
-        hide_env_values = true
-    )]
+    /// Password of the reader account (required: no password is built in).
+    #[arg(long, env = "CUSTOS_QUERY_READER_PASSWORD", hide_env_values = true)]
     pub reader_password: String,
-    /// Account that writes the query-audit records (INSERT and SELECT only).
-    #[arg(
-        long,
-        env = "CUSTOS_CLICKHOUSE_WRITER_USER",
-        default_value = "custos_writer"
-    )]
+    /// Account that writes the query-audit records (INSERT on `custos.report_queries` only).
+    #[arg(long, env = "CUSTOS_QUERY_AUDIT_USER", default_value = "custos_query")]
     pub writer_user: String,
-    /// Password of the writer account.
-    #[arg(
-        long,
-        env = "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
-        default_value = "custos_writer_pw",
-        hide_env_values = true
-    )]
+    /// Password of the query-audit account (required: no password is built in).
+    #[arg(long, env = "CUSTOS_QUERY_AUDIT_PASSWORD", hide_env_values = true)]
     pub writer_password: String,
     /// Timeout of one ClickHouse request (and of a JSON report), in seconds.
     #[arg(long, env = "CUSTOS_CLICKHOUSE_TIMEOUT_SECS", default_value_t = 30)]

@@ -43,15 +43,46 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// The password of ClickHouse account `custos_<account>` (`admin`, `writer`, `reader`,
+/// `query`, `consent`): `$CUSTOS_CH_<ACCOUNT>_PASSWORD` (`scripts/stack env` prints them), else
+/// the development secret `scripts/stack` generated under `.stack/secrets`. No password is
+/// built in anywhere.
+pub fn ch_password(account: &str) -> String {
+    let var = format!("CUSTOS_CH_{}_PASSWORD", account.to_ascii_uppercase());
+    if let Ok(v) = std::env::var(&var) {
+        return v;
+    }
+    let dir = std::env::var_os("CUSTOS_STACK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".stack"));
+    let file = dir.join("secrets").join(format!("ch_{account}_password"));
+    std::fs::read_to_string(&file)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| {
+            panic!("no ClickHouse password for custos_{account}: set {var} or run scripts/stack up")
+        })
+}
+
+/// The environment a Custos service needs to reach ClickHouse with the dev accounts.
+pub fn ch_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("CUSTOS_CLICKHOUSE_ADMIN_PASSWORD", ch_password("admin")),
+        ("CUSTOS_CLICKHOUSE_WRITER_PASSWORD", ch_password("writer")),
+        ("CUSTOS_CLICKHOUSE_READER_PASSWORD", ch_password("reader")),
+        ("CUSTOS_QUERY_READER_PASSWORD", ch_password("reader")),
+        ("CUSTOS_QUERY_AUDIT_PASSWORD", ch_password("query")),
+        ("CUSTOS_CONSENT_CLICKHOUSE_PASSWORD", ch_password("consent")),
+    ]
+}
+
 /// A ClickHouse client with the admin account (tests read every table, and tamper).
 pub fn admin() -> clickhouse::Client {
-    clickhouse::Client::default()
-        .with_url(clickhouse_url())
-        .with_user("custos_admin")
-        .with_password(
-            std::env::var("CUSTOS_CLICKHOUSE_ADMIN_PASSWORD")
-                .unwrap_or_else(|_| "custos_admin_pw".into()),
-        )
+    client_as("custos_admin", &ch_password("admin"))
+}
+
+/// A ClickHouse client with account `custos_<account>` and its dev password.
+pub fn account(account: &str) -> clickhouse::Client {
+    client_as(&format!("custos_{account}"), &ch_password(account))
 }
 
 /// A ClickHouse client with the given account.
@@ -282,6 +313,7 @@ pub fn checkpoint_key() -> PathBuf {
         let path = dir.join(format!("ck-{}.pem", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let status = Command::new(ingest_binary())
+            .envs(ch_env())
             .args(["keygen", "--out"])
             .arg(&path)
             .status()
@@ -296,6 +328,7 @@ pub fn checkpoint_key() -> PathBuf {
 pub fn checkpoint_jwks() -> PathBuf {
     let key = checkpoint_key();
     let out = Command::new(ingest_binary())
+        .envs(ch_env())
         .args(["jwks", "--kid", "test-ck", "--key-file"])
         .arg(&key)
         .output()
@@ -309,6 +342,7 @@ pub fn checkpoint_jwks() -> PathBuf {
 /// Runs `custos-ingest verify` with extra arguments; returns (exit code, JSON report).
 pub fn verify_chains(args: &[&str]) -> Result<(i32, serde_json::Value)> {
     let out = Command::new(ingest_binary())
+        .envs(ch_env())
         .arg("verify")
         .arg("--jwks")
         .arg(checkpoint_jwks())
@@ -350,6 +384,7 @@ impl Ingest {
         let log = logs.join(format!("{}-{port}.log", topics.group));
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(ingest_binary());
+        cmd.envs(ch_env());
         cmd.arg("run")
             .env("CUSTOS_KAFKA_BROKERS", brokers())
             .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
@@ -507,6 +542,7 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
 /// Applies the migrations with the real `custos-ingest migrate` (idempotent).
 pub fn migrate() -> Result<()> {
     let out = Command::new(ingest_binary())
+        .envs(ch_env())
         .arg("migrate")
         .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
         .output()?;

@@ -962,8 +962,8 @@ fn query_env_matches_the_code() {
         "CUSTOS_CLICKHOUSE_URL",
         "CUSTOS_QUERY_READER_USER",
         "CUSTOS_QUERY_READER_PASSWORD",
-        "CUSTOS_CLICKHOUSE_WRITER_USER",
-        "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        "CUSTOS_QUERY_AUDIT_USER",
+        "CUSTOS_QUERY_AUDIT_PASSWORD",
         "CUSTOS_PSEUDONYM_KEYS_FILE",
         "CUSTOS_CHECKPOINT_JWKS_FILE",
         "CUSTOS_OIDC_ISSUER",
@@ -981,8 +981,8 @@ fn query_env_matches_the_code() {
         "CUSTOS_CLICKHOUSE_URL",
         "CUSTOS_QUERY_READER_USER",
         "CUSTOS_QUERY_READER_PASSWORD",
-        "CUSTOS_CLICKHOUSE_WRITER_USER",
-        "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        "CUSTOS_QUERY_AUDIT_USER",
+        "CUSTOS_QUERY_AUDIT_PASSWORD",
         "CUSTOS_PSEUDONYM_KEYS_FILE",
         "CUSTOS_CHECKPOINT_JWKS_FILE",
         "CUSTOS_OIDC_ISSUER",
@@ -994,7 +994,7 @@ fn query_env_matches_the_code() {
     let get = |k: &str| e[k].clone().unwrap_or_default();
     assert_eq!(get("CUSTOS_CLICKHOUSE_URL"), "http://clickhouse:8123");
     assert_eq!(get("CUSTOS_QUERY_READER_USER"), "custos_reader");
-    assert_eq!(get("CUSTOS_CLICKHOUSE_WRITER_USER"), "custos_writer");
+    assert_eq!(get("CUSTOS_QUERY_AUDIT_USER"), "custos_query");
     assert!(get("CUSTOS_QUERY_HTTP_ADDR").starts_with("0.0.0.0:"));
     let svc = service(&c, "query");
     assert_eq!(
@@ -1002,10 +1002,13 @@ fn query_env_matches_the_code() {
         "ch_reader_password"
     );
     assert_eq!(
-        secret_of(svc, "CUSTOS_CLICKHOUSE_WRITER_PASSWORD"),
-        "ch_writer_password"
+        secret_of(svc, "CUSTOS_QUERY_AUDIT_PASSWORD"),
+        "ch_query_password"
     );
+    // Least privilege: the query API never holds the ingest's account, which may add audit rows.
     for forbidden in [
+        "CUSTOS_CLICKHOUSE_WRITER_USER",
+        "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
         "CUSTOS_CLICKHOUSE_ADMIN_USER",
         "CUSTOS_CLICKHOUSE_ADMIN_PASSWORD",
         "CUSTOS_PSEUDONYM_KEYS",
@@ -1086,8 +1089,8 @@ fn consent_env_matches_the_code() {
     for required in [
         "CUSTOS_KAFKA_BROKERS",
         "CUSTOS_CLICKHOUSE_URL",
-        "CUSTOS_CLICKHOUSE_WRITER_USER",
-        "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        "CUSTOS_CONSENT_CLICKHOUSE_USER",
+        "CUSTOS_CONSENT_CLICKHOUSE_PASSWORD",
         "CUSTOS_PSEUDONYM_KEYS_FILE",
         "CUSTOS_CONSENT_SEAL_KEYS_FILE",
         "CUSTOS_CONSENT_HTTP_ADDR",
@@ -1110,6 +1113,8 @@ fn consent_env_matches_the_code() {
         "CUSTOS_KEYCLOAK_ADMIN_PASSWORD",
         "CUSTOS_KEYCLOAK_ADMIN_USER",
         "CUSTOS_CLICKHOUSE_ADMIN_PASSWORD",
+        "CUSTOS_CLICKHOUSE_WRITER_USER",
+        "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
         "CUSTOS_PSEUDONYM_KEYS",
         "CUSTOS_CONSENT_SEAL_KEYS",
     ] {
@@ -1121,12 +1126,12 @@ fn consent_env_matches_the_code() {
     let get = |k: &str| default_of(&e[k].clone().unwrap_or_default());
     assert_eq!(get("CUSTOS_KAFKA_BROKERS"), "kafka:9092");
     assert_eq!(get("CUSTOS_CLICKHOUSE_URL"), "http://clickhouse:8123");
-    assert_eq!(get("CUSTOS_CLICKHOUSE_WRITER_USER"), "custos_writer");
+    assert_eq!(get("CUSTOS_CONSENT_CLICKHOUSE_USER"), "custos_consent");
     assert!(get("CUSTOS_CONSENT_HTTP_ADDR").starts_with("0.0.0.0:"));
     let svc = service(&c, "consent");
     assert_eq!(
-        secret_of(svc, "CUSTOS_CLICKHOUSE_WRITER_PASSWORD"),
-        "ch_writer_password"
+        secret_of(svc, "CUSTOS_CONSENT_CLICKHOUSE_PASSWORD"),
+        "ch_consent_password"
     );
     let ingest_env = check_custos_env(&c, "ingest");
     assert_eq!(

@@ -47,7 +47,7 @@ const REDIRECT: &str = "http://127.0.0.1:1/callback";
 const PATIENT_PASSWORD: &str = "Patient-pass-0123456789";
 
 fn ch_admin_password() -> String {
-    std::env::var("CUSTOS_CLICKHOUSE_ADMIN_PASSWORD").unwrap_or_else(|_| "custos_admin_pw".into())
+    ch_password("admin")
 }
 
 /// Keycloak as `scripts/keycloak` runs it: `CUSTOS_KEYCLOAK_URL`, else port `CUSTOS_KC_PORT`.
@@ -636,6 +636,7 @@ impl Service {
         ));
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(consent_binary());
+        cmd.envs(ch_env());
         cmd.arg("run")
             .env("CUSTOS_KAFKA_BROKERS", brokers())
             .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())

@@ -484,34 +484,83 @@ async fn migrations_are_idempotent_and_accounts_least_privileged() -> Result<()>
         .collect();
     assert_eq!(versions, want, "each migration recorded once");
 
-    let writer = client_as("custos_writer", "custos_writer_pw");
-    for stmt in [
-        "DROP TABLE custos.audit_events",
-        "TRUNCATE TABLE custos.audit_events",
-        "ALTER TABLE custos.audit_events DELETE WHERE 1",
-        "ALTER TABLE custos.audit_events UPDATE reason = 'x' WHERE 1",
-        "CREATE TABLE custos.evil (x UInt8) ENGINE = Memory",
-    ] {
-        assert!(
-            writer.query(stmt).execute().await.is_err(),
-            "writer may run: {stmt}"
-        );
+    // Each service has its own account, allowed exactly its tables: (account, tables it may
+    // INSERT into, tables it may SELECT from; "*" = every table).
+    let tables: Vec<String> = admin()
+        .query(
+            "SELECT name FROM system.tables WHERE database = 'custos' \
+             AND engine NOT IN ('MaterializedView') AND NOT startsWith(name, '.inner')",
+        )
+        .fetch_all()
+        .await?;
+    let ingest = [
+        "audit_events",
+        "ingest_rejections",
+        "chain_heads",
+        "chain_checkpoints",
+    ];
+    let consent = [
+        "consent_history",
+        "consent_sealed",
+        "revocations",
+        "revocation_attempts",
+    ];
+    let expect: [(&str, Vec<&str>, Vec<&str>); 4] = [
+        ("writer", ingest.to_vec(), ingest.to_vec()),
+        ("query", vec!["report_queries"], vec![]),
+        (
+            "consent",
+            [&consent[..], &["report_queries"]].concat(),
+            [&consent[..], &["consent_current", "revocation_status"]].concat(),
+        ),
+        ("reader", vec![], vec!["*"]),
+    ];
+    let denied = |e: &clickhouse::error::Error| {
+        let m = e.to_string();
+        m.contains("Code: 497") || m.contains("ACCESS_DENIED") || m.contains("privileges")
+    };
+    for (name, inserts, selects) in &expect {
+        let c = account(name);
+        for t in &tables {
+            let may_select = selects.contains(&"*") || selects.contains(&t.as_str());
+            let r = c
+                .query(&format!("SELECT count() FROM custos.{t}"))
+                .fetch_one::<u64>()
+                .await;
+            match (&r, may_select) {
+                (Ok(_), true) => {}
+                (Err(e), false) if denied(e) => {}
+                _ => panic!("custos_{name} SELECT on {t}: {r:?} (allowed: {may_select})"),
+            }
+            let is_view = ["audit_events_dedup", "consent_current", "revocation_status"]
+                .contains(&t.as_str());
+            if is_view {
+                continue;
+            }
+            let may_insert = inserts.contains(&t.as_str());
+            let r = c
+                .query(&format!("INSERT INTO custos.{t} FORMAT Values"))
+                .execute()
+                .await;
+            match (&r, may_insert) {
+                (Ok(()), true) => {}
+                (Err(e), false) if denied(e) => {}
+                _ => panic!("custos_{name} INSERT into {t}: {r:?} (allowed: {may_insert})"),
+            }
+        }
+        for stmt in [
+            "DROP TABLE custos.audit_events",
+            "TRUNCATE TABLE custos.audit_events",
+            "ALTER TABLE custos.audit_events DELETE WHERE 1",
+            "ALTER TABLE custos.ingest_rejections UPDATE reason = 'x' WHERE 1",
+            "CREATE TABLE custos.evil (x UInt8) ENGINE = Memory",
+        ] {
+            let r = c.query(stmt).execute().await;
+            assert!(
+                r.as_ref().is_err_and(denied),
+                "custos_{name} may run: {stmt}: {r:?}"
+            );
+        }
     }
-    assert!(writer
-        .query("SELECT count() FROM custos.audit_events")
-        .fetch_one::<u64>()
-        .await
-        .is_ok());
-    let reader = client_as("custos_reader", "custos_reader_pw");
-    assert!(reader
-        .query("INSERT INTO custos.ingest_rejections (kafka_topic) VALUES ('x')")
-        .execute()
-        .await
-        .is_err());
-    assert!(reader
-        .query("SELECT count() FROM custos.audit_events")
-        .fetch_one::<u64>()
-        .await
-        .is_ok());
     Ok(())
 }

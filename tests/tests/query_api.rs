@@ -1638,7 +1638,7 @@ async fn query_audit_group_commits_and_shows_unfinished_requests() -> Result<()>
     use custos_query::audit::{Asked, GroupCommit, QueryAudit};
     use custos_query::auth::{Caller, Role};
     ensure_schema()?;
-    let writer = client_as("custos_writer", "custos_writer_pw").with_database("custos");
+    let writer = account("query").with_database("custos");
     let audit = QueryAudit::with_group_commit(
         writer,
         GroupCommit {

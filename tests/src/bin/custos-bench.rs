@@ -561,8 +561,7 @@ async fn insert_ceiling(
 ) -> Result<Value> {
     let client = custos_tests::client_as(
         &std::env::var("CUSTOS_CLICKHOUSE_WRITER_USER").unwrap_or_else(|_| "custos_writer".into()),
-        &std::env::var("CUSTOS_CLICKHOUSE_WRITER_PASSWORD")
-            .unwrap_or_else(|_| "custos_writer_pw".into()),
+        &custos_tests::ch_password("writer"),
     )
     .with_database("custos")
     .with_setting("max_execution_time", "30")
@@ -748,6 +747,7 @@ async fn end_to_end(
     let log = logs.join(format!("{}-ingest.log", topics.group));
     let file = std::fs::File::create(&log)?;
     let mut cmd = Command::new(bin);
+    cmd.envs(custos_tests::ch_env());
     cmd.arg("run")
         .env("CUSTOS_KAFKA_BROKERS", brokers())
         .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
@@ -1157,6 +1157,7 @@ async fn main() -> Result<()> {
     };
     if let Some(bin) = &bin {
         let out = Command::new(bin)
+            .envs(custos_tests::ch_env())
             .arg("migrate")
             .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
             .output()?;

@@ -88,7 +88,7 @@ fn env_or(name: &str, default: &str) -> String {
 fn writer() -> clickhouse::Client {
     client_as(
         &env_or("CUSTOS_CLICKHOUSE_WRITER_USER", "custos_writer"),
-        &env_or("CUSTOS_CLICKHOUSE_WRITER_PASSWORD", "custos_writer_pw"),
+        &custos_tests::ch_password("writer"),
     )
 }
 
@@ -96,7 +96,7 @@ fn writer() -> clickhouse::Client {
 fn reader() -> clickhouse::Client {
     client_as(
         &env_or("CUSTOS_QUERY_READER_USER", "custos_reader"),
-        &env_or("CUSTOS_QUERY_READER_PASSWORD", "custos_reader_pw"),
+        &custos_tests::ch_password("reader"),
     )
     .with_setting(
         "max_execution_time",
@@ -306,6 +306,7 @@ async fn start_server(args: &Args, issuer: &str) -> Result<(Server, String)> {
     let log = workspace().join("target").join("query-bench.log");
     let file = std::fs::File::create(&log)?;
     let child = Command::new(query_binary(args)?)
+        .envs(custos_tests::ch_env())
         .env("CUSTOS_QUERY_HTTP_ADDR", &addr)
         .env("CUSTOS_QUERY_PUBLIC_URL", format!("http://{addr}"))
         .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())

@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use clap::Parser;
 use custos_query::config::QueryConfig;
-use custos_tests::{clickhouse_url, migrate, workspace, TEST_KEYS};
+use custos_tests::{ch_password, clickhouse_url, migrate, workspace, TEST_KEYS};
 use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -69,6 +69,7 @@ struct Cli {
 /// The query API in-process, with extra command-line arguments.
 pub fn app(extra: &[&str]) -> Router {
     let url = clickhouse_url();
+    let (reader_pw, audit_pw) = (ch_password("reader"), ch_password("query"));
     let mut args = vec![
         "custos-query",
         "--oidc-issuer",
@@ -85,6 +86,10 @@ pub fn app(extra: &[&str]) -> Router {
         &url,
         "--public-url",
         "http://127.0.0.1:8088",
+        "--reader-password",
+        &reader_pw,
+        "--writer-password",
+        &audit_pw,
     ];
     args.extend_from_slice(extra);
     let cli = Cli::try_parse_from(args).expect("config");
