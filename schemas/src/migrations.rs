@@ -108,6 +108,15 @@ pub const MIGRATIONS: &[Migration] = &[
              AND name = 'chain_heads' AND comment = '0010 backfill complete'",
         ),
     },
+    Migration {
+        version: 11,
+        name: "0011_checkpoint_retention",
+        sql: include_str!("../migrations/0011_checkpoint_retention.sql"),
+        done_when: Some(
+            "SELECT count() FROM system.tables WHERE database = 'custos' \
+             AND name = 'chain_checkpoints' AND position(engine_full, ' TTL ') = 0",
+        ),
+    },
 ];
 
 impl Migration {
