@@ -109,9 +109,9 @@ pub const MIGRATIONS: &[Migration] = &[
         ),
     },
     Migration {
-        version: 11,
-        name: "0011_checkpoint_retention",
-        sql: include_str!("../migrations/0011_checkpoint_retention.sql"),
+        version: 12,
+        name: "0012_checkpoint_retention",
+        sql: include_str!("../migrations/0012_checkpoint_retention.sql"),
         done_when: Some(
             "SELECT count() FROM system.tables WHERE database = 'custos' \
              AND name = 'chain_checkpoints' AND position(engine_full, ' TTL ') = 0",
