@@ -681,3 +681,53 @@ fn account(
     }
     verifier.push(row);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(spans: &[(i64, i64, i64)]) -> Claims {
+        spans
+            .iter()
+            .map(|&(first, last, first_time)| {
+                let cp = checkpoint::Checkpoint {
+                    topic: "t".into(),
+                    partition: 0,
+                    first_offset: first,
+                    last_offset: last,
+                    count: u64::try_from(last - first + 1).unwrap_or(0),
+                    head_hash: chain::to_hex(&chain::GENESIS),
+                    first_time,
+                    last_time: first_time + 10,
+                    iat: 0,
+                };
+                let claim = Claim {
+                    cp,
+                    source: "store".into(),
+                    counted: 0,
+                    head: None,
+                };
+                (last, claim)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_positions_in_a_checkpoint_older_than_the_horizon_may_be_pruned() {
+        // [0, 9] and [10, 19] hold records from t=100, [30, 39] from t=1000; 20..=29 has
+        // no checkpoint.
+        let c = claims(&[(0, 9, 100), (10, 19, 100), (30, 39, 1000)]);
+        let at = |horizon, offset| prunable(&c, horizon, offset).map(|c| c.cp.last_offset);
+        assert_eq!(at(Some(500), 0), Some(9));
+        assert_eq!(at(Some(500), 9), Some(9));
+        assert_eq!(at(Some(500), 14), Some(19));
+        // Not covered by any checkpoint, or covered by one younger than the horizon.
+        assert_eq!(at(Some(500), 25), None);
+        assert_eq!(at(Some(500), 35), None);
+        assert_eq!(at(Some(500), 40), None);
+        // The horizon is exclusive, and without one nothing may be pruned.
+        assert_eq!(at(Some(100), 5), None);
+        assert_eq!(at(Some(2000), 35), Some(39));
+        assert_eq!(at(None, 5), None);
+    }
+}
