@@ -153,6 +153,149 @@ impl Tracker {
     }
 }
 
+/// Errors reading the checkpoints' copy outside the database.
+#[derive(Debug, thiserror::Error)]
+pub enum ExternalError {
+    /// Kafka refused or could not be reached.
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The checkpoint topic does not exist.
+    #[error("checkpoint topic {0} not found")]
+    UnknownTopic(String),
+    /// The topic was not read to its end in time.
+    #[error("checkpoint topic {topic} not read to its end within {secs} s")]
+    Timeout {
+        /// The topic.
+        topic: String,
+        /// The time allowed.
+        secs: u64,
+    },
+    /// An anchor file could not be read.
+    #[error("anchor file {path}: {source}")]
+    AnchorFile {
+        /// Its path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An anchor file is not a JSON list of checkpoints.
+    #[error("anchor file {path}: expected a JSON list of compact JWS strings or objects with a \"jws\" field")]
+    AnchorFormat {
+        /// Its path.
+        path: String,
+    },
+}
+
+/// A checkpoint JWS read from outside the database, with where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalCheckpoint {
+    /// Where it came from (`topic T partition P offset O`, `anchor file F item N`).
+    pub source: String,
+    /// The compact JWS.
+    pub jws: String,
+}
+
+/// Reads every checkpoint on `topic` from the beginning to the high watermark of each
+/// partition, as a read-only client: the partitions are assigned (no consumer group is
+/// joined) and no offset is ever committed. Blocking; run it off the async runtime.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<ExternalCheckpoint>, ExternalError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "custos-verify")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let started = Instant::now();
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(ExternalError::UnknownTopic(topic.to_owned()));
+    }
+    let mut assignment = TopicPartitionList::new();
+    // partition -> high watermark still to reach
+    let mut open = std::collections::BTreeMap::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        if high > low {
+            assignment.add_partition_offset(topic, p, Offset::Offset(low))?;
+            open.insert(p, high);
+        }
+    }
+    let mut out = Vec::new();
+    if open.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&assignment)?;
+    while !open.is_empty() {
+        if started.elapsed() > timeout {
+            return Err(ExternalError::Timeout {
+                topic: topic.to_owned(),
+                secs: timeout.as_secs(),
+            });
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        let (p, offset) = (message.partition(), message.offset());
+        if let Some(payload) = message.payload() {
+            out.push(ExternalCheckpoint {
+                source: format!("topic {topic} partition {p} offset {offset}"),
+                jws: String::from_utf8_lossy(payload).into_owned(),
+            });
+        }
+        if open.get(&p).is_some_and(|high| offset + 1 >= *high) {
+            open.remove(&p);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads an auditor's anchor file: a JSON list whose items are compact JWS checkpoints or
+/// objects with a `jws` field (such as rows of `custos.chain_checkpoints`).
+pub fn read_anchor_file(path: &std::path::Path) -> Result<Vec<ExternalCheckpoint>, ExternalError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ExternalError::AnchorFile {
+        path: shown.clone(),
+        source,
+    })?;
+    parse_anchors(&text, &shown)
+}
+
+fn parse_anchors(text: &str, shown: &str) -> Result<Vec<ExternalCheckpoint>, ExternalError> {
+    let bad = || ExternalError::AnchorFormat {
+        path: shown.to_owned(),
+    };
+    let items: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|_| bad())?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(n, item)| {
+            let jws = item
+                .as_str()
+                .or_else(|| item.get("jws").and_then(serde_json::Value::as_str))
+                .ok_or_else(bad)?;
+            Ok(ExternalCheckpoint {
+                source: format!("anchor file {shown} item {n}"),
+                jws: jws.to_owned(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +353,19 @@ mod tests {
         rest.sort();
         assert_eq!(rest, vec![(0, 20, 24), (1, 0, 2)]);
         assert!(t.due(&policy, true).is_empty());
+    }
+
+    #[test]
+    fn anchor_files_take_jws_strings_or_rows() {
+        let got = parse_anchors(r#"["a.b.c", {"jws": "d.e.f", "last_offset": 9}]"#, "f").unwrap();
+        let jws: Vec<&str> = got.iter().map(|c| c.jws.as_str()).collect();
+        assert_eq!(jws, vec!["a.b.c", "d.e.f"]);
+        assert_eq!(got[1].source, "anchor file f item 1");
+        for bad in [r#"{"jws": "a"}"#, r#"[1]"#, r#"[{"x": "a"}]"#, "not json"] {
+            assert!(matches!(
+                parse_anchors(bad, "f"),
+                Err(ExternalError::AnchorFormat { .. })
+            ));
+        }
     }
 }

@@ -80,6 +80,33 @@ struct VerifyArgs {
     /// Only records with event time before this RFC 3339 instant.
     #[arg(long)]
     until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Retention of audit rows in days: records older than this may be gone (pruned).
+    #[arg(long, env = "CUSTOS_RETENTION_DAYS", default_value_t = custos_schemas::migrations::DEFAULT_RETENTION_DAYS,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    retention_days: u32,
+    /// The instant the retention horizon is counted back from (RFC 3339; default: now).
+    #[arg(long)]
+    now: Option<chrono::DateTime<chrono::Utc>>,
+    /// Kafka bootstrap servers: when set, the checkpoint topic is read and cross-checked.
+    #[arg(long, env = "CUSTOS_KAFKA_BROKERS")]
+    brokers: Option<String>,
+    /// Topic the checkpoints are published to.
+    #[arg(
+        long,
+        env = "CUSTOS_CHECKPOINT_TOPIC",
+        default_value = "custos.checkpoints"
+    )]
+    checkpoints_topic: String,
+    /// Do not read the checkpoint topic even when brokers are configured.
+    #[arg(long)]
+    no_checkpoints_topic: bool,
+    /// Seconds allowed to read the checkpoint topic to its end.
+    #[arg(long, default_value_t = 60)]
+    kafka_timeout_secs: u64,
+    /// JSON list of checkpoints kept by an auditor (compact JWS strings or objects with a
+    /// `jws` field), cross-checked like the topic's.
+    #[arg(long)]
+    anchors: Option<std::path::PathBuf>,
 }
 
 fn init_tracing() {
@@ -119,13 +146,32 @@ fn main() -> anyhow::Result<()> {
                     Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
                     None => None,
                 };
+                let now = args.now.unwrap_or_else(chrono::Utc::now);
+                let horizon = now - chrono::Duration::days(i64::from(args.retention_days));
                 let scope = custos_ingest::verify::Scope {
                     topic: args.topic.clone(),
                     partition: args.partition,
                     since_ms: args.since.map(|t| t.timestamp_millis()),
                     until_ms: args.until.map(|t| t.timestamp_millis()),
+                    retention_horizon_ms: Some(horizon.timestamp_millis()),
                 };
-                let report = custos_ingest::verify::verify(&client, &scope, jwks.as_ref()).await?;
+                let mut external = Vec::new();
+                if let Some(path) = &args.anchors {
+                    external.extend(custos_ingest::checkpoints::read_anchor_file(path)?);
+                }
+                if let (Some(brokers), false) = (args.brokers.clone(), args.no_checkpoints_topic) {
+                    let topic = args.checkpoints_topic.clone();
+                    let timeout = std::time::Duration::from_secs(args.kafka_timeout_secs);
+                    external.extend(
+                        tokio::task::spawn_blocking(move || {
+                            custos_ingest::checkpoints::read_topic(&brokers, &topic, timeout)
+                        })
+                        .await??,
+                    );
+                }
+                let report =
+                    custos_ingest::verify::verify_with(&client, &scope, jwks.as_ref(), &external)
+                        .await?;
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 if !report.clean {
                     std::process::exit(1);

@@ -1,8 +1,22 @@
 //! Independent verification of the hash chains and their signed checkpoints, from
-//! ClickHouse alone (plus the JWKS of the checkpoint keys). Reports the first broken link
-//! of each chain by position and event id. Used by `custos-ingest verify`.
+//! ClickHouse (plus the JWKS of the checkpoint keys and, optionally, the checkpoints' copy
+//! outside the database: the checkpoint topic or an auditor's anchor file). Reports the first
+//! broken link of each chain by position and event id. Used by `custos-ingest verify`.
+//!
+//! **Retention.** The TTL removes the oldest records of a chain. A record may be gone without
+//! a break only when a verified checkpoint covers its position and holds records older than
+//! the retention horizon ([`Scope::retention_horizon_ms`]); the gap is then reported as a
+//! [`PrunedRange`] naming that checkpoint, and verification resumes at the next remaining
+//! record, checked against the checkpoint's signed head when the checkpoint ends right
+//! before it. A gap no such checkpoint covers (a deleted prefix without its checkpoints, or
+//! records younger than the horizon) stays `missing`.
+//!
+//! **Checkpoints outside the database.** Checkpoints read from the topic or an anchor file
+//! must be in `custos.chain_checkpoints` (`checkpoint_missing_from_store`), and the stored
+//! records must reach each one's head (`truncated`), so deleting a chain's tail or a whole
+//! chain together with its checkpoint rows is found.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use clickhouse::Client;
 use custos_schemas::chain::{self, chain_id, collapsed_copy, Finding, Verifier};
@@ -11,7 +25,7 @@ use custos_schemas::AuditRow;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::checkpoints::CheckpointRow;
+use crate::checkpoints::{CheckpointRow, ExternalCheckpoint};
 
 /// Verification failures (not findings: those are in the [`Report`]).
 #[derive(Debug, Error)]
@@ -33,6 +47,9 @@ pub struct Scope {
     pub since_ms: Option<i64>,
     /// Only records with event time before this (ms).
     pub until_ms: Option<i64>,
+    /// Retention horizon (ms): records with an event time before it may have been removed
+    /// by the TTL. `None`: no record may be missing.
+    pub retention_horizon_ms: Option<i64>,
 }
 
 /// A problem with a checkpoint.
@@ -42,6 +59,48 @@ pub struct CheckpointFinding {
     pub chain: String,
     /// Head offset the checkpoint claims.
     pub last_offset: i64,
+    /// What is wrong.
+    pub problem: String,
+    /// Kind code: `unverifiable`, `signature`, `columns_differ`, `head_missing`,
+    /// `head_differs`, `count_differs`, `checkpoint_missing_from_store`,
+    /// `checkpoint_differs`.
+    pub kind: String,
+    /// First offset the checkpoint covers.
+    pub first_offset: i64,
+    /// Where the checkpoint was read (`store`, `topic T partition P offset O`,
+    /// `anchor file F item N`).
+    pub source: String,
+}
+
+/// Records gone by retention: a gap inside a verified checkpoint holding records older than
+/// the retention horizon. Not a break.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrunedRange {
+    /// Chain.
+    pub chain: String,
+    /// First offset gone (`None`: from the start of the chain).
+    pub from_offset: Option<i64>,
+    /// Last offset gone.
+    pub to_offset: i64,
+    /// First remaining record after the gap (`None`: nothing remains after it).
+    pub resumed_at: Option<i64>,
+    /// First offset of the checkpoint that covers `to_offset`.
+    pub checkpoint_first_offset: i64,
+    /// Head offset of that checkpoint.
+    pub checkpoint_last_offset: i64,
+    /// Where that checkpoint was read.
+    pub checkpoint_source: String,
+    /// Whether the checkpoint ends at `to_offset`, so the record at `resumed_at` was checked
+    /// against its signed head (otherwise that one record's own hash cannot be recomputed;
+    /// its successors' links to it still are).
+    pub anchored: bool,
+}
+
+/// A checkpoint read outside the database that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExternalFinding {
+    /// Where it was read.
+    pub source: String,
     /// What is wrong.
     pub problem: String,
 }
@@ -69,6 +128,10 @@ pub struct ChainReport {
     /// Records ClickHouse refused after they were chained, proven from the copy kept with
     /// their rejection (`store_refused` in `custos.ingest_rejections`): not breaks.
     pub store_refused: Vec<RefusedView>,
+    /// Ranges removed by retention (not breaks).
+    pub pruned: Vec<PrunedRange>,
+    /// Checkpoints whose head record was removed by retention.
+    pub checkpoints_pruned: u64,
 }
 
 /// A chained record the store refused, kept with its rejection.
@@ -143,9 +206,15 @@ pub struct Report {
     pub chains: Vec<ChainReport>,
     /// Whether nothing was found.
     pub clean: bool,
+    /// The retention horizon applied (ms since the epoch), if any.
+    pub retention_horizon_ms: Option<i64>,
+    /// Checkpoints read outside the database whose signature verified (in scope).
+    pub external_checkpoints: u64,
+    /// Checkpoints read outside the database that could not be used.
+    pub external_findings: Vec<ExternalFinding>,
 }
 
-#[derive(Debug, Deserialize, clickhouse::Row)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize, clickhouse::Row)]
 struct ChainKey {
     kafka_topic: String,
     kafka_partition: i32,
@@ -167,29 +236,115 @@ pub async fn verify(
     scope: &Scope,
     jwks: Option<&serde_json::Value>,
 ) -> Result<Report, VerifyError> {
-    let chains: Vec<ChainKey> = client
+    verify_with(client, scope, jwks, &[]).await
+}
+
+fn in_scope(scope: &Scope, topic: &str, partition: i32) -> bool {
+    scope.topic.as_deref().is_none_or(|t| t == topic)
+        && scope.partition.is_none_or(|p| p == partition)
+}
+
+/// A checkpoint read outside the database, verified: (claims, where it was read).
+type Signed = (checkpoint::Checkpoint, String);
+
+/// [`verify`], cross-checked against checkpoints kept outside the database (read from the
+/// checkpoint topic or an anchor file): each must be in the store and the store's records
+/// must reach its head; they also serve as anchors after retention.
+pub async fn verify_with(
+    client: &Client,
+    scope: &Scope,
+    jwks: Option<&serde_json::Value>,
+    external: &[ExternalCheckpoint],
+) -> Result<Report, VerifyError> {
+    let mut external_findings = Vec::new();
+    let mut outside: BTreeMap<ChainKey, Vec<Signed>> = BTreeMap::new();
+    let mut external_ok = 0;
+    match jwks {
+        None if !external.is_empty() => external_findings.push(ExternalFinding {
+            source: format!("{} checkpoints read outside the database", external.len()),
+            problem: "no JWKS given: signatures not checked".to_owned(),
+        }),
+        None => {}
+        Some(jwks) => {
+            for e in external {
+                match checkpoint::verify(&e.jws, jwks) {
+                    Err(err) => external_findings.push(ExternalFinding {
+                        source: e.source.clone(),
+                        problem: format!("signature: {err}"),
+                    }),
+                    Ok(c) if in_scope(scope, &c.topic, c.partition) => {
+                        external_ok += 1;
+                        let key = ChainKey {
+                            kafka_topic: c.topic.clone(),
+                            kafka_partition: c.partition,
+                        };
+                        outside.entry(key).or_default().push((c, e.source.clone()));
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    // Chains with records, chains with only checkpoints left, chains known only outside.
+    let stored: Vec<ChainKey> = client
         .query(
             "SELECT DISTINCT kafka_topic, kafka_partition FROM custos.audit_events \
              WHERE record_hash != '' AND (? = '' OR kafka_topic = ?) AND (? < 0 OR kafka_partition = ?) \
-             ORDER BY kafka_topic, kafka_partition",
+             UNION DISTINCT \
+             SELECT DISTINCT kafka_topic, kafka_partition FROM custos.chain_checkpoints \
+             WHERE (? = '' OR kafka_topic = ?) AND (? < 0 OR kafka_partition = ?)",
         )
+        .bind(scope.topic.as_deref().unwrap_or(""))
+        .bind(scope.topic.as_deref().unwrap_or(""))
+        .bind(scope.partition.unwrap_or(-1))
+        .bind(scope.partition.unwrap_or(-1))
         .bind(scope.topic.as_deref().unwrap_or(""))
         .bind(scope.topic.as_deref().unwrap_or(""))
         .bind(scope.partition.unwrap_or(-1))
         .bind(scope.partition.unwrap_or(-1))
         .fetch_all()
         .await?;
+    let chains: BTreeSet<ChainKey> = stored.into_iter().chain(outside.keys().cloned()).collect();
     let mut reports = Vec::new();
     for c in chains {
-        reports.push(verify_chain(client, &c.kafka_topic, c.kafka_partition, scope, jwks).await?);
+        let ext = outside.get(&c).map(Vec::as_slice).unwrap_or_default();
+        reports
+            .push(verify_chain(client, &c.kafka_topic, c.kafka_partition, scope, jwks, ext).await?);
     }
-    let clean = reports
-        .iter()
-        .all(|r| r.findings.is_empty() && r.checkpoint_findings.is_empty());
+    let clean = external_findings.is_empty()
+        && reports
+            .iter()
+            .all(|r| r.findings.is_empty() && r.checkpoint_findings.is_empty());
     Ok(Report {
         chains: reports,
         clean,
+        retention_horizon_ms: scope.retention_horizon_ms,
+        external_checkpoints: external_ok,
+        external_findings,
     })
+}
+
+/// A verified checkpoint with what the records streamed so far showed of it.
+#[derive(Debug)]
+struct Claim {
+    cp: checkpoint::Checkpoint,
+    /// Where it was read.
+    source: String,
+    /// Records counted in its range.
+    counted: u64,
+    /// Hash of the record seen at its head offset.
+    head: Option<chain::Hash>,
+}
+
+/// Verified checkpoints by head offset.
+type Claims = BTreeMap<i64, Claim>;
+
+/// The verified checkpoint covering `offset` if it holds records older than the retention
+/// horizon: a record missing there may have been removed by retention.
+fn prunable(claims: &Claims, horizon_ms: Option<i64>, offset: i64) -> Option<&Claim> {
+    let horizon = horizon_ms?;
+    let (_, c) = claims.range(offset..).next()?;
+    (c.cp.first_offset <= offset && c.cp.first_time < horizon).then_some(c)
 }
 
 async fn verify_chain(
@@ -198,9 +353,11 @@ async fn verify_chain(
     partition: i32,
     scope: &Scope,
     jwks: Option<&serde_json::Value>,
+    outside: &[Signed],
 ) -> Result<ChainReport, VerifyError> {
     let chain = chain_id(topic, partition);
     let timed = scope.since_ms.is_some() || scope.until_ms.is_some();
+    let horizon = scope.retention_horizon_ms;
     let range: Range = client
         .query(
             "SELECT min(kafka_offset) AS lo, max(kafka_offset) AS hi, count() AS n, \
@@ -224,12 +381,15 @@ async fn verify_chain(
         checkpoint_findings: Vec::new(),
         collapsed_duplicates: Vec::new(),
         store_refused: Vec::new(),
+        pruned: Vec::new(),
+        checkpoints_pruned: 0,
     };
-    if range.n == 0 {
+    if range.n == 0 && timed {
         return Ok(report);
     }
     // A timed range also reads the record before its first one, as the anchor its first
-    // record's hash is checked against.
+    // record's hash is checked against. The whole chain is read otherwise, also when no
+    // record is left (its checkpoints then tell what is gone).
     let (lo, hi) = if timed {
         (range.lo.min(range.lo_prev.max(0)), range.hi)
     } else {
@@ -250,13 +410,26 @@ async fn verify_chain(
         .bind(hi)
         .fetch_all()
         .await?;
-    // last_offset -> (claims, records counted in range so far, head hash seen)
     let mut claims: Claims = BTreeMap::new();
+    let mut in_store = BTreeSet::new();
+    let finding =
+        |kind: &str, first: i64, last: i64, source: &str, problem: String| CheckpointFinding {
+            chain: chain.clone(),
+            last_offset: last,
+            problem,
+            kind: kind.to_owned(),
+            first_offset: first,
+            source: source.to_owned(),
+        };
     for cp in &cps {
+        in_store.insert(cp.last_offset);
         let problem = match jwks {
-            None => Some("no JWKS given: signature not checked".to_owned()),
+            None => Some((
+                "unverifiable",
+                "no JWKS given: signature not checked".to_owned(),
+            )),
             Some(jwks) => match checkpoint::verify(&cp.jws, jwks) {
-                Err(e) => Some(format!("signature: {e}")),
+                Err(e) => Some(("signature", format!("signature: {e}"))),
                 Ok(c) => {
                     let row_matches = c.topic == cp.kafka_topic
                         && c.partition == cp.kafka_partition
@@ -265,26 +438,84 @@ async fn verify_chain(
                         && c.count == cp.record_count
                         && c.head_hash == cp.head_hash;
                     if row_matches {
-                        claims.insert(c.last_offset, (c, 0, None));
+                        claims.insert(
+                            c.last_offset,
+                            Claim {
+                                cp: c,
+                                source: "store".to_owned(),
+                                counted: 0,
+                                head: None,
+                            },
+                        );
                         None
                     } else {
-                        Some("stored columns differ from the signed claims".to_owned())
+                        Some((
+                            "columns_differ",
+                            "stored columns differ from the signed claims".to_owned(),
+                        ))
                     }
                 }
             },
         };
-        if let Some(problem) = problem {
-            report.checkpoint_findings.push(CheckpointFinding {
-                chain: chain.clone(),
-                last_offset: cp.last_offset,
+        if let Some((kind, problem)) = problem {
+            report.checkpoint_findings.push(finding(
+                kind,
+                cp.first_offset,
+                cp.last_offset,
+                "store",
                 problem,
-            });
+            ));
+        }
+    }
+    // Checkpoints kept outside the database: each must be in the store too (unless the
+    // checkpoint table's former TTL, as long as the audit rows', may have removed it), and
+    // they count as claims like the stored ones.
+    for (c, source) in outside {
+        if c.last_offset < lo || c.last_offset > hi {
+            continue;
+        }
+        let expired = horizon.is_some_and(|h| c.iat.saturating_mul(1000) < h);
+        if !in_store.contains(&c.last_offset) && !expired {
+            report.checkpoint_findings.push(finding(
+                "checkpoint_missing_from_store",
+                c.first_offset,
+                c.last_offset,
+                source,
+                format!(
+                    "signed checkpoint of offsets {} to {} is not in custos.chain_checkpoints",
+                    c.first_offset, c.last_offset
+                ),
+            ));
+        }
+        match claims.get(&c.last_offset) {
+            Some(have) if have.cp != *c => report.checkpoint_findings.push(finding(
+                "checkpoint_differs",
+                c.first_offset,
+                c.last_offset,
+                source,
+                format!(
+                    "signed checkpoint differs from the one read from {}",
+                    have.source
+                ),
+            )),
+            Some(_) => {}
+            None => {
+                claims.insert(
+                    c.last_offset,
+                    Claim {
+                        cp: c.clone(),
+                        source: source.clone(),
+                        counted: 0,
+                        head: None,
+                    },
+                );
+            }
         }
     }
 
     let mut by_first: Vec<(i64, i64)> = claims
         .values()
-        .map(|(c, _, _)| (c.first_offset, c.last_offset))
+        .map(|c| (c.cp.first_offset, c.cp.last_offset))
         .collect();
     by_first.sort_unstable();
     let mut next_start = 0;
@@ -367,6 +598,29 @@ async fn verify_chain(
                 }
             }
         }
+        // Not a copy: removed by retention when a checkpoint with records older than the
+        // horizon covers the missing position. Resume there, from the checkpoint's signed
+        // head when it ends at that position.
+        if gap && records.is_empty() {
+            let gone = row.chain_prev_offset;
+            if let Some(cover) = prunable(&claims, horizon, gone) {
+                let anchor = (cover.cp.last_offset == gone)
+                    .then(|| chain::from_hex(&cover.cp.head_hash))
+                    .flatten()
+                    .map(|h| (gone, h));
+                report.pruned.push(PrunedRange {
+                    chain: chain.clone(),
+                    from_offset: verifier.head().map(|(o, _)| o + 1),
+                    to_offset: gone,
+                    resumed_at: Some(row.kafka_offset),
+                    checkpoint_first_offset: cover.cp.first_offset,
+                    checkpoint_last_offset: cover.cp.last_offset,
+                    checkpoint_source: cover.source.clone(),
+                    anchored: anchor.is_some(),
+                });
+                verifier.resume(anchor);
+            }
+        }
         records.push(row);
         for row in records {
             account(
@@ -382,31 +636,77 @@ async fn verify_chain(
     }
     report.records = verifier.checked;
     report.findings = verifier.findings.iter().map(FindingView::from).collect();
-    for (last, (c, counted, head)) in claims {
-        let problem = match head {
-            None => Some("head record missing".to_owned()),
-            Some(h) if chain::to_hex(&h) != c.head_hash => {
-                Some("head hash differs from the signed one".to_owned())
+    // The stored records must reach the last signed head (a deleted tail, or a whole chain
+    // deleted, with or without its checkpoint rows).
+    if !timed {
+        if let Some((&signed_last, _)) = claims.iter().next_back() {
+            if report.last_offset.is_none_or(|l| l < signed_last) {
+                let from = report.last_offset.map_or_else(
+                    || {
+                        claims
+                            .values()
+                            .map(|c| c.cp.first_offset)
+                            .min()
+                            .unwrap_or(0)
+                    },
+                    |l| l + 1,
+                );
+                match prunable(&claims, horizon, signed_last) {
+                    Some(cover) => report.pruned.push(PrunedRange {
+                        chain: chain.clone(),
+                        from_offset: Some(from),
+                        to_offset: signed_last,
+                        resumed_at: None,
+                        checkpoint_first_offset: cover.cp.first_offset,
+                        checkpoint_last_offset: cover.cp.last_offset,
+                        checkpoint_source: cover.source.clone(),
+                        anchored: false,
+                    }),
+                    None => report.findings.push(FindingView {
+                        kind: "truncated".to_owned(),
+                        offset: from,
+                        message: format!(
+                            "{chain} offsets {from} to {signed_last}: records gone up to the \
+                             signed head at offset {signed_last}"
+                        ),
+                    }),
+                }
             }
-            Some(_) if counted != c.count => {
-                Some(format!("{counted} records in range, {} signed", c.count))
+        }
+    }
+    for (last, c) in &claims {
+        // A checkpoint with records older than the horizon may have lost any of them.
+        let may_be_pruned = horizon.is_some_and(|h| c.cp.first_time < h);
+        let problem = match c.head {
+            None if may_be_pruned => {
+                report.checkpoints_pruned += 1;
+                continue;
             }
+            None => Some(("head_missing", "head record missing".to_owned())),
+            Some(h) if chain::to_hex(&h) != c.cp.head_hash => Some((
+                "head_differs",
+                "head hash differs from the signed one".to_owned(),
+            )),
+            Some(_) if c.counted < c.cp.count && may_be_pruned => None,
+            Some(_) if c.counted != c.cp.count => Some((
+                "count_differs",
+                format!("{} records in range, {} signed", c.counted, c.cp.count),
+            )),
             Some(_) => None,
         };
         match problem {
-            Some(problem) => report.checkpoint_findings.push(CheckpointFinding {
-                chain: chain.clone(),
-                last_offset: last,
+            Some((kind, problem)) => report.checkpoint_findings.push(finding(
+                kind,
+                c.cp.first_offset,
+                *last,
+                &c.source,
                 problem,
-            }),
+            )),
             None => report.checkpoints_ok += 1,
         }
     }
     Ok(report)
 }
-
-/// Claims of the verified checkpoints: last offset -> (claims, records counted, head seen).
-type Claims = BTreeMap<i64, (checkpoint::Checkpoint, u64, Option<chain::Hash>)>;
 
 /// Feeds one record (stored, or a proven collapsed copy) to the verifier and to the
 /// checkpoints covering its offset.
@@ -430,12 +730,62 @@ fn account(
     }
     active.retain(|last| *last >= row.kafka_offset);
     for last in active.iter() {
-        if let Some((_, counted, head)) = claims.get_mut(last) {
-            *counted += 1;
+        if let Some(c) = claims.get_mut(last) {
+            c.counted += 1;
             if *last == row.kafka_offset {
-                *head = Some(row.record_hash);
+                c.head = Some(row.record_hash);
             }
         }
     }
     verifier.push(row);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(spans: &[(i64, i64, i64)]) -> Claims {
+        spans
+            .iter()
+            .map(|&(first, last, first_time)| {
+                let cp = checkpoint::Checkpoint {
+                    topic: "t".into(),
+                    partition: 0,
+                    first_offset: first,
+                    last_offset: last,
+                    count: u64::try_from(last - first + 1).unwrap_or(0),
+                    head_hash: chain::to_hex(&chain::GENESIS),
+                    first_time,
+                    last_time: first_time + 10,
+                    iat: 0,
+                };
+                let claim = Claim {
+                    cp,
+                    source: "store".into(),
+                    counted: 0,
+                    head: None,
+                };
+                (last, claim)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_positions_in_a_checkpoint_older_than_the_horizon_may_be_pruned() {
+        // [0, 9] and [10, 19] hold records from t=100, [30, 39] from t=1000; 20..=29 has
+        // no checkpoint.
+        let c = claims(&[(0, 9, 100), (10, 19, 100), (30, 39, 1000)]);
+        let at = |horizon, offset| prunable(&c, horizon, offset).map(|c| c.cp.last_offset);
+        assert_eq!(at(Some(500), 0), Some(9));
+        assert_eq!(at(Some(500), 9), Some(9));
+        assert_eq!(at(Some(500), 14), Some(19));
+        // Not covered by any checkpoint, or covered by one younger than the horizon.
+        assert_eq!(at(Some(500), 25), None);
+        assert_eq!(at(Some(500), 35), None);
+        assert_eq!(at(Some(500), 40), None);
+        // The horizon is exclusive, and without one nothing may be pruned.
+        assert_eq!(at(Some(100), 5), None);
+        assert_eq!(at(Some(2000), 35), Some(39));
+        assert_eq!(at(None, 5), None);
+    }
 }

@@ -324,6 +324,7 @@ pub fn verify_scope(p: &VerifyParams) -> Result<Scope, ApiError> {
         partition,
         since_ms,
         until_ms,
+        retention_horizon_ms: None,
     })
 }
 

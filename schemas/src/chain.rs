@@ -458,6 +458,20 @@ impl Verifier {
         self.remember(row);
     }
 
+    /// Continues after records that are gone on purpose (expired by retention): forgets the
+    /// records seen so far and takes `anchor` (offset and hash of the last record gone, known
+    /// from a signed checkpoint) as the predecessor of the next row. Without an anchor the
+    /// next row is taken as the start of what remains: its own hash cannot be recomputed,
+    /// only its successors' links to it.
+    pub fn resume(&mut self, anchor: Option<(i64, Hash)>) {
+        self.recent.clear();
+        self.last_id.clear();
+        self.from_genesis = false;
+        if let Some(head) = anchor {
+            self.recent.push_back(head);
+        }
+    }
+
     /// Checks the next row (rows must come in ascending offset order).
     pub fn push(&mut self, row: &AuditRow) {
         self.checked += 1;
@@ -692,5 +706,44 @@ mod tests {
         d.event_id = "other".into();
         dup.insert(3, d);
         assert!(verify(&dup).iter().any(|f| f.kind() == "duplicate"));
+    }
+
+    #[test]
+    fn resuming_after_an_expired_prefix_checks_the_rest_against_the_anchor() {
+        let good = chain(&[0, 1, 2, 3, 4, 5]);
+        // Offsets 0..=2 expired; the signed head of a checkpoint ending at 2 is the anchor.
+        let anchor = (2, good[2].record_hash);
+        let mut v = Verifier::new("t/0".into(), true);
+        v.resume(Some(anchor));
+        for r in &good[3..] {
+            v.push(r);
+        }
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        assert_eq!(v.checked, 3);
+        // The first remaining record altered: caught against the anchor.
+        let mut altered = good[3..].to_vec();
+        altered[0].user_sub = "someone-else".into();
+        let mut v = Verifier::new("t/0".into(), true);
+        v.resume(Some(anchor));
+        for r in &altered {
+            v.push(r);
+        }
+        assert_eq!(v.findings.len(), 1);
+        assert_eq!(v.findings[0].position(), ("t/0", 3));
+        // Without an anchor the first remaining record is taken as is, its successors are
+        // still checked, and a later deletion is still missing.
+        let mut v = Verifier::new("t/0".into(), true);
+        v.resume(None);
+        for r in [&good[3], &good[5]] {
+            v.push(r);
+        }
+        assert_eq!(
+            v.findings,
+            vec![Finding::Missing {
+                chain: "t/0".into(),
+                offset: 4,
+                referenced_by: 5
+            }]
+        );
     }
 }

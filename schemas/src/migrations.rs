@@ -114,6 +114,15 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0011_store_refused.sql"),
         done_when: None,
     },
+    Migration {
+        version: 12,
+        name: "0012_checkpoint_retention",
+        sql: include_str!("../migrations/0012_checkpoint_retention.sql"),
+        done_when: Some(
+            "SELECT count() FROM system.tables WHERE database = 'custos' \
+             AND name = 'chain_checkpoints' AND position(engine_full, ' TTL ') = 0",
+        ),
+    },
 ];
 
 impl Migration {
