@@ -55,9 +55,6 @@ impl General {
     pub fn take(&mut self, name: &str, value: &str) -> Result<bool, FhirError> {
         match name {
             "_format" => {
-                if self.format.is_some() {
-                    return Err(FhirError::bad("_format may be given once"));
-                }
                 let m = media_type(value);
                 if JSON_TYPES.contains(&m.as_str()) {
                     self.format = Some(m);
