@@ -372,6 +372,7 @@ async fn hapi_fhir_client_reads_metadata_searches_every_page_and_reads_by_id() -
         args.push(format!("{k}={v}"));
     }
     let (code, s) = fhir_client(token(&caller, COMPLIANCE), args).await?;
+    eprintln!("fhir-client summary: {s}");
     assert_eq!(code, 0, "fhir-client failed: {s}");
     assert_eq!(s["ok"], true, "{s}");
 

@@ -186,6 +186,78 @@ mod tests {
         assert_eq!(oo["issue"][0]["diagnostics"], "Service Unavailable");
     }
 
+    /// A router whose routes fail like layers and extractors do, behind [`outcomes`].
+    fn failing() -> axum::Router {
+        use axum::routing::get;
+        let problem = |status: StatusCode, detail: &'static str| {
+            move || async move {
+                let body =
+                    json!({"type": "x", "title": "t", "status": status.as_u16(), "detail": detail});
+                let mut r = (status, body.to_string()).into_response();
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+                r
+            }
+        };
+        axum::Router::new()
+            .route(
+                "/fhir/busy",
+                get(problem(StatusCode::TOO_MANY_REQUESTS, "slow down")),
+            )
+            .route(
+                "/v1/busy",
+                get(problem(StatusCode::TOO_MANY_REQUESTS, "slow down")),
+            )
+            .route(
+                "/fhir/big",
+                get(|| async { (StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded") }),
+            )
+            .route(
+                "/fhir/crash",
+                get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "panic at db.rs:12") }),
+            )
+            .layer(axum::middleware::from_fn(outcomes))
+    }
+
+    async fn call(path: &str) -> (StatusCode, HeaderMap, Value) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let req = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = failing().oneshot(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (parts.status, parts.headers, v)
+    }
+
+    #[tokio::test]
+    async fn every_fhir_error_becomes_an_operation_outcome() {
+        let (status, headers, oo) = call("/fhir/busy").await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(headers[header::CONTENT_TYPE], FHIR_JSON);
+        assert_eq!(headers[header::RETRY_AFTER], "7");
+        assert_eq!(oo["issue"][0]["code"], "throttled");
+        assert_eq!(oo["issue"][0]["diagnostics"], "slow down");
+        let (status, _, oo) = call("/fhir/big").await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(oo["issue"][0]["code"], "too-costly");
+        // A body that is no problem is not passed on (it may hold internal details).
+        let (_, _, oo) = call("/fhir/crash").await;
+        assert_eq!(oo["issue"][0]["code"], "exception");
+        assert_eq!(oo["issue"][0]["diagnostics"], "Internal Server Error");
+        let (status, headers, _) = call("/fhir/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(headers[header::CONTENT_TYPE], FHIR_JSON);
+        // Other paths keep their problems.
+        let (_, headers, problem) = call("/v1/busy").await;
+        assert_eq!(headers[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(problem["detail"], "slow down");
+    }
+
     #[test]
     fn only_problem_details_are_copied() {
         let problem = br#"{"type":"x","title":"Bad Request","status":400,"detail":"_count must be 1..=1000"}"#;
