@@ -314,6 +314,11 @@ impl Authenticator {
         })
     }
 
+    /// The configured issuer, without a trailing slash.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     /// Whether keys have been loaded (for `/readyz`).
     pub async fn has_keys(&self) -> bool {
         !self.cache.read().await.keys.is_empty()

@@ -1,16 +1,29 @@
-//! FHIR R4 search over the audit trail: `GET /fhir/AuditEvent` returns a `searchset`
-//! Bundle of IHE BALP-profiled AuditEvents built from `custos.fhir.access` records.
+//! The FHIR R4 endpoint over the audit trail, for FHIR clients:
 //!
-//! Search parameters: `patient` (raw id or `Patient/id`, hashed under every live key),
-//! `agent` (user `sub` or `fhirUser`), `entity-type` (resource type of the accessed
-//! entity), `date` (repeatable, prefixes `ge`, `gt`, `le`, `lt`, `eq`), `action`
-//! (C, R, U, D, E; comma = or), `outcome` (0, 4, 8, 12), `subtype` (restful-interaction
-//! code, optionally `system|code`; comma = or), `_count`, `_cursor` (from the `next`
-//! link) and the Custos extension `tenant`. Unknown parameters are refused (400).
+//! - `GET /fhir/metadata`: the `CapabilityStatement` (public; [`capability`]);
+//! - `GET /fhir/AuditEvent`: search, a `searchset` Bundle of IHE BALP-profiled AuditEvents
+//!   built from `custos.fhir.access` records ([`search`]);
+//! - `GET /fhir/AuditEvent/{id}`: read by id ([`read`]).
+//!
+//! Search parameters: `_id`, `patient` (raw id or `Patient/id`, hashed under every live
+//! key), `agent` (user `sub` or `fhirUser`), `entity-type` (resource type of the accessed
+//! entity), `date` (repeatable, prefixes `ge`, `gt`, `le`, `lt`, `eq`), `action` (C, R, U,
+//! D, E), `outcome` (0, 4, 8, 12), `subtype` (restful-interaction code, optionally
+//! `system|code`), the Custos extension `tenant`; comma = or within a value, repetition =
+//! and. Result parameters: `_count`, `_total` (`none`, `estimate`, `accurate`: a bound
+//! `count()` over the same filter), `_summary` (`count`, `data`, `false`), `_elements`,
+//! `_sort=date`, `_cursor` (from the `next` link). General parameters on every interaction:
+//! `_format` (JSON only; XML and other formats 406) and `_pretty`. Anything else is refused
+//! (400). Every error is an `OperationOutcome` ([`outcome`]).
+
+pub mod capability;
+pub mod general;
+pub mod outcome;
+pub mod read;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use chrono::{Duration, NaiveDate, Utc};
 use custos_schemas::PseudonymKind;
 use serde_json::{json, Value};
@@ -18,11 +31,14 @@ use serde_json::{json, Value};
 use crate::api::{authorize, AuditParams, Report};
 use crate::audit::Asked;
 use crate::auth::Caller;
-use crate::error::{ApiError, Problem};
-use crate::export::fetch_page;
+use crate::error::ApiError;
+use crate::export::{audited, page_of};
 use crate::params::{self, ms_to_rfc3339, Common, Cursor, Format, Window};
 use crate::reports::{self, EventFilter, EventRow, UserMatch};
+use crate::sql::Sql;
 use crate::AppState;
+use general::General;
+use outcome::{fhir_json, FhirError};
 
 /// BALP profile base URL.
 pub const BALP: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/";
@@ -186,7 +202,7 @@ pub fn audit_event(r: &EventRow) -> Value {
 const DAY_MS: i64 = 86_400_000;
 
 /// Applies one `date` value (with prefix) to the window bounds.
-fn apply_date(v: &str, from: &mut Option<i64>, to: &mut Option<i64>) -> Result<(), ApiError> {
+fn apply_date(v: &str, from: &mut Option<i64>, to: &mut Option<i64>) -> Result<(), FhirError> {
     let (prefix, value) = match v.get(..2) {
         Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &v[2..]),
         _ => ("eq", v),
@@ -209,61 +225,132 @@ fn apply_date(v: &str, from: &mut Option<i64>, to: &mut Option<i64>) -> Result<(
     Ok(())
 }
 
-/// FHIR AuditEvent search.
-#[utoipa::path(get, path = "/fhir/AuditEvent",
-    params(
-        ("patient" = Option<String>, Query, description = "Raw patient id or Patient/id"),
-        ("agent" = Option<String>, Query, description = "User sub or fhirUser"),
-        ("entity-type" = Option<String>, Query, description = "Resource type of the entity"),
-        ("date" = Option<String>, Query, description = "ge/gt/le/lt/eq + date or dateTime; repeatable"),
-        ("action" = Option<String>, Query, description = "C, R, U, D or E"),
-        ("outcome" = Option<String>, Query, description = "0, 4, 8 or 12"),
-        ("subtype" = Option<String>, Query, description = "restful-interaction code"),
-        ("_count" = Option<u32>, Query, description = "Page size"),
-        ("_cursor" = Option<String>, Query, description = "Paging cursor from the next link"),
-        ("tenant" = Option<String>, Query, description = "Tenant"),
-    ),
-    responses((status = 200, description = "searchset Bundle", content_type = "application/fhir+json"),
-        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "fhir")]
-pub async fn search(
-    State(s): State<AppState>,
-    caller: Caller,
-    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let report = Report::FhirAuditEvent;
-    authorize(&s, &caller, report)?;
-    let Query(pairs) = query.map_err(|_| ApiError::bad("invalid query string"))?;
-    let limits = &s.settings.limits;
-    let mut tenant = None;
-    let mut patient = None;
-    let mut agent = None;
-    let mut entity_type = None;
-    let mut from = None;
-    let mut to = None;
-    let mut interactions: Option<Vec<String>> = None;
-    let mut outcome = None;
-    let mut count = None;
-    let mut cursor = None;
-    let mut add_interactions = |list: Vec<String>| {
-        let cur = interactions.get_or_insert_with(Vec::new);
-        cur.extend(list);
+/// `_total` of a search.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Total {
+    /// Not asked: the total is given only when the first page holds every match.
+    #[default]
+    Unasked,
+    /// `none`: never given.
+    None,
+    /// `accurate` (and `estimate`, answered accurately): a `count()` over the same filter.
+    Accurate,
+}
+
+/// A validated AuditEvent search.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchParams {
+    /// `_format`, `_pretty`.
+    pub general: General,
+    /// `tenant` (Custos extension).
+    pub tenant: Option<String>,
+    /// `patient`: raw id (a `Patient/` prefix removed by the hashing lookup).
+    pub patient: Option<String>,
+    /// `agent`: user sub or fhirUser.
+    pub agent: Option<String>,
+    /// `entity-type`.
+    pub entity_type: Option<String>,
+    /// Lower bound of `date`, ms.
+    pub from: Option<i64>,
+    /// Upper bound of `date` (exclusive), ms.
+    pub to: Option<i64>,
+    /// Interactions from `action` and `subtype` (or within a value, and across values).
+    pub interactions: Option<Vec<String>>,
+    /// `success` / `failure` from `outcome`.
+    pub outcome: Option<String>,
+    /// Event keys from `_id` (ids that are no event key match nothing).
+    pub ids: Option<Vec<String>>,
+    /// `_count`.
+    pub count: Option<u64>,
+    /// `_cursor` (from the `next` link).
+    pub cursor: Option<Cursor>,
+    /// `_total`.
+    pub total: Total,
+    /// `_summary=count`: the total only, no entries.
+    pub summary_count: bool,
+    /// `_elements`: top-level elements kept in each AuditEvent.
+    pub elements: Option<Vec<String>>,
+}
+
+/// Parameters of the search that may be given once.
+const ONCE: &[&str] = &[
+    "tenant",
+    "patient",
+    "agent",
+    "entity-type",
+    "outcome",
+    "_count",
+    "_cursor",
+    "_total",
+    "_summary",
+    "_elements",
+    "_sort",
+];
+
+/// The supported parameters, for the refusal of any other.
+const SUPPORTED: &str = "_id, patient, agent, entity-type, date, action, outcome, subtype, tenant, _count, _total, _summary, _elements, _sort, _format, _pretty";
+
+/// `list` and `any_of` (FHIR: comma = or within a value, repetition = and).
+fn and_any(cur: &mut Option<Vec<String>>, any_of: Vec<String>) {
+    let mut next = match cur.take() {
+        None => any_of,
+        Some(prev) => prev.into_iter().filter(|x| any_of.contains(x)).collect(),
     };
-    for (k, v) in &pairs {
+    next.sort();
+    next.dedup();
+    *cur = Some(next);
+}
+
+/// The refusal of an unknown parameter: names it when it looks like a parameter name.
+fn unsupported(name: &str) -> FhirError {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'));
+    if plain {
+        FhirError::bad(format!(
+            "unsupported search parameter {name} (supported: {SUPPORTED})"
+        ))
+    } else {
+        FhirError::bad(format!(
+            "unsupported search parameter (supported: {SUPPORTED})"
+        ))
+    }
+}
+
+/// Validates the query of an AuditEvent search (`page_max`: largest `_count`).
+pub fn parse_search(pairs: &[(String, String)], page_max: u32) -> Result<SearchParams, FhirError> {
+    let mut p = SearchParams::default();
+    let mut seen = std::collections::HashSet::new();
+    for (k, v) in pairs {
+        if p.general.take(k, v)? {
+            continue;
+        }
+        if ONCE.contains(&k.as_str()) && !seen.insert(k.as_str()) {
+            return Err(FhirError::bad(format!("{k} may be given once")));
+        }
         match k.as_str() {
-            "tenant" => tenant = Some(v.clone()),
-            "patient" => patient = params::ident("patient", Some(v))?,
-            "agent" => agent = params::ident("agent", Some(v))?,
-            "entity-type" => entity_type = params::resource_type("entity-type", Some(v))?,
-            "date" => apply_date(v, &mut from, &mut to)?,
+            "tenant" => {
+                if !crate::config::valid_tenant(v) {
+                    return Err(FhirError::bad(
+                        "tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                    ));
+                }
+                p.tenant = Some(v.clone());
+            }
+            "patient" => p.patient = params::ident("patient", Some(v))?,
+            "agent" => p.agent = params::ident("agent", Some(v))?,
+            "entity-type" => p.entity_type = params::resource_type("entity-type", Some(v))?,
+            "date" => apply_date(v, &mut p.from, &mut p.to)?,
             "action" => {
                 let mut list = Vec::new();
                 for a in v.split(',') {
                     let i = interactions_of(a)
-                        .ok_or_else(|| ApiError::bad("action must be C, R, U, D or E"))?;
+                        .ok_or_else(|| FhirError::bad("action must be C, R, U, D or E"))?;
                     list.extend(i.iter().map(|s| (*s).to_owned()));
                 }
-                add_interactions(list);
+                and_any(&mut p.interactions, list);
             }
             "subtype" => {
                 let mut list = Vec::new();
@@ -272,78 +359,244 @@ pub async fn search(
                         .strip_prefix("http://hl7.org/fhir/restful-interaction|")
                         .unwrap_or(st);
                     let i = params::interaction("subtype", Some(code))?
-                        .ok_or_else(|| ApiError::bad("subtype is empty"))?;
+                        .ok_or_else(|| FhirError::bad("subtype is empty"))?;
                     list.push(i);
                 }
-                add_interactions(list);
+                and_any(&mut p.interactions, list);
             }
             "outcome" => {
-                outcome = Some(match v.as_str() {
+                p.outcome = Some(match v.as_str() {
                     "0" => "success".to_owned(),
                     "4" | "8" | "12" => "failure".to_owned(),
-                    _ => return Err(ApiError::bad("outcome must be 0, 4, 8 or 12")),
+                    _ => return Err(FhirError::bad("outcome must be 0, 4, 8 or 12")),
                 })
+            }
+            "_id" => {
+                if v.is_empty() || v.len() > 64 * 100 {
+                    return Err(FhirError::bad("_id must list 1-100 ids"));
+                }
+                let ids: Vec<String> = v
+                    .split(',')
+                    .filter(|id| params::is_key(id))
+                    .map(str::to_owned)
+                    .collect();
+                and_any(&mut p.ids, ids);
             }
             "_count" => {
                 let n: u64 = v
                     .parse()
-                    .map_err(|_| ApiError::bad("_count must be a positive integer"))?;
-                if n == 0 || n > u64::from(limits.page_max) {
-                    return Err(ApiError::bad(format!("_count must be 1..={}", limits.page_max)));
+                    .map_err(|_| FhirError::bad("_count must be a positive integer"))?;
+                if n == 0 || n > u64::from(page_max) {
+                    return Err(FhirError::bad(format!("_count must be 1..={page_max}")));
                 }
-                count = Some(n);
+                p.count = Some(n);
             }
-            "_cursor" => cursor = Some(Cursor::decode(v)?),
-            _ => {
-                return Err(ApiError::bad(
-                    "unsupported search parameter (patient, agent, entity-type, date, action, outcome, subtype, _count, _cursor, tenant)",
-                ))
+            "_cursor" => p.cursor = Some(Cursor::decode(v)?),
+            "_total" => {
+                p.total = match v.as_str() {
+                    "none" => Total::None,
+                    "estimate" | "accurate" => Total::Accurate,
+                    _ => return Err(FhirError::bad("_total must be none, estimate or accurate")),
+                }
             }
+            "_summary" => {
+                match v.as_str() {
+                    "count" => p.summary_count = true,
+                    "false" | "data" => {}
+                    _ => return Err(FhirError::bad(
+                        "_summary must be count, data or false (AuditEvents have no summary form)",
+                    )),
+                }
+            }
+            "_elements" => {
+                let names: Vec<String> = v.split(',').map(|e| e.trim().to_owned()).collect();
+                let ok = names.iter().all(|n| {
+                    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphabetic())
+                });
+                if !ok {
+                    return Err(FhirError::bad(
+                        "_elements must list top-level element names",
+                    ));
+                }
+                p.elements = Some(names);
+            }
+            "_sort" => {
+                if v != "date" {
+                    return Err(FhirError::bad(
+                        "_sort supports date (ascending, the order of every page) only",
+                    ));
+                }
+            }
+            _ => return Err(unsupported(k)),
         }
     }
-    let tenant = tenant.unwrap_or_else(|| limits.default_tenant.clone());
-    if !crate::config::valid_tenant(&tenant) {
-        return Err(ApiError::bad(
-            "tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
-        ));
+    Ok(p)
+}
+
+/// Keeps the mandatory and the listed top-level elements (`_elements`) and marks the
+/// resource as subsetted.
+pub fn subset(mut ev: Value, elements: &[String]) -> Value {
+    if let Some(obj) = ev.as_object_mut() {
+        obj.retain(|k, _| {
+            matches!(k.as_str(), "resourceType" | "id" | "meta") || elements.iter().any(|e| e == k)
+        });
+        let meta = obj.entry("meta").or_insert_with(|| json!({}));
+        meta["tag"] = json!([{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+            "code": "SUBSETTED",
+            "display": "subsetted",
+        }]);
     }
-    let to_ms = to.unwrap_or_else(|| Utc::now().timestamp_millis() + 1);
-    let from_ms = from.unwrap_or(
+    ev
+}
+
+/// The rows of the search: scope, FHIR accesses, filters, ids.
+fn search_where(sql: &mut Sql, c: &Common, filter: &EventFilter, ids: &Option<Vec<String>>) {
+    reports::scope(sql, c);
+    sql.push(reports::PATIENT_ACCESS);
+    filter.apply(sql);
+    if let Some(ids) = ids {
+        sql.bind1(" AND event_key IN ?", ids.clone());
+    }
+}
+
+/// One page of the search (`limit` rows from the cursor on).
+pub fn page_sql(c: &Common, filter: &EventFilter, ids: &Option<Vec<String>>, limit: u64) -> Sql {
+    let mut sql = Sql::new(reports::SELECT_EVENTS);
+    search_where(&mut sql, c, filter, ids);
+    reports::order_limit(&mut sql, limit);
+    sql
+}
+
+/// The number of matches of the whole search (every page: the cursor is ignored).
+pub fn count_sql(c: &Common, filter: &EventFilter, ids: &Option<Vec<String>>) -> Sql {
+    let whole = Common {
+        after: None,
+        ..c.clone()
+    };
+    let mut sql = Sql::new("SELECT count() FROM custos.audit_events FINAL WHERE ");
+    search_where(&mut sql, &whole, filter, ids);
+    sql
+}
+
+/// FHIR AuditEvent search (`search-type`).
+#[utoipa::path(get, path = "/fhir/AuditEvent",
+    params(
+        ("_id" = Option<String>, Query, description = "AuditEvent id; comma = or"),
+        ("patient" = Option<String>, Query, description = "Raw patient id or Patient/id"),
+        ("agent" = Option<String>, Query, description = "User sub or fhirUser"),
+        ("entity-type" = Option<String>, Query, description = "Resource type of the entity"),
+        ("date" = Option<String>, Query, description = "ge/gt/le/lt/eq + date or dateTime; repeatable"),
+        ("action" = Option<String>, Query, description = "C, R, U, D or E"),
+        ("outcome" = Option<String>, Query, description = "0, 4, 8 or 12"),
+        ("subtype" = Option<String>, Query, description = "restful-interaction code"),
+        ("_count" = Option<u32>, Query, description = "Page size"),
+        ("_total" = Option<String>, Query, description = "none, estimate or accurate"),
+        ("_summary" = Option<String>, Query, description = "count, data or false"),
+        ("_elements" = Option<String>, Query, description = "Top-level elements to keep"),
+        ("_sort" = Option<String>, Query, description = "date (the only order)"),
+        ("_format" = Option<String>, Query, description = "json, application/json or application/fhir+json"),
+        ("_pretty" = Option<bool>, Query, description = "Indented JSON"),
+        ("_cursor" = Option<String>, Query, description = "Paging cursor from the next link"),
+        ("tenant" = Option<String>, Query, description = "Tenant"),
+    ),
+    responses((status = 200, description = "searchset Bundle", content_type = "application/fhir+json"),
+        (status = 400, description = "OperationOutcome", content_type = "application/fhir+json"),
+        (status = 401, description = "OperationOutcome", content_type = "application/fhir+json"),
+        (status = 403, description = "OperationOutcome", content_type = "application/fhir+json"),
+        (status = 406, description = "OperationOutcome", content_type = "application/fhir+json")),
+    security(("bearer" = [])), tag = "fhir")]
+pub async fn search(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, FhirError> {
+    let report = Report::FhirAuditEvent;
+    authorize(&s, &caller, report)?;
+    let Query(pairs) = query.map_err(|_| FhirError::bad("invalid query string"))?;
+    let limits = &s.settings.limits;
+    let p = parse_search(&pairs, limits.page_max)?;
+    p.general.negotiate(&headers)?;
+    let tenant = p
+        .tenant
+        .clone()
+        .unwrap_or_else(|| limits.default_tenant.clone());
+    let to_ms = p.to.unwrap_or_else(|| Utc::now().timestamp_millis() + 1);
+    let from_ms = p.from.unwrap_or(
         to_ms - Duration::days(i64::from(limits.default_window_days)).num_milliseconds(),
     );
     if from_ms >= to_ms || from_ms < 0 {
-        return Err(ApiError::bad("date range is empty"));
+        return Err(FhirError::bad("date range is empty"));
     }
     let c = Common {
         tenant,
         window: Window { from_ms, to_ms },
-        limit: count.unwrap_or(u64::from(limits.page_default)),
-        after: cursor,
+        limit: p.count.unwrap_or(u64::from(limits.page_default)),
+        after: p.cursor.clone(),
         format: Format::Json,
     };
     crate::api::tenant_allowed(&caller, &c.tenant)?;
     let filter = EventFilter {
-        patients: patient
+        patients: p
+            .patient
             .as_deref()
-            .map(|p| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, p)),
-        user: agent
+            .map(|x| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, x)),
+        user: p
+            .agent
             .as_deref()
             .map(|a| UserMatch::new(&s.keys, &c.tenant, a)),
-        resource_type: entity_type.clone(),
-        interactions: interactions.clone(),
-        outcome: outcome.clone(),
+        resource_type: p.entity_type.clone(),
+        interactions: p.interactions.clone(),
+        outcome: p.outcome.clone(),
         ..EventFilter::default()
     };
+    let total_mode = match (p.total, p.summary_count) {
+        (_, true) => "count",
+        (Total::Accurate, _) => "accurate",
+        (Total::None, _) => "none",
+        (Total::Unasked, _) => "unasked",
+    };
     let audit = AuditParams::new(&s, &c)
-        .hashed("patient", PseudonymKind::Patient, &patient)
-        .hashed("agent", PseudonymKind::Subject, &agent)
-        .plain("entity-type", &entity_type)
-        .plain("subtype", &interactions.map(|i| i.join(",")))
-        .plain("outcome", &outcome)
+        .hashed("patient", PseudonymKind::Patient, &p.patient)
+        .hashed("agent", PseudonymKind::Subject, &p.agent)
+        .plain("entity-type", &p.entity_type)
+        .plain("subtype", &p.interactions.as_ref().map(|i| i.join(",")))
+        .plain("outcome", &p.outcome)
+        .plain("_id", &p.ids.as_ref().map(|i| i.join(",")))
+        .plain("_total", &Some(total_mode.to_owned()))
         .done();
     let asked = Asked::new(&caller, report.name(), &c.tenant, audit, "fhir");
-    let sql = reports::events(&c, reports::PATIENT_ACCESS, &filter, c.limit + 1);
-    let (rows, next) = fetch_page(&s, &asked, &sql, c.limit, |r: EventRow| r).await?;
+    let want_count = p.summary_count || p.total == Total::Accurate;
+    let count = count_sql(&c, &filter, &p.ids);
+    let page = page_sql(&c, &filter, &p.ids, c.limit + 1);
+    let reader = &s.reader;
+    let (rows, total): (Vec<EventRow>, Option<u64>) = audited(&s, &asked, "answering", async {
+        let total = async {
+            if want_count {
+                Ok::<_, ApiError>(Some(count.query(reader).fetch_one::<u64>().await?))
+            } else {
+                Ok(None)
+            }
+        };
+        let rows = async {
+            if p.summary_count {
+                Ok::<_, ApiError>(Vec::new())
+            } else {
+                Ok(page.query(reader).fetch_all::<EventRow>().await?)
+            }
+        };
+        let (total, rows) = tokio::try_join!(total, rows)?;
+        Ok((rows, total))
+    })
+    .await?;
+    let (rows, next) = page_of(&s, &asked, rows, c.limit, |r: EventRow| r).await?;
+    // Without _total, the total is still exact when one page holds every match.
+    let total = match (total, p.total) {
+        (Some(t), _) => Some(t),
+        (None, Total::Unasked) if c.after.is_none() && next.is_none() => Some(rows.len() as u64),
+        _ => None,
+    };
     let base = format!(
         "{}/fhir/AuditEvent",
         s.settings.public_url.trim_end_matches('/')
@@ -371,27 +624,32 @@ pub async fn search(
     let entries: Vec<Value> = rows
         .iter()
         .map(|r| {
+            let ev = audit_event(r);
+            let ev = match &p.elements {
+                Some(e) => subset(ev, e),
+                None => ev,
+            };
             json!({
                 "fullUrl": format!("{base}/{}", r.event_key),
-                "resource": audit_event(r),
+                "resource": ev,
                 "search": {"mode": "match"},
             })
         })
         .collect();
-    let bundle = json!({
+    let mut bundle = json!({
         "resourceType": "Bundle",
         "id": asked.query_id,
         "meta": {"lastUpdated": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)},
         "type": "searchset",
-        "link": links,
-        "entry": entries,
     });
-    let mut resp = axum::Json(bundle).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/fhir+json"),
-    );
-    Ok(resp)
+    if let Some(t) = total {
+        bundle["total"] = json!(t);
+    }
+    bundle["link"] = json!(links);
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
+    }
+    Ok(fhir_json(StatusCode::OK, &bundle, p.general.pretty))
 }
 
 #[cfg(test)]
@@ -409,6 +667,120 @@ mod tests {
         assert_eq!(t, None);
         assert!(apply_date("ge'; DROP", &mut f, &mut t).is_err());
         assert!(apply_date("xx2026", &mut f, &mut t).is_err());
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn search_parameters_follow_fhir_semantics() {
+        let p = parse_search(
+            &pairs(&[
+                ("_format", "json"),
+                ("_pretty", "true"),
+                ("_total", "accurate"),
+                ("_sort", "date"),
+                ("action", "R,E"),
+                ("subtype", "read,search-type,create"),
+                ("_id", "0123456789abcdef0123456789abcdef,nope"),
+            ]),
+            100,
+        )
+        .unwrap();
+        assert!(p.general.pretty);
+        assert_eq!(p.total, Total::Accurate);
+        // Comma = or within a value, repetition = and.
+        assert_eq!(
+            p.interactions,
+            Some(vec!["read".to_owned(), "search-type".to_owned()])
+        );
+        assert_eq!(
+            p.ids,
+            Some(vec!["0123456789abcdef0123456789abcdef".to_owned()])
+        );
+        let est = parse_search(
+            &pairs(&[("_total", "estimate"), ("_summary", "count")]),
+            100,
+        );
+        let est = est.unwrap();
+        assert_eq!(est.total, Total::Accurate);
+        assert!(est.summary_count);
+        assert_eq!(
+            parse_search(&pairs(&[("_total", "none")]), 100)
+                .unwrap()
+                .total,
+            Total::None
+        );
+        for bad in [
+            &[("_total", "exact")][..],
+            &[("_summary", "true")],
+            &[("_sort", "-date")],
+            &[("_include", "AuditEvent:agent")],
+            &[("patient:missing", "true")],
+            &[("patient", "a"), ("patient", "b")],
+            &[("_count", "0")],
+            &[("_count", "101")],
+            &[("_elements", "agent,x'y")],
+            &[("_pretty", "1")],
+        ] {
+            assert!(
+                matches!(parse_search(&pairs(bad), 100), Err(FhirError::Api(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse_search(&pairs(&[("_format", "application/fhir+xml")]), 100),
+            Err(FhirError::NotAcceptable(_))
+        ));
+    }
+
+    #[test]
+    fn total_counts_the_whole_filter_with_bound_values() {
+        let c = Common {
+            tenant: "north".into(),
+            window: Window {
+                from_ms: 1_000,
+                to_ms: 2_000,
+            },
+            limit: 10,
+            after: Some(Cursor {
+                time_ms: 1_500,
+                key: "0123456789abcdef0123456789abcdef".into(),
+            }),
+            format: Format::Json,
+        };
+        let f = EventFilter {
+            outcome: Some("failure".into()),
+            ..EventFilter::default()
+        };
+        let ids = Some(vec!["x' OR 1=1".to_owned()]);
+        let count = count_sql(&c, &f, &ids);
+        assert!(count
+            .text()
+            .starts_with("SELECT count() FROM custos.audit_events FINAL WHERE tenant = ?"));
+        assert!(count.text().ends_with("AND outcome = ? AND event_key IN ?"));
+        // The count ignores the cursor: it is the total of every page.
+        assert!(!count.text().contains("(event_time, event_key) >"));
+        assert!(!count.text().contains("OR 1=1"));
+        assert_eq!(count.text().matches('?').count(), count.args().len());
+        let page = page_sql(&c, &f, &ids, 11);
+        assert!(page.text().contains("(event_time, event_key) >"));
+        assert!(page
+            .text()
+            .ends_with("AND event_key IN ? ORDER BY event_time, event_key LIMIT ?"));
+    }
+
+    #[test]
+    fn elements_keep_the_mandatory_ones_and_mark_the_subset() {
+        let ev = json!({"resourceType": "AuditEvent", "id": "k", "action": "R", "agent": [], "outcome": "0"});
+        let s = subset(ev, &["action".to_owned()]);
+        assert_eq!(s["action"], "R");
+        assert!(s.get("agent").is_none() && s.get("outcome").is_none());
+        assert_eq!(s["id"], "k");
+        assert_eq!(s["meta"]["tag"][0]["code"], "SUBSETTED");
     }
 
     #[test]

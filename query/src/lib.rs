@@ -9,7 +9,7 @@
 //! - [`auth`]: JWT validation against the issuer's JWKS, roles from a claim path;
 //! - [`reports`]: the SQL builders, pure functions over validated parameters;
 //! - [`export`]: JSON pages with cursors, CSV / NDJSON streaming;
-//! - [`fhir`]: `GET /fhir/AuditEvent` searchset Bundles (IHE BALP);
+//! - [`fhir`]: the FHIR R4 endpoint: `metadata`, AuditEvent read and search (IHE BALP);
 //! - [`audit`]: the query audit;
 //! - [`integrity`]: chain verification, membership proofs and the checkpoint JWKS.
 //!
@@ -233,7 +233,9 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(api::router())
         .merge(integrity::router())
+        .route("/fhir/metadata", get(fhir::capability::metadata))
         .route("/fhir/AuditEvent", get(fhir::search))
+        .route("/fhir/AuditEvent/{id}", get(fhir::read::read))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -251,5 +253,7 @@ pub fn app(state: AppState) -> Router {
                 tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
             }),
         )
+        // Outermost: every error under /fhir, from any layer, is an OperationOutcome.
+        .layer(axum::middleware::from_fn(fhir::outcome::outcomes))
         .with_state(state)
 }

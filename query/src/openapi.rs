@@ -36,7 +36,7 @@ impl Modify for Bearer {
 #[openapi(
     info(
         title = "Custos query API",
-        description = "Audited HIPAA access reports over the Custos audit store. Every answered report query is itself recorded (see /v1/reports/query-audit). Auditors verify the hash chains and fetch membership proofs under /v1/integrity; the checkpoint public keys are at /.well-known/custos-checkpoint-jwks.json. Errors are application/problem+json."
+        description = "Audited HIPAA access reports over the Custos audit store. Every answered report query is itself recorded (see /v1/reports/query-audit). Auditors verify the hash chains and fetch membership proofs under /v1/integrity; the checkpoint public keys are at /.well-known/custos-checkpoint-jwks.json. Errors are application/problem+json, under /fhir FHIR OperationOutcomes (application/fhir+json)."
     ),
     paths(
         api::patient_access,
@@ -47,7 +47,9 @@ impl Modify for Bearer {
         api::revocation_violations,
         api::consent_history,
         api::query_audit_report,
+        crate::fhir::capability::metadata,
         crate::fhir::search,
+        crate::fhir::read::read,
         crate::integrity::verify_chains,
         crate::integrity::proof,
         crate::integrity::checkpoint_jwks,

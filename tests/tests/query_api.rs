@@ -1030,7 +1030,11 @@ async fn role_matrix() -> Result<()> {
             let r = get(&app, path, Some(&tok)).await;
             let want = if allowed.contains(&role) { 200 } else { 403 };
             assert_eq!(r.status.as_u16(), want, "{role} on {path}: {}", r.text());
-            if want == 403 {
+            if want == 403 && path.starts_with("/fhir/") {
+                // FHIR clients get an OperationOutcome (query_fhir.rs covers the rest).
+                assert_eq!(r.content_type, "application/fhir+json");
+                assert_eq!(r.json()["issue"][0]["code"], "forbidden");
+            } else if want == 403 {
                 assert_eq!(r.content_type, "application/problem+json");
                 assert_eq!(r.json()["status"], 403);
             }
@@ -1094,7 +1098,12 @@ async fn tenant_claim_binds_every_tenant_scoped_endpoint() -> Result<()> {
             // A token without the claim reads no tenant once the claim is configured.
             let r = get(&app, path, Some(&unbound)).await;
             assert_eq!(r.status, 403, "{path} without the claim: {}", r.text());
-            assert_eq!(r.content_type, "application/problem+json");
+            let want_type = if path.starts_with("/fhir/") {
+                "application/fhir+json"
+            } else {
+                "application/problem+json"
+            };
+            assert_eq!(r.content_type, want_type);
         }
     }
     // Integrity chains span every tenant: refused to a tenant-bound token.
@@ -1301,6 +1310,9 @@ async fn sql_injection_strings_are_harmless() -> Result<()> {
                 p.push((name, evil));
                 let r = get(&app, &url(path, &p), Some(&auditor)).await;
                 match r.status.as_u16() {
+                    400 if *path == "/fhir/AuditEvent" => {
+                        assert_eq!(r.content_type, "application/fhir+json")
+                    }
                     400 => assert_eq!(r.content_type, "application/problem+json"),
                     200 => {
                         let b = r.json();
@@ -1400,13 +1412,20 @@ async fn bad_parameters_are_400_problems() -> Result<()> {
         url("/fhir/AuditEvent", &[("date", "xx2026")]),
         url("/fhir/AuditEvent", &[("action", "Z")]),
         url("/fhir/AuditEvent", &[("_count", "0")]),
-        url("/fhir/AuditEvent", &[("_sort", "date")]),
+        url("/fhir/AuditEvent", &[("_sort", "-date")]),
     ];
     for path in &cases {
         let r = get(&app, path, Some(&auditor)).await;
         assert_eq!(r.status, 400, "{path}: {}", r.text());
-        assert_eq!(r.content_type, "application/problem+json", "{path}");
         let b = r.json();
+        if path.starts_with("/fhir/") {
+            // An OperationOutcome for FHIR clients.
+            assert_eq!(r.content_type, "application/fhir+json", "{path}");
+            assert_eq!(b["issue"][0]["code"], "invalid");
+            assert!(b["issue"][0]["diagnostics"].is_string());
+            continue;
+        }
+        assert_eq!(r.content_type, "application/problem+json", "{path}");
         assert_eq!(b["status"], 400);
         assert!(b["title"].is_string() && b["type"].is_string() && b["detail"].is_string());
     }
