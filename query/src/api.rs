@@ -846,10 +846,20 @@ pub async fn query_audit_report(
 ) -> Result<Response, ApiError> {
     let report = Report::QueryAudit;
     authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+    let c = Common::parse(
+        &s.settings.limits,
+        s.settings.limits.default_window_days,
+        p.tenant.as_deref(),
+        p.from.as_deref(),
+        p.to.as_deref(),
+        p.limit.as_deref(),
+        p.cursor.as_deref(),
+        p.format.as_deref(),
     )?;
+    // No default tenant here: without `tenant` the report covers what the caller may read.
+    if p.tenant.is_some() {
+        tenant_allowed(&caller, &c.tenant)?;
+    }
     let filter = QueryAuditFilter {
         caller: params::ident("caller", p.caller.as_deref())?,
         report: params::code("report", p.report.as_deref())?,
@@ -860,7 +870,8 @@ pub async fn query_audit_report(
         .plain("report", &filter.report)
         .plain("tenant", &filter.tenants.as_ref().map(|t| t.join(",")))
         .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
+    let recorded_tenant = if p.tenant.is_some() { c.tenant.as_str() } else { "" };
+    let asked = Asked::new(&caller, report.name(), recorded_tenant, audit, c.format.as_str());
     respond(
         &s,
         asked,
