@@ -870,8 +870,18 @@ pub async fn query_audit_report(
         .plain("report", &filter.report)
         .plain("tenant", &filter.tenants.as_ref().map(|t| t.join(",")))
         .done();
-    let recorded_tenant = if p.tenant.is_some() { c.tenant.as_str() } else { "" };
-    let asked = Asked::new(&caller, report.name(), recorded_tenant, audit, c.format.as_str());
+    let recorded_tenant = if p.tenant.is_some() {
+        c.tenant.as_str()
+    } else {
+        ""
+    };
+    let asked = Asked::new(
+        &caller,
+        report.name(),
+        recorded_tenant,
+        audit,
+        c.format.as_str(),
+    );
     respond(
         &s,
         asked,
