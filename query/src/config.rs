@@ -520,6 +520,53 @@ mod tests {
         assert!(!fetchable_url("not a url"));
     }
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: QueryConfig,
+    }
+
+    fn parse(extra: &[&str]) -> QueryConfig {
+        use clap::Parser;
+        let mut args = vec![
+            "custos-query",
+            "--oidc-issuer",
+            "https://as.example/realms/x",
+            "--oidc-audience",
+            "custos-query",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).expect("arguments").config
+    }
+
+    #[test]
+    fn load_limit_defaults_and_ranges() {
+        let c = parse(&[]);
+        assert!(c.validate().is_ok());
+        assert_eq!(c.export_max_rows, 1_000_000);
+        assert_eq!(c.export_timeout_secs, 600);
+        assert_eq!(c.exports_per_caller, 2);
+        assert_eq!(c.max_concurrent_requests, 64);
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9466");
+        assert_eq!(c.oidc.token_types(), vec!["at+jwt", "jwt"]);
+        for bad in [
+            &["--exports-per-caller", "0"][..],
+            &["--max-concurrent-requests", "0"],
+            &["--export-timeout-secs", "0"],
+            &["--admin-addr", "127.0.0.1:8088"],
+            &["--oidc-jwks-refresh-min-secs", "0"],
+            &[
+                "--oidc-jwks-ttl-secs",
+                "600",
+                "--oidc-jwks-stale-max-secs",
+                "60",
+            ],
+            &["--oidc-token-types", ""],
+        ] {
+            assert!(parse(bad).validate().is_err(), "{bad:?} accepted");
+        }
+    }
+
     #[test]
     fn token_types_are_normalized() {
         assert_eq!(normalize_typ(" application/AT+JWT "), "at+jwt");
