@@ -228,14 +228,23 @@ where
         if chunk.len() >= CHUNK_BYTES {
             return Ok(());
         }
-        if Instant::now() >= ex.deadline {
+        // Checked first: a cursor with buffered rows would always win the race below.
+        let deadline = tokio::time::Instant::from_std(ex.deadline);
+        let next = if Instant::now() < ex.deadline {
+            tokio::time::timeout_at(deadline, ex.cursor.next())
+                .await
+                .ok()
+        } else {
+            None
+        };
+        let Some(next) = next else {
             error!(
                 report = ex.audit.report(),
                 "export cut off at CUSTOS_QUERY_EXPORT_TIMEOUT_SECS"
             );
             return Err(std::io::Error::other("export time limit reached"));
-        }
-        match ex.cursor.next().await {
+        };
+        match next {
             Ok(Some(r)) => {
                 chunk.row(&(ex.map)(r))?;
                 ex.audit.rows += 1;
