@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::audit::Asked;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, Problem, ValidQuery};
-use crate::export::{audited, fetch_page, page_of, page_response, stream, Page};
+use crate::export::{audited, fetch_page, page_of, page_response, stream, stream_prepared, Page};
 use crate::params::{self, Common, Format};
 use crate::reports::break_glass::{self, BreakGlass};
 use crate::reports::consents::{self, ConsentChange};
@@ -478,23 +478,27 @@ pub async fn token_trace(
         .done();
     let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
     if c.format != Format::Json {
-        let found = trace_keys(&s, &c, &sel).await?;
-        let summary: Vec<SummaryRow> = if found.is_empty() {
-            Vec::new()
-        } else {
-            let sql = token_trace::summary(&c, &sel, &found);
-            sql.query(&s.reader).fetch_all().await?
+        // The index and the summary are read, like the export itself, only while the
+        // `streaming` record is written: nothing is read for a request left unrecorded.
+        let slot = s.exports.acquire(&caller.sub)?;
+        let timer = std::time::Instant::now();
+        let (st, cc, sl) = (&s, &c, &sel);
+        let prepare = async move {
+            let found = trace_keys(st, cc, sl).await?;
+            let summary: Vec<SummaryRow> = if found.is_empty() {
+                Vec::new()
+            } else {
+                let sql = token_trace::summary(cc, sl, &found);
+                sql.query(&st.reader).fetch_all().await?
+            };
+            let deadlines = Deadlines::new(&summary);
+            let map = move |r: EventRow| deadlines.flag(r);
+            Ok((token_trace::events(cc, sl, &found, cc.limit), map))
         };
-        let deadlines = Deadlines::new(&summary);
-        let map = move |r: EventRow| deadlines.flag(r);
-        return respond(
-            &s,
-            asked,
-            &c,
-            |lim| token_trace::events(&c, &sel, &found, lim),
-            map,
-        )
-        .await;
+        let out = stream_prepared(&s, asked, slot, c.format, prepare).await;
+        metrics::histogram!("custos_query_report_seconds", "report" => report.name())
+            .record(timer.elapsed().as_secs_f64());
+        return out;
     }
     // The index is read once; the summary and the page's events are then independent
     // queries over the keys it found: run them together. The asked record is written
@@ -842,21 +846,42 @@ pub async fn query_audit_report(
 ) -> Result<Response, ApiError> {
     let report = Report::QueryAudit;
     authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
+    let c = Common::parse(
+        &s.settings.limits,
+        s.settings.limits.default_window_days,
+        p.tenant.as_deref(),
+        p.from.as_deref(),
+        p.to.as_deref(),
+        p.limit.as_deref(),
+        p.cursor.as_deref(),
+        p.format.as_deref(),
     )?;
+    // No default tenant here: without `tenant` the report covers what the caller may read.
+    if p.tenant.is_some() {
+        tenant_allowed(&caller, &c.tenant)?;
+    }
     let filter = QueryAuditFilter {
         caller: params::ident("caller", p.caller.as_deref())?,
         report: params::code("report", p.report.as_deref())?,
-        tenant: p.tenant.as_ref().map(|_| c.tenant.clone()),
+        tenants: query_audit_tenants(&caller, p.tenant.as_ref().map(|_| c.tenant.as_str())),
     };
     let audit = AuditParams::new(&s, &c)
         .plain("caller", &filter.caller)
         .plain("report", &filter.report)
-        .plain("tenant", &filter.tenant)
+        .plain("tenant", &filter.tenants.as_ref().map(|t| t.join(",")))
         .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
+    let recorded_tenant = if p.tenant.is_some() {
+        c.tenant.as_str()
+    } else {
+        ""
+    };
+    let asked = Asked::new(
+        &caller,
+        report.name(),
+        recorded_tenant,
+        audit,
+        c.format.as_str(),
+    );
     respond(
         &s,
         asked,
@@ -865,6 +890,17 @@ pub async fn query_audit_report(
         |r: ReportQuery| r,
     )
     .await
+}
+
+/// The tenants the query-audit report is restricted to: the one asked for (already checked
+/// against the caller's token), else every tenant the token lists for a tenant-bound caller
+/// (possibly none: then no rows), else none (`None`: every tenant, single-tenant deployments).
+pub fn query_audit_tenants(caller: &Caller, asked: Option<&str>) -> Option<Vec<String>> {
+    match (asked, &caller.tenants) {
+        (Some(t), _) => Some(vec![t.to_owned()]),
+        (None, Some(listed)) => Some(listed.clone()),
+        (None, None) => None,
+    }
 }
 
 /// The `/v1` router.

@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::auth::Caller;
@@ -136,7 +136,13 @@ struct Inner {
     tx: OnceLock<mpsc::Sender<Pending>>,
     /// INSERT statements sent so far (group-commit effect, for tests and diagnostics).
     inserts: Arc<AtomicU64>,
+    /// Tasks that may wait for queue room on behalf of [`QueryAudit::submit_detached`].
+    detached: Arc<Semaphore>,
 }
+
+/// Most tasks waiting for queue room on behalf of [`QueryAudit::submit_detached`]; past
+/// them a detached record is dropped (logged and counted), never an unbounded task pile.
+pub const MAX_DETACHED_WAITERS: usize = 256;
 
 impl std::fmt::Debug for QueryAudit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,6 +171,7 @@ impl QueryAudit {
                 group,
                 tx: OnceLock::new(),
                 inserts: Arc::new(AtomicU64::new(0)),
+                detached: Arc::new(Semaphore::new(MAX_DETACHED_WAITERS)),
             }),
         }
     }
@@ -218,7 +225,9 @@ impl QueryAudit {
     }
 
     /// Queues `r` from synchronous code (a drop): without waiting when the queue has room,
-    /// else from a spawned task.
+    /// else from a spawned task, of which at most [`MAX_DETACHED_WAITERS`] wait at a time;
+    /// beyond them the record is dropped (`custos_query_audit_dropped_total`; the earlier
+    /// version of the record, if any, stays).
     pub fn submit_detached(&self, r: ReportQuery) {
         let pending = Pending {
             row: ReportQueryInsert::from(&r),
@@ -227,10 +236,27 @@ impl QueryAudit {
         match self.sender().try_send(pending) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) => {
+                let Ok(permit) = self.inner.detached.clone().try_acquire_owned() else {
+                    metrics::counter!("custos_query_audit_dropped_total").increment(1);
+                    error!(
+                        query_id = %r.query_id,
+                        status = %r.status,
+                        "query-audit queue full: record dropped"
+                    );
+                    return;
+                };
                 let audit = self.clone();
-                tokio::spawn(async move { audit.submit(&r).await });
+                tokio::spawn(async move {
+                    audit.submit(&r).await;
+                    drop(permit);
+                });
             }
         }
+    }
+
+    /// Detached records waiting for queue room now.
+    pub fn detached_waiting(&self) -> usize {
+        MAX_DETACHED_WAITERS - self.inner.detached.available_permits()
     }
 
     /// INSERT statements the background writer has sent so far.
@@ -454,6 +480,18 @@ impl Asked {
     pub fn report(&self) -> &'static str {
         self.report
     }
+
+    /// `sub` of the caller.
+    pub fn caller_sub(&self) -> &str {
+        &self.caller.sub
+    }
+
+    /// The same request recorded under another tenant (known only once the record of a
+    /// proof was found).
+    pub fn with_tenant(mut self, tenant: &str) -> Asked {
+        tenant.clone_into(&mut self.tenant);
+        self
+    }
 }
 
 /// Tracks an export; on drop writes the final record (`complete` or `aborted`).
@@ -467,6 +505,11 @@ pub struct StreamAudit {
 }
 
 impl StreamAudit {
+    /// Report name of the export.
+    pub fn report(&self) -> &'static str {
+        self.asked.report
+    }
+
     /// Tracks `asked`.
     pub fn new(audit: QueryAudit, asked: Asked) -> StreamAudit {
         StreamAudit {
@@ -532,6 +575,47 @@ mod tests {
             assert_eq!(r.query_id, asked.query_id);
             last = r.recorded_at;
         }
+    }
+
+    /// A ClickHouse stand-in that accepts connections and never answers: the writer's
+    /// first INSERT hangs, so the queue stays full.
+    async fn black_hole() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                held.push(sock);
+            }
+        });
+        url
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn detached_records_never_pile_up_tasks() {
+        let client = clickhouse::Client::default().with_url(black_hole().await);
+        let audit = QueryAudit::with_group_commit(
+            client,
+            GroupCommit {
+                max_rows: 1,
+                queue: 1,
+                ..GroupCommit::default()
+            },
+        );
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let asked = Asked::new(&caller(), "patient-access", "t", Value::Null, "csv");
+        for _ in 0..5_000 {
+            audit.submit_detached(asked.record("aborted", 0));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let spawned = metrics.num_alive_tasks().saturating_sub(before);
+        // The writer task plus at most MAX_DETACHED_WAITERS waiters, not one per record.
+        assert!(
+            spawned <= MAX_DETACHED_WAITERS + 2,
+            "{spawned} tasks alive for 5000 detached records"
+        );
+        assert!(audit.detached_waiting() <= MAX_DETACHED_WAITERS);
     }
 
     #[test]

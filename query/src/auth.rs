@@ -6,8 +6,20 @@
 //! its `kid` must name a key of the JWKS whose type fits that algorithm, and `iss`, `aud`,
 //! `exp` and `nbf` are checked explicitly. Keys come from
 //! `{issuer}/.well-known/openid-configuration` (`jwks_uri`) or an explicit JWKS URL, are
-//! cached, and are fetched again when a token names an unknown `kid` (at most once per
-//! `CUSTOS_OIDC_JWKS_REFRESH_MIN_SECS`) or the cache is older than its TTL.
+//! cached, and are fetched again when a token names an unknown `kid` or the cache is older
+//! than its TTL.
+//!
+//! Fetching is bounded so that an unreachable issuer cannot be turned into a request storm:
+//! fetch *attempts*, failed ones included, are at least `CUSTOS_OIDC_JWKS_REFRESH_MIN_SECS`
+//! apart (negative caching); cached keys are read from an immutable snapshot without taking
+//! the fetch lock, so known keys verify while a fetch hangs; a stale known key never waits
+//! for another caller's fetch; and keys keep verifying while the issuer is down only up to
+//! `CUSTOS_OIDC_JWKS_STALE_MAX_SECS` after their last successful fetch.
+//!
+//! Only access tokens are accepted: the header `typ` must be on `CUSTOS_OIDC_TOKEN_TYPES`
+//! (default `at+jwt` of RFC 9068 and `JWT`, which Keycloak uses), and a payload `typ` claim,
+//! when present, must be `Bearer` (Keycloak ID tokens say `ID`, refresh tokens `Refresh`).
+//! Tokens longer than [`MAX_TOKEN_BYTES`] are refused before any parsing.
 //! Roles come from a configurable claim path (`roles`, `realm_access.roles`, ...).
 //! Tokens are never logged.
 //!
@@ -16,6 +28,7 @@
 //! same tokens and read roles the same way.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,12 +41,15 @@ use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::config::{fetchable_url, ConfigError, OidcArgs};
+use crate::config::{fetchable_url, normalize_typ, ConfigError, OidcArgs};
 use crate::error::ApiError;
 use crate::AppState;
+
+/// Longest bearer token accepted, in bytes; longer ones are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Why a bearer token was refused. The `Display` text is for logs; clients get
 /// [`AuthError::public_detail`].
@@ -42,6 +58,13 @@ pub enum AuthError {
     /// No `Authorization: Bearer` header.
     #[error("no bearer token")]
     Missing,
+    /// The token is longer than [`MAX_TOKEN_BYTES`].
+    #[error("token too large")]
+    TooLarge,
+    /// Not an access token (header `typ` not accepted, or a payload `typ` other than
+    /// `Bearer`, e.g. an ID token).
+    #[error("not an access token")]
+    TokenType,
     /// Not a decodable JWT (includes `alg: none`, which is not an algorithm here).
     #[error("malformed token")]
     Malformed,
@@ -64,6 +87,8 @@ impl AuthError {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Missing => "missing",
+            AuthError::TooLarge => "too_large",
+            AuthError::TokenType => "token_type",
             AuthError::Malformed => "malformed",
             AuthError::Algorithm => "algorithm",
             AuthError::UnknownKey => "unknown_kid",
@@ -168,11 +193,17 @@ struct CachedKey {
     algorithms: Vec<Algorithm>,
 }
 
-#[derive(Default)]
-struct KeyCache {
+/// The keys of one successful JWKS fetch (immutable; replaced whole by the next one).
+struct KeySet {
     keys: HashMap<String, CachedKey>,
-    fetched_at: Option<Instant>,
-    jwks_url: Option<String>,
+    fetched_at: Instant,
+}
+
+/// The last fetch attempt: when it started and whether it succeeded.
+#[derive(Clone, Copy)]
+struct Attempt {
+    at: Instant,
+    ok: bool,
 }
 
 /// Verifies bearer tokens against the issuer's JWKS.
@@ -186,9 +217,19 @@ pub struct Authenticator {
     leeway: u64,
     refresh_min: Duration,
     ttl: Duration,
+    stale_max: Duration,
+    token_types: Vec<String>,
     http: reqwest::Client,
-    cache: RwLock<KeyCache>,
+    /// The latest keys, read as a snapshot (the lock is never held across an await).
+    keys: std::sync::RwLock<Option<Arc<KeySet>>>,
+    /// `jwks_uri` from discovery, once read.
+    jwks_url: std::sync::RwLock<Option<String>>,
+    /// The last fetch attempt (negative caching: attempts are `refresh_min` apart).
+    last_attempt: std::sync::Mutex<Option<Attempt>>,
+    /// Serializes fetches.
     refresh: Mutex<()>,
+    /// Fetch attempts so far.
+    fetches: AtomicU64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -308,9 +349,14 @@ impl Authenticator {
             leeway: args.oidc_leeway_secs,
             refresh_min: Duration::from_secs(args.oidc_jwks_refresh_min_secs),
             ttl: Duration::from_secs(args.oidc_jwks_ttl_secs),
+            stale_max: Duration::from_secs(args.oidc_jwks_stale_max_secs),
+            token_types: args.token_types(),
             http,
-            cache: RwLock::new(KeyCache::default()),
+            keys: std::sync::RwLock::new(None),
+            jwks_url: std::sync::RwLock::new(None),
+            last_attempt: std::sync::Mutex::new(None),
             refresh: Mutex::new(()),
+            fetches: AtomicU64::new(0),
         })
     }
 
@@ -319,16 +365,65 @@ impl Authenticator {
         &self.issuer
     }
 
-    /// Whether keys have been loaded (for `/readyz`).
-    pub async fn has_keys(&self) -> bool {
-        !self.cache.read().await.keys.is_empty()
+    /// The current key set, if any was fetched.
+    fn snapshot(&self) -> Option<Arc<KeySet>> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A cached key by id, if its set is not older than the stale limit; and whether its
+    /// set is past the TTL.
+    fn cached(&self, kid: &str) -> (Option<CachedKey>, bool) {
+        match self.snapshot() {
+            Some(set) => {
+                let age = set.fetched_at.elapsed();
+                let key = (age <= self.stale_max)
+                    .then(|| set.keys.get(kid).cloned())
+                    .flatten();
+                (key, age > self.ttl)
+            }
+            None => (None, true),
+        }
+    }
+
+    /// Whether usable keys are cached (fetched no longer than the stale limit ago).
+    pub fn has_keys(&self) -> bool {
+        self.snapshot()
+            .is_some_and(|s| !s.keys.is_empty() && s.fetched_at.elapsed() <= self.stale_max)
+    }
+
+    /// For `/readyz`: whether usable keys are cached. Without them it makes one fetch
+    /// attempt, subject to the attempt spacing and only when no fetch is running (it never
+    /// waits for another caller's), so probes cannot multiply fetches.
+    pub async fn ready(&self) -> bool {
+        if self.has_keys() {
+            return true;
+        }
+        if let Ok(_guard) = self.refresh.try_lock() {
+            if let Err(e) = self.attempt(false).await {
+                warn!(error = %e, "JWKS not available");
+            }
+        }
+        self.has_keys()
+    }
+
+    /// JWKS fetch attempts made so far (successful or not).
+    pub fn fetch_attempts(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
     }
 
     async fn jwks_url(&self) -> Result<String, AuthError> {
         if let Some(u) = &self.explicit_jwks_url {
             return Ok(u.clone());
         }
-        if let Some(u) = self.cache.read().await.jwks_url.clone() {
+        let known = self
+            .jwks_url
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(u) = known {
             return Ok(u);
         }
         let url = format!("{}/.well-known/openid-configuration", self.issuer);
@@ -348,18 +443,64 @@ impl Authenticator {
         if !fetchable_url(&d.jwks_uri) {
             return Err(AuthError::Jwks("jwks_uri must be https".into()));
         }
-        self.cache.write().await.jwks_url = Some(d.jwks_uri.clone());
+        *self
+            .jwks_url
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(d.jwks_uri.clone());
         Ok(d.jwks_uri)
     }
 
-    /// Fetches the JWKS now (serialized; skipped if another caller just did it).
+    /// Fetches the JWKS now (serialized with other fetches). Unless `force`, nothing is
+    /// fetched when the last attempt, successful or not, is less than
+    /// `CUSTOS_OIDC_JWKS_REFRESH_MIN_SECS` old: the answer is then that attempt's outcome.
     pub async fn refresh(&self, force: bool) -> Result<(), AuthError> {
         let _guard = self.refresh.lock().await;
-        if let Some(at) = self.cache.read().await.fetched_at {
-            if at.elapsed() < self.refresh_min && !force {
-                return Ok(());
+        self.attempt(force).await
+    }
+
+    /// One rate-limited fetch attempt; the caller holds the fetch lock.
+    async fn attempt(&self, force: bool) -> Result<(), AuthError> {
+        {
+            let mut last = self
+                .last_attempt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(a) = *last {
+                if !force && a.at.elapsed() < self.refresh_min {
+                    return if a.ok {
+                        Ok(())
+                    } else {
+                        Err(AuthError::Jwks(
+                            "the last fetch failed; not retried yet".into(),
+                        ))
+                    };
+                }
+            }
+            *last = Some(Attempt {
+                at: Instant::now(),
+                ok: false,
+            });
+        }
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let result = self.fetch().await;
+        metrics::counter!("custos_oidc_jwks_fetches_total",
+            "result" => if result.is_ok() { "ok" } else { "error" })
+        .increment(1);
+        if result.is_ok() {
+            if let Some(a) = self
+                .last_attempt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_mut()
+            {
+                a.ok = true;
             }
         }
+        result
+    }
+
+    /// Fetches the JWKS and installs it as the current key set.
+    async fn fetch(&self) -> Result<(), AuthError> {
         let url = self.jwks_url().await?;
         let raw: RawJwks = self
             .http
@@ -391,42 +532,59 @@ impl Authenticator {
             }
         }
         info!(keys = keys.len(), "JWKS loaded");
-        let mut cache = self.cache.write().await;
-        cache.keys = keys;
-        cache.fetched_at = Some(Instant::now());
+        let set = KeySet {
+            keys,
+            fetched_at: Instant::now(),
+        };
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(set));
         Ok(())
     }
 
     async fn key(&self, kid: &str) -> Result<CachedKey, AuthError> {
-        let (hit, stale) = {
-            let cache = self.cache.read().await;
-            let stale = cache.fetched_at.is_none_or(|t| t.elapsed() > self.ttl);
-            (cache.keys.get(kid).cloned(), stale)
-        };
+        let (hit, stale) = self.cached(kid);
         match hit {
-            Some(k) if !stale => Ok(k),
-            _ => {
-                if let Err(e) = self.refresh(stale).await {
-                    // A stale but known key still verifies while the AS is unreachable.
-                    warn!(error = %e, "JWKS refresh failed");
-                    return hit.ok_or(e);
+            Some(k) if !stale => return Ok(k),
+            Some(k) => {
+                // Known but past the TTL: refresh unless another caller already is (never
+                // wait for it); the key keeps verifying up to the stale limit meanwhile.
+                if let Ok(_guard) = self.refresh.try_lock() {
+                    if let Err(e) = self.attempt(false).await {
+                        warn!(error = %e, "JWKS refresh failed; using the cached keys");
+                    }
                 }
-                self.cache
-                    .read()
-                    .await
-                    .keys
-                    .get(kid)
-                    .cloned()
-                    .ok_or(AuthError::UnknownKey)
+                return Ok(self.cached(kid).0.unwrap_or(k));
+            }
+            None => {}
+        }
+        // Unknown key id: wait for a running fetch, then make one attempt if the spacing
+        // allows (with the issuer down, only the first of a burst fetches at all).
+        {
+            let _guard = self.refresh.lock().await;
+            if let Err(e) = self.attempt(false).await {
+                warn!(error = %e, "JWKS refresh failed");
             }
         }
+        self.cached(kid).0.ok_or(AuthError::UnknownKey)
     }
 
     /// Verifies a bearer token and returns the caller.
     pub async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::Algorithm);
+        }
+        let typ_ok = header
+            .typ
+            .as_deref()
+            .is_some_and(|t| self.token_types.contains(&normalize_typ(t)));
+        if !typ_ok {
+            return Err(AuthError::TokenType);
         }
         let kid = header.kid.as_deref().ok_or(AuthError::UnknownKey)?;
         let key = self.key(kid).await?;
@@ -445,6 +603,15 @@ impl Authenticator {
         let data = decode::<Value>(token, &key.key, &v)
             .map_err(|e| AuthError::Invalid(format!("{:?}", e.kind())))?;
         let claims = data.claims;
+        // Keycloak marks its tokens in the payload: `Bearer` (access), `ID`, `Refresh`, ...
+        if let Some(typ) = claims.get("typ") {
+            if !typ
+                .as_str()
+                .is_some_and(|t| t.eq_ignore_ascii_case("bearer"))
+            {
+                return Err(AuthError::TokenType);
+            }
+        }
         let text = |k: &str| {
             claims
                 .get(k)
@@ -480,8 +647,12 @@ impl Authenticator {
     /// service that authenticates with this module (the query API, the consent service's
     /// privacy API).
     pub async fn authenticate_headers(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
-        let token = headers
-            .get(AUTHORIZATION)
+        let value = headers.get(AUTHORIZATION).ok_or(AuthError::Missing)?;
+        // "Bearer " and some whitespace on top of the largest token.
+        if value.len() > MAX_TOKEN_BYTES + 64 {
+            return Err(AuthError::TooLarge);
+        }
+        let token = Some(value)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer)
             .ok_or(AuthError::Missing)?;
@@ -568,6 +739,73 @@ mod tests {
             "a missing claim reads no tenant"
         );
         assert_eq!(strings_at(&claims, &["tenant".to_owned()]), vec!["east"]);
+    }
+
+    fn args(issuer: &str) -> OidcArgs {
+        OidcArgs {
+            oidc_issuer: issuer.into(),
+            oidc_audience: vec!["custos-query".into()],
+            oidc_jwks_url: None,
+            oidc_roles_claim: "roles".into(),
+            oidc_tenants_claim: None,
+            oidc_algorithms: vec!["RS256".into()],
+            oidc_leeway_secs: 30,
+            oidc_jwks_refresh_min_secs: 30,
+            oidc_jwks_ttl_secs: 3600,
+            oidc_jwks_stale_max_secs: 14_400,
+            oidc_token_types: vec!["at+jwt".into(), "JWT".into()],
+            oidc_http_timeout_secs: 1,
+        }
+    }
+
+    /// An unsigned-looking JWT with the given header (the signature is never reached).
+    fn jwt_with_header(header: &Value) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let part = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+        format!("{}.{}.c2ln", part(header), part(&json!({"sub": "x"})))
+    }
+
+    #[tokio::test]
+    async fn oversized_tokens_are_refused_before_parsing() {
+        // Port 9 (discard) on loopback: nothing is fetched for these anyway.
+        let auth = Authenticator::new(&args("http://127.0.0.1:9")).unwrap();
+        let big = format!(
+            "{}{}",
+            jwt_with_header(&json!({"alg": "RS256", "typ": "JWT", "kid": "k"})),
+            "A".repeat(MAX_TOKEN_BYTES)
+        );
+        let e = auth.authenticate(&big).await.unwrap_err();
+        assert_eq!(e.reason(), "too_large");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            format!("Bearer {}", "x".repeat(MAX_TOKEN_BYTES + 100))
+                .parse()
+                .unwrap(),
+        );
+        let e = auth.authenticate_headers(&headers).await.unwrap_err();
+        assert_eq!(e.reason(), "too_large");
+        assert_eq!(auth.fetch_attempts(), 0);
+    }
+
+    #[tokio::test]
+    async fn header_typ_must_be_an_access_token_type() {
+        let auth = Authenticator::new(&args("http://127.0.0.1:9")).unwrap();
+        for bad in [
+            json!({"alg": "RS256", "kid": "k"}),
+            json!({"alg": "RS256", "kid": "k", "typ": "id+jwt"}),
+            json!({"alg": "RS256", "kid": "k", "typ": "logout+jwt"}),
+        ] {
+            let e = auth.authenticate(&jwt_with_header(&bad)).await.unwrap_err();
+            assert_eq!(e.reason(), "token_type", "{bad}");
+        }
+        for good in ["JWT", "at+jwt", "application/at+jwt"] {
+            let t = jwt_with_header(&json!({"alg": "RS256", "kid": "k", "typ": good}));
+            // Past the type check: the key lookup fails (no issuer is listening).
+            let e = auth.authenticate(&t).await.unwrap_err();
+            assert_eq!(e.reason(), "unknown_kid", "{good}");
+        }
     }
 
     #[test]

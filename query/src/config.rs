@@ -58,12 +58,34 @@ pub struct OidcArgs {
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[arg(long, env = "CUSTOS_OIDC_LEEWAY_SECS", default_value_t = 30)]
     pub oidc_leeway_secs: u64,
-    /// Least time between two JWKS fetches triggered by unknown key ids, in seconds.
+    /// Least time between two JWKS fetch attempts (successful or not) triggered by unknown
+    /// key ids, a stale cache or `/readyz`, in seconds (1..=3600).
     #[arg(long, env = "CUSTOS_OIDC_JWKS_REFRESH_MIN_SECS", default_value_t = 30)]
     pub oidc_jwks_refresh_min_secs: u64,
     /// Age after which the cached JWKS is fetched again, in seconds.
     #[arg(long, env = "CUSTOS_OIDC_JWKS_TTL_SECS", default_value_t = 3600)]
     pub oidc_jwks_ttl_secs: u64,
+    /// Age (since the last successful fetch) up to which cached keys keep verifying tokens
+    /// while the issuer cannot be reached, in seconds; older keys verify nothing. At least
+    /// `CUSTOS_OIDC_JWKS_TTL_SECS`.
+    #[arg(
+        long,
+        env = "CUSTOS_OIDC_JWKS_STALE_MAX_SECS",
+        default_value_t = 14_400
+    )]
+    pub oidc_jwks_stale_max_secs: u64,
+    /// Accepted JOSE header `typ` values of access tokens, comma separated, compared without
+    /// case and without an `application/` prefix. RFC 9068 access tokens carry `at+jwt`;
+    /// Keycloak's carry `JWT`. Whatever the header says, a token whose payload `typ` claim is
+    /// present and is not `Bearer` (Keycloak marks ID tokens `ID`, refresh tokens `Refresh`)
+    /// is refused, and so is a token without a header `typ`.
+    #[arg(
+        long,
+        env = "CUSTOS_OIDC_TOKEN_TYPES",
+        value_delimiter = ',',
+        default_value = "at+jwt,JWT"
+    )]
+    pub oidc_token_types: Vec<String>,
     /// Timeout of discovery and JWKS requests, in seconds.
     #[arg(long, env = "CUSTOS_OIDC_HTTP_TIMEOUT_SECS", default_value_t = 5)]
     pub oidc_http_timeout_secs: u64,
@@ -126,13 +148,35 @@ pub struct QueryConfig {
     /// Largest accepted `limit` / `_count`.
     #[arg(long, env = "CUSTOS_QUERY_PAGE_MAX", default_value_t = 1000)]
     pub page_max: u32,
+    /// Address of the operations endpoints (`/metrics`), kept off the public listener.
+    #[arg(
+        long,
+        env = "CUSTOS_QUERY_ADMIN_ADDR",
+        default_value = "127.0.0.1:9466"
+    )]
+    pub admin_addr: SocketAddr,
     /// Most rows one CSV / NDJSON export streams.
     #[arg(
         long,
         env = "CUSTOS_QUERY_EXPORT_MAX_ROWS",
-        default_value_t = 10_000_000
+        default_value_t = 1_000_000
     )]
     pub export_max_rows: u64,
+    /// Time limit of the ClickHouse query behind one CSV / NDJSON export
+    /// (`max_execution_time`), in seconds; JSON pages keep `CUSTOS_CLICKHOUSE_TIMEOUT_SECS`.
+    #[arg(long, env = "CUSTOS_QUERY_EXPORT_TIMEOUT_SECS", default_value_t = 600)]
+    pub export_timeout_secs: u64,
+    /// Most CSV / NDJSON exports one caller (`sub`) runs at a time; more get 429.
+    #[arg(long, env = "CUSTOS_QUERY_EXPORTS_PER_CALLER", default_value_t = 2)]
+    pub exports_per_caller: u32,
+    /// Most requests the API serves at a time (an export counts until its stream ends);
+    /// more get 503 with `Retry-After` at once instead of waiting.
+    #[arg(
+        long,
+        env = "CUSTOS_QUERY_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 64
+    )]
+    pub max_concurrent_requests: u32,
     /// Window of a report when `from` is not given, in days (default six years).
     #[arg(long, env = "CUSTOS_QUERY_DEFAULT_WINDOW_DAYS", default_value_t = 2192)]
     pub default_window_days: u32,
@@ -202,19 +246,35 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
     Ok(alg)
 }
 
-/// Whether a URL may be fetched for keys: https, or http on a loopback host only.
+/// Whether a URL may be fetched for keys: https, or http on a loopback host only. The URL
+/// is parsed (WHATWG rules, as the HTTP client does) and its host checked, so userinfo such
+/// as `http://127.0.0.1:80@as.example/` cannot pass for loopback; URLs with userinfo are
+/// refused outright.
 pub fn fetchable_url(url: &str) -> bool {
-    if url.starts_with("https://") {
-        return true;
+    use reqwest::Url;
+    use std::net::IpAddr;
+    let Ok(u) = Url::parse(url) else {
+        return false;
+    };
+    if !u.username().is_empty() || u.password().is_some() {
+        return false;
     }
-    match url.strip_prefix("http://") {
-        Some(rest) => {
-            let host = rest.split(['/', '?']).next().unwrap_or_default();
-            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-            matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+    match (u.scheme(), u.host_str()) {
+        ("https", Some(_)) => true,
+        ("http", Some(host)) => {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            host.eq_ignore_ascii_case("localhost")
+                || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
         }
-        None => false,
+        _ => false,
     }
+}
+
+/// A JOSE `typ` value as compared: trimmed, lowercase, without an `application/` prefix
+/// (RFC 7515 section 4.1.9).
+pub fn normalize_typ(t: &str) -> String {
+    let t = t.trim().to_ascii_lowercase();
+    t.strip_prefix("application/").unwrap_or(&t).to_owned()
 }
 
 /// Whether a tenant name is acceptable (`[A-Za-z0-9._-]{1,64}`).
@@ -240,6 +300,15 @@ impl OidcArgs {
             ));
         }
         Ok(algs)
+    }
+
+    /// The accepted header `typ` values, normalized (lowercase, no `application/`).
+    pub fn token_types(&self) -> Vec<String> {
+        self.oidc_token_types
+            .iter()
+            .map(|t| normalize_typ(t))
+            .filter(|t| !t.is_empty())
+            .collect()
     }
 
     /// Checks the OIDC settings.
@@ -276,6 +345,20 @@ impl OidcArgs {
         if self.oidc_http_timeout_secs == 0 || self.oidc_http_timeout_secs > 60 {
             return bad("CUSTOS_OIDC_HTTP_TIMEOUT_SECS must be 1..=60");
         }
+        if self.oidc_jwks_refresh_min_secs == 0 || self.oidc_jwks_refresh_min_secs > 3600 {
+            return bad("CUSTOS_OIDC_JWKS_REFRESH_MIN_SECS must be 1..=3600");
+        }
+        if self.oidc_jwks_ttl_secs == 0 {
+            return bad("CUSTOS_OIDC_JWKS_TTL_SECS must be positive");
+        }
+        if self.oidc_jwks_stale_max_secs < self.oidc_jwks_ttl_secs {
+            return bad(
+                "CUSTOS_OIDC_JWKS_STALE_MAX_SECS must be at least CUSTOS_OIDC_JWKS_TTL_SECS",
+            );
+        }
+        if self.token_types().is_empty() {
+            return bad("CUSTOS_OIDC_TOKEN_TYPES must name at least one type");
+        }
         self.algorithms()?;
         Ok(())
     }
@@ -297,6 +380,18 @@ impl QueryConfig {
         }
         if self.export_max_rows == 0 {
             return bad("CUSTOS_QUERY_EXPORT_MAX_ROWS must be positive");
+        }
+        if self.export_timeout_secs == 0 || self.export_timeout_secs > 86_400 {
+            return bad("CUSTOS_QUERY_EXPORT_TIMEOUT_SECS must be 1..=86400");
+        }
+        if self.exports_per_caller == 0 || self.exports_per_caller > 1_000 {
+            return bad("CUSTOS_QUERY_EXPORTS_PER_CALLER must be 1..=1000");
+        }
+        if self.max_concurrent_requests == 0 || self.max_concurrent_requests > 100_000 {
+            return bad("CUSTOS_QUERY_MAX_CONCURRENT_REQUESTS must be 1..=100000");
+        }
+        if self.admin_addr == self.http_addr {
+            return bad("CUSTOS_QUERY_ADMIN_ADDR must differ from CUSTOS_QUERY_HTTP_ADDR");
         }
         if self.default_window_days == 0 || self.default_window_days > 36_500 {
             return bad("CUSTOS_QUERY_DEFAULT_WINDOW_DAYS must be 1..=36500");
@@ -394,6 +489,74 @@ mod tests {
         assert!(!fetchable_url("http://as.example/realms/x"));
         assert!(!fetchable_url("http://127.0.0.1.evil.example/x"));
         assert!(!fetchable_url("ftp://127.0.0.1/x"));
+        assert!(fetchable_url("http://[::1]:8080/jwks"));
+        assert!(fetchable_url("http://127.0.0.2/jwks"));
+    }
+
+    #[test]
+    fn userinfo_cannot_pass_for_a_loopback_host() {
+        // The host of these is as.example / evil.example, not 127.0.0.1.
+        assert!(!fetchable_url("http://127.0.0.1:8080@as.example/realms/x"));
+        assert!(!fetchable_url("http://127.0.0.1@evil.example/jwks"));
+        assert!(!fetchable_url("http://localhost:x@evil.example/"));
+        assert!(!fetchable_url("https://user:pw@as.example/realms/x"));
+        // A backslash ends the authority (WHATWG, as the HTTP client parses it): the host is
+        // 127.0.0.1 and that is where the request goes.
+        assert!(fetchable_url("http://127.0.0.1\\@evil.example/"));
+        assert!(!fetchable_url("not a url"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: QueryConfig,
+    }
+
+    fn parse(extra: &[&str]) -> QueryConfig {
+        use clap::Parser;
+        let mut args = vec![
+            "custos-query",
+            "--oidc-issuer",
+            "https://as.example/realms/x",
+            "--oidc-audience",
+            "custos-query",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).expect("arguments").config
+    }
+
+    #[test]
+    fn load_limit_defaults_and_ranges() {
+        let c = parse(&[]);
+        assert!(c.validate().is_ok());
+        assert_eq!(c.export_max_rows, 1_000_000);
+        assert_eq!(c.export_timeout_secs, 600);
+        assert_eq!(c.exports_per_caller, 2);
+        assert_eq!(c.max_concurrent_requests, 64);
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9466");
+        assert_eq!(c.oidc.token_types(), vec!["at+jwt", "jwt"]);
+        for bad in [
+            &["--exports-per-caller", "0"][..],
+            &["--max-concurrent-requests", "0"],
+            &["--export-timeout-secs", "0"],
+            &["--admin-addr", "127.0.0.1:8088"],
+            &["--oidc-jwks-refresh-min-secs", "0"],
+            &[
+                "--oidc-jwks-ttl-secs",
+                "600",
+                "--oidc-jwks-stale-max-secs",
+                "60",
+            ],
+            &["--oidc-token-types", ""],
+        ] {
+            assert!(parse(bad).validate().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn token_types_are_normalized() {
+        assert_eq!(normalize_typ(" application/AT+JWT "), "at+jwt");
+        assert_eq!(normalize_typ("JWT"), "jwt");
     }
 
     #[test]

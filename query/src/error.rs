@@ -38,6 +38,12 @@ pub enum ApiError {
     /// The query-audit record could not be written, so the report is not answered.
     #[error("query audit record not written: {0}")]
     AuditWrite(crate::audit::AuditError),
+    /// The service is at its concurrency limit (503 with `Retry-After`).
+    #[error("concurrency limit reached")]
+    Overloaded,
+    /// The caller already runs its maximum of concurrent exports (429 with `Retry-After`).
+    #[error("too many concurrent exports of this caller")]
+    TooManyExports,
     /// Anything else internal.
     #[error("internal error: {0}")]
     Internal(String),
@@ -72,7 +78,10 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::ClickHouse(clickhouse::error::Error::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::ClickHouse(_) | ApiError::AuditWrite(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ClickHouse(_) | ApiError::AuditWrite(_) | ApiError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::TooManyExports => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -97,6 +106,16 @@ impl ApiError {
                 "audit-unavailable",
                 "Query audit unavailable",
                 Some("the query could not be recorded, so it was not answered".to_owned()),
+            ),
+            ApiError::Overloaded => (
+                "overloaded",
+                "Service Unavailable",
+                Some("the service is at its concurrency limit; retry later".to_owned()),
+            ),
+            ApiError::TooManyExports => (
+                "too-many-exports",
+                "Too Many Requests",
+                Some("this caller already runs its maximum of concurrent exports".to_owned()),
             ),
             ApiError::Internal(_) => ("internal", "Internal Server Error", None),
         };
@@ -127,6 +146,15 @@ impl IntoResponse for ApiError {
         let mut resp = (status, body).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        let retry_after = match self {
+            ApiError::Overloaded => Some(crate::limits::OVERLOAD_RETRY_AFTER_SECS),
+            ApiError::TooManyExports => Some(crate::limits::EXPORT_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

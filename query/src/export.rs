@@ -1,8 +1,14 @@
 //! Answering a report: one JSON page with a cursor on the stable order, or a CSV /
 //! NDJSON export streamed from a ClickHouse cursor in chunks (never the whole result in
 //! memory).
+//!
+//! An export holds one of its caller's export slots (`CUSTOS_QUERY_EXPORTS_PER_CALLER`)
+//! until its stream ends, runs as the export client (ClickHouse `max_execution_time` of
+//! `CUSTOS_QUERY_EXPORT_TIMEOUT_SECS`) and is cut off when that time has passed since it
+//! started, however slowly the client reads.
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue};
@@ -15,6 +21,7 @@ use utoipa::ToSchema;
 
 use crate::audit::{Asked, StreamAudit};
 use crate::error::ApiError;
+use crate::limits::ExportSlot;
 use crate::params::{Common, Format};
 use crate::reports::{Keyed, Tabular};
 use crate::sql::Sql;
@@ -142,6 +149,10 @@ struct Export<R, F> {
     header: bool,
     audit: StreamAudit,
     done: bool,
+    /// When the export must have ended.
+    deadline: Instant,
+    /// The caller's export slot, freed with the stream.
+    _slot: ExportSlot,
 }
 
 /// One chunk being written.
@@ -217,7 +228,23 @@ where
         if chunk.len() >= CHUNK_BYTES {
             return Ok(());
         }
-        match ex.cursor.next().await {
+        // Checked first: a cursor with buffered rows would always win the race below.
+        let deadline = tokio::time::Instant::from_std(ex.deadline);
+        let next = if Instant::now() < ex.deadline {
+            tokio::time::timeout_at(deadline, ex.cursor.next())
+                .await
+                .ok()
+        } else {
+            None
+        };
+        let Some(next) = next else {
+            error!(
+                report = ex.audit.report(),
+                "export cut off at CUSTOS_QUERY_EXPORT_TIMEOUT_SECS"
+            );
+            return Err(std::io::Error::other("export time limit reached"));
+        };
+        match next {
             Ok(Some(r)) => {
                 chunk.row(&(ex.map)(r))?;
                 ex.audit.rows += 1;
@@ -248,11 +275,39 @@ where
     O: Serialize + Tabular,
     F: FnMut(R) -> O + Send + 'static,
 {
-    let mut cursor = sql.query(&state.reader).fetch::<R>()?;
+    let slot = state.exports.acquire(asked.caller_sub())?;
+    let prepared = std::future::ready(Ok((sql.clone(), map)));
+    stream_prepared(state, asked, slot, format, prepared).await
+}
+
+/// Like [`stream`] for an export whose query needs reads first (the token trace reads its
+/// index and summary): `prepare` makes the query and the row mapping, and runs, like the
+/// export's query, only while the `streaming` record is being written; nothing is sent
+/// unless that record is acknowledged. `slot` is the caller's export slot.
+pub async fn stream_prepared<R, O, F, P>(
+    state: &AppState,
+    asked: Asked,
+    slot: ExportSlot,
+    format: Format,
+    prepare: P,
+) -> Result<Response, ApiError>
+where
+    R: RowOwned + RowRead + Send,
+    O: Serialize + Tabular,
+    F: FnMut(R) -> O + Send + 'static,
+    P: Future<Output = Result<(Sql, F), ApiError>>,
+{
+    let started = Instant::now();
+    let limit = state.settings.export_timeout;
     // The first row (or the end) before answering, so a failing query is a proper error;
     // the `streaming` record is written meanwhile.
-    let first = audited(state, &asked, "streaming", async {
-        Ok(cursor.next().await?)
+    let (cursor, first, map) = audited(state, &asked, "streaming", async {
+        let (sql, map) = prepare.await?;
+        let mut cursor = sql.query(&state.exporter).fetch::<R>()?;
+        let first = tokio::time::timeout(limit, cursor.next())
+            .await
+            .map_err(|_| ApiError::ClickHouse(clickhouse::error::Error::TimedOut))??;
+        Ok((cursor, first, map))
     })
     .await?;
     let query_id = asked.query_id.clone();
@@ -268,6 +323,8 @@ where
         header: format == Format::Csv,
         audit,
         done: false,
+        deadline: started + limit.max(Duration::from_millis(1)),
+        _slot: slot,
     };
     let body = futures_util::stream::unfold(export, |mut ex| async move {
         if ex.done {

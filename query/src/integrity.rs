@@ -533,79 +533,95 @@ pub fn check_path(
     (record_ok, path_ok, head_ok)
 }
 
-async fn find_record(
-    s: &AppState,
-    p: &ProofParams,
-) -> Result<(Option<AuditRow>, String, Value), ApiError> {
-    let event_id = params::ident("event_id", p.event_id.as_deref())?;
-    let event_key = p.event_key.as_deref();
-    if let Some(t) = &p.tenant {
-        if !valid_tenant(t) {
-            return Err(ApiError::bad(
-                "tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
-            ));
-        }
-    }
-    let rows: Vec<AuditRow> = match (event_id, event_key) {
-        (Some(id), None) => {
-            let tenant = p
-                .tenant
-                .clone()
-                .unwrap_or_else(|| s.settings.limits.default_tenant.clone());
-            let rows = s
-                .reader
-                .query(
-                    "SELECT ?fields FROM custos.audit_events FINAL \
-                     WHERE tenant = ? AND event_id = ? ORDER BY event_key LIMIT 2",
-                )
-                .bind(&tenant)
-                .bind(&id)
-                .fetch_all()
-                .await?;
-            let params = json!({"event_id": id, "tenant": tenant});
-            return one(rows, tenant, params);
-        }
-        (None, Some(key)) => {
-            if !params::is_key(key) {
-                return Err(ApiError::bad("event_key must be 32 lowercase hex digits"));
-            }
-            s.reader
-                .query(
-                    "SELECT ?fields FROM custos.audit_events FINAL \
-                     WHERE event_key = ? AND (? = '' OR tenant = ?) ORDER BY tenant LIMIT 2",
-                )
-                .bind(key)
-                .bind(p.tenant.as_deref().unwrap_or(""))
-                .bind(p.tenant.as_deref().unwrap_or(""))
-                .fetch_all()
-                .await?
-        }
-        _ => {
-            return Err(ApiError::bad(
-                "exactly one of event_id, event_key is required",
-            ))
-        }
-    };
-    let tenant = p
-        .tenant
-        .clone()
-        .or_else(|| rows.first().map(|r| r.tenant.clone()))
-        .unwrap_or_default();
-    let params = json!({"event_key": event_key, "tenant": p.tenant});
-    one(rows, tenant, params)
+/// How a proof's record is looked up (validated parameters).
+enum Lookup {
+    /// By producer event id within a tenant.
+    EventId { tenant: String, id: String },
+    /// By event key, optionally within a tenant.
+    EventKey { key: String, tenant: Option<String> },
 }
 
-fn one(
-    mut rows: Vec<AuditRow>,
-    tenant: String,
-    params: Value,
-) -> Result<(Option<AuditRow>, String, Value), ApiError> {
-    if rows.len() > 1 {
-        return Err(ApiError::bad(
-            "the event id names several records (different sources); ask by event_key",
-        ));
+impl Lookup {
+    /// Validates the parameters: the lookup, the tenant to record (the one named, else the
+    /// default tenant for an event id, else empty until the record is found) and the
+    /// parameters to record.
+    fn parse(s: &AppState, p: &ProofParams) -> Result<(Lookup, String, Value), ApiError> {
+        let event_id = params::ident("event_id", p.event_id.as_deref())?;
+        if let Some(t) = &p.tenant {
+            if !valid_tenant(t) {
+                return Err(ApiError::bad(
+                    "tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                ));
+            }
+        }
+        match (event_id, p.event_key.as_deref()) {
+            (Some(id), None) => {
+                let tenant = p
+                    .tenant
+                    .clone()
+                    .unwrap_or_else(|| s.settings.limits.default_tenant.clone());
+                let params = json!({"event_id": id, "tenant": tenant});
+                Ok((
+                    Lookup::EventId {
+                        tenant: tenant.clone(),
+                        id,
+                    },
+                    tenant,
+                    params,
+                ))
+            }
+            (None, Some(key)) => {
+                if !params::is_key(key) {
+                    return Err(ApiError::bad("event_key must be 32 lowercase hex digits"));
+                }
+                let params = json!({"event_key": key, "tenant": p.tenant});
+                let lookup = Lookup::EventKey {
+                    key: key.to_owned(),
+                    tenant: p.tenant.clone(),
+                };
+                Ok((lookup, p.tenant.clone().unwrap_or_default(), params))
+            }
+            _ => Err(ApiError::bad(
+                "exactly one of event_id, event_key is required",
+            )),
+        }
     }
-    Ok((rows.pop(), tenant, params))
+
+    /// Reads the record (at most one; several are a 400).
+    async fn fetch(&self, s: &AppState) -> Result<Option<AuditRow>, ApiError> {
+        let mut rows: Vec<AuditRow> = match self {
+            Lookup::EventId { tenant, id } => {
+                s.reader
+                    .query(
+                        "SELECT ?fields FROM custos.audit_events FINAL \
+                         WHERE tenant = ? AND event_id = ? ORDER BY event_key LIMIT 2",
+                    )
+                    .bind(tenant)
+                    .bind(id)
+                    .fetch_all()
+                    .await?
+            }
+            Lookup::EventKey { key, tenant } => {
+                let t = tenant.as_deref().unwrap_or("");
+                s.reader
+                    .query(
+                        "SELECT ?fields FROM custos.audit_events FINAL \
+                         WHERE event_key = ? AND (? = '' OR tenant = ?) ORDER BY tenant LIMIT 2",
+                    )
+                    .bind(key)
+                    .bind(t)
+                    .bind(t)
+                    .fetch_all()
+                    .await?
+            }
+        };
+        if rows.len() > 1 {
+            return Err(ApiError::bad(
+                "the event id names several records (different sources); ask by event_key",
+            ));
+        }
+        Ok(rows.pop())
+    }
 }
 
 /// Picks the covering checkpoint: the first (lowest head) whose signature verifies and
@@ -659,41 +675,43 @@ pub async fn proof(
     // Chains span every tenant of a partition: tenant-bound tokens may not read them.
     crate::api::all_tenants(&caller)?;
     let timer = Instant::now();
-    let (record, tenant, audit_params) = find_record(&s, &p).await?;
+    let (lookup, tenant, audit_params) = Lookup::parse(&s, &p)?;
     let asked = Asked::new(&caller, report.name(), &tenant, audit_params, "json");
-    let Some(record) = record else {
-        s.audit
-            .write(&asked.record("answered", 0))
-            .await
-            .map_err(ApiError::AuditWrite)?;
-        return Err(ApiError::NotFound);
-    };
-    let topic = record.kafka_topic.clone();
-    let partition = record.kafka_partition;
-    let offset = record.kafka_offset;
     let jwks_uri = format!("{}{JWKS_PATH}", s.settings.public_url.trim_end_matches('/'));
-    let mut answer = ProofAnswer {
-        report: report.name().to_owned(),
-        query_id: asked.query_id.clone(),
-        chain: chain_id(&topic, partition),
-        status: "unchained".into(),
-        hash_algorithm: HASH_ALGORITHM.into(),
-        record,
-        previous: None,
-        next: None,
-        path: Vec::new(),
-        checkpoint: None,
-        jwks_uri,
-        checks: ProofChecks::default(),
-    };
-    // The asked record is written while the chain around the record is read.
-    crate::export::audited(&s, &asked, "answering", async {
+    // The record and the chain around it are read only while the asked record is written:
+    // no acknowledged record, no answer.
+    let found = crate::export::audited(&s, &asked, "answering", async {
+        let Some(record) = lookup.fetch(&s).await? else {
+            return Ok(None);
+        };
+        let topic = record.kafka_topic.clone();
+        let partition = record.kafka_partition;
+        let offset = record.kafka_offset;
+        let mut answer = ProofAnswer {
+            report: report.name().to_owned(),
+            query_id: asked.query_id.clone(),
+            chain: chain_id(&topic, partition),
+            status: "unchained".into(),
+            hash_algorithm: HASH_ALGORITHM.into(),
+            record,
+            previous: None,
+            next: None,
+            path: Vec::new(),
+            checkpoint: None,
+            jwks_uri,
+            checks: ProofChecks::default(),
+        };
         if answer.record.record_hash != GENESIS {
             fill_proof(&s, &mut answer, &topic, partition, offset).await?;
         }
-        Ok(())
+        Ok(Some(answer))
     })
     .await?;
+    let Some(answer) = found else {
+        s.audit.submit(&asked.record("answered", 0)).await;
+        return Err(ApiError::NotFound);
+    };
+    let asked = asked.with_tenant(&answer.record.tenant);
     s.audit
         .submit(&asked.record("answered", 1 + answer.path.len() as u64))
         .await;

@@ -11,7 +11,11 @@
 //! - [`export`]: JSON pages with cursors, CSV / NDJSON streaming;
 //! - [`fhir`]: the FHIR R4 endpoint: `metadata`, AuditEvent read and search (IHE BALP);
 //! - [`audit`]: the query audit;
-//! - [`integrity`]: chain verification, membership proofs and the checkpoint JWKS.
+//! - [`integrity`]: chain verification, membership proofs and the checkpoint JWKS;
+//! - [`limits`]: the global concurrency limit and the per-caller export limit.
+//!
+//! `/metrics` is not on the public router: [`admin_app`] serves it on
+//! `CUSTOS_QUERY_ADMIN_ADDR` (loopback by default).
 //!
 //! Tests drive [`app`] without a socket:
 //!
@@ -35,6 +39,7 @@ pub mod error;
 pub mod export;
 pub mod fhir;
 pub mod integrity;
+pub mod limits;
 pub mod openapi;
 pub mod params;
 pub mod reports;
@@ -47,7 +52,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{middleware, Json, Router};
 use custos_schemas::KeyRing;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -58,6 +63,7 @@ use utoipa::OpenApi;
 use crate::audit::QueryAudit;
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, QueryConfig};
+use crate::limits::{ExportSlots, RequestLimit};
 use crate::params::Limits;
 
 /// Report settings derived from the configuration.
@@ -73,6 +79,8 @@ pub struct Settings {
     pub public_url: String,
     /// Request timeout (headers of a response).
     pub request_timeout: Duration,
+    /// Time limit of one CSV / NDJSON export (its ClickHouse query and its stream).
+    pub export_timeout: Duration,
 }
 
 /// Shared state of the handlers.
@@ -82,16 +90,23 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// ClickHouse as the read-only account.
     pub reader: clickhouse::Client,
+    /// The read-only account for CSV / NDJSON exports: `max_execution_time` is
+    /// `CUSTOS_QUERY_EXPORT_TIMEOUT_SECS` instead of the request timeout.
+    pub exporter: clickhouse::Client,
     /// Query-audit writer (writer account).
     pub audit: QueryAudit,
     /// Pseudonymization keys (lookups try every live key).
     pub keys: Arc<KeyRing>,
     /// Settings.
     pub settings: Arc<Settings>,
-    /// Prometheus handle for `/metrics` (none in tests).
+    /// Prometheus handle for `/metrics` of [`admin_app`] (none in tests).
     pub metrics: Option<PrometheusHandle>,
     /// Tamper-evidence endpoints: checkpoint JWKS, verify client.
     pub integrity: Arc<integrity::Integrity>,
+    /// Requests served at a time (`CUSTOS_QUERY_MAX_CONCURRENT_REQUESTS`).
+    pub requests: RequestLimit,
+    /// Exports per caller (`CUSTOS_QUERY_EXPORTS_PER_CALLER`).
+    pub exports: ExportSlots,
 }
 
 impl std::fmt::Debug for AppState {
@@ -133,6 +148,7 @@ impl AppState {
                 .await?;
             if known > 0 {
                 self.reader = self.reader.clone().with_setting(*name, *value);
+                self.exporter = self.exporter.clone().with_setting(*name, *value);
                 applied.push(*name);
             }
         }
@@ -146,11 +162,15 @@ impl AppState {
     ) -> Result<AppState, ConfigError> {
         cfg.validate()?;
         let timeout = cfg.clickhouse_timeout_secs.to_string();
-        let reader = clickhouse::Client::default()
+        let reader_base = clickhouse::Client::default()
             .with_url(&cfg.clickhouse_url)
             .with_user(&cfg.reader_user)
-            .with_password(&cfg.reader_password)
+            .with_password(&cfg.reader_password);
+        let reader = reader_base
+            .clone()
             .with_setting("max_execution_time", timeout.clone());
+        let exporter =
+            reader_base.with_setting("max_execution_time", cfg.export_timeout_secs.to_string());
         let writer = clickhouse::Client::default()
             .with_url(&cfg.clickhouse_url)
             .with_user(&cfg.writer_user)
@@ -160,6 +180,7 @@ impl AppState {
         Ok(AppState {
             auth: Arc::new(Authenticator::new(&cfg.oidc)?),
             reader,
+            exporter,
             audit: QueryAudit::with_group_commit(writer.clone(), cfg.group_commit()),
             keys: Arc::new(cfg.key_ring()?),
             settings: Arc::new(Settings {
@@ -179,9 +200,12 @@ impl AppState {
                 revocation_grace_secs: cfg.revocation_grace_secs,
                 public_url: cfg.public_url.clone(),
                 request_timeout: cfg.clickhouse_timeout() + Duration::from_secs(5),
+                export_timeout: Duration::from_secs(cfg.export_timeout_secs),
             }),
             metrics,
             integrity: Arc::new(integrity::Integrity::new(cfg)?),
+            requests: RequestLimit::new(cfg.max_concurrent_requests as usize),
+            exports: ExportSlots::new(cfg.exports_per_caller as usize),
         })
     }
 }
@@ -198,7 +222,8 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         .fetch_one::<u64>()
         .await
         .is_ok();
-    let keys = s.auth.has_keys().await || s.auth.refresh(false).await.is_ok();
+    // At most one JWKS fetch per CUSTOS_OIDC_JWKS_REFRESH_MIN_SECS, however often probed.
+    let keys = s.auth.ready().await;
     let ready = store && audit_table && keys;
     let status = if ready {
         StatusCode::OK
@@ -226,27 +251,43 @@ async fn openapi_json() -> impl IntoResponse {
     Json(openapi::ApiDoc::openapi())
 }
 
-/// The whole API.
+/// The operations endpoints (`/metrics`), served on `CUSTOS_QUERY_ADMIN_ADDR` only.
+pub fn admin_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .fallback(error::not_found)
+        .with_state(state)
+}
+
+/// The whole public API (without `/metrics`: see [`admin_app`]).
 pub fn app(state: AppState) -> Router {
     let timeout = state.settings.request_timeout;
     let verify_timeout = state.integrity.verify_timeout;
-    Router::new()
+    // Everything but the probes counts against the concurrency limit, an export until its
+    // stream ends.
+    let limited = Router::new()
         .merge(api::router())
         .merge(integrity::router())
         .route("/fhir/metadata", get(fhir::capability::metadata))
         .route("/fhir/AuditEvent", get(fhir::search))
         .route("/fhir/AuditEvent/{id}", get(fhir::read::read))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
-        .fallback(error::not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             timeout,
         ))
         // Verification reads whole chains: its own, longer timeout.
         .merge(integrity::verify_router(verify_timeout))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_requests,
+        ));
+    Router::new()
+        .merge(limited)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(error::not_found)
         // Spans carry the path only: query strings hold raw patient ids.
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {

@@ -1,4 +1,5 @@
-//! `custos-query`: serves the report API until SIGTERM or SIGINT.
+//! `custos-query`: serves the report API until SIGTERM or SIGINT, and `/metrics` on the
+//! separate admin address (`CUSTOS_QUERY_ADMIN_ADDR`).
 
 use std::io::IsTerminal;
 
@@ -52,6 +53,10 @@ fn main() -> anyhow::Result<()> {
         }
         let listener = tokio::net::TcpListener::bind(cli.config.http_addr).await?;
         info!(addr = %cli.config.http_addr, "custos-query listening");
+        let admin = tokio::net::TcpListener::bind(cli.config.admin_addr).await?;
+        info!(addr = %cli.config.admin_addr, "custos-query admin endpoints (/metrics) listening");
+        let admin_app = custos_query::admin_app(state.clone());
+        let admin_task = tokio::spawn(async move { axum::serve(admin, admin_app).await });
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let audit = state.audit.clone();
@@ -63,6 +68,7 @@ fn main() -> anyhow::Result<()> {
                 }
             })
             .await?;
+        admin_task.abort();
         // Final query-audit records still queued are written before exiting.
         if tokio::time::timeout(std::time::Duration::from_secs(10), audit.flush())
             .await

@@ -1055,7 +1055,8 @@ async fn role_matrix() -> Result<()> {
     ] {
         assert!(doc["paths"].get(p).is_some(), "{p} missing from OpenAPI");
     }
-    assert_eq!(get(&app, "/metrics", None).await.status, 200);
+    // `/metrics` is served on the admin address only (see query_hardening.rs).
+    assert_eq!(get(&app, "/metrics", None).await.status, 404);
     assert_eq!(get(&app, "/nope", None).await.status, 404);
     Ok(())
 }

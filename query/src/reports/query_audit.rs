@@ -55,11 +55,11 @@ pub struct QueryAuditFilter {
     pub caller: Option<String>,
     /// Report name.
     pub report: Option<String>,
-    /// Tenant queried.
-    pub tenant: Option<String>,
+    /// Tenants queried (any of); `None`: every tenant. An empty list matches nothing.
+    pub tenants: Option<Vec<String>>,
 }
 
-/// The query-audit query (`Common::tenant` is ignored; the filter's tenant applies).
+/// The query-audit query (`Common::tenant` is ignored; the filter's tenants apply).
 pub fn build(c: &Common, f: &QueryAuditFilter, limit: u64) -> Sql {
     let mut sql = Sql::new(
         "SELECT query_id, asked_at, recorded_at, caller_sub, caller_issuer, caller_client, caller_roles, \
@@ -92,8 +92,8 @@ FROM custos.report_queries FINAL WHERE ",
     if let Some(v) = &f.report {
         sql.bind1(" AND report = ?", v);
     }
-    if let Some(v) = &f.tenant {
-        sql.bind1(" AND tenant = ?", v);
+    if let Some(v) = &f.tenants {
+        sql.bind1(" AND tenant IN ?", v.clone());
     }
     sql.bind1(" ORDER BY asked_at, query_id LIMIT ?", limit);
     sql
@@ -158,11 +158,26 @@ mod tests {
         let f = QueryAuditFilter {
             caller: Some("x' OR '1'='1".into()),
             report: Some("patient-access".into()),
-            tenant: None,
+            tenants: None,
         };
         let sql = build(&common(), &f, 101);
         assert!(sql.text().contains("FROM custos.report_queries FINAL"));
         assert!(!sql.text().contains("OR '1'"));
+        assert!(!sql.text().contains("AND tenant"));
+        assert_eq!(sql.text().matches('?').count(), sql.args().len());
+    }
+
+    #[test]
+    fn tenants_restrict_with_a_bound_list() {
+        let f = QueryAuditFilter {
+            tenants: Some(vec!["north".into(), "south".into()]),
+            ..QueryAuditFilter::default()
+        };
+        let sql = build(&common(), &f, 101);
+        assert!(sql.text().contains(" AND tenant IN ?"));
+        assert!(sql
+            .args()
+            .contains(&crate::sql::Arg::Strs(vec!["north".into(), "south".into()])));
         assert_eq!(sql.text().matches('?').count(), sql.args().len());
     }
 }

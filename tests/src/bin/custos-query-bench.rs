@@ -308,6 +308,11 @@ async fn start_server(args: &Args, issuer: &str) -> Result<(Server, String)> {
     let child = Command::new(query_binary(args)?)
         .envs(custos_tests::ch_env())
         .env("CUSTOS_QUERY_HTTP_ADDR", &addr)
+        // Its own /metrics port: a dev stack's custos-query holds the default one.
+        .env(
+            "CUSTOS_QUERY_ADMIN_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
         .env("CUSTOS_QUERY_PUBLIC_URL", format!("http://{addr}"))
         .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
         .env("CUSTOS_OIDC_ISSUER", issuer)
