@@ -1655,11 +1655,43 @@ fn clickhouse_accounts_match_the_dev_stack() {
     let users_xml = read("deploy/clickhouse/users.d/custos.xml");
     let compose_users = users_and_grants(&users_xml);
     let names: Vec<&str> = compose_users.keys().map(String::as_str).collect();
-    assert_eq!(names, ["custos_admin", "custos_reader", "custos_writer"]);
+    assert_eq!(
+        names,
+        [
+            "custos_admin",
+            "custos_consent",
+            "custos_query",
+            "custos_reader",
+            "custos_writer"
+        ]
+    );
+    // Each service its own account, with grants on exactly its tables.
     assert_eq!(
         compose_users["custos_writer"],
-        ["GRANT INSERT, SELECT ON custos.*"],
-        "the writer may INSERT and SELECT on custos.* only"
+        [
+            "GRANT INSERT, SELECT ON custos.audit_events",
+            "GRANT INSERT, SELECT ON custos.ingest_rejections",
+            "GRANT INSERT, SELECT ON custos.chain_heads",
+            "GRANT INSERT, SELECT ON custos.chain_checkpoints"
+        ],
+        "the ingest may INSERT and SELECT on its own tables only"
+    );
+    assert_eq!(
+        compose_users["custos_query"],
+        ["GRANT INSERT ON custos.report_queries"],
+        "the query API writes its own audit records only"
+    );
+    for user in ["custos_writer", "custos_query", "custos_consent"] {
+        assert!(
+            compose_users[user].iter().all(|g| !g.contains("custos.*")),
+            "{user} gets no grant on the whole database"
+        );
+    }
+    assert!(
+        compose_users["custos_consent"]
+            .iter()
+            .all(|g| !g.contains("audit_events")),
+        "the consent service cannot write audit rows"
     );
     assert_eq!(compose_users["custos_reader"], ["GRANT SELECT ON custos.*"]);
 
