@@ -86,11 +86,13 @@ pub fn app(extra: &[&str]) -> Router {
         &url,
         "--public-url",
         "http://127.0.0.1:8088",
-        "--reader-password",
-        &reader_pw,
-        "--writer-password",
-        &audit_pw,
     ];
+    // The dev accounts' passwords, unless the test sets its own.
+    for (flag, pw) in [("--reader-password", &reader_pw), ("--writer-password", &audit_pw)] {
+        if !extra.contains(&flag) {
+            args.extend([flag, pw.as_str()]);
+        }
+    }
     args.extend_from_slice(extra);
     let cli = Cli::try_parse_from(args).expect("config");
     let state = custos_query::AppState::new(&cli.config, None).expect("state");
