@@ -197,6 +197,10 @@ pub struct QueryConfig {
     /// checkpoint signatures. Without it checkpoints are reported as unverifiable.
     #[arg(long, env = "CUSTOS_CHECKPOINT_JWKS_FILE")]
     pub checkpoint_jwks_file: Option<std::path::PathBuf>,
+    /// Retention of audit rows in days (the ingest's TTL): `/v1/integrity/verify` treats a
+    /// record gone before this horizon, under a signed checkpoint, as pruned, not missing.
+    #[arg(long, env = "CUSTOS_RETENTION_DAYS", default_value_t = custos_schemas::migrations::DEFAULT_RETENTION_DAYS)]
+    pub retention_days: u32,
     /// Time limit of one `/v1/integrity/verify` run (HTTP and ClickHouse), in seconds.
     #[arg(long, env = "CUSTOS_QUERY_VERIFY_TIMEOUT_SECS", default_value_t = 600)]
     pub verify_timeout_secs: u64,

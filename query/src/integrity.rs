@@ -67,6 +67,8 @@ pub struct Integrity {
     pub proof_max_records: u64,
     /// Time limit of one verify run.
     pub verify_timeout: Duration,
+    /// Audit-row retention: records gone before now minus this may have been pruned.
+    pub retention: chrono::Duration,
 }
 
 impl std::fmt::Debug for Integrity {
@@ -95,6 +97,7 @@ impl Integrity {
             gate: Semaphore::new(1),
             proof_max_records: cfg.proof_max_records,
             verify_timeout: Duration::from_secs(cfg.verify_timeout_secs),
+            retention: chrono::Duration::days(i64::from(cfg.retention_days)),
         })
     }
 
@@ -343,7 +346,9 @@ pub async fn verify_chains(
     authorize(&s, &caller, report)?;
     // Chains span every tenant of a partition: tenant-bound tokens may not read them.
     crate::api::all_tenants(&caller)?;
-    let scope = verify_scope(&p)?;
+    let mut scope = verify_scope(&p)?;
+    scope.retention_horizon_ms =
+        Some((chrono::Utc::now() - s.integrity.retention).timestamp_millis());
     let mut audit = Map::new();
     audit.insert("topic".into(), json!(scope.topic));
     audit.insert("partition".into(), json!(scope.partition));

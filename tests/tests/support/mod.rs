@@ -88,7 +88,10 @@ pub fn app(extra: &[&str]) -> Router {
         "http://127.0.0.1:8088",
     ];
     // The dev accounts' passwords, unless the test sets its own.
-    for (flag, pw) in [("--reader-password", &reader_pw), ("--writer-password", &audit_pw)] {
+    for (flag, pw) in [
+        ("--reader-password", &reader_pw),
+        ("--writer-password", &audit_pw),
+    ] {
         if !extra.contains(&flag) {
             args.extend([flag, pw.as_str()]);
         }
