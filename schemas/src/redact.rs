@@ -266,8 +266,9 @@ fn scheme_credentials(bytes: &[u8], spans: &mut Vec<(usize, usize, Repl)>) {
         if bytes.len() < n {
             continue;
         }
-        for at in 0..=bytes.len() - n {
-            if !bytes[at..at + n].eq_ignore_ascii_case(scheme) {
+        let last = bytes.len() - n;
+        for at in memchr::memchr2_iter(scheme[0], scheme[0].to_ascii_uppercase(), bytes) {
+            if at > last || !bytes[at..at + n].eq_ignore_ascii_case(scheme) {
                 continue;
             }
             let start = skip_ws(bytes, at + n);
