@@ -123,8 +123,11 @@ impl KeycloakAdapter {
     ) -> Result<KeycloakAdapter, String> {
         let base = Url::parse(base.trim_end_matches('/'))
             .map_err(|_| "CUSTOS_KEYCLOAK_URL is not a URL".to_owned())?;
+        // Never follow a redirect: it would re-send the SET or the admin token to another
+        // address. A 3xx is a failed delivery, recorded with its status.
         let http = Client::builder()
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(KeycloakAdapter {
