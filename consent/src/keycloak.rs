@@ -429,4 +429,49 @@ mod tests {
         );
         assert!(!format!("{a:?}").contains("s3cret"));
     }
+
+    #[tokio::test]
+    async fn admin_calls_never_follow_redirects() {
+        use axum::http::{header, StatusCode};
+        use axum::response::IntoResponse;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        // Where a redirect would lead: it must never see the admin credentials.
+        let elsewhere_hits = Arc::new(AtomicUsize::new(0));
+        let hits = elsewhere_hits.clone();
+        let elsewhere = axum::Router::new().fallback(move || {
+            let hits = hits.clone();
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                StatusCode::OK.into_response()
+            }
+        });
+        let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("http://{}/steal", l2.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(l2, elsewhere).await;
+        });
+        let kc = axum::Router::new().fallback(move || {
+            let target = target.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response() }
+        });
+        let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l1.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(l1, kc).await;
+        });
+        let a = KeycloakAdapter::new(
+            &base,
+            "master",
+            "admin-cli",
+            AdminCredentials::ClientSecret("s3cret".into()),
+            Logout::Client,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let out = a.deliver("keycloak:custos", "user-1", "app").await;
+        assert_eq!(out.verdict, Verdict::Failed, "{out:?}");
+        assert_eq!(out.http_status, 307);
+        assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 0, "redirect followed");
+    }
 }
