@@ -806,7 +806,7 @@ mod tests {
     /// while `hang` is set.
     #[derive(Clone, Default)]
     struct FakeClickHouse {
-        inserts: Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+        inserts: Arc<std::sync::Mutex<Vec<String>>>,
         fail: Arc<std::sync::atomic::AtomicBool>,
         hang: Arc<std::sync::atomic::AtomicBool>,
         url: String,
@@ -829,11 +829,18 @@ mod tests {
                             tokio::time::sleep(Duration::from_secs(3600)).await;
                         }
                         if state.fail.load(Ordering::SeqCst) {
-                            return (StatusCode::INTERNAL_SERVER_ERROR, "Code: 497. ACCESS_DENIED")
+                            return (
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "Code: 497. ACCESS_DENIED",
+                            )
                                 .into_response();
                         }
                         let q = q.0.unwrap_or_default();
-                        state.inserts.lock().unwrap().push((q, body.to_vec()));
+                        state
+                            .inserts
+                            .lock()
+                            .unwrap()
+                            .push(format!("{q}\n{}", String::from_utf8_lossy(&body)));
                         StatusCode::OK.into_response()
                     }
                 },
@@ -844,14 +851,10 @@ mod tests {
             fake
         }
 
-        /// Every INSERT body so far, as lossy text (RowBinary strings are plain bytes).
+        /// Every INSERT so far (statement and body) as lossy text: RowBinary strings are
+        /// plain bytes.
         fn text(&self) -> String {
-            self.inserts
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(q, b)| format!("{q}\n{}\n", String::from_utf8_lossy(b)))
-                .collect()
+            self.inserts.lock().unwrap().join("\n")
         }
 
         fn count(&self) -> usize {
@@ -1121,16 +1124,25 @@ mod tests {
 
         let (s, _, _) = call(
             app.clone(),
-            get_req("/v1/consents?patient=PAT-RAW-4711&client_id=app", Some(&officer)),
+            get_req(
+                "/v1/consents?patient=PAT-RAW-4711&client_id=app",
+                Some(&officer),
+            ),
         )
         .await;
         assert_eq!(s, StatusCode::OK);
         // The asked record was acknowledged before the answer.
-        assert!(ch.count() >= 1, "answered before the audit record was written");
+        assert!(
+            ch.count() >= 1,
+            "answered before the audit record was written"
+        );
         let asked = ch.text();
         assert!(asked.contains("report_queries"), "{asked}");
         assert!(asked.contains("privacy:consents") && asked.contains("answering"));
-        assert!(asked.contains("u-123") && asked.contains("privacy-pat"), "caller");
+        assert!(
+            asked.contains("u-123") && asked.contains("privacy-pat"),
+            "caller"
+        );
         let ps = core
             .keys
             .pseudonymize("default", PseudonymKind::Patient, "PAT-RAW-4711");
@@ -1197,7 +1209,11 @@ mod tests {
         let officer = iss.token(&["privacy_officer"], |_| {});
         for req in [
             get_req("/v1/consents?patient=p", Some(&officer)),
-            post("/v1/consents/c1/revoke", Some(&officer), r#"{"reason":"x"}"#),
+            post(
+                "/v1/consents/c1/revoke",
+                Some(&officer),
+                r#"{"reason":"x"}"#,
+            ),
             post(
                 "/v1/consents/revoke",
                 Some(&officer),
@@ -1250,7 +1266,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        let resp = admin_app(core).oneshot(get_req("/healthz", None)).await.unwrap();
+        let resp = admin_app(core)
+            .oneshot(get_req("/healthz", None))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
     }
 
@@ -1259,7 +1278,11 @@ mod tests {
         let iss = Issuer::start().await;
         let (core, _ch) = core(iss.authenticator()).await;
         let officer = iss.token(&["privacy_officer"], |_| {});
-        let mut req = post("/v1/consents/c1/revoke", Some(&officer), r#"{"reason":"x"}"#);
+        let mut req = post(
+            "/v1/consents/c1/revoke",
+            Some(&officer),
+            r#"{"reason":"x"}"#,
+        );
         req.headers_mut()
             .insert("idempotency-key", HeaderValue::from_static("has space"));
         let (s, ct, _) = call(app(core), req).await;

@@ -121,8 +121,14 @@ mod tests {
 
     #[test]
     fn calls_are_named_by_route() {
-        assert_eq!(call_of(&Method::POST, "/v1/consents/revoke"), REVOKE_PATIENT);
-        assert_eq!(call_of(&Method::POST, "/v1/consents/c1/revoke"), REVOKE_CONSENT);
+        assert_eq!(
+            call_of(&Method::POST, "/v1/consents/revoke"),
+            REVOKE_PATIENT
+        );
+        assert_eq!(
+            call_of(&Method::POST, "/v1/consents/c1/revoke"),
+            REVOKE_CONSENT
+        );
         assert_eq!(call_of(&Method::GET, "/v1/consents"), CONSENTS);
         assert_eq!(call_of(&Method::GET, "/v1/revocations"), REVOCATIONS);
         assert_eq!(

@@ -173,7 +173,11 @@ pub struct ConsentConfig {
     )]
     pub admin_addr: SocketAddr,
     /// Longest time the HTTP API spends on one request, in seconds (then 504).
-    #[arg(long, env = "CUSTOS_CONSENT_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "CUSTOS_CONSENT_REQUEST_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
     pub api_timeout_secs: u64,
     /// How long a repeated identical revocation request (same caller, consent or patient
     /// and client, reason and `Idempotency-Key`) is answered with the first revocation, in
@@ -480,7 +484,10 @@ mod tests {
             "pw",
         ]);
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("CUSTOS_KEYCLOAK_URL") && e.contains("https"), "{e}");
+        assert!(
+            e.contains("CUSTOS_KEYCLOAK_URL") && e.contains("https"),
+            "{e}"
+        );
         let c = cfg(&[
             "--ssf-receivers",
             r#"[{"name":"gw","endpoint":"http://gateway.example/events"}]"#,

@@ -451,10 +451,13 @@ mod tests {
         tokio::spawn(async move {
             let _ = axum::serve(l2, elsewhere).await;
         });
-        let kc = axum::Router::new().fallback(move || {
-            let target = target.clone();
-            async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response() }
-        });
+        let kc =
+            axum::Router::new().fallback(move || {
+                let target = target.clone();
+                async move {
+                    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response()
+                }
+            });
         let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", l1.local_addr().unwrap());
         tokio::spawn(async move {
@@ -472,6 +475,10 @@ mod tests {
         let out = a.deliver("keycloak:custos", "user-1", "app").await;
         assert_eq!(out.verdict, Verdict::Failed, "{out:?}");
         assert_eq!(out.http_status, 307);
-        assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 0, "redirect followed");
+        assert_eq!(
+            elsewhere_hits.load(Ordering::SeqCst),
+            0,
+            "redirect followed"
+        );
     }
 }

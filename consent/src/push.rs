@@ -88,7 +88,7 @@ impl Outcome {
             408 | 425 | 429 => Verdict::Retry,
             // Redirects are never followed (they would re-send the SET or the admin token
             // elsewhere), and the same request would be redirected again.
-            300..=399 | 400..=499 => Verdict::Failed,
+            300..=499 => Verdict::Failed,
             _ => Verdict::Retry,
         };
         let code = format!("http_{status}");

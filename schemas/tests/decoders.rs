@@ -418,11 +418,7 @@ fn keycloak_unsupported_types_are_unknown_type() {
     let e = run(&fixture("keycloak/register.json")).unwrap_err();
     assert_eq!(e.reason(), "unknown_type");
     assert_eq!(e, DecodeError::UnknownType("REGISTER".into()));
-    for ty in [
-        "UPDATE_PASSWORD",
-        "REVOKE_GRANT_ERROR",
-        "x y",
-    ] {
+    for ty in ["UPDATE_PASSWORD", "REVOKE_GRANT_ERROR", "x y"] {
         let e = err_edited("keycloak/login.json", |v| v["type"] = json!(ty));
         assert_eq!(e.reason(), "unknown_type", "{ty}");
     }

@@ -1819,7 +1819,10 @@ async fn privacy_api_is_audited_idempotent_and_fails_closed_without_its_audit() 
     // The redirect is a failed delivery with its status; the redirect target got nothing.
     let states = target_states(&v);
     assert_eq!(states.get("ssf:redir").map(String::as_str), Some("failed"));
-    assert_eq!(states.get("keycloak").map(String::as_str), Some("delivered"));
+    assert_eq!(
+        states.get("keycloak").map(String::as_str),
+        Some("delivered")
+    );
     let attempts = attempts_of(&svc, &first_ids[0].1).await?;
     let redir: Vec<&Value> = attempts
         .iter()
@@ -1843,7 +1846,10 @@ async fn privacy_api_is_audited_idempotent_and_fails_closed_without_its_audit() 
         let r = privacy_audit_of(&officer_sub).await?;
         let settled = r.iter().all(|x| x["status"] != "answering");
         let calls = |name: &str| r.iter().filter(|x| x["report"] == name).count();
-        if settled && calls("privacy:revoke-patient") == 3 && calls("privacy:revocation-attempts") == 1 {
+        if settled
+            && calls("privacy:revoke-patient") == 3
+            && calls("privacy:revocation-attempts") == 1
+        {
             break r;
         }
         ensure!(
@@ -1874,7 +1880,11 @@ async fn privacy_api_is_audited_idempotent_and_fails_closed_without_its_audit() 
         if r["report"] == "privacy:revoke-patient" {
             assert_eq!(r["status"], "answered", "{text}");
             // UInt64 comes quoted in JSONEachRow.
-            assert_eq!(r["rows_returned"].to_string().trim_matches('"'), "1", "{text}");
+            assert_eq!(
+                r["rows_returned"].to_string().trim_matches('"'),
+                "1",
+                "{text}"
+            );
         }
     }
     ensure!(
@@ -1898,7 +1908,10 @@ async fn privacy_api_is_audited_idempotent_and_fails_closed_without_its_audit() 
         if r.iter().any(|x| x["status"] == "forbidden") {
             break;
         }
-        ensure!(start.elapsed() < Duration::from_secs(20), "refusal not recorded: {r:?}");
+        ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "refusal not recorded: {r:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
@@ -1921,7 +1934,11 @@ async fn privacy_api_is_audited_idempotent_and_fails_closed_without_its_audit() 
     let revoke2 = json!({"tenant": realm, "patient": user_id, "client_id": CLIENT,
         "reason": "second withdrawal"});
     for (m, path, body) in [
-        (reqwest::Method::POST, "/v1/consents/revoke".to_owned(), Some(&revoke2)),
+        (
+            reqwest::Method::POST,
+            "/v1/consents/revoke".to_owned(),
+            Some(&revoke2),
+        ),
         (
             reqwest::Method::POST,
             format!("/v1/consents/{consent_id}/revoke"),
