@@ -3,7 +3,7 @@
 //!
 //! 1. the *asked* record (caller, call, pseudonymized parameters; status `answering`) is
 //!    made durable before anything is read or revoked: if ClickHouse does not acknowledge
-//!    it, the call is answered `503 audit-unavailable` and nothing happens;
+//!    it (after one retry), the call is answered `503 audit-unavailable` and nothing happens;
 //! 2. the *final* record (`answered` with the rows returned or revocations published,
 //!    `rejected` for a 4xx such as an unknown consent, `failed` for a backend failure) is
 //!    queued after, without delaying the answer. A call dropped on the way (timeout, client
@@ -76,7 +76,13 @@ impl Call {
             m.insert("actor".into(), caller.actor().into());
         }
         let asked = Asked::new(caller, call, tenant, parameters, "json");
-        if let Err(e) = audit.write(&asked.record("answering", 0)).await {
+        let mut written = audit.write(&asked.record("answering", 0)).await;
+        if written.is_err() {
+            // One retry covers a dropped connection; a refusal (credentials, grants) stays.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            written = audit.write(&asked.record("answering", 0)).await;
+        }
+        if let Err(e) = written {
             metrics::counter!("custos_consent_audit_unavailable_total").increment(1);
             error!(error = %e, call, "privacy-API audit record not written; call refused");
             return Err(e);
