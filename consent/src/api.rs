@@ -1138,7 +1138,7 @@ mod tests {
         );
         let asked = ch.text();
         assert!(asked.contains("report_queries"), "{asked}");
-        assert!(asked.contains("privacy:consents") && asked.contains("answering"));
+        assert!(asked.contains("privacy.consents") && asked.contains("answering"));
         assert!(
             asked.contains("u-123") && asked.contains("privacy-pat"),
             "caller"
@@ -1157,7 +1157,7 @@ mod tests {
                     Some(&officer),
                     r#"{"reason":"asked by PAT-RAW-4711"}"#,
                 ),
-                "privacy:revoke-consent",
+                "privacy.revoke-consent",
             ),
             (
                 post(
@@ -1165,15 +1165,15 @@ mod tests {
                     Some(&officer),
                     r#"{"patient":"PAT-RAW-4711","client_id":"app","reason":"r"}"#,
                 ),
-                "privacy:revoke-patient",
+                "privacy.revoke-patient",
             ),
             (
                 get_req("/v1/revocations?state=failed", Some(&officer)),
-                "privacy:revocations",
+                "privacy.revocations",
             ),
             (
                 get_req("/v1/revocations/rev-1/attempts", Some(&officer)),
-                "privacy:revocation-attempts",
+                "privacy.revocation-attempts",
             ),
         ] {
             let before = ch.count();

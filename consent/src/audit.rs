@@ -10,9 +10,10 @@
 //!    gone) gets `aborted`.
 //!
 //! A refused call (403) is recorded `forbidden`, best effort. Calls are named
-//! `privacy:<call>` in the `report` column, so they sort apart from the query API's
-//! reports in the query-audit report. Patient identifiers appear only as pseudonyms under
-//! the current key; a revocation's free-text reason is not copied.
+//! `privacy.<call>` in the `report` column, so they sort apart from the query API's
+//! reports, and the query-audit report can filter on them (`report=privacy.consents`).
+//! Patient identifiers appear only as pseudonyms under the current key; a revocation's
+//! free-text reason is not copied.
 
 use custos_query::audit::{Asked, AuditError, QueryAudit};
 use custos_query::auth::Caller;
@@ -20,15 +21,15 @@ use serde_json::{json, Value};
 use tracing::error;
 
 /// `report` of `GET /v1/consents`.
-pub const CONSENTS: &str = "privacy:consents";
+pub const CONSENTS: &str = "privacy.consents";
 /// `report` of `POST /v1/consents/{id}/revoke`.
-pub const REVOKE_CONSENT: &str = "privacy:revoke-consent";
+pub const REVOKE_CONSENT: &str = "privacy.revoke-consent";
 /// `report` of `POST /v1/consents/revoke`.
-pub const REVOKE_PATIENT: &str = "privacy:revoke-patient";
+pub const REVOKE_PATIENT: &str = "privacy.revoke-patient";
 /// `report` of `GET /v1/revocations`.
-pub const REVOCATIONS: &str = "privacy:revocations";
+pub const REVOCATIONS: &str = "privacy.revocations";
 /// `report` of `GET /v1/revocations/{id}/attempts`.
-pub const ATTEMPTS: &str = "privacy:revocation-attempts";
+pub const ATTEMPTS: &str = "privacy.revocation-attempts";
 
 /// The call name of a privacy-API request, from its method and path.
 pub fn call_of(method: &axum::http::Method, path: &str) -> &'static str {
@@ -124,6 +125,22 @@ impl Drop for Call {
 mod tests {
     use super::*;
     use axum::http::Method;
+
+    #[test]
+    fn call_names_pass_the_query_audit_report_filter() {
+        for name in [
+            CONSENTS,
+            REVOKE_CONSENT,
+            REVOKE_PATIENT,
+            REVOCATIONS,
+            ATTEMPTS,
+        ] {
+            assert!(
+                custos_query::params::code("report", Some(name)).is_ok(),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn calls_are_named_by_route() {

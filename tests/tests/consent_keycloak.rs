@@ -1665,7 +1665,7 @@ async fn privacy_audit_of(caller_sub: &str) -> Result<Vec<Value>> {
         .query(&[("param_s", caller_sub)])
         .body(
             "SELECT * FROM custos.report_queries FINAL WHERE caller_sub = {s:String} \
-             AND startsWith(report, 'privacy:') ORDER BY asked_at FORMAT JSONEachRow",
+             AND startsWith(report, 'privacy.') ORDER BY asked_at FORMAT JSONEachRow",
         )
         .send()
         .await?
@@ -1847,8 +1847,8 @@ async fn privacy_api_is_audited_idempotent_and_fails_closed_without_its_audit() 
         let settled = r.iter().all(|x| x["status"] != "answering");
         let calls = |name: &str| r.iter().filter(|x| x["report"] == name).count();
         if settled
-            && calls("privacy:revoke-patient") == 3
-            && calls("privacy:revocation-attempts") == 1
+            && calls("privacy.revoke-patient") == 3
+            && calls("privacy.revocation-attempts") == 1
         {
             break r;
         }
@@ -1873,11 +1873,11 @@ async fn privacy_api_is_audited_idempotent_and_fails_closed_without_its_audit() 
             format!("service-account-{}", PRIVACY_CLIENTS[0].0),
             "{text}"
         );
-        if r["report"] == "privacy:revoke-patient" || r["report"] == "privacy:consents" {
+        if r["report"] == "privacy.revoke-patient" || r["report"] == "privacy.consents" {
             assert_eq!(params["patient"], pseudonym, "{text}");
             assert_eq!(r["tenant"], realm.as_str());
         }
-        if r["report"] == "privacy:revoke-patient" {
+        if r["report"] == "privacy.revoke-patient" {
             assert_eq!(r["status"], "answered", "{text}");
             // UInt64 comes quoted in JSONEachRow.
             assert_eq!(
@@ -1888,7 +1888,7 @@ async fn privacy_api_is_audited_idempotent_and_fails_closed_without_its_audit() 
         }
     }
     ensure!(
-        records.iter().any(|r| r["report"] == "privacy:consents"),
+        records.iter().any(|r| r["report"] == "privacy.consents"),
         "no record of the reads"
     );
     // A refusal is recorded too.
