@@ -43,6 +43,36 @@ pub enum ConfigError {
     },
 }
 
+/// Checks a URL the service sends revocations or admin credentials to: `https`, or `http`
+/// to a loopback host (127.0.0.0/8, `::1`, `localhost`), or `http` anywhere with
+/// `allow_plain_http`. The host is the parsed URL's, so `http://127.0.0.1:x@evil/` is `evil`.
+pub fn check_push_url(what: &str, url: &str, allow_plain_http: bool) -> Result<(), ConfigError> {
+    let bad = |why: &str| Err(ConfigError::Invalid(format!("{what}: {why}")));
+    let Ok(parsed) = reqwest::Url::parse(url.trim()) else {
+        return bad("not an absolute URL");
+    };
+    let Some(host) = parsed.host_str() else {
+        return bad("the URL names no host");
+    };
+    // IPv6 hosts are bracketed; IPv4 hosts are already normalized (`127.1` is 127.0.0.1).
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return bad("credentials in the URL are not allowed (use the authorization setting)");
+    }
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback || allow_plain_http => Ok(()),
+        "http" => bad(
+            "plain http is only allowed to a loopback host; use https (or set CUSTOS_CONSENT_ALLOW_PLAIN_HTTP=true on a development network)",
+        ),
+        _ => bad("the scheme must be https"),
+    }
+}
+
 /// One SSF push receiver (RFC 8935).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Receiver {
@@ -127,13 +157,53 @@ pub struct ConsentConfig {
     /// Sealing key id for new values (default: the last).
     #[arg(long, env = "CUSTOS_CONSENT_SEAL_CURRENT_KID")]
     pub seal_current_kid: Option<String>,
-    /// Address of the HTTP API (privacy API, SSF metadata, JWKS, health, metrics).
+    /// Address of the HTTP API (privacy API, SSF metadata, JWKS, health).
     #[arg(
         long,
         env = "CUSTOS_CONSENT_HTTP_ADDR",
         default_value = "127.0.0.1:9465"
     )]
     pub http_addr: SocketAddr,
+    /// Address of the operational routes (`/metrics`, `/healthz`, `/readyz`), kept off the
+    /// API address so metrics are not served to API clients.
+    #[arg(
+        long,
+        env = "CUSTOS_CONSENT_ADMIN_ADDR",
+        default_value = "127.0.0.1:9467"
+    )]
+    pub admin_addr: SocketAddr,
+    /// Longest time the HTTP API spends on one request, in seconds (then 504).
+    #[arg(
+        long,
+        env = "CUSTOS_CONSENT_REQUEST_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub api_timeout_secs: u64,
+    /// How long a repeated identical revocation request (same caller, consent or patient
+    /// and client, reason and `Idempotency-Key`) is answered with the first revocation, in
+    /// seconds.
+    #[arg(
+        long,
+        env = "CUSTOS_CONSENT_IDEMPOTENCY_WINDOW_SECS",
+        default_value_t = 86_400
+    )]
+    pub idempotency_window_secs: u64,
+    /// ClickHouse account writing the privacy API's own audit (`custos.report_queries`).
+    /// Unset: the writer account.
+    #[arg(long, env = "CUSTOS_CONSENT_AUDIT_USER")]
+    pub audit_user: Option<String>,
+    /// Its password (unset: the writer's).
+    #[arg(long, env = "CUSTOS_CONSENT_AUDIT_PASSWORD", hide_env_values = true)]
+    pub audit_password: Option<String>,
+    /// Allows plain `http://` Keycloak and SSF receiver URLs on non-loopback hosts
+    /// (development networks only: SETs and admin tokens then travel unencrypted).
+    #[arg(
+        long,
+        env = "CUSTOS_CONSENT_ALLOW_PLAIN_HTTP",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub allow_plain_http: bool,
     /// Keycloak base URL (e.g. http://127.0.0.1:18080). Unset: no Keycloak target.
     #[arg(long, env = "CUSTOS_KEYCLOAK_URL")]
     pub keycloak_url: Option<String>,
@@ -227,6 +297,15 @@ impl ConsentConfig {
         if self.expiry_scan_secs == 0 {
             return bad("CUSTOS_CONSENT_EXPIRY_SCAN_SECS must be positive");
         }
+        if self.api_timeout_secs == 0 || self.api_timeout_secs > 3600 {
+            return bad("CUSTOS_CONSENT_REQUEST_TIMEOUT_SECS must be 1..=3600");
+        }
+        if self.idempotency_window_secs > 7 * 86_400 {
+            return bad("CUSTOS_CONSENT_IDEMPOTENCY_WINDOW_SECS must be at most 604800 (7 days)");
+        }
+        if self.admin_addr == self.http_addr {
+            return bad("CUSTOS_CONSENT_ADMIN_ADDR must differ from CUSTOS_CONSENT_HTTP_ADDR");
+        }
         if !matches!(self.keycloak_logout.as_str(), "client" | "user" | "none") {
             return bad("CUSTOS_KEYCLOAK_LOGOUT must be client, user or none");
         }
@@ -238,7 +317,17 @@ impl ConsentConfig {
                 "CUSTOS_KEYCLOAK_URL needs CUSTOS_KEYCLOAK_ADMIN_PASSWORD or _CLIENT_SECRET",
             );
         }
+        if let Some(url) = &self.keycloak_url {
+            check_push_url("CUSTOS_KEYCLOAK_URL", url, self.allow_plain_http)?;
+        }
         let receivers = self.receivers()?;
+        for r in &receivers {
+            check_push_url(
+                &format!("CUSTOS_SSF_RECEIVERS endpoint of {:?}", r.name),
+                &r.endpoint,
+                self.allow_plain_http,
+            )?;
+        }
         let mut names: Vec<&str> = receivers.iter().map(|r| r.name.as_str()).collect();
         names.sort_unstable();
         names.dedup();
@@ -255,6 +344,11 @@ impl ConsentConfig {
             return bad("SSF receiver names must be [A-Za-z0-9._-]+");
         }
         Ok(())
+    }
+
+    /// The privacy API's request timeout.
+    pub fn api_timeout(&self) -> Duration {
+        Duration::from_secs(self.api_timeout_secs)
     }
 
     /// The SSF receivers.
@@ -321,5 +415,108 @@ impl ConsentConfig {
     /// Timeout of one outbound request.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cfg: ConsentConfig,
+    }
+
+    fn cfg(extra: &[&str]) -> ConsentConfig {
+        let mut args = vec![
+            "t",
+            "--oidc-issuer",
+            "https://as.example/realms/r",
+            "--oidc-audience",
+            "custos-privacy-api",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).unwrap().cfg
+    }
+
+    fn refused(what: &str, url: &str) -> bool {
+        check_push_url(what, url, false).is_err()
+    }
+
+    #[test]
+    fn push_urls_must_be_https_unless_loopback() {
+        for ok in [
+            "https://kc.example",
+            "https://gw.example:8443/ssf/events",
+            "http://127.0.0.1:18080",
+            "http://127.1.2.3/x",
+            "http://[::1]:9/events",
+            "http://localhost:8080",
+        ] {
+            assert!(check_push_url("u", ok, false).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://kc.example:8080",
+            "http://10.0.0.5/events",
+            // Userinfo that looks like a loopback host: the host is `evil.example`.
+            "http://127.0.0.1:18080@evil.example/",
+            "http://localhost.evil.example/",
+            "https://user:pw@kc.example/",
+            "ftp://127.0.0.1/",
+            "/relative/path",
+            "not a url",
+        ] {
+            assert!(refused("u", bad), "{bad}");
+        }
+        // The explicit opt-in allows plain http elsewhere, never other schemes.
+        assert!(check_push_url("u", "http://kc.example:8080", true).is_ok());
+        assert!(check_push_url("u", "ftp://kc.example/", true).is_err());
+    }
+
+    #[test]
+    fn validate_refuses_plain_http_push_targets_with_a_clear_error() {
+        let c = cfg(&[
+            "--keycloak-url",
+            "http://keycloak.example:8080",
+            "--keycloak-admin-password",
+            "pw",
+        ]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("CUSTOS_KEYCLOAK_URL") && e.contains("https"),
+            "{e}"
+        );
+        let c = cfg(&[
+            "--ssf-receivers",
+            r#"[{"name":"gw","endpoint":"http://gateway.example/events"}]"#,
+        ]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("\"gw\"") && e.contains("https"), "{e}");
+        let c = cfg(&[
+            "--ssf-receivers",
+            r#"[{"name":"gw","endpoint":"http://gateway.example/events"}]"#,
+            "--allow-plain-http",
+            "true",
+        ]);
+        c.validate().unwrap();
+        let c = cfg(&[
+            "--keycloak-url",
+            "http://127.0.0.1:18080",
+            "--keycloak-admin-password",
+            "pw",
+        ]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn admin_address_and_timeouts_are_checked() {
+        let c = cfg(&[]);
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9467");
+        assert_eq!(c.api_timeout(), Duration::from_secs(30));
+        c.validate().unwrap();
+        assert!(cfg(&["--admin-addr", "127.0.0.1:9465"]).validate().is_err());
+        assert!(cfg(&["--api-timeout-secs", "0"]).validate().is_err());
     }
 }

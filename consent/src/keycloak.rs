@@ -123,8 +123,11 @@ impl KeycloakAdapter {
     ) -> Result<KeycloakAdapter, String> {
         let base = Url::parse(base.trim_end_matches('/'))
             .map_err(|_| "CUSTOS_KEYCLOAK_URL is not a URL".to_owned())?;
+        // Never follow a redirect: it would re-send the SET or the admin token to another
+        // address. A 3xx is a failed delivery, recorded with its status.
         let http = Client::builder()
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(KeycloakAdapter {
@@ -425,5 +428,57 @@ mod tests {
             "http://127.0.0.1:18080/admin/realms/r/users/..%2Fx%3Fy/consents/a%2Fb"
         );
         assert!(!format!("{a:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn admin_calls_never_follow_redirects() {
+        use axum::http::{header, StatusCode};
+        use axum::response::IntoResponse;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        // Where a redirect would lead: it must never see the admin credentials.
+        let elsewhere_hits = Arc::new(AtomicUsize::new(0));
+        let hits = elsewhere_hits.clone();
+        let elsewhere = axum::Router::new().fallback(move || {
+            let hits = hits.clone();
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                StatusCode::OK.into_response()
+            }
+        });
+        let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("http://{}/steal", l2.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(l2, elsewhere).await;
+        });
+        let kc =
+            axum::Router::new().fallback(move || {
+                let target = target.clone();
+                async move {
+                    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response()
+                }
+            });
+        let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l1.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(l1, kc).await;
+        });
+        let a = KeycloakAdapter::new(
+            &base,
+            "master",
+            "admin-cli",
+            AdminCredentials::ClientSecret("s3cret".into()),
+            Logout::Client,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let out = a.deliver("keycloak:custos", "user-1", "app").await;
+        assert_eq!(out.verdict, Verdict::Failed, "{out:?}");
+        assert_eq!(out.http_status, 307);
+        assert_eq!(
+            elsewhere_hits.load(Ordering::SeqCst),
+            0,
+            "redirect followed"
+        );
     }
 }

@@ -14,14 +14,18 @@
 //!   [`ssf`] + [`set`] (CAEP session-revoked SETs, RFC 8417/8935/9493) and [`publish`]
 //!   (`custos.revocations`).
 //! - [`seal`]: AEAD sealing of the raw identifiers a push needs.
-//! - [`api`]: the privacy API, SSF metadata, JWKS, health and metrics.
+//! - [`api`]: the privacy API, SSF metadata, JWKS and health; metrics on the admin address.
+//! - [`audit`]: the privacy API's own audit (the query API's `custos.report_queries`).
+//! - [`idempotency`]: repeated revocation requests answered with the first revocation.
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod consumer;
 pub mod dispatcher;
 pub mod health;
+pub mod idempotency;
 pub mod keycloak;
 pub mod publish;
 pub mod push;

@@ -86,7 +86,9 @@ impl Outcome {
     pub fn http(step: &str, status: u16, body: &str) -> Outcome {
         let verdict = match status {
             408 | 425 | 429 => Verdict::Retry,
-            400..=499 => Verdict::Failed,
+            // Redirects are never followed (they would re-send the SET or the admin token
+            // elsewhere), and the same request would be redirected again.
+            300..=499 => Verdict::Failed,
             _ => Verdict::Retry,
         };
         let code = format!("http_{status}");
@@ -110,6 +112,8 @@ mod tests {
         assert_eq!(Outcome::http("x", 429, "").verdict, Verdict::Retry);
         assert_eq!(Outcome::http("x", 400, "").verdict, Verdict::Failed);
         assert_eq!(Outcome::http("x", 403, "").verdict, Verdict::Failed);
+        assert_eq!(Outcome::http("x", 307, "").verdict, Verdict::Failed);
+        assert_eq!(Outcome::http("x", 307, "").code, "http_307");
         let long = "é".repeat(600);
         assert!(Outcome::http("x", 400, &long).receipt.len() <= 512);
     }

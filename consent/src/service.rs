@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use custos_query::audit::QueryAudit;
 use custos_query::auth::Authenticator;
 use custos_schemas::{ConsentData, KeyRing};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -17,6 +18,7 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, ConsentConfig};
 use crate::dispatcher::{Dispatcher, Job, RetryPolicy};
 use crate::health::Health;
+use crate::idempotency::Replays;
 use crate::keycloak::{AdminCredentials, KeycloakAdapter, Logout};
 use crate::publish::Publisher;
 use crate::seal::Sealer;
@@ -72,6 +74,12 @@ pub struct Core {
     pub auth: Arc<Authenticator>,
     /// Prometheus exposition.
     pub metrics: Option<PrometheusHandle>,
+    /// The privacy API's own audit (`custos.report_queries`, the query API's writer).
+    pub audit: QueryAudit,
+    /// Longest time the HTTP API spends on one request.
+    pub api_timeout: Duration,
+    /// Answers of recent revocation requests, for idempotent repeats.
+    pub replays: Replays,
 }
 
 /// Rebuilds a consent state from its latest history row.
@@ -122,6 +130,16 @@ pub async fn run(
         &cfg.clickhouse_password,
         Duration::from_secs(30),
     );
+    let audit_writer = clickhouse::Client::default()
+        .with_url(&cfg.clickhouse_url)
+        .with_user(cfg.audit_user.as_deref().unwrap_or(&cfg.clickhouse_user))
+        .with_password(
+            cfg.audit_password
+                .as_deref()
+                .unwrap_or(&cfg.clickhouse_password),
+        )
+        .with_database("custos")
+        .with_setting("max_execution_time", "30");
     let revocations_topic = Some(cfg.revocations_topic.clone()).filter(|t| !t.trim().is_empty());
     let publisher = Publisher::new(&cfg.brokers, &cfg.consent_topic, revocations_topic)?;
     let keycloak = match &cfg.keycloak_url {
@@ -188,6 +206,9 @@ pub async fn run(
         max_event_bytes: cfg.max_event_bytes,
         auth,
         metrics,
+        audit: QueryAudit::new(audit_writer),
+        api_timeout: cfg.api_timeout(),
+        replays: Replays::new(Duration::from_secs(cfg.idempotency_window_secs)),
     });
 
     // HTTP first, so /healthz answers (and /readyz explains) while the state loads.
@@ -209,6 +230,24 @@ pub async fn run(
         }
     });
     info!(addr = %cfg.http_addr, "HTTP API listening");
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin_addr)
+        .await
+        .map_err(|source| ServiceError::Listen {
+            addr: cfg.admin_addr,
+            source,
+        })?;
+    let admin_app = crate::api::admin_app(core.clone());
+    let admin_cancel = cancel.clone();
+    let admin = tokio::spawn(async move {
+        let shutdown = async move { admin_cancel.cancelled().await };
+        if let Err(e) = axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            warn!(error = %e, "admin HTTP server failed");
+        }
+    });
+    info!(addr = %cfg.admin_addr, "admin routes (/metrics, /healthz, /readyz) listening");
 
     let mut topics = vec![cfg.consent_topic.clone()];
     if !cfg.as_topic.trim().is_empty() {
@@ -216,6 +255,7 @@ pub async fn run(
     }
     let Some((applied, pending)) = load(&core, &topics, &cancel).await else {
         let _ = http.await;
+        let _ = admin.await;
         return Ok(());
     };
     core.health.set_loaded();
@@ -269,6 +309,8 @@ pub async fn run(
     cancel.cancel();
     let _ = scanner.await;
     let _ = http.await;
+    let _ = admin.await;
+    core.audit.flush().await;
     info!("consent service stopped");
     Ok(result?)
 }

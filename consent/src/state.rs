@@ -665,6 +665,30 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_keycloak_consent_screen_grants_nothing() {
+        let keys = KeyRing::parse(KEYS, None).unwrap();
+        let sealer = Sealer::parse(SEAL, None).unwrap();
+        let ctx = FoldContext {
+            keys: &keys,
+            sealer: &sealer,
+            default_tenant: "default",
+        };
+        let kc = serde_json::json!({"id":"kc-ev-1","time":1767268700000_i64,
+            "type":"GRANT_CONSENT_ERROR","realmId":"general","clientId":"app",
+            "userId":"user-1","error":"rejected_by_user",
+            "details":{"granted_client":"app","scope":"patient/*.rs"}});
+        let ev = decode(
+            &serde_json::to_vec(&kc).unwrap(),
+            &[],
+            &DecodeLimits::default(),
+        )
+        .unwrap();
+        let mut book = ConsentBook::default();
+        assert!(book.apply(&ev, &pos(0), 1, &ctx).is_empty());
+        assert!(book.is_empty());
+    }
+
+    #[test]
     fn deprovisioning_revokes_the_users_active_consents() {
         let keys = KeyRing::parse(KEYS, None).unwrap();
         let sealer = Sealer::parse(SEAL, None).unwrap();

@@ -18,6 +18,7 @@
 //! | `REFRESH_TOKEN` (and `_ERROR`) | `custos.token.refreshed` | `jti` = `details.token_id` |
 //! | `INTROSPECT_TOKEN` (and `_ERROR`) | `custos.token.introspected` | `active` = not an error |
 //! | `GRANT_CONSENT`, `UPDATE_CONSENT` | `custos.consent.granted` | client = `details.granted_client` or `clientId` |
+//! | `GRANT_CONSENT_ERROR`, `UPDATE_CONSENT_ERROR` | `custos.auth.login_failed` | the consent screen was refused or failed: no consent, no token; `error` kept (e.g. `rejected_by_user`) |
 //! | `REVOKE_GRANT` with `details.revoked_client`, or with neither detail | `custos.consent.revoked` | |
 //! | `REVOKE_GRANT` with only `details.token_id` (RFC 7009 access-token revocation) | `custos.token.revoked` | |
 //!
@@ -183,6 +184,9 @@ fn classify(ty: &str) -> Option<(Kind, bool)> {
         "REFRESH_TOKEN" => Kind::Token(EventType::TokenRefreshed),
         "INTROSPECT_TOKEN" => Kind::Token(EventType::TokenIntrospected),
         "GRANT_CONSENT" | "UPDATE_CONSENT" if !is_error => Kind::ConsentGranted,
+        // A refused (or failed) consent screen ends the login without a grant: a failed
+        // login with Keycloak's error, never a consent event (nothing to fold or revoke).
+        "GRANT_CONSENT" | "UPDATE_CONSENT" => Kind::Auth(EventType::AuthLoginFailed),
         "REVOKE_GRANT" if !is_error => Kind::RevokeGrant,
         _ => return None,
     };
@@ -457,6 +461,10 @@ mod tests {
         assert!(matches!(
             classify("TOKEN_EXCHANGE_ERROR"),
             Some((Kind::Token(EventType::TokenIssued), true))
+        ));
+        assert!(matches!(
+            classify("GRANT_CONSENT_ERROR"),
+            Some((Kind::Auth(EventType::AuthLoginFailed), true))
         ));
         assert!(classify("REVOKE_GRANT_ERROR").is_none());
         assert!(classify("REGISTER").is_none());

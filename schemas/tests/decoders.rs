@@ -153,6 +153,34 @@ fn keycloak_login_error_keeps_error_and_tolerates_missing_user_and_client() {
 }
 
 #[test]
+fn keycloak_grant_consent_error_is_a_failed_login_not_a_consent() {
+    for ty in ["GRANT_CONSENT_ERROR", "UPDATE_CONSENT_ERROR"] {
+        let ev = ok_edited("keycloak/grant_consent.json", |v| {
+            v["type"] = json!(ty);
+            v["error"] = json!("rejected_by_user");
+            v["clientId"] = json!(APP);
+        });
+        assert_eq!(ev.event_type, EventType::AuthLoginFailed, "{ty}");
+        assert_eq!(ev.format, SourceFormat::KeycloakEvent);
+        let d = auth(&ev);
+        assert_eq!(d.sub.as_deref(), Some(PATIENT_USER));
+        assert_eq!(d.client_id, APP);
+        assert_eq!(d.error.as_deref(), Some("rejected_by_user"));
+        // Not a consent: nothing for the consent fold to grant.
+        assert!(!matches!(ev.payload, Payload::Consent(_)));
+        let text = format!("{ev:?}");
+        assert!(!text.contains("jane.roe"), "{text}");
+    }
+    // Keycloak could not identify the client: client `unknown`, like other errors.
+    let ev = ok_edited("keycloak/grant_consent.json", |v| {
+        v["type"] = json!("GRANT_CONSENT_ERROR");
+        v["error"] = json!("invalid_client");
+        v.as_object_mut().unwrap().remove("clientId");
+    });
+    assert_eq!(auth(&ev).client_id, "unknown");
+}
+
+#[test]
 fn keycloak_logout_and_logout_error() {
     let ev = ok("keycloak/logout.json");
     assert_eq!(ev.event_type, EventType::AuthLogout);
@@ -390,12 +418,7 @@ fn keycloak_unsupported_types_are_unknown_type() {
     let e = run(&fixture("keycloak/register.json")).unwrap_err();
     assert_eq!(e.reason(), "unknown_type");
     assert_eq!(e, DecodeError::UnknownType("REGISTER".into()));
-    for ty in [
-        "UPDATE_PASSWORD",
-        "GRANT_CONSENT_ERROR",
-        "REVOKE_GRANT_ERROR",
-        "x y",
-    ] {
+    for ty in ["UPDATE_PASSWORD", "REVOKE_GRANT_ERROR", "x y"] {
         let e = err_edited("keycloak/login.json", |v| v["type"] = json!(ty));
         assert_eq!(e.reason(), "unknown_type", "{ty}");
     }

@@ -1094,6 +1094,7 @@ fn consent_env_matches_the_code() {
         "CUSTOS_PSEUDONYM_KEYS_FILE",
         "CUSTOS_CONSENT_SEAL_KEYS_FILE",
         "CUSTOS_CONSENT_HTTP_ADDR",
+        "CUSTOS_CONSENT_ADMIN_ADDR",
         "CUSTOS_KEYCLOAK_URL",
         "CUSTOS_KEYCLOAK_ADMIN_REALM",
         "CUSTOS_KEYCLOAK_ADMIN_CLIENT_ID",
@@ -1128,6 +1129,10 @@ fn consent_env_matches_the_code() {
     assert_eq!(get("CUSTOS_CLICKHOUSE_URL"), "http://clickhouse:8123");
     assert_eq!(get("CUSTOS_CONSENT_CLICKHOUSE_USER"), "custos_consent");
     assert!(get("CUSTOS_CONSENT_HTTP_ADDR").starts_with("0.0.0.0:"));
+    // /metrics is served on the admin address only, never on the API's.
+    let admin = get("CUSTOS_CONSENT_ADMIN_ADDR");
+    assert!(admin.starts_with("0.0.0.0:"), "{admin}");
+    assert_ne!(admin, get("CUSTOS_CONSENT_HTTP_ADDR"));
     let svc = service(&c, "consent");
     assert_eq!(
         secret_of(svc, "CUSTOS_CONSENT_CLICKHOUSE_PASSWORD"),
@@ -1286,9 +1291,10 @@ fn host_ports_are_bound_to_loopback() {
         .iter()
         .map(|p| default_of(p))
         .collect();
-    for (name, var) in [
-        ("query", "CUSTOS_QUERY_HTTP_ADDR"),
-        ("consent", "CUSTOS_CONSENT_HTTP_ADDR"),
+    for (name, var, probed) in [
+        ("query", "CUSTOS_QUERY_HTTP_ADDR", true),
+        ("consent", "CUSTOS_CONSENT_HTTP_ADDR", true),
+        ("consent", "CUSTOS_CONSENT_ADMIN_ADDR", false),
     ] {
         let svc = service(&c, name);
         let addr = env_value(svc, var);
@@ -1303,7 +1309,9 @@ fn host_ports_are_bound_to_loopback() {
                 .any(|p| p.ends_with(&format!(":{port}"))),
             "{name}: keycloak must publish container port {port}: {keycloak_ports:?}"
         );
-        assert!(strings(&svc["healthcheck"]["test"]).contains(&port.to_owned()));
+        if probed {
+            assert!(strings(&svc["healthcheck"]["test"]).contains(&port.to_owned()));
+        }
     }
     // Keycloak listens on the published port inside its namespace too (one URL for all).
     let kc_port = default_of(&env_value(service(&c, "keycloak"), "KC_HTTP_PORT"));
