@@ -189,10 +189,10 @@ pub struct ConsentConfig {
     )]
     pub idempotency_window_secs: u64,
     /// ClickHouse account writing the privacy API's own audit (`custos.report_queries`).
-    /// Unset: the writer account.
+    /// Unset: the service's own account (`CUSTOS_CONSENT_CLICKHOUSE_USER`).
     #[arg(long, env = "CUSTOS_CONSENT_AUDIT_USER")]
     pub audit_user: Option<String>,
-    /// Its password (unset: the writer's).
+    /// Its password (unset: the service account's).
     #[arg(long, env = "CUSTOS_CONSENT_AUDIT_PASSWORD", hide_env_values = true)]
     pub audit_password: Option<String>,
     /// Allows plain `http://` Keycloak and SSF receiver URLs on non-loopback hosts
