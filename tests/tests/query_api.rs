@@ -121,19 +121,7 @@ struct Sc {
 
 fn scenario() -> &'static Scenario {
     static SCENARIO: OnceLock<Scenario> = OnceLock::new();
-    SCENARIO.get_or_init(|| {
-        std::thread::spawn(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(seed())
-                .expect("seeding the scenario")
-        })
-        .join()
-        .expect("seed thread")
-    })
+    SCENARIO.get_or_init(|| support::seeded(seed))
 }
 
 async fn seed() -> Result<Scenario> {
@@ -364,24 +352,14 @@ async fn seed() -> Result<Scenario> {
             part2.push(ev)
         }
     }
-    let producer = producer()?;
     let mut keys_by_name = BTreeMap::new();
     for (part, (events, keys)) in [(&part1, KEY_T1), (&part2, TEST_KEYS)]
         .into_iter()
         .enumerate()
     {
-        let topics = Topics::create(&format!("qa{part}"), 1).await?;
-        let mut ingest = Ingest::spawn(&topics, &[("CUSTOS_PSEUDONYM_KEYS", keys)])?;
-        ingest.wait_ready(Duration::from_secs(60)).await?;
         let msgs: Vec<Msg> = events.iter().map(|(_, v)| Msg::json(v)).collect();
-        produce(&producer, &topics.gateway, None, &msgs).await?;
-        wait_stored(
-            &topics.input_list(),
-            msgs.len() as u64,
-            Duration::from_secs(90),
-        )
-        .await?;
-        ingest.terminate(Duration::from_secs(30))?;
+        let env = [("CUSTOS_PSEUDONYM_KEYS", keys)];
+        support::ingest_all(&format!("qa{part}"), &env, &msgs).await?;
         for (name, v) in events.iter() {
             let id = v["id"].as_str().context("id")?;
             keys_by_name.insert(
