@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use anyhow::Result;
 use axum::body::Body;
@@ -14,7 +13,7 @@ use axum::Router;
 use clap::Parser;
 use custos_query::config::QueryConfig;
 use custos_tests::{
-    ch_password, clickhouse_url, migrate, produce, producer, wait_stored, workspace, Ingest, Msg,
+    ch_password, clickhouse_url, ingest_until_stored, migrate, produce, producer, workspace, Msg,
     Topics, TEST_KEYS,
 };
 use http_body_util::BodyExt;
@@ -344,15 +343,7 @@ where
 /// `name`, waits until all are stored and stops the ingest.
 pub async fn ingest_all(name: &str, env: &[(&str, &str)], msgs: &[Msg]) -> Result<()> {
     let topics = Topics::create(name, 1).await?;
-    let mut ingest = Ingest::spawn(&topics, env)?;
-    ingest.wait_ready(Duration::from_secs(60)).await?;
     produce(&producer()?, &topics.gateway, None, msgs).await?;
-    wait_stored(
-        &topics.input_list(),
-        msgs.len() as u64,
-        Duration::from_secs(90),
-    )
-    .await?;
-    ingest.terminate(Duration::from_secs(30))?;
+    ingest_until_stored(&topics, env, msgs.len() as u64).await?;
     Ok(())
 }
