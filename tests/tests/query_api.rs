@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::{claims, ensure_schema, fixture, get, now, rows, sign, token, url};
+use support::{claims, ensure_schema, entry_ids, fixture, get, now, rows, sign, token, url};
 
 const ISS_AS: &str = "https://as.test/realms/general";
 const DAY_FROM: &str = "2026-03-01T00:00:00Z";
@@ -697,15 +697,6 @@ async fn reports_return_exactly_the_seeded_rows_across_the_key_rotation() -> Res
         p.extend_from_slice(extra);
         url("/fhir/AuditEvent", &p)
     };
-    let fhir_ids = |b: &Value| -> BTreeSet<String> {
-        b["entry"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    };
     let names =
         |ns: &[&str]| -> BTreeSet<String> { ns.iter().map(|n| sc.keys[*n].clone()).collect() };
     let r = get(&app, &f(&[("patient", &sc.p1)]), Some(&officer)).await;
@@ -715,7 +706,7 @@ async fn reports_return_exactly_the_seeded_rows_across_the_key_rotation() -> Res
     assert_eq!(b["resourceType"], "Bundle");
     assert_eq!(b["type"], "searchset");
     assert_eq!(
-        fhir_ids(&b),
+        entry_ids(&b),
         names(&["A1", "A2", "A3", "A5", "A6", "A7", "A8", "A9"])
     );
     let a1 = b["entry"]
@@ -757,7 +748,7 @@ async fn reports_return_exactly_the_seeded_rows_across_the_key_rotation() -> Res
         p.extend(extra.iter().cloned());
         let r = get(&app, &f(&p), Some(&officer)).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(fhir_ids(&r.json()), names(&want), "fhir {extra:?}");
+        assert_eq!(entry_ids(&r.json()), names(&want), "fhir {extra:?}");
     }
     // _count and next links walk every match once.
     let mut next = Some(f(&[("patient", &sc.p1), ("_count", "3")]));
@@ -767,7 +758,7 @@ async fn reports_return_exactly_the_seeded_rows_across_the_key_rotation() -> Res
         let r = get(&app, &u, Some(&officer)).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let b = r.json();
-        seen.extend(fhir_ids(&b));
+        seen.extend(entry_ids(&b));
         pages += 1;
         next = b["link"]
             .as_array()

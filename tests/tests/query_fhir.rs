@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::{claims_of, send, sign, url, Resp};
+use support::{claims_of, entry_ids, send, sign, url, Resp};
 
 const COMPLIANCE: &[&str] = &["compliance_officer"];
 /// Accesses seeded in the main tenant (more than one page of the client's `_count`).
@@ -82,16 +82,6 @@ fn assert_outcome(r: &Resp, status: u16, code: &str, what: &str) -> String {
         "{what}: {oo}"
     );
     issue["diagnostics"].as_str().unwrap_or_default().to_owned()
-}
-
-fn entry_ids(b: &Value) -> BTreeSet<String> {
-    b["entry"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 // ---------------------------------------------------------------- the scenario

@@ -3,6 +3,7 @@
 //! signed with the fixture keys, request helpers, seeding through the real ingest.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::OnceLock;
 
@@ -279,6 +280,17 @@ pub fn url(path: &str, params: &[(&str, &str)]) -> String {
     } else {
         format!("{path}?{}", q.join("&"))
     }
+}
+
+/// The resource ids of the entries of a FHIR Bundle.
+pub fn entry_ids(bundle: &Value) -> BTreeSet<String> {
+    bundle["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 /// The `rows` of a report page.
