@@ -436,6 +436,8 @@ mod tests {
             "https://as.example/realms/r",
             "--oidc-audience",
             "custos-privacy-api",
+            "--clickhouse-password",
+            "p",
         ];
         args.extend_from_slice(extra);
         Cli::try_parse_from(args).unwrap().cfg

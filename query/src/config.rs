@@ -524,9 +524,30 @@ mod tests {
             "https://as.example/realms/x",
             "--oidc-audience",
             "custos-query",
+            "--reader-password",
+            "r",
+            "--writer-password",
+            "w",
         ];
         args.extend_from_slice(extra);
         Cli::try_parse_from(args).expect("arguments").config
+    }
+
+    #[test]
+    fn database_passwords_are_required() {
+        use clap::Parser;
+        let err = Cli::try_parse_from([
+            "custos-query",
+            "--oidc-issuer",
+            "https://as.example/realms/x",
+            "--oidc-audience",
+            "custos-query",
+        ]);
+        let text = err.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            text.contains("--reader-password") && text.contains("--writer-password"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod general;
 pub mod outcome;
 pub mod read;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -408,18 +409,7 @@ pub fn parse_search(pairs: &[(String, String)], page_max: u32) -> Result<SearchP
                     )),
                 }
             }
-            "_elements" => {
-                let names: Vec<String> = v.split(',').map(|e| e.trim().to_owned()).collect();
-                let ok = names.iter().all(|n| {
-                    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphabetic())
-                });
-                if !ok {
-                    return Err(FhirError::bad(
-                        "_elements must list top-level element names",
-                    ));
-                }
-                p.elements = Some(names);
-            }
+            "_elements" => p.elements = Some(elements(v)?),
             "_sort" => {
                 if v != "date" {
                     return Err(FhirError::bad(
@@ -431,6 +421,44 @@ pub fn parse_search(pairs: &[(String, String)], page_max: u32) -> Result<SearchP
         }
     }
     Ok(p)
+}
+
+/// The top-level element names of an `_elements` value (letters only, at most 64 each).
+pub fn elements(v: &str) -> Result<Vec<String>, FhirError> {
+    let names: Vec<String> = v.split(',').map(|e| e.trim().to_owned()).collect();
+    let ok = names
+        .iter()
+        .all(|n| !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphabetic()));
+    if !ok {
+        return Err(FhirError::bad(
+            "_elements must list top-level element names",
+        ));
+    }
+    Ok(names)
+}
+
+/// The AuditEvent of a row, with only the `elements` of `_elements` when given.
+pub fn resource(r: &EventRow, elements: Option<&[String]>) -> Value {
+    let ev = audit_event(r);
+    match elements {
+        Some(e) => subset(ev, e),
+        None => ev,
+    }
+}
+
+/// The query string of a FHIR interaction, whether axum could parse it or not.
+pub type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+/// Checks that `caller` may read AuditEvents and returns the query's parameters (a query
+/// string that does not parse is a 400).
+pub fn authorized_pairs(
+    s: &AppState,
+    caller: &Caller,
+    query: QueryPairs,
+) -> Result<Vec<(String, String)>, FhirError> {
+    authorize(s, caller, Report::FhirAuditEvent)?;
+    let Query(pairs) = query.map_err(|_| FhirError::bad("invalid query string"))?;
+    Ok(pairs)
 }
 
 /// Keeps the mandatory and the listed top-level elements (`_elements`) and marks the
@@ -510,11 +538,10 @@ pub async fn search(
     State(s): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    query: QueryPairs,
 ) -> Result<Response, FhirError> {
     let report = Report::FhirAuditEvent;
-    authorize(&s, &caller, report)?;
-    let Query(pairs) = query.map_err(|_| FhirError::bad("invalid query string"))?;
+    let pairs = authorized_pairs(&s, &caller, query)?;
     let limits = &s.settings.limits;
     let p = parse_search(&pairs, limits.page_max)?;
     p.general.negotiate(&headers)?;
@@ -624,14 +651,9 @@ pub async fn search(
     let entries: Vec<Value> = rows
         .iter()
         .map(|r| {
-            let ev = audit_event(r);
-            let ev = match &p.elements {
-                Some(e) => subset(ev, e),
-                None => ev,
-            };
             json!({
                 "fullUrl": format!("{base}/{}", r.event_key),
-                "resource": ev,
+                "resource": resource(r, p.elements.as_deref()),
                 "search": {"mode": "match"},
             })
         })

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tracing::warn;
 
 use crate::error::ApiError;
+use crate::fhir::outcome::fhir_json;
 use crate::AppState;
 
 /// Seconds a client is asked to wait after a 503 for load.
@@ -77,17 +78,8 @@ fn overloaded_fhir() -> Response {
         "issue": [{"severity": "error", "code": "transient",
             "diagnostics": "the service is at its concurrency limit; retry later"}],
     });
-    let mut resp = (
-        StatusCode::SERVICE_UNAVAILABLE,
-        serde_json::to_vec(&outcome).unwrap_or_default(),
-    )
-        .into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/fhir+json"),
-    );
-    h.insert(
+    let mut resp = fhir_json(StatusCode::SERVICE_UNAVAILABLE, &outcome, false);
+    resp.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from(OVERLOAD_RETRY_AFTER_SECS),
     );

@@ -155,7 +155,7 @@ fn field_value(bytes: &[u8], at: usize, escaped: bool) -> Option<(usize, usize, 
             return Some((start, end, Repl::Bare));
         }
         return match bytes.get(i)? {
-            b'{' | b'[' => Some((i, brackets_end(bytes, i), Repl::EscapedQuoted)),
+            b'{' | b'[' => Some((i, composite_end(bytes, i, false), Repl::EscapedQuoted)),
             _ => None,
         };
     }
@@ -164,7 +164,7 @@ fn field_value(bytes: &[u8], at: usize, escaped: bool) -> Option<(usize, usize, 
             let start = i + 1;
             Some((start, string_end(bytes, start), Repl::Bare))
         }
-        b'{' | b'[' => Some((i, composite_end(bytes, i), Repl::Quoted)),
+        b'{' | b'[' => Some((i, composite_end(bytes, i, true), Repl::Quoted)),
         _ => {
             let len = bytes[i..]
                 .iter()
@@ -195,13 +195,15 @@ fn string_end(bytes: &[u8], start: usize) -> usize {
     bytes.len()
 }
 
-/// Index just past the object or array that opens at `start` (or the end).
-fn composite_end(bytes: &[u8], start: usize) -> usize {
+/// Index just past the object or array that opens at `start` (or the end). With
+/// `strings`, brackets inside JSON strings do not count; without (JSON embedded in a
+/// string, where quotes are escaped), every bracket counts.
+fn composite_end(bytes: &[u8], start: usize, strings: bool) -> usize {
     let mut depth = 0usize;
     let mut i = start;
     while let Some(&b) = bytes.get(i) {
         match b {
-            b'"' => {
+            b'"' if strings => {
                 i = string_end(bytes, i + 1);
             }
             b'{' | b'[' => depth += 1,
@@ -214,25 +216,6 @@ fn composite_end(bytes: &[u8], start: usize) -> usize {
             _ => {}
         }
         i += 1;
-    }
-    bytes.len()
-}
-
-/// Index just past the object or array that opens at `start`, counting brackets only (for
-/// JSON embedded in a string, where quotes are escaped).
-fn brackets_end(bytes: &[u8], start: usize) -> usize {
-    let mut depth = 0usize;
-    for (i, b) in bytes.iter().enumerate().skip(start) {
-        match b {
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return i + 1;
-                }
-            }
-            _ => {}
-        }
     }
     bytes.len()
 }
@@ -334,6 +317,20 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&got).is_ok(),
             "{got}"
         );
+    }
+
+    #[test]
+    fn composites_end_at_their_bracket_with_or_without_strings() {
+        // Brackets inside a string do not close the object when strings are read.
+        let doc = br#"{"a":"}]","b":[1]} tail"#;
+        assert_eq!(composite_end(doc, 0, true), doc.len() - 5);
+        // Embedded JSON (escaped quotes): every bracket counts, quotes are plain bytes.
+        let embedded = br#"{"a":[{"b":1}]} tail"#;
+        assert_eq!(composite_end(embedded, 0, false), embedded.len() - 5);
+        assert_eq!(composite_end(br#"{"a":"}"}"#, 0, false), 7);
+        // Unclosed: the end of the input.
+        assert_eq!(composite_end(b"[[1]", 0, true), 4);
+        assert_eq!(composite_end(b"[[1]", 0, false), 4);
     }
 
     #[test]

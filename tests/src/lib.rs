@@ -358,6 +358,28 @@ pub fn verify_chains(args: &[&str]) -> Result<(i32, serde_json::Value)> {
     Ok((out.status.code().unwrap_or(-1), report))
 }
 
+/// The (kind, position) of each finding of every chain of a `custos-ingest verify`
+/// report: `list` names the chains' array of findings (`findings`,
+/// `checkpoint_findings`), `position` the finding's offset field (`offset`, `last_offset`).
+pub fn verify_findings(
+    report: &serde_json::Value,
+    list: &str,
+    position: &str,
+) -> Vec<(String, i64)> {
+    report["chains"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c[list].as_array().cloned().unwrap_or_default())
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap_or_default().to_owned(),
+                f[position].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect()
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -574,6 +596,16 @@ pub async fn wait_stored(topics: &[String], n: u64, timeout: Duration) -> Result
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Runs the real ingest on `topics` with `env` until `n` records of their inputs are
+/// stored, then stops it (shutdown signs the checkpoints of the tails); returns its exit
+/// code.
+pub async fn ingest_until_stored(topics: &Topics, env: &[(&str, &str)], n: u64) -> Result<i32> {
+    let mut ingest = Ingest::spawn(topics, env)?;
+    ingest.wait_ready(Duration::from_secs(60)).await?;
+    wait_stored(&topics.input_list(), n, Duration::from_secs(90)).await?;
+    ingest.terminate(Duration::from_secs(60))
 }
 
 /// A consumed message: payload and headers.

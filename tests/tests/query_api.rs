@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::{claims, ensure_schema, fixture, get, now, rows, sign, token, url};
+use support::{claims, ensure_schema, entry_ids, fixture, get, now, rows, sign, token, url};
 
 const ISS_AS: &str = "https://as.test/realms/general";
 const DAY_FROM: &str = "2026-03-01T00:00:00Z";
@@ -121,19 +121,7 @@ struct Sc {
 
 fn scenario() -> &'static Scenario {
     static SCENARIO: OnceLock<Scenario> = OnceLock::new();
-    SCENARIO.get_or_init(|| {
-        std::thread::spawn(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(seed())
-                .expect("seeding the scenario")
-        })
-        .join()
-        .expect("seed thread")
-    })
+    SCENARIO.get_or_init(|| support::seeded(seed))
 }
 
 async fn seed() -> Result<Scenario> {
@@ -364,24 +352,14 @@ async fn seed() -> Result<Scenario> {
             part2.push(ev)
         }
     }
-    let producer = producer()?;
     let mut keys_by_name = BTreeMap::new();
     for (part, (events, keys)) in [(&part1, KEY_T1), (&part2, TEST_KEYS)]
         .into_iter()
         .enumerate()
     {
-        let topics = Topics::create(&format!("qa{part}"), 1).await?;
-        let mut ingest = Ingest::spawn(&topics, &[("CUSTOS_PSEUDONYM_KEYS", keys)])?;
-        ingest.wait_ready(Duration::from_secs(60)).await?;
         let msgs: Vec<Msg> = events.iter().map(|(_, v)| Msg::json(v)).collect();
-        produce(&producer, &topics.gateway, None, &msgs).await?;
-        wait_stored(
-            &topics.input_list(),
-            msgs.len() as u64,
-            Duration::from_secs(90),
-        )
-        .await?;
-        ingest.terminate(Duration::from_secs(30))?;
+        let env = [("CUSTOS_PSEUDONYM_KEYS", keys)];
+        support::ingest_all(&format!("qa{part}"), &env, &msgs).await?;
         for (name, v) in events.iter() {
             let id = v["id"].as_str().context("id")?;
             keys_by_name.insert(
@@ -719,15 +697,6 @@ async fn reports_return_exactly_the_seeded_rows_across_the_key_rotation() -> Res
         p.extend_from_slice(extra);
         url("/fhir/AuditEvent", &p)
     };
-    let fhir_ids = |b: &Value| -> BTreeSet<String> {
-        b["entry"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    };
     let names =
         |ns: &[&str]| -> BTreeSet<String> { ns.iter().map(|n| sc.keys[*n].clone()).collect() };
     let r = get(&app, &f(&[("patient", &sc.p1)]), Some(&officer)).await;
@@ -737,7 +706,7 @@ async fn reports_return_exactly_the_seeded_rows_across_the_key_rotation() -> Res
     assert_eq!(b["resourceType"], "Bundle");
     assert_eq!(b["type"], "searchset");
     assert_eq!(
-        fhir_ids(&b),
+        entry_ids(&b),
         names(&["A1", "A2", "A3", "A5", "A6", "A7", "A8", "A9"])
     );
     let a1 = b["entry"]
@@ -779,7 +748,7 @@ async fn reports_return_exactly_the_seeded_rows_across_the_key_rotation() -> Res
         p.extend(extra.iter().cloned());
         let r = get(&app, &f(&p), Some(&officer)).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(fhir_ids(&r.json()), names(&want), "fhir {extra:?}");
+        assert_eq!(entry_ids(&r.json()), names(&want), "fhir {extra:?}");
     }
     // _count and next links walk every match once.
     let mut next = Some(f(&[("patient", &sc.p1), ("_count", "3")]));
@@ -789,7 +758,7 @@ async fn reports_return_exactly_the_seeded_rows_across_the_key_rotation() -> Res
         let r = get(&app, &u, Some(&officer)).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let b = r.json();
-        seen.extend(fhir_ids(&b));
+        seen.extend(entry_ids(&b));
         pages += 1;
         next = b["link"]
             .as_array()

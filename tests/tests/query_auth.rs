@@ -11,15 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use axum::Router;
-use clap::Parser;
-use custos_query::config::QueryConfig;
 use custos_tests::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
 mod support;
 
-use support::{ensure_schema, fixture, get, sign, url, AUDIENCE};
+use support::{claims_of, ensure_schema, fixture, get, sign, url, AUDIENCE};
 
 /// A stand-in issuer that counts its requests and can hang.
 struct Issuer {
@@ -72,40 +70,15 @@ impl Issuer {
     }
 
     fn token(&self, kid: &str, roles: &[&str]) -> String {
-        let now = chrono::Utc::now().timestamp();
-        let claims = json!({"iss": self.base, "aud": AUDIENCE, "sub": "jwks-tester",
-            "azp": "console", "iat": now, "nbf": now - 5, "exp": now + 600,
-            "realm_access": {"roles": roles}});
+        let claims = claims_of(&self.base, "console", "jwks-tester", roles);
         sign(Algorithm::RS256, kid, &claims)
     }
 }
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    config: QueryConfig,
-}
-
 fn app(issuer: &Issuer, extra: &[&str]) -> Router {
-    let ch = clickhouse_url();
-    let mut args = vec![
-        "custos-query",
-        "--oidc-issuer",
-        &issuer.base,
-        "--oidc-audience",
-        AUDIENCE,
-        "--oidc-roles-claim",
-        "realm_access.roles",
-        "--oidc-http-timeout-secs",
-        "1",
-        "--pseudonym-keys",
-        TEST_KEYS,
-        "--clickhouse-url",
-        &ch,
-    ];
+    let mut args = vec!["--oidc-http-timeout-secs", "1"];
     args.extend_from_slice(extra);
-    let cli = Cli::try_parse_from(args).expect("config");
-    custos_query::app(custos_query::AppState::new(&cli.config, None).expect("state"))
+    support::app_for(&issuer.base, &args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

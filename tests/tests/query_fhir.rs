@@ -14,20 +14,15 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use axum::body::Body;
-use axum::http::{Method, Request};
+use axum::http::Method;
 use axum::Router;
-use clap::Parser;
-use custos_query::config::QueryConfig;
 use custos_tests::*;
-use http_body_util::BodyExt;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 mod support;
 
-use support::{fixture, now, sign, url, Resp, AUDIENCE};
+use support::{claims_of, entry_ids, send, sign, url, Resp};
 
 const COMPLIANCE: &[&str] = &["compliance_officer"];
 /// Accesses seeded in the main tenant (more than one page of the client's `_count`).
@@ -39,70 +34,17 @@ const ACCESSES: usize = 23;
 fn issuer() -> &'static str {
     static ISSUER: OnceLock<String> = OnceLock::new();
     ISSUER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                let base = format!("http://{}", listener.local_addr().expect("addr"));
-                let jwks: Value = serde_json::from_slice(&fixture("jwks.json")).expect("jwks");
-                let discovery = json!({"issuer": base, "jwks_uri": format!("{base}/jwks"),
-                    "authorization_endpoint": format!("{base}/protocol/openid-connect/auth"),
-                    "token_endpoint": format!("{base}/protocol/openid-connect/token"),
-                    "revocation_endpoint": "http://as.example/not-https-off-loopback",
-                    "id_token_signing_alg_values_supported": ["RS256", "ES256"]});
-                let app = Router::new()
-                    .route(
-                        "/.well-known/openid-configuration",
-                        axum::routing::get(move || async move { axum::Json(discovery) }),
-                    )
-                    .route(
-                        "/jwks",
-                        axum::routing::get(move || async move { axum::Json(jwks) }),
-                    );
-                tx.send(base).expect("send");
-                axum::serve(listener, app).await.expect("serve");
-            });
-        });
-        rx.recv().expect("issuer url")
+        support::serve_issuer(|base| {
+            json!({"authorization_endpoint": format!("{base}/protocol/openid-connect/auth"),
+                "token_endpoint": format!("{base}/protocol/openid-connect/token"),
+                "revocation_endpoint": "http://as.example/not-https-off-loopback"})
+        })
     })
-}
-
-#[derive(clap::Parser)]
-struct Cli {
-    #[command(flatten)]
-    config: QueryConfig,
 }
 
 /// The query API with `public_url` and extra arguments.
 fn app_at(public_url: &str, extra: &[&str]) -> Router {
-    let ch = clickhouse_url();
-    let mut args = vec![
-        "custos-query",
-        "--oidc-issuer",
-        issuer(),
-        "--oidc-audience",
-        AUDIENCE,
-        "--oidc-roles-claim",
-        "realm_access.roles",
-        "--oidc-jwks-refresh-min-secs",
-        "1",
-        "--pseudonym-keys",
-        TEST_KEYS,
-        "--clickhouse-url",
-        &ch,
-        "--public-url",
-        public_url,
-    ];
-    args.extend_from_slice(extra);
-    let cli = Cli::try_parse_from(args).expect("config");
-    let state = custos_query::AppState::new(&cli.config, None).expect("state");
-    custos_query::app(state)
+    support::app_at(issuer(), public_url, extra)
 }
 
 fn app(extra: &[&str]) -> Router {
@@ -111,9 +53,7 @@ fn app(extra: &[&str]) -> Router {
 
 /// An access token of this test's issuer; `tenants` fills the `tenants` claim.
 fn token_for(sub: &str, roles: &[&str], tenants: Option<&[&str]>) -> String {
-    let mut c = json!({"iss": issuer(), "aud": AUDIENCE, "sub": sub, "azp": "fhir-client",
-        "iat": now(), "nbf": now() - 5, "exp": now() + 600,
-        "realm_access": {"roles": roles}});
+    let mut c = claims_of(issuer(), "fhir-client", sub, roles);
     if let Some(t) = tenants {
         c["tenants"] = json!(t);
     }
@@ -122,47 +62,6 @@ fn token_for(sub: &str, roles: &[&str], tenants: Option<&[&str]>) -> String {
 
 fn token(sub: &str, roles: &[&str]) -> String {
     token_for(sub, roles, None)
-}
-
-/// A request through the in-process app with extra headers.
-async fn send(
-    app: &Router,
-    method: Method,
-    path: &str,
-    bearer: Option<&str>,
-    headers: &[(&str, &str)],
-) -> Resp {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(t) = bearer {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = app
-        .clone()
-        .oneshot(req.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes()
-        .to_vec();
-    Resp {
-        status,
-        content_type,
-        body,
-    }
 }
 
 async fn get(app: &Router, path: &str, bearer: Option<&str>) -> Resp {
@@ -183,16 +82,6 @@ fn assert_outcome(r: &Resp, status: u16, code: &str, what: &str) -> String {
         "{what}: {oo}"
     );
     issue["diagnostics"].as_str().unwrap_or_default().to_owned()
-}
-
-fn entry_ids(b: &Value) -> BTreeSet<String> {
-    b["entry"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 // ---------------------------------------------------------------- the scenario
@@ -224,19 +113,7 @@ fn access(tenant: &str, id: &str, time: &str, patient: &str, interaction: &str, 
 
 fn scenario() -> &'static Scenario {
     static SCENARIO: OnceLock<Scenario> = OnceLock::new();
-    SCENARIO.get_or_init(|| {
-        std::thread::spawn(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(seed())
-                .expect("seeding the scenario")
-        })
-        .join()
-        .expect("seed thread")
-    })
+    SCENARIO.get_or_init(|| support::seeded(seed))
 }
 
 async fn seed() -> Result<Scenario> {
@@ -268,18 +145,8 @@ async fn seed() -> Result<Scenario> {
         events.push(access(&other, &id, &time, &patient, "read", true));
         other_keys.push(custos_schemas::row::event_key("//custos.test/fhir", &id));
     }
-    let topics = Topics::create("fhir", 1).await?;
-    let mut ingest = Ingest::spawn(&topics, &[])?;
-    ingest.wait_ready(Duration::from_secs(60)).await?;
     let msgs: Vec<Msg> = events.iter().map(Msg::json).collect();
-    produce(&producer()?, &topics.gateway, None, &msgs).await?;
-    wait_stored(
-        &topics.input_list(),
-        msgs.len() as u64,
-        Duration::from_secs(90),
-    )
-    .await?;
-    ingest.terminate(Duration::from_secs(30))?;
+    support::ingest_all("fhir", &[], &msgs).await?;
     Ok(Scenario {
         tenant,
         other,

@@ -7,65 +7,28 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::body::Body;
-use axum::http::{Request, Response};
+use axum::http::{Method, Response};
 use axum::Router;
-use clap::Parser;
-use custos_query::config::QueryConfig;
 use custos_tests::*;
 use http_body_util::BodyExt;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use tower::ServiceExt;
 
 mod support;
 
-use support::{claims, ensure_schema, get, issuer, rows, sign, token, url, AUDIENCE};
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    config: QueryConfig,
-}
+use support::{claims, ensure_schema, get, header, issuer, rows, sign, token, url};
 
 fn state(extra: &[&str]) -> custos_query::AppState {
-    let ch = clickhouse_url();
-    let mut args = vec![
-        "custos-query",
-        "--oidc-issuer",
-        issuer(),
-        "--oidc-audience",
-        AUDIENCE,
-        "--oidc-roles-claim",
-        "realm_access.roles",
-        "--pseudonym-keys",
-        TEST_KEYS,
-        "--clickhouse-url",
-        &ch,
-    ];
-    args.extend_from_slice(extra);
-    let cli = Cli::try_parse_from(args).expect("config");
-    custos_query::AppState::new(&cli.config, None).expect("state")
+    support::state_for(issuer(), extra)
 }
 
 fn app(extra: &[&str]) -> Router {
-    custos_query::app(state(extra))
+    support::app_for(issuer(), extra)
 }
 
 /// The response of a GET, its body not read (an export keeps streaming).
 async fn open(app: &Router, path: &str, bearer: &str) -> Response<Body> {
-    let req = Request::get(path)
-        .header("authorization", format!("Bearer {bearer}"))
-        .body(Body::empty())
-        .expect("request");
-    app.clone().oneshot(req).await.expect("infallible")
-}
-
-fn header(resp: &Response<Body>, name: &str) -> String {
-    resp.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
+    support::open(app, Method::GET, path, Some(bearer), &[]).await
 }
 
 /// Query-audit rows (latest versions) of `caller`: (tenant, status).

@@ -14,16 +14,13 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use clap::Parser;
-use custos_query::config::QueryConfig;
 use custos_tests::*;
 use serde_json::{json, Value};
 
 mod support;
 
-use support::{ensure_schema, get, url};
+use support::{app_for, ensure_schema, get, url, AUDIENCE};
 
-const AUDIENCE: &str = "custos-query";
 const CLIENT: &str = "custos-query-console";
 const CLIENT_SECRET: &str = "query-console-secret-0123456789";
 const PASSWORD: &str = "Officer-pass-0123456789";
@@ -200,12 +197,6 @@ impl Kc {
     }
 }
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    config: QueryConfig,
-}
-
 fn part(jwt: &str, i: usize) -> Value {
     let seg = jwt.split('.').nth(i).expect("jwt segment");
     serde_json::from_slice(&B64.decode(seg).expect("base64url")).expect("json")
@@ -219,21 +210,7 @@ async fn keycloak_access_tokens_authenticate_and_id_tokens_do_not() -> Result<()
     kc.setup(&realm).await?;
     let result = async {
         let issuer = format!("{}/realms/{realm}", kc.base);
-        let ch = clickhouse_url();
-        let cli = Cli::try_parse_from([
-            "custos-query",
-            "--oidc-issuer",
-            &issuer,
-            "--oidc-audience",
-            AUDIENCE,
-            "--oidc-roles-claim",
-            "realm_access.roles",
-            "--pseudonym-keys",
-            TEST_KEYS,
-            "--clickhouse-url",
-            &ch,
-        ])?;
-        let app = custos_query::app(custos_query::AppState::new(&cli.config, None)?);
+        let app = app_for(&issuer, &[]);
 
         let officer = kc.password_grant(&realm, "officer").await?;
         let access = officer["access_token"].as_str().context("access token")?;

@@ -37,18 +37,7 @@ async fn mutate(sql: &str, topic: &str, partition: i32, offset: i64) -> Result<(
 }
 
 fn findings(report: &Value) -> Vec<(String, i64)> {
-    report["chains"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["findings"].as_array().cloned().unwrap_or_default())
-        .map(|f| {
-            (
-                f["kind"].as_str().unwrap_or_default().to_owned(),
-                f["offset"].as_i64().unwrap_or(-1),
-            )
-        })
-        .collect()
+    verify_findings(report, "findings", "offset")
 }
 
 fn verify_partition(topic: &str, partition: i32) -> Result<(i32, Value)> {
@@ -75,16 +64,12 @@ async fn verify_finds_each_tampering_at_its_exact_position() -> Result<()> {
             .collect();
         produce(&producer, &topics.gateway, Some(partition), &msgs).await?;
     }
-    let mut ingest = Ingest::spawn(&topics, &[("CUSTOS_CHECKPOINT_EVERY_RECORDS", "10")])?;
-    ingest.wait_ready(Duration::from_secs(60)).await?;
-    wait_stored(
-        &topics.input_list(),
-        5 * PER_PARTITION as u64 - 1,
-        Duration::from_secs(90),
-    )
-    .await?;
+    let env = [("CUSTOS_CHECKPOINT_EVERY_RECORDS", "10")];
     // Shutdown signs the checkpoints of the tails.
-    assert_eq!(ingest.terminate(Duration::from_secs(60))?, 0);
+    assert_eq!(
+        ingest_until_stored(&topics, &env, 5 * PER_PARTITION as u64 - 1).await?,
+        0
+    );
 
     // Untouched: clean, with checkpoints verified and published outside the database.
     let (code, report) = verify_chains(&["--topic", &topics.gateway])?;
@@ -234,11 +219,8 @@ async fn a_producer_re_send_is_proven_a_duplicate_and_a_conflicting_reuse_is_not
     conflicting.push(Msg::json(&event(20)));
     produce(&producer, &topics.gateway, Some(0), &benign).await?;
     produce(&producer, &topics.gateway, Some(1), &conflicting).await?;
-    let mut ingest = Ingest::spawn(&topics, &[])?;
-    ingest.wait_ready(Duration::from_secs(60)).await?;
     // Reports count each event identity once: 10 + 11.
-    wait_stored(&topics.input_list(), 21, Duration::from_secs(90)).await?;
-    assert_eq!(ingest.terminate(Duration::from_secs(60))?, 0);
+    assert_eq!(ingest_until_stored(&topics, &[], 21).await?, 0);
     let physical: u64 = admin()
         .query("SELECT count() FROM custos.audit_events WHERE kafka_topic = ?")
         .bind(&topics.gateway)

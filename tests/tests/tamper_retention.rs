@@ -63,38 +63,11 @@ async fn checkpoint_ranges(topic: &str, partition: i32) -> Result<Vec<(i64, i64)
 }
 
 fn findings(report: &Value) -> Vec<(String, i64)> {
-    report["chains"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["findings"].as_array().cloned().unwrap_or_default())
-        .map(|f| {
-            (
-                f["kind"].as_str().unwrap_or_default().to_owned(),
-                f["offset"].as_i64().unwrap_or(-1),
-            )
-        })
-        .collect()
+    verify_findings(report, "findings", "offset")
 }
 
 fn checkpoint_findings(report: &Value) -> Vec<(String, i64)> {
-    report["chains"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| {
-            c["checkpoint_findings"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .map(|f| {
-            (
-                f["kind"].as_str().unwrap_or_default().to_owned(),
-                f["last_offset"].as_i64().unwrap_or(-1),
-            )
-        })
-        .collect()
+    verify_findings(report, "checkpoint_findings", "last_offset")
 }
 
 fn chain<'a>(report: &'a Value, name: &str) -> Option<&'a Value> {
@@ -128,21 +101,12 @@ async fn ingest_chains(
             .collect();
         produce(&producer, &topics.gateway, Some(partition), &msgs).await?;
     }
-    let mut ingest = Ingest::spawn(
-        topics,
-        &[
-            ("CUSTOS_CHECKPOINT_EVERY_RECORDS", "10"),
-            ("CUSTOS_CHECKPOINT_EVERY_SECS", "3600"),
-        ],
-    )?;
-    ingest.wait_ready(Duration::from_secs(60)).await?;
-    wait_stored(
-        &topics.input_list(),
-        partitions as u64 * per_partition as u64,
-        Duration::from_secs(90),
-    )
-    .await?;
-    assert_eq!(ingest.terminate(Duration::from_secs(60))?, 0);
+    let env = [
+        ("CUSTOS_CHECKPOINT_EVERY_RECORDS", "10"),
+        ("CUSTOS_CHECKPOINT_EVERY_SECS", "3600"),
+    ];
+    let stored = partitions as u64 * per_partition as u64;
+    assert_eq!(ingest_until_stored(topics, &env, stored).await?, 0);
     Ok(())
 }
 

@@ -7,15 +7,15 @@
 //! record naming that tenant. An unknown id and an id of a tenant the caller may not read
 //! answer the same 404.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 
 use super::general::General;
 use super::outcome::{fhir_json, FhirError};
-use super::{audit_event, subset};
-use crate::api::{authorize, Report};
+use super::{authorized_pairs, elements, resource, QueryPairs};
+use crate::api::Report;
 use crate::audit::Asked;
 use crate::auth::Caller;
 use crate::export::{audited, page_of};
@@ -69,29 +69,18 @@ pub async fn read(
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    query: QueryPairs,
 ) -> Result<Response, FhirError> {
     let report = Report::FhirAuditEvent;
-    authorize(&s, &caller, report)?;
-    let Query(pairs) = query.map_err(|_| FhirError::bad("invalid query string"))?;
+    let pairs = authorized_pairs(&s, &caller, query)?;
     let mut general = General::default();
-    let mut elements = None;
+    let mut kept = None;
     for (k, v) in &pairs {
         if general.take(k, v)? {
             continue;
         }
         match k.as_str() {
-            "_elements" if elements.is_none() => {
-                let names: Vec<String> = v.split(',').map(|e| e.trim().to_owned()).collect();
-                if !names.iter().all(|n| {
-                    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphabetic())
-                }) {
-                    return Err(FhirError::bad(
-                        "_elements must list top-level element names",
-                    ));
-                }
-                elements = Some(names);
-            }
+            "_elements" if kept.is_none() => kept = Some(elements(v)?),
             "_summary" if v == "false" || v == "data" => {}
             _ => {
                 return Err(FhirError::bad(
@@ -131,11 +120,7 @@ pub async fn read(
     .await?;
     let (rows, _) = page_of(&s, &asked, rows, 1, |r: EventRow| r).await?;
     let row = rows.into_iter().next().ok_or_else(not_found)?;
-    let ev = audit_event(&row);
-    let ev = match &elements {
-        Some(e) => subset(ev, e),
-        None => ev,
-    };
+    let ev = resource(&row, kept.as_deref());
     Ok(fhir_json(StatusCode::OK, &ev, general.pretty))
 }
 

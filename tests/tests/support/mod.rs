@@ -1,17 +1,22 @@
-//! Query-API test support shared by `query_api.rs`, `query_integrity.rs` and
-//! `sim_incidents.rs`: an in-test OIDC issuer on 127.0.0.1 serving the
-//! fixture JWKS, the in-process app, JWTs signed with the fixture keys, GET helpers.
+//! Query-API test support shared by the `query_*.rs` tests and `sim_incidents.rs`: an
+//! in-test OIDC issuer on 127.0.0.1 serving the fixture JWKS, the in-process app, JWTs
+//! signed with the fixture keys, request helpers, seeding through the real ingest.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::OnceLock;
 
 use anyhow::Result;
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, Request, Response, StatusCode};
 use axum::Router;
 use clap::Parser;
 use custos_query::config::QueryConfig;
-use custos_tests::{ch_password, clickhouse_url, migrate, workspace, TEST_KEYS};
+use custos_tests::{
+    ch_password, clickhouse_url, ingest_until_stored, migrate, produce, producer, workspace, Msg,
+    Topics, TEST_KEYS,
+};
 use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -28,36 +33,44 @@ pub fn fixture(name: &str) -> Vec<u8> {
 /// Base URL of the in-test OIDC issuer (discovery + JWKS), started once per process.
 pub fn issuer() -> &'static str {
     static ISSUER: OnceLock<String> = OnceLock::new();
-    ISSUER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                let base = format!("http://{}", listener.local_addr().expect("addr"));
-                let jwks: Value = serde_json::from_slice(&fixture("jwks.json")).expect("jwks");
-                let discovery = json!({"issuer": base, "jwks_uri": format!("{base}/jwks"),
+    ISSUER.get_or_init(|| serve_issuer(|_| json!({})))
+}
+
+/// Starts an OIDC issuer on 127.0.0.1 serving the fixture JWKS and a discovery document
+/// with `issuer`, `jwks_uri`, the signing algorithms and the members `more(base)` returns
+/// (an object); returns its base URL.
+pub fn serve_issuer(more: impl FnOnce(&str) -> Value + Send + 'static) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let base = format!("http://{}", listener.local_addr().expect("addr"));
+            let jwks: Value = serde_json::from_slice(&fixture("jwks.json")).expect("jwks");
+            let mut discovery = json!({"issuer": base, "jwks_uri": format!("{base}/jwks"),
                     "id_token_signing_alg_values_supported": ["RS256", "ES256"]});
-                let app = Router::new()
-                    .route(
-                        "/.well-known/openid-configuration",
-                        axum::routing::get(move || async move { axum::Json(discovery) }),
-                    )
-                    .route(
-                        "/jwks",
-                        axum::routing::get(move || async move { axum::Json(jwks) }),
-                    );
-                tx.send(base).expect("send");
-                axum::serve(listener, app).await.expect("serve");
-            });
+            if let (Some(d), Value::Object(m)) = (discovery.as_object_mut(), more(&base)) {
+                d.extend(m);
+            }
+            let app = Router::new()
+                .route(
+                    "/.well-known/openid-configuration",
+                    axum::routing::get(move || async move { axum::Json(discovery) }),
+                )
+                .route(
+                    "/jwks",
+                    axum::routing::get(move || async move { axum::Json(jwks) }),
+                );
+            tx.send(base).expect("send");
+            axum::serve(listener, app).await.expect("serve");
         });
-        rx.recv().expect("issuer url")
-    })
+    });
+    rx.recv().expect("issuer url")
 }
 
 #[derive(clap::Parser)]
@@ -66,28 +79,25 @@ struct Cli {
     config: QueryConfig,
 }
 
-/// The query API in-process, with extra command-line arguments.
-pub fn app(extra: &[&str]) -> Router {
+/// The query API's state for `issuer`: its audience and roles claim, the test keys, the
+/// test ClickHouse with the dev accounts' passwords (unless `extra` sets its own), then
+/// the extra command-line arguments.
+pub fn state_for(issuer: &str, extra: &[&str]) -> custos_query::AppState {
     let url = clickhouse_url();
     let (reader_pw, audit_pw) = (ch_password("reader"), ch_password("query"));
     let mut args = vec![
         "custos-query",
         "--oidc-issuer",
-        issuer(),
+        issuer,
         "--oidc-audience",
         AUDIENCE,
         "--oidc-roles-claim",
         "realm_access.roles",
-        "--oidc-jwks-refresh-min-secs",
-        "1",
         "--pseudonym-keys",
         TEST_KEYS,
         "--clickhouse-url",
         &url,
-        "--public-url",
-        "http://127.0.0.1:8088",
     ];
-    // The dev accounts' passwords, unless the test sets its own.
     for (flag, pw) in [
         ("--reader-password", &reader_pw),
         ("--writer-password", &audit_pw),
@@ -98,8 +108,30 @@ pub fn app(extra: &[&str]) -> Router {
     }
     args.extend_from_slice(extra);
     let cli = Cli::try_parse_from(args).expect("config");
-    let state = custos_query::AppState::new(&cli.config, None).expect("state");
-    custos_query::app(state)
+    custos_query::AppState::new(&cli.config, None).expect("state")
+}
+
+/// The query API in-process for `issuer` ([`state_for`]).
+pub fn app_for(issuer: &str, extra: &[&str]) -> Router {
+    custos_query::app(state_for(issuer, extra))
+}
+
+/// The query API in-process for `issuer`, answering at `public_url`, fetching keys at most
+/// once a second, with extra command-line arguments.
+pub fn app_at(issuer: &str, public_url: &str, extra: &[&str]) -> Router {
+    let mut args = vec![
+        "--oidc-jwks-refresh-min-secs",
+        "1",
+        "--public-url",
+        public_url,
+    ];
+    args.extend_from_slice(extra);
+    app_for(issuer, &args)
+}
+
+/// The query API in-process for the in-test [`issuer`], with extra command-line arguments.
+pub fn app(extra: &[&str]) -> Router {
+    app_at(issuer(), "http://127.0.0.1:8088", extra)
 }
 
 /// Now, in seconds since the epoch.
@@ -109,7 +141,13 @@ pub fn now() -> i64 {
 
 /// The claims of a valid access token for `sub` with `roles` (ten minutes).
 pub fn claims(sub: &str, roles: &[&str]) -> Value {
-    json!({"iss": issuer(), "aud": AUDIENCE, "sub": sub, "azp": "compliance-console",
+    claims_of(issuer(), "compliance-console", sub, roles)
+}
+
+/// The claims of a valid access token of `iss` for client `azp`, `sub` and `roles` (ten
+/// minutes).
+pub fn claims_of(iss: &str, azp: &str, sub: &str, roles: &[&str]) -> Value {
+    json!({"iss": iss, "aud": AUDIENCE, "sub": sub, "azp": azp,
         "iat": now(), "nbf": now() - 5, "exp": now() + 600,
         "realm_access": {"roles": roles}})
 }
@@ -158,24 +196,39 @@ impl Resp {
     }
 }
 
-/// GET through the in-process app.
-pub async fn get(app: &Router, path_and_query: &str, bearer: Option<&str>) -> Resp {
-    let mut req = Request::get(path_and_query);
+/// A request through the in-process app, with a bearer token and extra headers; the
+/// response with its body not read (an export keeps streaming).
+pub async fn open(
+    app: &Router,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Response<Body> {
+    let mut req = Request::builder().method(method).uri(path);
     if let Some(t) = bearer {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let resp = app
-        .clone()
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    app.clone()
         .oneshot(req.body(Body::empty()).expect("request"))
         .await
-        .expect("infallible");
+        .expect("infallible")
+}
+
+/// A request through the in-process app, with a bearer token and extra headers.
+pub async fn send(
+    app: &Router,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let resp = open(app, method, path, bearer, headers).await;
     let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = header(&resp, "content-type");
     let body = resp
         .into_body()
         .collect()
@@ -188,6 +241,20 @@ pub async fn get(app: &Router, path_and_query: &str, bearer: Option<&str>) -> Re
         content_type,
         body,
     }
+}
+
+/// GET through the in-process app.
+pub async fn get(app: &Router, path_and_query: &str, bearer: Option<&str>) -> Resp {
+    send(app, Method::GET, path_and_query, bearer, &[]).await
+}
+
+/// The value of header `name` of `resp`, empty when absent or not text.
+pub fn header(resp: &Response<Body>, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn enc(v: &str) -> String {
@@ -213,6 +280,17 @@ pub fn url(path: &str, params: &[(&str, &str)]) -> String {
     } else {
         format!("{path}?{}", q.join("&"))
     }
+}
+
+/// The resource ids of the entries of a FHIR Bundle.
+pub fn entry_ids(bundle: &Value) -> BTreeSet<String> {
+    bundle["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 /// The `rows` of a report page.
@@ -251,4 +329,33 @@ pub fn ensure_schema() -> Result<()> {
             }
         }
     }
+}
+
+/// The value `seed` makes, run to completion on a runtime of its own thread (so that a
+/// `OnceLock` shared by the tests of a binary can hold it); panics if seeding fails.
+pub fn seeded<T, F>(seed: fn() -> F) -> T
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T>> + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(seed())
+            .expect("seeding the scenario")
+    })
+    .join()
+    .expect("seed thread")
+}
+
+/// Stores `msgs` through the real ingest (with `env`) from fresh topics named after
+/// `name`, waits until all are stored and stops the ingest.
+pub async fn ingest_all(name: &str, env: &[(&str, &str)], msgs: &[Msg]) -> Result<()> {
+    let topics = Topics::create(name, 1).await?;
+    produce(&producer()?, &topics.gateway, None, msgs).await?;
+    ingest_until_stored(&topics, env, msgs.len() as u64).await?;
+    Ok(())
 }
