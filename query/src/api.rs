@@ -56,6 +56,8 @@ pub enum Report {
     IntegrityVerify,
     /// Membership proof of one record.
     IntegrityProof,
+    /// Ledger verification of the query audit, consent history and revocations.
+    IntegrityLedger,
 }
 
 impl Report {
@@ -73,6 +75,7 @@ impl Report {
             Report::FhirAuditEvent => "fhir-auditevent",
             Report::IntegrityVerify => "integrity-verify",
             Report::IntegrityProof => "integrity-proof",
+            Report::IntegrityLedger => "integrity-ledger",
         }
     }
 
@@ -88,9 +91,10 @@ impl Report {
             Report::RevocationViolations | Report::Consents => {
                 &[Role::PrivacyOfficer, Role::Auditor]
             }
-            Report::QueryAudit | Report::IntegrityVerify | Report::IntegrityProof => {
-                &[Role::Auditor]
-            }
+            Report::QueryAudit
+            | Report::IntegrityVerify
+            | Report::IntegrityProof
+            | Report::IntegrityLedger => &[Role::Auditor],
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct Integrity {
     pub verify_timeout: Duration,
     /// Audit-row retention: records gone before now minus this may have been pruned.
     pub retention: chrono::Duration,
+    /// The same retention in days (the ledger's horizon).
+    pub retention_days: u32,
 }
 
 impl std::fmt::Debug for Integrity {
@@ -98,7 +100,21 @@ impl Integrity {
             proof_max_records: cfg.proof_max_records,
             verify_timeout: Duration::from_secs(cfg.verify_timeout_secs),
             retention: chrono::Duration::days(i64::from(cfg.retention_days)),
+            retention_days: cfg.retention_days,
         })
+    }
+
+    /// The read-only client of verifications (its time limit raised to theirs).
+    pub fn verifier(&self) -> &clickhouse::Client {
+        &self.verifier
+    }
+
+    /// Waits for the one verification slot (each reads whole chains).
+    pub async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.gate
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal("verify gate closed".into()))
     }
 
     /// The served JWKS, if configured.
@@ -359,11 +375,7 @@ pub async fn verify_chains(
     let integrity = &s.integrity;
     // The asked record is written while the chains are read.
     let result = crate::export::audited(&s, &asked, "answering", async {
-        let _permit = integrity
-            .gate
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Internal("verify gate closed".into()))?;
+        let _permit = integrity.slot().await?;
         verify::verify(&integrity.verifier, &scope, integrity.jwks())
             .await
             .map_err(|e| match e {
@@ -873,6 +885,7 @@ pub fn router() -> Router<AppState> {
 pub fn verify_router(timeout: Duration) -> Router<AppState> {
     Router::new()
         .route("/v1/integrity/verify", get(verify_chains))
+        .route("/v1/integrity/ledger", get(crate::ledger::verify_ledger))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             timeout,

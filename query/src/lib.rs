@@ -39,6 +39,7 @@ pub mod error;
 pub mod export;
 pub mod fhir;
 pub mod integrity;
+pub mod ledger;
 pub mod limits;
 pub mod openapi;
 pub mod params;

@@ -9,6 +9,7 @@
 //! - [`pseudonym`]: the HMAC-SHA256 key ring that turns patient identifiers into keyed
 //!   pseudonyms carrying their key id;
 //! - [`row`]: the ClickHouse row types and the conversion from events;
+//! - [`records`]: the row types of the query audit, consent history and revocations;
 //! - [`migrations`]: the versioned ClickHouse DDL;
 //! - [`jsonschema`]: JSON Schema documents for producers, generated from the types.
 #![deny(missing_docs)]
@@ -26,6 +27,7 @@ pub mod jws;
 pub mod keycloak;
 pub mod migrations;
 pub mod pseudonym;
+pub mod records;
 pub mod redact;
 pub mod row;
 pub mod validate;
