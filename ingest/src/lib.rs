@@ -20,5 +20,6 @@ pub mod http;
 pub mod kafka;
 pub mod migrate;
 pub mod pipeline;
-pub mod verify;
+/// Chain verification (in `custos-integrity`; `custos-ingest verify` runs it).
+pub use custos_integrity::verify;
 pub mod writer;

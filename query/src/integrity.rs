@@ -2,7 +2,7 @@
 //! checkpoint public keys.
 //!
 //! - `GET /v1/integrity/verify` runs the very verification of `custos-ingest verify`
-//!   ([`custos_ingest::verify::verify`]) over ClickHouse as the read-only account and
+//!   ([`custos_integrity::verify::verify`]) over ClickHouse as the read-only account and
 //!   answers its report, with the first broken link of each chain by offset and event id.
 //! - `GET /v1/integrity/proof` answers one record as stored (pseudonymized values only),
 //!   its chain neighbours, every chained record from it up to the head of the covering
@@ -30,8 +30,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use custos_ingest::checkpoints::CheckpointRow;
-use custos_ingest::verify::{self, ChainReport, Scope, VerifyError};
+use custos_integrity::checkpoints::CheckpointRow;
+use custos_integrity::verify::{self, ChainReport, Scope, VerifyError};
 use custos_schemas::chain::{self, chain_id, record_hash, Hash, GENESIS};
 use custos_schemas::checkpoint::{self, Checkpoint};
 use custos_schemas::AuditRow;
