@@ -16,7 +16,7 @@
 //! bounded by `CUSTOS_CONSENT_REQUEST_TIMEOUT_SECS` (then `504`, a problem).
 //!
 //! `/v1/*` authenticates callers exactly like the query API: OIDC bearer JWTs checked against
-//! the issuer's JWKS by [`custos_query::auth::Authenticator`] (issuer, audience, expiry,
+//! the issuer's JWKS by [`custos_auth::oidc::Authenticator`] (issuer, audience, expiry,
 //! algorithm allow-list, roles from `CUSTOS_OIDC_ROLES_CLAIM`). Revoking needs the
 //! `privacy_officer` role; reading consents and revocation reports needs `privacy_officer`,
 //! `compliance_officer` or `auditor`. A missing or unacceptable token is a 401, a token
@@ -44,8 +44,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{SecondsFormat, Utc};
-use custos_query::auth::{AuthError, Caller, Role};
-use custos_query::error::PROBLEM_JSON;
+use custos_auth::oidc::{AuthError, Caller, Role};
+use custos_auth::problem::PROBLEM_JSON;
 use custos_schemas::decode::find_raw_token;
 use custos_schemas::row::event_key;
 use custos_schemas::{ConsentData, PseudonymKind};
@@ -725,8 +725,8 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use clap::Parser;
-    use custos_query::auth::Authenticator;
-    use custos_query::config::OidcArgs;
+    use custos_auth::config::OidcArgs;
+    use custos_auth::oidc::Authenticator;
     use custos_schemas::KeyRing;
     use http_body_util::BodyExt;
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -910,7 +910,7 @@ mod tests {
             max_event_bytes: 1024,
             auth: Arc::new(auth),
             metrics: None,
-            audit: custos_query::audit::QueryAudit::new(
+            audit: custos_auth::audit::QueryAudit::new(
                 clickhouse::Client::default()
                     .with_url(audit_url)
                     .with_database("custos")

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use custos_query::config::OidcArgs;
+use custos_auth::config::OidcArgs;
 use custos_schemas::{KeyRing, KeyRingError};
 use serde::Deserialize;
 use thiserror::Error;
@@ -32,7 +32,7 @@ pub enum ConfigError {
     Set(#[from] SetError),
     /// OIDC bearer-token settings of the privacy API (`CUSTOS_OIDC_*`).
     #[error("OIDC: {0}")]
-    Oidc(#[from] custos_query::config::ConfigError),
+    Oidc(#[from] custos_auth::config::ConfigError),
     /// A key file could not be read.
     #[error("cannot read {what}: {source}")]
     File {

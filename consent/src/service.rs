@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use custos_query::audit::QueryAudit;
-use custos_query::auth::Authenticator;
+use custos_auth::audit::QueryAudit;
+use custos_auth::oidc::Authenticator;
 use custos_schemas::{ConsentData, KeyRing};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;

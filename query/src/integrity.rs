@@ -42,12 +42,12 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::{authorize, Report};
-use crate::audit::Asked;
-use crate::auth::Caller;
 use crate::config::{valid_tenant, ConfigError, QueryConfig};
 use crate::error::{ApiError, Problem, ValidQuery};
 use crate::params::{self, ms_to_rfc3339};
 use crate::AppState;
+use custos_auth::audit::Asked;
+use custos_auth::oidc::Caller;
 
 /// Path of the checkpoint JWKS.
 pub const JWKS_PATH: &str = "/.well-known/custos-checkpoint-jwks.json";

@@ -17,11 +17,11 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::{all_tenants, authorize, tenant_allowed, Report};
-use crate::audit::Asked;
-use crate::auth::Caller;
 use crate::config::valid_tenant;
 use crate::error::{ApiError, Problem, ValidQuery};
 use crate::AppState;
+use custos_auth::audit::Asked;
+use custos_auth::oidc::Caller;
 
 /// Parameters of `/v1/integrity/ledger`.
 #[derive(Debug, Deserialize, IntoParams)]

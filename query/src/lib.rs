@@ -4,13 +4,13 @@
 //! officers and incident responders, read from `custos.audit_events FINAL` with a
 //! read-only ClickHouse account, secured with OIDC bearer JWTs and roles, and itself
 //! audited (every report query is recorded in `custos.report_queries` with the writer
-//! account, acknowledged before it is answered; see [`audit`]).
+//! account, acknowledged before it is answered; see [`custos_auth::audit`]).
 //!
-//! - [`auth`]: JWT validation against the issuer's JWKS, roles from a claim path;
+//! - authentication, roles and the query audit come from [`custos_auth`];
 //! - [`reports`]: the SQL builders, pure functions over validated parameters;
 //! - [`export`]: JSON pages with cursors, CSV / NDJSON streaming;
 //! - [`fhir`]: the FHIR R4 endpoint: `metadata`, AuditEvent read and search (IHE BALP);
-//! - [`audit`]: the query audit;
+//! - [`ledger`]: the ledger verification of the query audit, consent history and revocations;
 //! - [`integrity`]: chain verification, membership proofs and the checkpoint JWKS;
 //! - [`limits`]: the global concurrency limit and the per-caller export limit.
 //!
@@ -32,8 +32,6 @@
 #![deny(missing_docs)]
 
 pub mod api;
-pub mod audit;
-pub mod auth;
 pub mod config;
 pub mod error;
 pub mod export;
@@ -61,11 +59,12 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
-use crate::audit::QueryAudit;
-use crate::auth::Authenticator;
 use crate::config::{ConfigError, QueryConfig};
+use crate::error::ApiError;
 use crate::limits::{ExportSlots, RequestLimit};
 use crate::params::Limits;
+use custos_auth::audit::QueryAudit;
+use custos_auth::oidc::Authenticator;
 
 /// Report settings derived from the configuration.
 #[derive(Debug, Clone)]
@@ -108,6 +107,14 @@ pub struct AppState {
     pub requests: RequestLimit,
     /// Exports per caller (`CUSTOS_QUERY_EXPORTS_PER_CALLER`).
     pub exports: ExportSlots,
+}
+
+impl custos_auth::oidc::AuthState for AppState {
+    type Rejection = ApiError;
+
+    fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
 }
 
 impl std::fmt::Debug for AppState {

@@ -874,7 +874,7 @@ fn check_oidc(c: &Value, name: &str, e: &BTreeMap<String, Option<String>>) -> St
     .map(|u| default_of(&u))
     {
         assert!(
-            custos_query::config::fetchable_url(&url),
+            custos_auth::config::fetchable_url(&url),
             "{name}: {url} would be refused (https, or http on loopback)"
         );
         if url.starts_with("http://") {
@@ -939,7 +939,7 @@ fn check_oidc(c: &Value, name: &str, e: &BTreeMap<String, Option<String>>) -> St
     );
     if let Some(Some(algs)) = e.get("CUSTOS_OIDC_ALGORITHMS") {
         for alg in algs.split(',') {
-            custos_query::config::parse_algorithm(alg)
+            custos_auth::config::parse_algorithm(alg)
                 .unwrap_or_else(|err| panic!("{name}: algorithm {alg}: {err}"));
         }
         let signed = staff["attributes"]["access.token.signed.response.alg"]

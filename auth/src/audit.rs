@@ -1,4 +1,6 @@
-//! Writing the query audit (`custos.report_queries`) with the writer account.
+//! The self-audit of every authorized request (`custos.report_queries`), written with the
+//! service's own account through its ledger chain ([`custos_integrity::ledger`]). The query
+//! API records each report, the consent service each privacy-API call.
 //!
 //! Every answer is recorded in two phases under one `query_id`
 //! (`ReplacingMergeTree(recorded_at)`: the later version replaces the earlier one):
@@ -32,31 +34,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::auth::Caller;
-use crate::reports::query_audit::ReportQuery;
-
-/// Insert form of [`ReportQuery`] (times as epoch ms), declared once in `custos-schemas`
-/// where the ledger verifier reads it too.
-type ReportQueryInsert = ReportQueryRow;
-
-fn insert_form(r: &ReportQuery) -> ReportQueryInsert {
-    ReportQueryInsert {
-        query_id: r.query_id.clone(),
-        asked_at: r.asked_at,
-        recorded_at: r.recorded_at,
-        caller_sub: r.caller_sub.clone(),
-        caller_issuer: r.caller_issuer.clone(),
-        caller_client: r.caller_client.clone(),
-        caller_roles: r.caller_roles.clone(),
-        report: r.report.clone(),
-        tenant: r.tenant.clone(),
-        parameters: r.parameters.clone(),
-        format: r.format.clone(),
-        status: r.status.clone(),
-        rows_returned: r.rows_returned,
-        duration_ms: r.duration_ms,
-    }
-}
+use crate::oidc::Caller;
 
 /// Why a query-audit record was not written.
 #[derive(Debug, Clone, Error)]
@@ -103,7 +81,7 @@ type Ack = oneshot::Sender<Result<(), AuditError>>;
 /// One queued record (none: a flush barrier), with the waiter to acknowledge (none for
 /// final records).
 struct Pending {
-    row: Option<ReportQueryInsert>,
+    row: Option<ReportQueryRow>,
     ack: Option<Ack>,
 }
 
@@ -179,8 +157,8 @@ impl QueryAudit {
 
     /// Writes one record and waits for ClickHouse's acknowledgement of the INSERT that
     /// carried it (phase 1: the answer depends on it).
-    pub async fn write(&self, r: &ReportQuery) -> Result<(), AuditError> {
-        let row = insert_form(r);
+    pub async fn write(&self, r: &ReportQueryRow) -> Result<(), AuditError> {
+        let row = r.clone();
         let (ack, done) = oneshot::channel();
         let pending = Pending {
             row: Some(row),
@@ -202,9 +180,9 @@ impl QueryAudit {
     /// counted (`custos_query_audit_write_failures_total`), the earlier version stays.
     /// Returns once the record is queued, so it is committed no later than any record
     /// queued after it.
-    pub async fn submit(&self, r: &ReportQuery) {
+    pub async fn submit(&self, r: &ReportQueryRow) {
         let pending = Pending {
-            row: Some(insert_form(r)),
+            row: Some(r.clone()),
             ack: None,
         };
         if let Err(mpsc::error::SendError(p)) = self.sender().send(pending).await {
@@ -224,14 +202,17 @@ impl QueryAudit {
     /// else from a spawned task, of which at most [`MAX_DETACHED_WAITERS`] wait at a time;
     /// beyond them the record is dropped (`custos_query_audit_dropped_total`; the earlier
     /// version of the record, if any, stays).
-    pub fn submit_detached(&self, r: ReportQuery) {
+    pub fn submit_detached(&self, r: ReportQueryRow) {
         let pending = Pending {
-            row: Some(insert_form(&r)),
+            row: Some(r),
             ack: None,
         };
         match self.sender().try_send(pending) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) => {
+            Err(
+                mpsc::error::TrySendError::Full(Pending { row: Some(r), .. })
+                | mpsc::error::TrySendError::Closed(Pending { row: Some(r), .. }),
+            ) => {
                 let Ok(permit) = self.inner.detached.clone().try_acquire_owned() else {
                     metrics::counter!("custos_query_audit_dropped_total").increment(1);
                     error!(
@@ -247,6 +228,7 @@ impl QueryAudit {
                     drop(permit);
                 });
             }
+            Err(_) => {}
         }
     }
 
@@ -310,7 +292,7 @@ async fn run_writer(
                 }
             }
         }
-        let rows: Vec<ReportQueryInsert> = batch.iter().filter_map(|p| p.row.clone()).collect();
+        let rows: Vec<ReportQueryRow> = batch.iter().filter_map(|p| p.row.clone()).collect();
         let result = if rows.is_empty() {
             Ok(())
         } else {
@@ -345,6 +327,15 @@ async fn run_writer(
             }
         }
     }
+}
+
+/// A code as the query-audit report filters on it (report names, purposes of use):
+/// `[A-Za-z0-9._-]{1,64}`. Every report name a service records must pass it.
+pub fn valid_code(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A fresh query id: 16 bytes of SHA-256 over time, process and a counter, in hex.
@@ -407,7 +398,7 @@ impl Asked {
 
     /// The record for a status and row count: a new version, recorded strictly later (by
     /// at least 1 ms) than every version made before it.
-    pub fn record(&self, status: &str, rows: u64) -> ReportQuery {
+    pub fn record(&self, status: &str, rows: u64) -> ReportQueryRow {
         let floor = now_ms().max(self.asked_at);
         let previous = self
             .last_recorded
@@ -416,7 +407,7 @@ impl Asked {
             })
             .unwrap_or(i64::MIN);
         let recorded_at = floor.max(previous.saturating_add(1));
-        ReportQuery {
+        ReportQueryRow {
             query_id: self.query_id.clone(),
             asked_at: self.asked_at,
             recorded_at,
@@ -503,7 +494,7 @@ impl Drop for StreamAudit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Role;
+    use crate::oidc::Role;
 
     fn caller() -> Caller {
         Caller {
