@@ -98,9 +98,10 @@ pub struct ListenError {
 }
 
 /// Binds `addr` and serves `app` on it in the background until `cancel` fires (graceful:
-/// requests in flight finish). A failing server is logged with `name`.
+/// requests in flight finish). A failing server is logged as `failed` (e.g. "HTTP server
+/// failed") with the error.
 pub async fn serve(
-    name: &'static str,
+    failed: &'static str,
     addr: SocketAddr,
     app: Router,
     cancel: CancellationToken,
@@ -113,7 +114,7 @@ pub async fn serve(
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await
         {
-            warn!(server = name, error = %e, "HTTP server failed");
+            warn!(error = %e, "{failed}");
         }
     }))
 }
