@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 use custos_auth::config::OidcArgs;
-use custos_schemas::{KeyRing, KeyRingError};
+use custos_runtime::clickhouse::ClickHouseArgs;
+use custos_runtime::keys::{KeyRingLoadError, PseudonymKeyArgs};
 use thiserror::Error;
 
 /// Errors in the configuration.
@@ -18,8 +19,8 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
     /// The pseudonymization key ring could not be loaded.
-    #[error("pseudonymization keys: {0}")]
-    Keys(#[from] KeyRingError),
+    #[error(transparent)]
+    Keys(#[from] KeyRingLoadError),
     /// The key file could not be read.
     #[error("cannot read key file: {0}")]
     KeyFile(std::io::Error),
@@ -41,13 +42,9 @@ pub struct QueryConfig {
         default_value = "http://127.0.0.1:8088"
     )]
     pub public_url: String,
-    /// ClickHouse HTTP endpoint.
-    #[arg(
-        long,
-        env = "CUSTOS_CLICKHOUSE_URL",
-        default_value = "http://127.0.0.1:18123"
-    )]
-    pub clickhouse_url: String,
+    /// ClickHouse endpoint and the timeout of one request (and of a JSON report).
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
     /// Read-only account the reports run as.
     #[arg(
         long,
@@ -64,21 +61,13 @@ pub struct QueryConfig {
     /// Password of the query-audit account (required: no password is built in).
     #[arg(long, env = "CUSTOS_QUERY_AUDIT_PASSWORD", hide_env_values = true)]
     pub writer_password: String,
-    /// Timeout of one ClickHouse request (and of a JSON report), in seconds.
-    #[arg(long, env = "CUSTOS_CLICKHOUSE_TIMEOUT_SECS", default_value_t = 30)]
-    pub clickhouse_timeout_secs: u64,
     /// Tenant of requests that name none.
     #[arg(long, env = "CUSTOS_DEFAULT_TENANT", default_value = "default")]
     pub default_tenant: String,
-    /// Pseudonymization keys, `kid=hex[,kid=hex]` (the same ring as ingest).
-    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS", hide_env_values = true)]
-    pub pseudonym_keys: Option<String>,
-    /// File holding the keys (one `kid=hex` a line); used when CUSTOS_PSEUDONYM_KEYS is unset.
-    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS_FILE")]
-    pub pseudonym_keys_file: Option<std::path::PathBuf>,
-    /// Key id of the current key (pseudonyms in query-audit parameters use it).
-    #[arg(long, env = "CUSTOS_PSEUDONYM_CURRENT_KID")]
-    pub pseudonym_current_kid: Option<String>,
+    /// Pseudonymization keys (the same ring as ingest; query-audit parameters are
+    /// pseudonymized under the current key).
+    #[command(flatten)]
+    pub keys: PseudonymKeyArgs,
     /// Rows of a JSON page when `limit` is not given.
     #[arg(long, env = "CUSTOS_QUERY_PAGE_DEFAULT", default_value_t = 100)]
     pub page_default: u32,
@@ -205,9 +194,7 @@ impl QueryConfig {
         if self.default_window_days == 0 || self.default_window_days > 36_500 {
             return bad("CUSTOS_QUERY_DEFAULT_WINDOW_DAYS must be 1..=36500");
         }
-        if self.clickhouse_timeout_secs == 0 {
-            return bad("CUSTOS_CLICKHOUSE_TIMEOUT_SECS must be positive");
-        }
+        self.clickhouse.validate().or_else(bad)?;
         if self.revocation_grace_secs > 86_400 * 30 {
             return bad("CUSTOS_REVOCATION_GRACE_SECS must be at most 30 days");
         }
@@ -249,19 +236,6 @@ impl QueryConfig {
         }
     }
 
-    /// Loads the pseudonymization key ring from the env var or the key file.
-    pub fn key_ring(&self) -> Result<KeyRing, ConfigError> {
-        let spec = match (&self.pseudonym_keys, &self.pseudonym_keys_file) {
-            (Some(spec), _) => spec.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path).map_err(ConfigError::KeyFile)?,
-            (None, None) => String::new(),
-        };
-        Ok(KeyRing::parse(
-            &spec,
-            self.pseudonym_current_kid.as_deref(),
-        )?)
-    }
-
     /// The checkpoint JWKS (public keys only), if a file is configured.
     pub fn checkpoint_jwks(&self) -> Result<Option<serde_json::Value>, ConfigError> {
         let Some(path) = &self.checkpoint_jwks_file else {
@@ -269,11 +243,6 @@ impl QueryConfig {
         };
         let text = std::fs::read_to_string(path).map_err(ConfigError::KeyFile)?;
         crate::integrity::public_jwks(&text).map(Some)
-    }
-
-    /// ClickHouse request timeout.
-    pub fn clickhouse_timeout(&self) -> Duration {
-        Duration::from_secs(self.clickhouse_timeout_secs)
     }
 }
 

@@ -88,7 +88,7 @@ impl Integrity {
     /// account with `max_execution_time` raised to the verify time limit.
     pub fn new(cfg: &QueryConfig) -> Result<Integrity, ConfigError> {
         let verifier = clickhouse::Client::default()
-            .with_url(&cfg.clickhouse_url)
+            .with_url(cfg.clickhouse.url())
             .with_user(&cfg.reader_user)
             .with_password(&cfg.reader_password)
             .with_setting("max_execution_time", cfg.verify_timeout_secs.to_string());

@@ -238,9 +238,12 @@ fn clap_env_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// `env = "CUSTOS_..."` names of ingest/src/config.rs (the clap arguments).
+/// `env = "CUSTOS_..."` names of ingest/src/config.rs (the clap arguments) and of the shared
+/// settings it flattens (runtime/src).
 fn config_rs_env_names() -> BTreeSet<String> {
-    clap_env_names(&read("ingest/src/config.rs"))
+    let mut names = clap_env_names(&read("ingest/src/config.rs"));
+    names.extend(env_names_in("runtime/src"));
+    names
 }
 
 /// Every `CUSTOS_*` variable read by the sources under `dir` (a crate's `src`): the clap
@@ -259,12 +262,16 @@ fn env_names_in(dir: &str) -> BTreeSet<String> {
 
 /// Every `CUSTOS_*` variable the ingest binary reads.
 fn ingest_env_names() -> BTreeSet<String> {
-    env_names_in("ingest/src")
+    let mut names = env_names_in("ingest/src");
+    names.extend(env_names_in("runtime/src"));
+    names
 }
 
 /// Every `CUSTOS_*` variable custos-query reads.
 fn query_env_names() -> BTreeSet<String> {
-    env_names_in("query/src")
+    let mut names = env_names_in("query/src");
+    names.extend(env_names_in("runtime/src"));
+    names
 }
 
 /// The `CUSTOS_OIDC_*` variables defined anywhere in the workspace's crates: the bearer-token
@@ -282,6 +289,7 @@ fn shared_oidc_env_names() -> BTreeSet<String> {
 /// settings (the privacy API checks bearer tokens like the query API, same variables).
 fn consent_env_names() -> BTreeSet<String> {
     let mut names = env_names_in("consent/src");
+    names.extend(env_names_in("runtime/src"));
     names.extend(shared_oidc_env_names());
     names
 }
@@ -1446,13 +1454,18 @@ fn healthchecks_and_start_order() {
         assert!(hc.contains(&"/readyz".to_owned()), "{name}");
         let mut files = Vec::new();
         rust_files(&workspace().join(src), &mut files);
+        // Its own route, or the shared ops routes of custos-runtime (checked below).
         assert!(
-            files.iter().any(|f| std::fs::read_to_string(f)
-                .expect("read source")
-                .contains("\"/readyz\"")),
+            files.iter().any(|f| {
+                let text = std::fs::read_to_string(f).expect("read source");
+                ["\"/readyz\"", "ops::router(", "ops::probes("]
+                    .iter()
+                    .any(|r| text.contains(r))
+            }),
             "{name}: {src} serves no /readyz"
         );
     }
+    assert!(read("runtime/src/ops.rs").contains("\"/readyz\""));
     assert!(strings(&service(&c, "clickhouse")["healthcheck"]["test"])
         .iter()
         .any(|t| t.contains("/ping")));
