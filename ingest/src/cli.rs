@@ -1,5 +1,5 @@
-//! The `custos-ingest` command line: `run`, `migrate`, `verify`, `keygen`, `jwks`, and the
-//! offline commands' work (`main.rs` only wires them).
+//! The `custos-ingest` command line: `run`, `migrate`, `verify`, `verify-ledger`, `keygen`,
+//! `jwks`, and the offline commands' work (`main.rs` only wires them).
 
 use std::path::PathBuf;
 
@@ -30,6 +30,9 @@ pub enum Command {
     Migrate(MigrateConfig),
     /// Recompute every hash chain and check the signed checkpoints; exits 1 on any break.
     Verify(Box<VerifyArgs>),
+    /// Check the query audit, consent history and revocations against their ledger chains;
+    /// exits 1 on any finding.
+    VerifyLedger(Box<VerifyLedgerArgs>),
     /// Write a new PKCS#8 PEM P-256 checkpoint signing key (mode 0600).
     Keygen(KeygenArgs),
     /// Print the JWKS of a checkpoint key (public part only).
@@ -107,7 +110,36 @@ pub struct VerifyArgs {
     pub anchors: Option<PathBuf>,
 }
 
-/// Errors of the offline commands (`verify`, `jwks`).
+/// Settings of `custos-ingest verify-ledger`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyLedgerArgs {
+    /// ClickHouse endpoint.
+    #[command(flatten)]
+    pub clickhouse: ClickHouseUrl,
+    /// Account to read with (SELECT is enough).
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_READER_USER",
+        default_value = "custos_reader"
+    )]
+    pub user: String,
+    /// Its password (required: no password is built in).
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_READER_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: String,
+    /// Only the rows of this tenant (and the chains holding entries of it).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Retention of the tables in days: rows and entries older than it may be gone.
+    #[arg(long, env = "CUSTOS_RETENTION_DAYS", default_value_t = custos_schemas::migrations::DEFAULT_RETENTION_DAYS,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_days: u32,
+}
+
+/// Errors of the offline commands (`verify`, `verify-ledger`, `jwks`).
 #[derive(Debug, Error)]
 pub enum CommandError {
     /// A file could not be read.
@@ -130,6 +162,9 @@ pub enum CommandError {
     /// The verification failed to run.
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// The ledger could not be read.
+    #[error("ledger: {0}")]
+    Ledger(#[from] clickhouse::error::Error),
     /// The checkpoint-topic reader task failed.
     #[error("reading the checkpoint topic: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -174,6 +209,18 @@ pub async fn verify(args: &VerifyArgs) -> Result<Report, CommandError> {
         );
     }
     Ok(crate::verify::verify_with(&client, &scope, jwks.as_ref(), &external).await?)
+}
+
+/// Runs `verify-ledger` ([`custos_integrity::ledger::verify`]).
+pub async fn verify_ledger(
+    args: &VerifyLedgerArgs,
+) -> Result<custos_integrity::ledger::Report, CommandError> {
+    let client = args.clickhouse.client(&args.user, &args.password);
+    let scope = custos_integrity::ledger::Scope {
+        tenant: args.tenant.clone(),
+        ..custos_integrity::ledger::Scope::all(args.retention_days)
+    };
+    Ok(custos_integrity::ledger::verify(&client, &scope).await?)
 }
 
 /// The public JWKS of a checkpoint key file.

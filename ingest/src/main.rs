@@ -23,6 +23,13 @@ fn main() -> anyhow::Result<()> {
                     std::process::exit(1);
                 }
             }
+            Command::VerifyLedger(args) => {
+                let report = custos_ingest::cli::verify_ledger(&args).await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                if !report.ok {
+                    std::process::exit(1);
+                }
+            }
             Command::Keygen(args) => {
                 keygen::write_p256_key(&args.out)?;
                 info!(path = %args.out.display(), "checkpoint key written");

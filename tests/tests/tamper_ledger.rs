@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use custos_integrity::ledger::{self, FindingKind, Ledger, Ledgered, Scope};
 use custos_schemas::records::{HistoryRow, ReportQueryRow, RevocationRow};
-use custos_tests::{account, admin, unique};
+use custos_tests::{account, admin, ch_env, clickhouse_url, ingest_binary, unique};
 
 mod support;
 use support::{get, token};
@@ -92,6 +92,28 @@ fn revocation_row(tenant: &str, id: &str, state: &str, seq: u32) -> RevocationRo
     }
 }
 
+/// Runs `custos-ingest verify-ledger --tenant T`: (exit code, JSON report).
+fn verify_ledger_cli(tenant: &str) -> Result<(i32, serde_json::Value)> {
+    let out = std::process::Command::new(ingest_binary())
+        .envs(ch_env())
+        .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
+        .args([
+            "verify-ledger",
+            "--tenant",
+            tenant,
+            "--retention-days",
+            "30",
+        ])
+        .output()?;
+    let report = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "verify-ledger printed no report: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok((out.status.code().unwrap_or(-1), report))
+}
+
 fn scope(tenant: &str) -> Scope {
     Scope {
         tenant: Some(tenant.to_owned()),
@@ -169,6 +191,12 @@ async fn the_ledger_finds_edited_deleted_and_inserted_records_and_entries() -> R
 
     let clean = ledger::verify(&reader, &scope(&tenant)).await?;
     assert!(clean.ok, "{:#?}", clean);
+    let (code, report) = verify_ledger_cli(&tenant)?;
+    assert_eq!(
+        (code, &report["ok"]),
+        (0, &serde_json::json!(true)),
+        "{report:#}"
+    );
     let counts: Vec<(&str, u64, u64, u64)> = clean
         .tables
         .iter()
@@ -255,6 +283,11 @@ async fn the_ledger_finds_edited_deleted_and_inserted_records_and_entries() -> R
     ];
     want.sort_by(|a, b| (&a.0, &a.2).cmp(&(&b.0, &b.2)));
     assert_eq!(findings(&tampered), want);
+    // The auditor's command line reports the same and exits 1.
+    let (code, report) = verify_ledger_cli(&tenant)?;
+    assert_eq!(code, 1, "{report:#}");
+    let cli: ledger::Report = serde_json::from_value(report)?;
+    assert_eq!(findings(&cli), want);
 
     // Another tenant's verification is not disturbed by this one's tampering.
     let other = ledger::verify(&reader, &scope(&unique("ledger-other"))).await?;
