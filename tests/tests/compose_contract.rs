@@ -267,15 +267,17 @@ fn ingest_env_names() -> BTreeSet<String> {
     names
 }
 
-/// Every `CUSTOS_*` variable custos-query reads.
+/// Every `CUSTOS_*` variable custos-query reads: its own, the shared settings (runtime/src)
+/// and the OIDC settings (auth/src).
 fn query_env_names() -> BTreeSet<String> {
     let mut names = env_names_in("query/src");
     names.extend(env_names_in("runtime/src"));
+    names.extend(env_names_in("auth/src"));
     names
 }
 
 /// The `CUSTOS_OIDC_*` variables defined anywhere in the workspace's crates: the bearer-token
-/// settings are one clap struct (today `OidcArgs` of query/src/config.rs) that other services
+/// settings are one clap struct (`OidcArgs` of auth/src/config.rs) that other services
 /// may flatten into their own configuration, wherever it ends up living.
 fn shared_oidc_env_names() -> BTreeSet<String> {
     workspace_members()
@@ -1699,8 +1701,11 @@ fn clickhouse_accounts_match_the_dev_stack() {
     );
     assert_eq!(
         compose_users["custos_query"],
-        ["GRANT INSERT ON custos.report_queries"],
-        "the query API writes its own audit records only"
+        [
+            "GRANT INSERT ON custos.report_queries",
+            "GRANT INSERT ON custos.ledger"
+        ],
+        "the query API writes its own audit records (and their ledger entries) only"
     );
     for user in ["custos_writer", "custos_query", "custos_consent"] {
         assert!(
