@@ -46,9 +46,9 @@ pub enum Command {
     },
 }
 
-/// Settings of `custos-ingest verify`.
+/// The ClickHouse endpoint and read-only account the verifications read with.
 #[derive(Debug, Clone, clap::Args)]
-pub struct VerifyArgs {
+pub struct ReaderArgs {
     /// ClickHouse endpoint.
     #[command(flatten)]
     pub clickhouse: ClickHouseUrl,
@@ -66,6 +66,21 @@ pub struct VerifyArgs {
         hide_env_values = true
     )]
     pub password: String,
+}
+
+impl ReaderArgs {
+    /// A client of the read-only account.
+    pub fn client(&self) -> clickhouse::Client {
+        self.clickhouse.client(&self.user, &self.password)
+    }
+}
+
+/// Settings of `custos-ingest verify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// The read-only account.
+    #[command(flatten)]
+    pub reader: ReaderArgs,
     /// JWKS file with the checkpoint public keys.
     #[arg(long, env = "CUSTOS_CHECKPOINT_JWKS_FILE")]
     pub jwks: Option<PathBuf>,
@@ -113,23 +128,9 @@ pub struct VerifyArgs {
 /// Settings of `custos-ingest verify-ledger`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyLedgerArgs {
-    /// ClickHouse endpoint.
+    /// The read-only account.
     #[command(flatten)]
-    pub clickhouse: ClickHouseUrl,
-    /// Account to read with (SELECT is enough).
-    #[arg(
-        long,
-        env = "CUSTOS_CLICKHOUSE_READER_USER",
-        default_value = "custos_reader"
-    )]
-    pub user: String,
-    /// Its password (required: no password is built in).
-    #[arg(
-        long,
-        env = "CUSTOS_CLICKHOUSE_READER_PASSWORD",
-        hide_env_values = true
-    )]
-    pub password: String,
+    pub reader: ReaderArgs,
     /// Only the rows of this tenant (and the chains holding entries of it).
     #[arg(long)]
     pub tenant: Option<String>,
@@ -180,7 +181,7 @@ fn read(path: &std::path::Path) -> Result<String, CommandError> {
 /// Runs `verify`: every chain in scope, the checkpoints of the store, the topic and the
 /// anchors.
 pub async fn verify(args: &VerifyArgs) -> Result<Report, CommandError> {
-    let client = args.clickhouse.client(&args.user, &args.password);
+    let client = args.reader.client();
     let jwks = match &args.jwks {
         Some(p) => Some(serde_json::from_str(&read(p)?).map_err(CommandError::Jwks)?),
         None => None,
@@ -215,7 +216,7 @@ pub async fn verify(args: &VerifyArgs) -> Result<Report, CommandError> {
 pub async fn verify_ledger(
     args: &VerifyLedgerArgs,
 ) -> Result<custos_integrity::ledger::Report, CommandError> {
-    let client = args.clickhouse.client(&args.user, &args.password);
+    let client = args.reader.client();
     let scope = custos_integrity::ledger::Scope {
         tenant: args.tenant.clone(),
         ..custos_integrity::ledger::Scope::all(args.retention_days)
