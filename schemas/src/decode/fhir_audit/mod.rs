@@ -39,13 +39,14 @@
 //!
 //! Keycloak admin events also carry `resourceType` (`USER`, `CLIENT`, ...) and reach this
 //! decoder first; a document with a top-level `realmId` whose `resourceType` is not
-//! `AuditEvent` is handed to [`crate::keycloak::decode_keycloak`].
+//! `AuditEvent` is handed to [`crate::decode::keycloak::decode_keycloak`].
 
 use chrono::{DateTime, Utc};
 use memchr::memmem;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+use super::json;
 use crate::error::DecodeError;
 use crate::event::{
     Decision, Event, EventType, FhirAccessData, Payload, SourceFormat, INTERACTIONS,
@@ -268,7 +269,7 @@ pub fn decode_fhir_audit_event(bytes: &[u8]) -> Result<Event, DecodeError> {
     if memmem::find(bytes, b"\"realmId\"").is_some() {
         let probe: Probe = parse(bytes, "")?;
         if probe.realm_id.is_some() && probe.resource_type.as_deref() != Some("AuditEvent") {
-            return crate::keycloak::decode_keycloak(bytes);
+            return super::keycloak::decode_keycloak(bytes);
         }
     }
     let audit: AuditEventJson = parse(bytes, "AuditEvent")?;
@@ -276,7 +277,7 @@ pub fn decode_fhir_audit_event(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> Result<T, DecodeError> {
-    DecodeError::parse_json(bytes, prefix)
+    json::parse(bytes, prefix)
 }
 
 fn missing(path: &str) -> DecodeError {
