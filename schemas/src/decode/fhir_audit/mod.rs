@@ -41,11 +41,15 @@
 //! decoder first; a document with a top-level `realmId` whose `resourceType` is not
 //! `AuditEvent` is handed to [`crate::decode::keycloak::decode_keycloak`].
 
-use chrono::{DateTime, Utc};
-use memchr::memmem;
-use serde::de::IgnoredAny;
-use serde::Deserialize;
+mod agents;
+mod entities;
+mod resource;
 
+use memchr::memmem;
+
+use self::agents::{Client, User};
+use self::entities::Entities;
+use self::resource::{ext_text, find_ext, AuditEventJson, CodingLike, Outcome, Probe};
 use super::json;
 use crate::error::DecodeError;
 use crate::event::{
@@ -81,303 +85,30 @@ const ACT_REASON: [&str; 2] = [
     "urn:oid:2.16.840.1.113883.5.8",
 ];
 
-/// Just enough to route Keycloak admin events away.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Probe {
-    resource_type: Option<String>,
-    realm_id: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AuditEventJson {
-    resource_type: String,
-    id: Option<String>,
-    meta: Option<Meta>,
-    #[serde(default)]
-    extension: Vec<Extension>,
-    #[serde(rename = "type")]
-    ty: Option<CodingLike>,
-    #[serde(default)]
-    subtype: Vec<CodingLike>,
-    recorded: Option<DateTime<Utc>>,
-    outcome: Option<Outcome>,
-    #[serde(default)]
-    purpose_of_event: Vec<CodingLike>,
-    #[serde(default)]
-    agent: Vec<Agent>,
-    source: Option<Source>,
-    #[serde(default)]
-    entity: Vec<Entity>,
-}
-
-#[derive(Deserialize)]
-struct Meta {
-    #[serde(default)]
-    profile: Vec<String>,
-}
-
-/// A `Coding` (R4 `subtype`, `entity.type`, `entity.role`) or a `CodeableConcept`
-/// (R4 `agent.type`, `purposeOfEvent`; R5 `subtype`): both shapes fit.
-#[derive(Deserialize, Default)]
-struct CodingLike {
-    system: Option<String>,
-    code: Option<String>,
-    #[serde(default)]
-    coding: Vec<Coding>,
-    text: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Coding {
-    system: Option<String>,
-    code: Option<String>,
-}
-
-impl CodingLike {
-    /// `(system, code)` of the value itself and of each of its codings.
-    fn codings(&self) -> impl Iterator<Item = (Option<&str>, &str)> {
-        let own = self.code.as_deref().map(|c| (self.system.as_deref(), c));
-        own.into_iter().chain(
-            self.coding
-                .iter()
-                .filter_map(|c| c.code.as_deref().map(|code| (c.system.as_deref(), code))),
-        )
-    }
-
-    /// Has `code` in `system` (a coding without a system matches too).
-    fn has(&self, system: &str, code: &str) -> bool {
-        self.codings()
-            .any(|(s, c)| c == code && s.is_none_or(|s| s == system))
-    }
-}
-
-/// R4 `outcome` is a code; R5 has `outcome.code` as a Coding.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Outcome {
-    Code(String),
-    Concept { code: CodingLike },
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Agent {
-    #[serde(rename = "type")]
-    ty: Option<CodingLike>,
-    who: Option<Reference>,
-    requestor: Option<bool>,
-    #[serde(default)]
-    policy: Vec<String>,
-    network: Option<Network>,
-    #[serde(default)]
-    purpose_of_use: Vec<CodingLike>,
-    #[serde(default)]
-    extension: Vec<Extension>,
-}
-
-impl Agent {
-    fn has_type(&self, system: &str, code: &str) -> bool {
-        self.ty.as_ref().is_some_and(|t| t.has(system, code))
-    }
-}
-
-#[derive(Deserialize)]
-struct Reference {
-    reference: Option<String>,
-    #[serde(rename = "type")]
-    ty: Option<String>,
-    identifier: Option<Identifier>,
-    display: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Identifier {
-    system: Option<String>,
-    value: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Network {
-    address: Option<String>,
-    #[serde(rename = "type")]
-    ty: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Source {
-    site: Option<String>,
-    observer: Option<Reference>,
-}
-
-#[derive(Deserialize)]
-struct Entity {
-    what: Option<Reference>,
-    #[serde(rename = "type")]
-    ty: Option<CodingLike>,
-    role: Option<CodingLike>,
-    name: Option<String>,
-    description: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Extension {
-    url: Option<String>,
-    value_string: Option<String>,
-    value_code: Option<String>,
-    value_id: Option<String>,
-    value_uri: Option<String>,
-    value_integer: Option<i64>,
-    value_unsigned_int: Option<i64>,
-    value_positive_int: Option<i64>,
-}
-
-impl Extension {
-    fn text(&self) -> Option<&str> {
-        [
-            &self.value_string,
-            &self.value_code,
-            &self.value_id,
-            &self.value_uri,
-        ]
-        .into_iter()
-        .find_map(|v| v.as_deref())
-        .filter(|v| !v.trim().is_empty())
-    }
-
-    fn integer(&self) -> Option<i64> {
-        self.value_integer
-            .or(self.value_unsigned_int)
-            .or(self.value_positive_int)
-    }
-}
-
-fn find_ext<'a>(exts: &'a [Extension], url: &str) -> Option<&'a Extension> {
-    exts.iter().find(|e| e.url.as_deref() == Some(url))
-}
-
-fn ext_text(exts: &[Extension], url: &str) -> Option<String> {
-    find_ext(exts, url)
-        .and_then(Extension::text)
-        .map(str::to_owned)
-}
-
 /// Decodes a FHIR R4 AuditEvent resource (or hands a Keycloak admin event on).
 pub fn decode_fhir_audit_event(bytes: &[u8]) -> Result<Event, DecodeError> {
     if memmem::find(bytes, b"\"realmId\"").is_some() {
-        let probe: Probe = parse(bytes, "")?;
+        let probe: Probe = json::parse(bytes, "")?;
         if probe.realm_id.is_some() && probe.resource_type.as_deref() != Some("AuditEvent") {
             return super::keycloak::decode_keycloak(bytes);
         }
     }
-    let audit: AuditEventJson = parse(bytes, "AuditEvent")?;
+    let audit: AuditEventJson = json::parse(bytes, "AuditEvent")?;
     map(audit)
 }
 
-fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> Result<T, DecodeError> {
-    json::parse(bytes, prefix)
-}
-
+/// A missing required field, named by its FHIR path.
 fn missing(path: &str) -> DecodeError {
     DecodeError::MissingField(path.to_owned())
 }
 
+/// The value unless absent or blank.
 fn nonempty(value: Option<&str>) -> Option<&str> {
     value.filter(|v| !v.trim().is_empty())
 }
 
-/// What an entity is, for this mapping.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum EntityKind {
-    Transaction,
-    Query,
-    Patient,
-    Data,
-    Other,
-}
-
-fn entity_kind(e: &Entity) -> EntityKind {
-    let role = |code| e.role.as_ref().is_some_and(|r| r.has(OBJECT_ROLE, code));
-    if e.ty
-        .as_ref()
-        .is_some_and(|t| t.has(BALP_ENTITY_TYPE, "XrequestId"))
-    {
-        EntityKind::Transaction
-    } else if role("24") {
-        EntityKind::Query
-    } else if role("1") {
-        EntityKind::Patient
-    } else if entity_target(e).is_some() {
-        EntityKind::Data
-    } else {
-        EntityKind::Other
-    }
-}
-
-/// `(type, id)` an entity points at: from `what.reference`, else type only from `what.type`.
-fn entity_target(e: &Entity) -> Option<(&str, Option<&str>)> {
-    let what = e.what.as_ref()?;
-    if let Some((t, id)) = what.reference.as_deref().and_then(split_reference) {
-        return Some((t, Some(id)));
-    }
-    let t = what.ty.as_deref()?;
-    let t = t.rsplit('/').next().unwrap_or(t);
-    is_type_name(t).then_some((t, None))
-}
-
-/// Splits `Type/id`, `Type/id/_history/v` or an absolute URL ending so into type and id.
-fn split_reference(reference: &str) -> Option<(&str, &str)> {
-    let r = reference.split(['?', '#']).next().unwrap_or("");
-    let r = match r.find("/_history") {
-        Some(i) => &r[..i],
-        None => r,
-    };
-    let mut parts = r.trim_end_matches('/').rsplit('/');
-    let id = parts.next().filter(|id| !id.is_empty())?;
-    let t = parts.next()?;
-    is_type_name(t).then_some((t, id))
-}
-
-/// A FHIR resource type name: `PascalCase` ASCII letters (rejects `FHIR`, `r4`, hosts).
-fn is_type_name(s: &str) -> bool {
-    s.len() <= 64
-        && s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
-        && s.chars().all(|c| c.is_ascii_alphabetic())
-        && s.chars().any(|c| c.is_ascii_lowercase())
-}
-
-/// The resource type a query entity searched: a `resource-types` type code, else the last
-/// resource-type path segment of the request line in `description` or `name`.
-fn query_type(e: &Entity) -> Option<String> {
-    let coded = e.ty.as_ref().and_then(|t| {
-        t.codings()
-            .find(|(s, c)| *s == Some(RESOURCE_TYPES) && is_type_name(c))
-            .map(|(_, c)| c.to_owned())
-    });
-    coded
-        .or_else(|| e.description.as_deref().and_then(type_from_request_line))
-        .or_else(|| e.name.as_deref().and_then(type_from_request_line))
-}
-
-/// `GET https://host/r4/Observation?patient=x` or `POST /r4/Observation/_search HTTP/1.1`:
-/// the last path segment that is a resource type name. Only the name is kept.
-fn type_from_request_line(text: &str) -> Option<String> {
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
-    let mut tokens = line.split_ascii_whitespace();
-    let first = tokens.next()?;
-    let target = if first.chars().all(|c| c.is_ascii_uppercase()) {
-        tokens.next()?
-    } else {
-        first
-    };
-    let path = target.split(['?', '#']).next().unwrap_or("");
-    path.rsplit('/')
-        .find(|s| is_type_name(s))
-        .map(str::to_owned)
-}
-
+/// Maps the resource to a `custos.fhir.access` event, one concern per step, in the order
+/// their errors are reported.
 fn map(audit: AuditEventJson) -> Result<Event, DecodeError> {
     if audit.resource_type != "AuditEvent" {
         return Err(DecodeError::unknown_type(&format!(
@@ -391,8 +122,61 @@ fn map(audit: AuditEventJson) -> Result<Event, DecodeError> {
     let time = audit
         .recorded
         .ok_or_else(|| missing("AuditEvent.recorded"))?;
+    let interaction = interaction(&audit)?;
+    let (decision, http_status) = outcome(&audit)?;
+    let source = source(&audit)?;
+    let user = User::find(&audit)?;
+    let client = Client::find(&audit, &user)?;
+    let (purpose_of_use, break_glass_reason) = purpose_of_use(&audit, &user, decision)?;
+    let entities = Entities::classify(&audit.entity);
+    let request_id = entities.request_id().unwrap_or_else(|| id.clone());
+    let search_like = matches!(
+        interaction,
+        "search" | "search-type" | "search-system" | "history-type" | "history-system"
+    );
+    let patient = entities.patient(search_like);
+    let target = entities.target(interaction, patient.as_deref())?;
+    let returned_ids = if search_like {
+        entities.returned_ids()
+    } else {
+        Vec::new()
+    };
+    let data = FhirAccessData {
+        request_id,
+        iss: user.iss,
+        sub: user.sub,
+        fhir_user: user.fhir_user,
+        client_id: client.client_id,
+        jti: user.jti,
+        scope: user.scope,
+        interaction: target.interaction,
+        resource_type: target.resource_type,
+        resource_id: target.resource_id,
+        patient,
+        encounter: entities.encounter(),
+        purpose_of_use,
+        break_glass_reason,
+        decision,
+        http_status,
+        source_ip: client.source_ip,
+        user_agent: ext_text(&audit.extension, EXT_USER_AGENT),
+        returned_ids,
+    };
+    Ok(Event {
+        id,
+        source,
+        event_type: EventType::FhirAccess,
+        time,
+        tenant: ext_text(&audit.extension, EXT_TENANT),
+        format: SourceFormat::FhirAuditEvent,
+        payload: Payload::FhirAccess(data),
+    })
+}
 
-    // Interaction.
+/// The REST interaction: the `subtype` coding of [`RESTFUL_INTERACTION`] (or a known
+/// interaction code without a system). Without one, a non-`rest` event type is an unknown
+/// type and a `rest` event lacks its subtype.
+fn interaction(audit: &AuditEventJson) -> Result<&str, DecodeError> {
     let interaction = audit
         .subtype
         .iter()
@@ -402,23 +186,26 @@ fn map(audit: AuditEventJson) -> Result<Event, DecodeError> {
             None => INTERACTIONS.contains(c),
         })
         .map(|(_, c)| c);
-    let interaction = match interaction {
-        Some(i) if INTERACTIONS.contains(&i) => i,
-        Some(other) => return Err(DecodeError::unknown_type(&format!("fhir:{other}"))),
+    match interaction {
+        Some(i) if INTERACTIONS.contains(&i) => Ok(i),
+        Some(other) => Err(DecodeError::unknown_type(&format!("fhir:{other}"))),
         None => {
             let non_rest = audit.ty.as_ref().and_then(|t| {
                 t.codings()
                     .find(|(s, c)| !(*c == "rest" && s.is_none_or(|s| s == AUDIT_EVENT_TYPE)))
                     .map(|(_, c)| c)
             });
-            return Err(match non_rest {
+            Err(match non_rest {
                 Some(code) => DecodeError::unknown_type(&format!("fhir:AuditEvent:{code}")),
                 None => missing("AuditEvent.subtype"),
-            });
+            })
         }
-    };
+    }
+}
 
-    // Outcome.
+/// The decision and HTTP status: from `outcome` (R4 code or R5 concept), the status from
+/// extension [`EXT_HTTP_STATUS`] when present.
+fn outcome(audit: &AuditEventJson) -> Result<(Decision, u16), DecodeError> {
     let outcome = match &audit.outcome {
         None => return Err(missing("AuditEvent.outcome")),
         Some(Outcome::Code(c)) => c.as_str(),
@@ -452,8 +239,12 @@ fn map(audit: AuditEventJson) -> Result<Event, DecodeError> {
                 )
             })?,
     };
+    Ok((decision, http_status))
+}
 
-    // Source.
+/// The event source: `source.observer` reference, display or identifier, else
+/// `fhir:` + `source.site`.
+fn source(audit: &AuditEventJson) -> Result<String, DecodeError> {
     let source = audit.source.as_ref().and_then(|s| {
         let observer = s.observer.as_ref();
         observer
@@ -467,91 +258,23 @@ fn map(audit: AuditEventJson) -> Result<Event, DecodeError> {
             .map(str::to_owned)
             .or_else(|| nonempty(s.site.as_deref()).map(|site| format!("fhir:{site}")))
     });
-    let source = source.ok_or_else(|| missing("AuditEvent.source.observer"))?;
+    source.ok_or_else(|| missing("AuditEvent.source.observer"))
+}
 
-    // The user (requestor) agent.
-    let user = audit
-        .agent
-        .iter()
-        .find(|a| a.requestor == Some(true))
-        .or_else(|| {
-            audit.agent.iter().find(|a| {
-                a.has_type(BALP_USER_AGENT_TYPE, "UserOauthAgent")
-                    || a.has_type(BALP_USER_AGENT_TYPE, "UserSamlAgent")
-            })
-        })
-        .ok_or_else(|| missing("AuditEvent.agent(requestor)"))?;
-    let user_id = user.who.as_ref().and_then(|w| w.identifier.as_ref());
-    let sub = nonempty(user_id.and_then(|i| i.value.as_deref()))
-        .ok_or_else(|| missing("AuditEvent.agent(requestor).who.identifier.value"))?
-        .to_owned();
-    let user_ext =
-        |url: &str| ext_text(&audit.extension, url).or_else(|| ext_text(&user.extension, url));
-    let iss = nonempty(user_id.and_then(|i| i.system.as_deref()))
-        .map(str::to_owned)
-        .or_else(|| user_ext(EXT_ISSUER))
-        .ok_or_else(|| missing("AuditEvent.agent(requestor).who.identifier.system"))?;
-    let fhir_user = user
-        .who
-        .as_ref()
-        .and_then(|w| w.reference.as_deref())
-        .and_then(split_reference)
-        .map(|(t, id)| format!("{t}/{id}"));
-    let opaque = audit.meta.as_ref().is_some_and(|m| {
-        m.profile
-            .iter()
-            .any(|p| p.contains("OAUTHaccessTokenUse.Opaque"))
-    });
-    let jti = user
-        .policy
-        .first()
-        .filter(|_| !opaque)
-        .and_then(|p| nonempty(Some(p.as_str())))
-        .map(str::to_owned)
-        .or_else(|| user_ext(EXT_JTI));
-    let scope = user_ext(EXT_SCOPE);
-
-    // The client agent.
-    let client = audit
-        .agent
-        .iter()
-        .find(|a| a.has_type(DCM, "110150"))
-        .or_else(|| {
-            audit.agent.iter().find(|a| {
-                a.requestor != Some(true)
-                    && (a.has_type(DCM, "110152") || a.has_type(DCM, "110153"))
-                    && a.network
-                        .as_ref()
-                        .is_some_and(|n| matches!(n.ty.as_deref(), Some("1" | "2")))
-            })
-        })
-        .ok_or_else(|| missing("AuditEvent.agent(client)"))?;
-    let client_id = client
-        .who
-        .as_ref()
-        .and_then(|w| {
-            nonempty(w.identifier.as_ref().and_then(|i| i.value.as_deref()))
-                .or(nonempty(w.display.as_deref()))
-                .or(nonempty(w.reference.as_deref()))
-        })
-        .ok_or_else(|| missing("AuditEvent.agent(client).who"))?
-        .to_owned();
-    let ip_of = |a: &Agent| {
-        a.network
-            .as_ref()
-            .filter(|n| matches!(n.ty.as_deref(), None | Some("2")))
-            .and_then(|n| nonempty(n.address.as_deref()))
-            .map(str::to_owned)
-    };
-    let source_ip = ip_of(client).or_else(|| ip_of(user));
-
-    // Purpose of use and break-the-glass.
+/// The v3-ActReason purposes of `purposeOfEvent` and of the user's `purposeOfUse` (each
+/// once, in order), and the break-the-glass reason: extension [`EXT_BREAK_GLASS_REASON`],
+/// else the text of the concept carrying `BTG`. A permitted `BTG` access needs a reason.
+fn purpose_of_use(
+    audit: &AuditEventJson,
+    user: &User<'_>,
+    decision: Decision,
+) -> Result<(Vec<String>, Option<String>), DecodeError> {
     let mut purpose_of_use: Vec<String> = Vec::new();
     let mut btg_text: Option<String> = None;
     for concept in audit
         .purpose_of_event
         .iter()
-        .chain(user.purpose_of_use.iter())
+        .chain(user.agent.purpose_of_use.iter())
     {
         for (system, code) in concept.codings() {
             if !system.is_none_or(|s| ACT_REASON.contains(&s)) {
@@ -565,179 +288,12 @@ fn map(audit: AuditEventJson) -> Result<Event, DecodeError> {
             }
         }
     }
-    let break_glass_reason = user_ext(EXT_BREAK_GLASS_REASON).or(btg_text);
+    let break_glass_reason = user.extension(EXT_BREAK_GLASS_REASON).or(btg_text);
     if purpose_of_use.iter().any(|p| p == "BTG")
         && decision == Decision::Permit
         && break_glass_reason.is_none()
     {
         return Err(missing("AuditEvent.purposeOfEvent(BTG).text"));
     }
-
-    // Entities.
-    let kinds: Vec<EntityKind> = audit.entity.iter().map(entity_kind).collect();
-    let of_kind = |kind: EntityKind| {
-        audit
-            .entity
-            .iter()
-            .zip(kinds.iter())
-            .filter(move |(_, k)| **k == kind)
-            .map(|(e, _)| e)
-    };
-    let request_id = of_kind(EntityKind::Transaction)
-        .find_map(|e| {
-            e.what
-                .as_ref()
-                .and_then(|w| w.identifier.as_ref())
-                .and_then(|i| nonempty(i.value.as_deref()))
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(|| id.clone());
-    let search_like = matches!(
-        interaction,
-        "search" | "search-type" | "search-system" | "history-type" | "history-system"
-    );
-    let patient_ref = |e: &Entity| {
-        e.what
-            .as_ref()
-            .and_then(|w| w.reference.as_deref())
-            .and_then(split_reference)
-            .filter(|(t, _)| *t == "Patient")
-            .map(|(_, id)| format!("Patient/{id}"))
-    };
-    let patient = of_kind(EntityKind::Patient)
-        .find_map(patient_ref)
-        .or_else(|| {
-            if search_like {
-                None
-            } else {
-                audit.entity.iter().find_map(patient_ref)
-            }
-        });
-    let encounter = audit.entity.iter().find_map(|e| {
-        e.what
-            .as_ref()
-            .and_then(|w| w.reference.as_deref())
-            .and_then(split_reference)
-            .filter(|(t, _)| *t == "Encounter")
-            .map(|(_, id)| format!("Encounter/{id}"))
-    });
-    let explicit_data_role = |e: &Entity| {
-        e.role.as_ref().is_some_and(|r| {
-            r.has(OBJECT_ROLE, "4") || r.has(OBJECT_ROLE, "3") || r.has(OBJECT_ROLE, "20")
-        })
-    };
-    let primary = of_kind(EntityKind::Data)
-        .find(|e| explicit_data_role(e))
-        .or_else(|| of_kind(EntityKind::Data).next())
-        .and_then(entity_target);
-    let data_type = primary.map(|(t, _)| t.to_owned());
-
-    let mut interaction = interaction.to_owned();
-    let mut resource_id = None;
-    let mut returned_ids = Vec::new();
-    let resource_type = match interaction.as_str() {
-        "search-system" | "history-system" => "Resource".to_owned(),
-        "capabilities" => "CapabilityStatement".to_owned(),
-        "transaction" | "batch" => "Bundle".to_owned(),
-        "search" | "search-type" | "history-type" => {
-            let searched = of_kind(EntityKind::Query)
-                .find_map(query_type)
-                .or(data_type);
-            match (searched, interaction.as_str()) {
-                (Some(t), "search") => {
-                    interaction = "search-type".to_owned();
-                    t
-                }
-                (Some(t), _) => t,
-                (None, "search") => {
-                    interaction = "search-system".to_owned();
-                    "Resource".to_owned()
-                }
-                (None, _) => return Err(missing("AuditEvent.entity(query)")),
-            }
-        }
-        _ => match primary {
-            Some((t, id)) => {
-                resource_id = id.map(str::to_owned);
-                t.to_owned()
-            }
-            None => match patient.as_deref().and_then(|p| p.strip_prefix("Patient/")) {
-                Some(pid) if interaction != "create" => {
-                    resource_id = Some(pid.to_owned());
-                    "Patient".to_owned()
-                }
-                _ if interaction == "history" => "Resource".to_owned(),
-                _ => return Err(missing("AuditEvent.entity(data).what")),
-            },
-        },
-    };
-    if search_like {
-        returned_ids = of_kind(EntityKind::Data)
-            .filter_map(entity_target)
-            .filter_map(|(t, id)| id.map(|id| format!("{t}/{id}")))
-            .collect();
-    }
-
-    let data = FhirAccessData {
-        request_id,
-        iss,
-        sub,
-        fhir_user,
-        client_id,
-        jti,
-        scope,
-        interaction,
-        resource_type,
-        resource_id,
-        patient,
-        encounter,
-        purpose_of_use,
-        break_glass_reason,
-        decision,
-        http_status,
-        source_ip,
-        user_agent: ext_text(&audit.extension, EXT_USER_AGENT),
-        returned_ids,
-    };
-    Ok(Event {
-        id,
-        source,
-        event_type: EventType::FhirAccess,
-        time,
-        tenant: ext_text(&audit.extension, EXT_TENANT),
-        format: SourceFormat::FhirAuditEvent,
-        payload: Payload::FhirAccess(data),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_references() {
-        assert_eq!(split_reference("Patient/123"), Some(("Patient", "123")));
-        assert_eq!(
-            split_reference("https://fhir.example/r4/Observation/o-1/_history/3"),
-            Some(("Observation", "o-1"))
-        );
-        assert_eq!(split_reference("#contained"), None);
-        assert_eq!(split_reference("urn:uuid:1234"), None);
-        assert_eq!(split_reference("Patient/"), None);
-    }
-
-    #[test]
-    fn finds_the_searched_type() {
-        let t = |s| type_from_request_line(s);
-        assert_eq!(
-            t("GET test.fhir.org/r4/Observation?patient=ex-patient&_count=10\nAccept: x"),
-            Some("Observation".to_owned())
-        );
-        assert_eq!(
-            t("POST /r4/Observation/_search HTTP/1.1\nHost: test.fhir.org"),
-            Some("Observation".to_owned())
-        );
-        assert_eq!(t("GET Patient/123/Condition"), Some("Condition".to_owned()));
-        assert_eq!(t("GET https://x.example/FHIR?_type=Observation"), None);
-    }
+    Ok((purpose_of_use, break_glass_reason))
 }
