@@ -6,8 +6,8 @@
 //! - [`decode()`]: one entry point that recognizes CloudEvents 1.0 (structured and binary
 //!   mode), Keycloak event JSON (user and admin events), FHIR R4 `AuditEvent` (IHE BALP)
 //!   and FHIR R4 `Consent` ([`fhir_consent`]) and yields `Result<Event, DecodeError>`;
-//!   one module per format under [`decode`], with the JSON parser ([`decode::json`]) beside
-//!   them;
+//!   one module per format under [`mod@decode`], with the JSON parser
+//!   ([`decode::json`]) beside them;
 //! - [`pseudonym`]: the HMAC-SHA256 key ring that turns patient identifiers into keyed
 //!   pseudonyms carrying their key id;
 //! - [`row`]: the ClickHouse row types and the conversion from events;
