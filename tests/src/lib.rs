@@ -15,12 +15,11 @@ use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureProducer;
 
 pub mod events;
-pub mod sim;
+
+pub use custos_sim::{produce, Msg};
 
 /// Kafka bootstrap servers of the test stack.
 pub fn brokers() -> String {
@@ -182,101 +181,9 @@ impl Topics {
     }
 }
 
-/// A producer tuned for tests: fast batching, acks=all.
+/// A producer for the test stack's brokers ([`custos_sim::producer`]: acks=all, fast batching).
 pub fn producer() -> Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("acks", "all")
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("message.max.bytes", "4194304")
-        .set("compression.type", "lz4")
-        .create()?)
-}
-
-/// One message to produce.
-#[derive(Debug, Clone, Default)]
-pub struct Msg {
-    /// Key.
-    pub key: Option<String>,
-    /// Value bytes.
-    pub payload: Vec<u8>,
-    /// Headers.
-    pub headers: Vec<(String, String)>,
-}
-
-impl Msg {
-    /// A message with a JSON value.
-    pub fn json(v: &serde_json::Value) -> Msg {
-        Msg {
-            key: None,
-            payload: serde_json::to_vec(v).expect("json"),
-            headers: Vec::new(),
-        }
-    }
-
-    /// A message with raw bytes.
-    pub fn raw(bytes: impl Into<Vec<u8>>) -> Msg {
-        Msg {
-            payload: bytes.into(),
-            ..Msg::default()
-        }
-    }
-}
-
-/// Produces messages to a topic (to `partition` when given), awaiting every delivery.
-pub async fn produce(
-    producer: &FutureProducer,
-    topic: &str,
-    partition: Option<i32>,
-    msgs: &[Msg],
-) -> Result<()> {
-    let mut futures = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &m.headers {
-            headers = headers.insert(rdkafka::message::Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let mut rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
-            .payload(m.payload.as_slice())
-            .headers(headers);
-        if let Some(k) = &m.key {
-            rec = rec.key(k.as_str());
-        }
-        if let Some(p) = partition {
-            rec = rec.partition(p);
-        }
-        loop {
-            match producer.send_result(rec) {
-                Ok(f) => {
-                    futures.push(f);
-                    break;
-                }
-                Err((e, r)) => {
-                    if matches!(
-                        e.rdkafka_error_code(),
-                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                    ) {
-                        producer.poll(Duration::from_millis(10));
-                        rec = r;
-                    } else {
-                        bail!("produce failed: {e}");
-                    }
-                }
-            }
-        }
-    }
-    for f in futures {
-        f.await
-            .context("delivery future cancelled")?
-            .map_err(|(e, _)| anyhow::anyhow!("delivery failed: {e}"))?;
-    }
-    producer.flush(Timeout::After(Duration::from_secs(30)))?;
-    Ok(())
+    Ok(custos_sim::producer(&brokers())?)
 }
 
 /// Path of the built ingest binary (built once per test process).

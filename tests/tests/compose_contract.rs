@@ -12,7 +12,8 @@
 //! service account); host ports are bound to 127.0.0.1; `kafka-init` creates the topics of
 //! `config/topics.conf` (its script is run against a fake `kafka-topics.sh`); the ClickHouse
 //! accounts and grants match `config/clickhouse/users.xml`; the Dockerfile's runtime stage runs
-//! as a non-root user; `deploy/secrets/generate.sh` makes secrets the code accepts;
+//! as a non-root user and carries the services only (the simulator is in the `tools` target,
+//! no image carries a benchmark); `deploy/secrets/generate.sh` makes secrets the code accepts;
 //! healthchecks, start order, limits, volumes and the Keycloak demo realm.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -570,9 +571,21 @@ fn custos_services_run_binaries_that_exist() {
             Some("."),
             "{name}: built from the repository root"
         );
+        // Services run the default target (image `custos`); the simulator runs the `tools`
+        // target (image `custos-tools`), so the service image does not carry it.
+        let (image, target) = if name == "simulator" {
+            ("custos-tools:", Some("tools"))
+        } else {
+            ("custos:", None)
+        };
         assert!(
-            scalar(&svc["image"]).expect("image").starts_with("custos:"),
-            "{name}: one image name for every Custos service"
+            scalar(&svc["image"]).expect("image").starts_with(image),
+            "{name}: image {image}<tag>"
+        );
+        assert_eq!(
+            scalar(svc["build"].get("target").unwrap_or(&Value::Null)).as_deref(),
+            target,
+            "{name}: Dockerfile target"
         );
         // The program: the entrypoint after custos-entrypoint, else the command's first word.
         let mut argv = strings(svc.get("entrypoint").unwrap_or(&Value::Null));
@@ -611,13 +624,17 @@ fn custos_services_run_binaries_that_exist() {
 // ---------------------------------------------------------------------------------------------
 // environment of ingest / migrate
 
-/// The programs compose.yaml runs from the Custos image.
+/// The programs compose.yaml runs from the Custos images: the services (default target), and
+/// the simulator (`tools` target).
 const CUSTOS_PROGRAMS: &[&str] = &[
     "custos-ingest",
     "custos-query",
     "custos-consent",
     "custos-sim",
 ];
+
+/// The programs of the service image (the Dockerfile's default target).
+const SERVICE_PROGRAMS: &[&str] = &["custos-ingest", "custos-query", "custos-consent"];
 
 /// Variables whose values are keys or credentials even though their names say neither
 /// PASSWORD nor SECRET: they must come from secret files too.
@@ -1766,23 +1783,61 @@ fn clickhouse_accounts_match_the_dev_stack() {
 // ---------------------------------------------------------------------------------------------
 // Dockerfile and build context
 
-#[test]
-fn dockerfile_runtime_stage_is_non_root() {
+/// The Dockerfile's instructions (continuation lines joined, comments dropped), split into
+/// stages: (name after `AS`, the stage's lines starting with its `FROM`).
+fn dockerfile_stages() -> Vec<(String, Vec<String>)> {
     let text = read("Dockerfile").replace("\\\n", " ");
-    let lines: Vec<&str> = text
+    let mut stages: Vec<(String, Vec<String>)> = Vec::new();
+    for l in text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    let stages: Vec<usize> = lines
+    {
+        if l.to_ascii_uppercase().starts_with("FROM ") {
+            let name = l.split_whitespace().nth(3).unwrap_or_default().to_owned();
+            stages.push((name, Vec::new()));
+        }
+        if let Some((_, lines)) = stages.last_mut() {
+            lines.push(l.to_owned());
+        }
+    }
+    stages
+}
+
+/// The lines of stage `name` and of the stages it is built `FROM`, base first.
+fn dockerfile_stage_chain(stages: &[(String, Vec<String>)], name: &str) -> Vec<String> {
+    let (_, lines) = stages
         .iter()
-        .enumerate()
-        .filter(|(_, l)| l.to_ascii_uppercase().starts_with("FROM "))
-        .map(|(i, _)| i)
-        .collect();
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("Dockerfile stage {name}"));
+    let from = lines[0].split_whitespace().nth(1).unwrap_or_default();
+    let mut chain = if stages.iter().any(|(n, _)| n == from) {
+        dockerfile_stage_chain(stages, from)
+    } else {
+        Vec::new()
+    };
+    chain.extend(lines.iter().cloned());
+    chain
+}
+
+/// The arguments of every `word` instruction among `lines`.
+fn dockerfile_instr(lines: &[String], word: &str) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.to_ascii_uppercase().starts_with(&format!("{word} ")))
+        .map(|l| l[word.len() + 1..].trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn dockerfile_runtime_stage_is_non_root() {
+    let text = read("Dockerfile");
+    let stages = dockerfile_stages();
     assert!(stages.len() >= 2, "multi-stage build");
-    let builder = &lines[stages[0]..stages[1]];
-    let runtime = &lines[*stages.last().expect("stage")..];
+    let (_, builder) = &stages[0];
+    // The default target (the last stage) is the service image.
+    assert_eq!(stages.last().expect("stage").0, "runtime", "default target");
+    let runtime = dockerfile_stage_chain(&stages, "runtime");
     assert!(text.contains("rust:1-bookworm"), "builder image");
     assert!(text.contains("debian:bookworm-slim"), "runtime image");
     assert!(
@@ -1791,16 +1846,8 @@ fn dockerfile_runtime_stage_is_non_root() {
             .any(|l| l.contains("cargo build --release --locked")),
         "builder: cargo build --release --locked"
     );
-    assert!(text.contains("--workspace --bins"), "every binary is built");
 
-    let instr = |stage: &[&str], word: &str| -> Vec<String> {
-        stage
-            .iter()
-            .filter(|l| l.to_ascii_uppercase().starts_with(&format!("{word} ")))
-            .map(|l| l[word.len() + 1..].trim().to_owned())
-            .collect()
-    };
-    let user = instr(runtime, "USER")
+    let user = dockerfile_instr(&runtime, "USER")
         .pop()
         .expect("the runtime stage sets USER");
     let uid = user.split(':').next().expect("user");
@@ -1809,27 +1856,70 @@ fn dockerfile_runtime_stage_is_non_root() {
         "the runtime stage must not run as root (USER {user})"
     );
     assert_eq!(uid, "10001");
-    let exposed: Vec<String> = instr(runtime, "EXPOSE")
+    let exposed: Vec<String> = dockerfile_instr(&runtime, "EXPOSE")
         .iter()
         .flat_map(|p| p.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
         .collect();
     for port in ["9464", "8088", "9465"] {
         assert!(exposed.iter().any(|p| p == port), "EXPOSE {port}");
     }
-    // The builder checks that the default build made every program compose.yaml runs.
-    for bin in CUSTOS_PROGRAMS {
+    // The builder builds and checks the services compose.yaml runs from the default image;
+    // the default build names them, so neither the simulator nor a benchmark is built.
+    let build_args = dockerfile_instr(builder, "ARG")
+        .into_iter()
+        .find_map(|a| a.strip_prefix("CARGO_BUILD_ARGS=").map(str::to_owned))
+        .expect("ARG CARGO_BUILD_ARGS");
+    for bin in SERVICE_PROGRAMS {
         assert!(
-            builder.iter().any(|l| l.contains(bin)),
+            build_args.contains(&format!("-p {bin}")),
+            "the default build makes {bin}"
+        );
+        assert!(
+            builder
+                .iter()
+                .any(|l| l.contains("test -x") && l.contains(bin)),
             "the builder stage must check for {bin}"
         );
     }
+    assert!(
+        !build_args.contains("--workspace") && !build_args.contains("custos-sim"),
+        "the default build makes the services only: {build_args}"
+    );
     assert!(runtime
         .iter()
         .any(|l| l.starts_with("COPY --from=builder") && l.ends_with("/usr/local/bin/")));
     assert!(
-        instr(runtime, "HEALTHCHECK").is_empty(),
-        "healthchecks live in compose.yaml"
+        !runtime.iter().any(|l| l.contains("sim-builder")),
+        "the service image carries no simulator"
     );
+    // The `tools` target adds the simulator to the same non-root base, and nothing else.
+    let tools = dockerfile_stage_chain(&stages, "tools");
+    assert_eq!(
+        dockerfile_instr(&tools, "USER").pop().as_deref(),
+        Some("10001:10001")
+    );
+    let tool_copies: Vec<&String> = tools
+        .iter()
+        .filter(|l| l.starts_with("COPY --from="))
+        .collect();
+    assert_eq!(tool_copies.len(), 1, "tools copies one build output");
+    let (_, sim_builder) = stages
+        .iter()
+        .find(|(n, _)| tool_copies[0].contains(&format!("--from={n} ")))
+        .expect("the stage tools copies from");
+    assert!(sim_builder
+        .iter()
+        .any(|l| l.contains("-p custos-sim") && l.contains("test -x /tools/custos-sim")));
+    for stage in [&runtime, &tools] {
+        assert!(
+            !stage.iter().any(|l| l.contains("bench")),
+            "no image carries a benchmark"
+        );
+        assert!(
+            dockerfile_instr(stage, "HEALTHCHECK").is_empty(),
+            "healthchecks live in compose.yaml"
+        );
+    }
 
     // Files the runtime stage copies from the context exist and pass .dockerignore.
     let ignore = read(".dockerignore");

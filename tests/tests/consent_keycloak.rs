@@ -1550,7 +1550,7 @@ async fn bench_revocation_propagation() -> Result<()> {
     svc.wait_ready().await?;
     // Load: the simulator feeds both services' input topics during the whole run.
     let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "custos-tests", "--bin", "custos-sim"])
+        .args(["build", "-q", "-p", "custos-sim", "--bin", "custos-sim"])
         .current_dir(workspace())
         .status()?;
     ensure!(status.success(), "building custos-sim");
