@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::{claims_of, entry_ids, send, sign, url, Resp};
+use support::{claims_of, entry_ids, send, sign, url, Resp, TestIssuer};
 
 const COMPLIANCE: &[&str] = &["compliance_officer"];
 /// Accesses seeded in the main tenant (more than one page of the client's `_count`).
@@ -32,14 +32,16 @@ const ACCESSES: usize = 23;
 
 /// Base URL of the in-test OpenID issuer: discovery (with OAuth endpoints) and JWKS.
 fn issuer() -> &'static str {
-    static ISSUER: OnceLock<String> = OnceLock::new();
-    ISSUER.get_or_init(|| {
-        support::serve_issuer(|base| {
-            json!({"authorization_endpoint": format!("{base}/protocol/openid-connect/auth"),
+    static ISSUER: OnceLock<TestIssuer> = OnceLock::new();
+    &ISSUER
+        .get_or_init(|| {
+            TestIssuer::start(|base| {
+                json!({"authorization_endpoint": format!("{base}/protocol/openid-connect/auth"),
                 "token_endpoint": format!("{base}/protocol/openid-connect/token"),
                 "revocation_endpoint": "http://as.example/not-https-off-loopback"})
+            })
         })
-    })
+        .base
 }
 
 /// The query API with `public_url` and extra arguments.
