@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::keycloak::{kc_url, Kc};
+use support::keycloak::{audience_mapper, kc_url, Kc};
 use support::{app_for, ensure_schema, get, url, AUDIENCE};
 
 const CLIENT: &str = "custos-query-console";
@@ -34,14 +34,9 @@ async fn setup(kc: &Kc, realm: &str) -> Result<()> {
         json!({
             "clientId": CLIENT, "secret": CLIENT_SECRET, "publicClient": false,
             "standardFlowEnabled": false, "directAccessGrantsEnabled": true,
-            "protocolMappers": [{
-                "name": "custos-query-audience", "protocol": "openid-connect",
-                "protocolMapper": "oidc-audience-mapper",
-                // In the ID token too: the ID token must be refused for its type, not
-                // for its audience.
-                "config": {"included.custom.audience": AUDIENCE,
-                           "access.token.claim": "true", "id.token.claim": "true"}
-            }]
+            // In the ID token too: the ID token must be refused for its type, not for its
+            // audience.
+            "protocolMappers": [audience_mapper(AUDIENCE, true)]
         }),
     )
     .await?;

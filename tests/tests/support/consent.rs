@@ -2,6 +2,25 @@
 //! the real Kafka, ClickHouse and Keycloak), its per-test topics and the checks the consent
 //! tests share: revocation states, the consent events Keycloak would emit, what ClickHouse
 //! holds about a consent, the privacy API's audit.
+//!
+//! The consent tests (`consent_*.rs`) run the service against the real Kafka, ClickHouse and
+//! Keycloak (`scripts/keycloak up`, http://127.0.0.1:18080 by default). Each test creates its
+//! own realm, confidential client (consent required) and patient user through the Keycloak
+//! Admin REST API ([`super::keycloak::Kc::setup`]), then obtains tokens with
+//! `offline_access` through the real authorization-code flow: the login form and the consent
+//! screen are posted like a browser would (cookies kept by hand), so Keycloak stores a real
+//! user consent. The `GRANT_CONSENT` user event Keycloak would emit ([`grant_consent_event`])
+//! is produced to the test's AS-events topic (Keycloak has no Kafka event listener built in).
+//! Revocations go through Custos (privacy API or consent topic) and their effect is asserted
+//! through Keycloak itself: token introspection answers `active: false` and the user's
+//! consent list is empty. A SET receiver in the test ([`super::ssf::Receiver`]) verifies the
+//! SETs' ES256 signatures against the JWKS the consent service publishes.
+//!
+//! The privacy API is called with real Keycloak access tokens: each realm also gets
+//! confidential clients with a service account holding the `privacy_officer` or `auditor`
+//! realm role (or none) and an audience mapper adding
+//! [`PRIVACY_AUDIENCE`](super::keycloak::PRIVACY_AUDIENCE); the consent service validates
+//! them against the realm's JWKS (`CUSTOS_OIDC_*`, the query API's settings).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,7 +34,7 @@ use base64::Engine;
 use custos_tests::*;
 use serde_json::{json, Value};
 
-use super::keycloak::{http, kc_url, CLIENT, PRIVACY_AUDIENCE};
+use super::keycloak::{http, kc_admin_password, kc_url, CLIENT, PRIVACY_AUDIENCE};
 
 /// The consent service's seal keys in the tests (test-only material).
 pub const SEAL_KEYS: &str = "ts1=6b6579206f6620746865207465737420636f6e73656e74207365616c696e6721";
@@ -55,6 +74,47 @@ pub struct Setup {
     pub admin_password: String,
     /// `CUSTOS_SSF_RECEIVERS`.
     pub receivers: Value,
+}
+
+impl Setup {
+    /// A service whose privacy API accepts the tokens of `realm` (`token`: a
+    /// `privacy_officer`'s) on fresh topics named after `name`, revoking at the dev stack's
+    /// Keycloak as its admin and pushing SETs to `receivers`.
+    pub async fn create(name: &str, realm: &str, token: &str, receivers: Value) -> Result<Setup> {
+        let (consent_topic, as_topic, revocations_topic) = topics(name).await?;
+        Ok(Setup {
+            realm: realm.to_owned(),
+            token: token.to_owned(),
+            consent_topic,
+            as_topic,
+            revocations_topic,
+            keycloak_url: kc_url(),
+            admin_password: kc_admin_password(),
+            receivers,
+        })
+    }
+}
+
+/// Produces the `GRANT_CONSENT` event Keycloak would emit for `user_id` of `setup`'s realm
+/// to its AS topic and waits until `svc` shows the consent active; returns the
+/// `/v1/consents` answer and the consent's id.
+pub async fn grant_and_wait(
+    svc: &Service,
+    setup: &Setup,
+    user_id: &str,
+) -> Result<(Value, String)> {
+    let grant = Msg::json(&grant_consent_event(&setup.realm, user_id));
+    produce(&producer()?, &setup.as_topic, None, &[grant]).await?;
+    let v = svc
+        .wait_consents(&setup.realm, user_id, "the consent", |v| {
+            v["consents"][0]["current"]["status"] == "active"
+        })
+        .await?;
+    let consent_id = v["consents"][0]["current"]["consent_id"]
+        .as_str()
+        .context("consent id")?
+        .to_owned();
+    Ok((v, consent_id))
 }
 
 static LOG_SEQ: AtomicU16 = AtomicU16::new(0);

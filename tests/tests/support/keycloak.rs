@@ -48,6 +48,17 @@ pub fn http() -> reqwest::Client {
         .expect("http client")
 }
 
+/// A client's protocol mapper adding `audience` to its access tokens (and to its ID tokens
+/// when `id_token`).
+pub fn audience_mapper(audience: &str, id_token: bool) -> Value {
+    json!({
+        "name": format!("{audience}-audience"), "protocol": "openid-connect",
+        "protocolMapper": "oidc-audience-mapper",
+        "config": {"included.custom.audience": audience,
+                   "access.token.claim": "true", "id.token.claim": id_token.to_string()}
+    })
+}
+
 /// Keycloak's Admin REST API and token endpoints.
 pub struct Kc {
     http: reqwest::Client,
@@ -241,12 +252,7 @@ impl Kc {
                     "clientId": client, "secret": PRIVACY_SECRET, "publicClient": false,
                     "serviceAccountsEnabled": true, "standardFlowEnabled": false,
                     "directAccessGrantsEnabled": false,
-                    "protocolMappers": [{
-                        "name": "custos-privacy-audience", "protocol": "openid-connect",
-                        "protocolMapper": "oidc-audience-mapper",
-                        "config": {"included.custom.audience": PRIVACY_AUDIENCE,
-                                   "access.token.claim": "true", "id.token.claim": "false"}
-                    }]
+                    "protocolMappers": [audience_mapper(PRIVACY_AUDIENCE, false)]
                 }),
             )
             .await?;

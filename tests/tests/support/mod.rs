@@ -1,17 +1,22 @@
 //! Support shared by the end-to-end tests. Here: the query API in-process for the in-test
 //! OIDC issuer ([`issuer::TestIssuer`]), JWTs signed with the fixture keys, request helpers,
-//! seeding through the real ingest. In the modules: the dev stack's Keycloak
-//! ([`keycloak`]), the consent service process ([`consent`]), fake SET receivers ([`ssf`])
-//! and a switchable TCP proxy ([`proxy`]).
+//! seeding through the real ingest. In the modules: the report and FHIR scenarios
+//! ([`reports`], [`fhir`]), the dev stack's Keycloak ([`keycloak`]), the consent service
+//! process ([`consent`]), fake SET receivers ([`ssf`]), a switchable TCP proxy ([`proxy`]),
+//! and the readers of the deployment files ([`deploy`], [`xml`]).
 //!
 //! Each test binary uses a part of it, so unused items are expected.
 #![allow(dead_code, unused_imports)]
 
 pub mod consent;
+pub mod deploy;
+pub mod fhir;
 pub mod issuer;
 pub mod keycloak;
 pub mod proxy;
+pub mod reports;
 pub mod ssf;
+pub mod xml;
 
 pub use issuer::TestIssuer;
 
