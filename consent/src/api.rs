@@ -16,7 +16,7 @@
 //! bounded by `CUSTOS_CONSENT_REQUEST_TIMEOUT_SECS` (then `504`, a problem).
 //!
 //! `/v1/*` authenticates callers exactly like the query API: OIDC bearer JWTs checked against
-//! the issuer's JWKS by [`custos_query::auth::Authenticator`] (issuer, audience, expiry,
+//! the issuer's JWKS by [`custos_auth::oidc::Authenticator`] (issuer, audience, expiry,
 //! algorithm allow-list, roles from `CUSTOS_OIDC_ROLES_CLAIM`). Revoking needs the
 //! `privacy_officer` role; reading consents and revocation reports needs `privacy_officer`,
 //! `compliance_officer` or `auditor`. A missing or unacceptable token is a 401, a token
@@ -44,8 +44,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{SecondsFormat, Utc};
-use custos_query::auth::{AuthError, Caller, Role};
-use custos_query::error::PROBLEM_JSON;
+use custos_auth::oidc::{AuthError, Caller, Role};
+use custos_auth::problem::PROBLEM_JSON;
+use custos_runtime::ops;
 use custos_schemas::decode::find_raw_token;
 use custos_schemas::row::event_key;
 use custos_schemas::{ConsentData, PseudonymKind};
@@ -199,8 +200,7 @@ impl FromRequestParts<Arc<Core>> for Reader {
 /// core's request timeout.
 pub fn app(core: Arc<Core>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
+        .merge(ops::probes(core.health.clone()))
         .route("/.well-known/ssf-configuration", get(ssf_configuration))
         .route("/jwks.json", get(jwks))
         .route("/v1/consents", get(list_consents))
@@ -214,11 +214,7 @@ pub fn app(core: Arc<Core>) -> Router {
 
 /// The operational app for the admin address: `/metrics`, `/healthz`, `/readyz`.
 pub fn admin_app(core: Arc<Core>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(core)
+    ops::router(core.health.clone(), core.metrics.clone())
 }
 
 /// Answers `504` (a problem) when a request takes longer than the request timeout; the
@@ -300,26 +296,6 @@ fn replayed(revocations: Value) -> (Response, u64) {
             .into_response(),
         n,
     )
-}
-
-async fn readyz(State(core): State<Arc<Core>>) -> Response {
-    match core.health.ready() {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reason": why})),
-        )
-            .into_response(),
-    }
-}
-
-async fn metrics(State(core): State<Arc<Core>>) -> Response {
-    let body = core
-        .metrics
-        .as_ref()
-        .map(|m| m.render())
-        .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn ssf_configuration(State(core): State<Arc<Core>>) -> Json<Value> {
@@ -715,7 +691,6 @@ async fn attempts(
 mod tests {
     use super::*;
     use crate::dispatcher::{Dispatcher, RetryPolicy};
-    use crate::health::Health;
     use crate::publish::Publisher;
     use crate::seal::Sealer;
     use crate::set::SetSigner;
@@ -725,8 +700,9 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use clap::Parser;
-    use custos_query::auth::Authenticator;
-    use custos_query::config::OidcArgs;
+    use custos_auth::config::OidcArgs;
+    use custos_auth::oidc::Authenticator;
+    use custos_runtime::health::Health;
     use custos_schemas::KeyRing;
     use http_body_util::BodyExt;
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -906,11 +882,11 @@ mod tests {
             store,
             publisher,
             dispatcher,
-            health: Health::default(),
+            health: Arc::new(Health::with_load_step(crate::service::NOT_LOADED)),
             max_event_bytes: 1024,
             auth: Arc::new(auth),
             metrics: None,
-            audit: custos_query::audit::QueryAudit::new(
+            audit: custos_auth::audit::QueryAudit::new(
                 clickhouse::Client::default()
                     .with_url(audit_url)
                     .with_database("custos")

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use custos_query::config::OidcArgs;
-use custos_schemas::{KeyRing, KeyRingError};
+use custos_auth::config::OidcArgs;
+use custos_runtime::clickhouse::ClickHouseUrl;
+use custos_runtime::kafka::KafkaArgs;
+use custos_runtime::keys::{KeyRingLoadError, PseudonymKeyArgs};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -22,8 +24,8 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
     /// Pseudonymization keys.
-    #[error("pseudonymization keys: {0}")]
-    Keys(#[from] KeyRingError),
+    #[error(transparent)]
+    Keys(#[from] KeyRingLoadError),
     /// Sealing keys.
     #[error("sealing keys: {0}")]
     Seal(#[from] SealError),
@@ -32,7 +34,7 @@ pub enum ConfigError {
     Set(#[from] SetError),
     /// OIDC bearer-token settings of the privacy API (`CUSTOS_OIDC_*`).
     #[error("OIDC: {0}")]
-    Oidc(#[from] custos_query::config::ConfigError),
+    Oidc(#[from] custos_auth::config::ConfigError),
     /// A key file could not be read.
     #[error("cannot read {what}: {source}")]
     File {
@@ -91,9 +93,9 @@ pub struct Receiver {
 /// `custos-consent run` settings.
 #[derive(Debug, Clone, Args)]
 pub struct ConsentConfig {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "CUSTOS_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
-    pub brokers: String,
+    /// Kafka settings.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Consumer group of the consent service.
     #[arg(long, env = "CUSTOS_CONSENT_GROUP", default_value = "custos-consent")]
     pub group_id: String,
@@ -114,13 +116,9 @@ pub struct ConsentConfig {
         default_value = "custos.revocations"
     )]
     pub revocations_topic: String,
-    /// ClickHouse HTTP endpoint.
-    #[arg(
-        long,
-        env = "CUSTOS_CLICKHOUSE_URL",
-        default_value = "http://127.0.0.1:18123"
-    )]
-    pub clickhouse_url: String,
+    /// ClickHouse endpoint.
+    #[command(flatten)]
+    pub clickhouse: ClickHouseUrl,
     /// ClickHouse account of the consent service (its consent and revocation tables, and
     /// INSERT into `custos.report_queries`).
     #[arg(
@@ -139,15 +137,9 @@ pub struct ConsentConfig {
     /// Tenant of events naming none.
     #[arg(long, env = "CUSTOS_DEFAULT_TENANT", default_value = "default")]
     pub default_tenant: String,
-    /// Pseudonymization keys, `kid=hex[,kid=hex]` (the same ring as ingest).
-    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS", hide_env_values = true)]
-    pub pseudonym_keys: Option<String>,
-    /// File with the pseudonymization keys.
-    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS_FILE")]
-    pub pseudonym_keys_file: Option<PathBuf>,
-    /// Pseudonymization write key id (default: the last).
-    #[arg(long, env = "CUSTOS_PSEUDONYM_CURRENT_KID")]
-    pub pseudonym_current_kid: Option<String>,
+    /// Pseudonymization keys (the same ring as ingest).
+    #[command(flatten)]
+    pub keys: PseudonymKeyArgs,
     /// Sealing keys for raw AS subjects, `kid=<64 hex>[,kid=<64 hex>]`.
     #[arg(long, env = "CUSTOS_CONSENT_SEAL_KEYS", hide_env_values = true)]
     pub seal_keys: Option<String>,
@@ -366,19 +358,6 @@ impl ConsentConfig {
 
     fn read(path: &std::path::Path, what: &'static str) -> Result<String, ConfigError> {
         std::fs::read_to_string(path).map_err(|source| ConfigError::File { what, source })
-    }
-
-    /// The pseudonymization key ring.
-    pub fn key_ring(&self) -> Result<KeyRing, ConfigError> {
-        let spec = match (&self.pseudonym_keys, &self.pseudonym_keys_file) {
-            (Some(s), _) => s.clone(),
-            (None, Some(p)) => Self::read(p, "the pseudonym key file")?,
-            (None, None) => String::new(),
-        };
-        Ok(KeyRing::parse(
-            &spec,
-            self.pseudonym_current_kid.as_deref(),
-        )?)
     }
 
     /// The sealing keys.

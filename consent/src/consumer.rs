@@ -25,26 +25,10 @@ use tracing::{debug, info, warn};
 use crate::dispatcher::Job;
 use crate::service::Core;
 use crate::state::FoldContext;
+use custos_runtime::retry::{sleep_or_cancel, RetryPolicy};
 
 /// Most messages processed per batch.
 pub const MAX_BATCH: usize = 5000;
-
-/// Consumer settings: manual commits after ClickHouse acknowledged the batch.
-pub fn consumer_config(brokers: &str, group_id: &str) -> rdkafka::ClientConfig {
-    let mut c = rdkafka::ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("group.id", group_id)
-        .set("client.id", "custos-consent")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "2000")
-        .set("fetch.wait.max.ms", "20")
-        .set("fetch.message.max.bytes", "8388608");
-    c
-}
 
 /// What a message is to the consent service.
 #[derive(Debug)]
@@ -274,7 +258,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), crate::store::Error>>,
 {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = RetryPolicy::STORE.backoff();
     loop {
         match f().await {
             Ok(()) => {
@@ -285,11 +269,9 @@ where
                 core.health.set_clickhouse(false);
                 counter!("custos_consent_clickhouse_retries_total").increment(1);
                 warn!(error = %e, "recording consent changes failed; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return false,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !sleep_or_cancel(backoff.step(), cancel).await {
+                    return false;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

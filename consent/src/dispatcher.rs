@@ -30,31 +30,8 @@ use crate::ssf::SsfPusher;
 use crate::state::{Cause, RevokeOrder, SealedIds};
 use crate::store::Store;
 
-/// Retry schedule.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts before `failed`.
-    pub max_attempts: u32,
-    /// First delay.
-    pub base: Duration,
-    /// Longest delay.
-    pub max: Duration,
-}
-
-impl RetryPolicy {
-    /// Delay after failed attempt `attempt` (1-based): base·2^(attempt-1), capped, times a
-    /// random factor in [0.5, 1).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.max);
-        let mut b = [0u8; 2];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-        let r = f64::from(u16::from_le_bytes(b)) / 65536.0;
-        exp.mul_f64(0.5 + r / 2.0)
-    }
-}
+/// Retry schedule of a (revocation, target) push: `max_attempts` before `failed`.
+pub use custos_runtime::retry::RetryPolicy;
 
 /// One (revocation, target) to push.
 #[derive(Debug, Clone)]
@@ -221,16 +198,15 @@ impl Dispatcher {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<(), crate::store::Error>>,
     {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = RetryPolicy::STORE.backoff();
         loop {
             match f().await {
                 Ok(()) => return true,
                 Err(e) => {
                     warn!(what, error = %e, "recording a revocation step failed; retrying");
-                    if !self.sleep(backoff).await {
+                    if !self.sleep(backoff.step()).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -420,20 +396,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let p = RetryPolicy {
-            max_attempts: 5,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        for _ in 0..50 {
-            let d1 = p.delay(1);
-            assert!(d1 >= Duration::from_millis(50) && d1 < Duration::from_millis(100));
-            let d3 = p.delay(3);
-            assert!(d3 >= Duration::from_millis(200) && d3 < Duration::from_millis(400));
-            let d30 = p.delay(30);
-            assert!(d30 >= Duration::from_millis(500) && d30 < Duration::from_secs(1));
-        }
+    fn initiators_follow_the_cause() {
         assert_eq!(initiator(Cause::Revoke, "patient"), "user");
         assert_eq!(initiator(Cause::Revoke, "privacy-api"), "admin");
         assert_eq!(initiator(Cause::Expiry, ""), "policy");

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use custos_query::auth::Caller;
+use custos_auth::oidc::Caller;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
@@ -120,7 +120,7 @@ impl Replays {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custos_query::auth::Role;
+    use custos_auth::oidc::Role;
 
     fn caller(sub: &str) -> Caller {
         Caller {

@@ -17,6 +17,9 @@
 //! - [`api`]: the privacy API, SSF metadata, JWKS and health; metrics on the admin address.
 //! - [`audit`]: the privacy API's own audit (the query API's `custos.report_queries`).
 //! - [`idempotency`]: repeated revocation requests answered with the first revocation.
+//!
+//! Readiness, the ops routes, metrics, shutdown and the Kafka, ClickHouse and key settings
+//! come from [`custos_runtime`].
 #![deny(missing_docs)]
 
 pub mod api;
@@ -24,7 +27,6 @@ pub mod audit;
 pub mod config;
 pub mod consumer;
 pub mod dispatcher;
-pub mod health;
 pub mod idempotency;
 pub mod keycloak;
 pub mod publish;

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use custos_runtime::kafka::{producer_config, Send};
 use custos_schemas::ConsentData;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -19,18 +19,6 @@ use crate::rows::RevocationRow;
 
 /// Source attribute of the CloudEvents the consent service publishes.
 pub const SOURCE: &str = "custos-consent";
-
-/// Producer settings: idempotent, acknowledged by all in-sync replicas.
-pub fn producer_config(brokers: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("client.id", "custos-consent")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "0")
-        .set("message.timeout.ms", "15000");
-    c
-}
 
 /// The producer and its topics.
 #[derive(Clone)]
@@ -55,7 +43,7 @@ impl Publisher {
         revocations_topic: Option<String>,
     ) -> Result<Publisher, KafkaError> {
         Ok(Publisher {
-            producer: producer_config(brokers).create()?,
+            producer: producer_config(brokers, "custos-consent", Send::Immediate).create()?,
             consent_topic: consent_topic.to_owned(),
             revocations_topic,
         })

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use custos_query::audit::QueryAudit;
-use custos_query::auth::Authenticator;
+use custos_auth::audit::QueryAudit;
+use custos_auth::oidc::Authenticator;
 use custos_schemas::{ConsentData, KeyRing};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
@@ -17,7 +17,6 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigError, ConsentConfig};
 use crate::dispatcher::{Dispatcher, Job, RetryPolicy};
-use crate::health::Health;
 use crate::idempotency::Replays;
 use crate::keycloak::{AdminCredentials, KeycloakAdapter, Logout};
 use crate::publish::Publisher;
@@ -25,6 +24,13 @@ use crate::seal::Sealer;
 use crate::ssf::SsfPusher;
 use crate::state::{ConsentBook, ConsentState, SealedIds, Status};
 use crate::store::Store;
+use custos_runtime::health::Health;
+use custos_runtime::kafka::{consumer_config, Fetch};
+use custos_runtime::ops::{self, ListenError};
+use custos_runtime::retry::{sleep_or_cancel, RetryPolicy as Schedule};
+
+/// What `/readyz` says until the consent state is rebuilt from ClickHouse.
+pub const NOT_LOADED: &str = "consent state not loaded yet";
 
 /// Errors building or running the service.
 #[derive(Debug, Error)]
@@ -39,13 +45,8 @@ pub enum ServiceError {
     #[error("adapter: {0}")]
     Adapter(String),
     /// The HTTP listener could not bind.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// Address.
-        addr: std::net::SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 /// State shared by the consumer, the dispatcher, the scanner and the API.
@@ -67,7 +68,7 @@ pub struct Core {
     /// Revocation push.
     pub dispatcher: Arc<Dispatcher>,
     /// Readiness.
-    pub health: Health,
+    pub health: Arc<Health>,
     /// Largest accepted event.
     pub max_event_bytes: usize,
     /// Bearer-token verification of the privacy API (the query API's OIDC module).
@@ -109,7 +110,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), ServiceError> {
     cfg.validate()?;
-    let keys = cfg.key_ring()?;
+    let keys = cfg.keys.key_ring().map_err(ConfigError::from)?;
     let sealer = cfg.sealer()?;
     let receivers = cfg.receivers()?;
     let (signer, ephemeral) = cfg.set_signer()?;
@@ -125,15 +126,15 @@ pub async fn run(
         }
     });
     let store = Store::new(
-        &cfg.clickhouse_url,
+        &cfg.clickhouse.clickhouse_url,
         &cfg.clickhouse_user,
         &cfg.clickhouse_password,
         Duration::from_secs(30),
     );
-    let audit_writer = clickhouse::Client::default()
-        .with_url(&cfg.clickhouse_url)
-        .with_user(cfg.audit_user.as_deref().unwrap_or(&cfg.clickhouse_user))
-        .with_password(
+    let audit_writer = cfg
+        .clickhouse
+        .client(
+            cfg.audit_user.as_deref().unwrap_or(&cfg.clickhouse_user),
             cfg.audit_password
                 .as_deref()
                 .unwrap_or(&cfg.clickhouse_password),
@@ -141,7 +142,7 @@ pub async fn run(
         .with_database("custos")
         .with_setting("max_execution_time", "30");
     let revocations_topic = Some(cfg.revocations_topic.clone()).filter(|t| !t.trim().is_empty());
-    let publisher = Publisher::new(&cfg.brokers, &cfg.consent_topic, revocations_topic)?;
+    let publisher = Publisher::new(&cfg.kafka.brokers, &cfg.consent_topic, revocations_topic)?;
     let keycloak = match &cfg.keycloak_url {
         None => None,
         Some(url) => {
@@ -202,7 +203,7 @@ pub async fn run(
         store,
         publisher,
         dispatcher,
-        health: Health::default(),
+        health: Arc::new(Health::with_load_step(NOT_LOADED)),
         max_event_bytes: cfg.max_event_bytes,
         auth,
         metrics,
@@ -212,41 +213,21 @@ pub async fn run(
     });
 
     // HTTP first, so /healthz answers (and /readyz explains) while the state loads.
-    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
-        .await
-        .map_err(|source| ServiceError::Listen {
-            addr: cfg.http_addr,
-            source,
-        })?;
-    let app = crate::api::app(core.clone());
-    let http_cancel = cancel.clone();
-    let http = tokio::spawn(async move {
-        let shutdown = async move { http_cancel.cancelled().await };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            warn!(error = %e, "HTTP server failed");
-        }
-    });
+    let http = ops::serve(
+        "HTTP server failed",
+        cfg.http_addr,
+        crate::api::app(core.clone()),
+        cancel.clone(),
+    )
+    .await?;
     info!(addr = %cfg.http_addr, "HTTP API listening");
-    let admin_listener = tokio::net::TcpListener::bind(cfg.admin_addr)
-        .await
-        .map_err(|source| ServiceError::Listen {
-            addr: cfg.admin_addr,
-            source,
-        })?;
-    let admin_app = crate::api::admin_app(core.clone());
-    let admin_cancel = cancel.clone();
-    let admin = tokio::spawn(async move {
-        let shutdown = async move { admin_cancel.cancelled().await };
-        if let Err(e) = axum::serve(admin_listener, admin_app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            warn!(error = %e, "admin HTTP server failed");
-        }
-    });
+    let admin = ops::serve(
+        "admin HTTP server failed",
+        cfg.admin_addr,
+        crate::api::admin_app(core.clone()),
+        cancel.clone(),
+    )
+    .await?;
     info!(addr = %cfg.admin_addr, "admin routes (/metrics, /healthz, /readyz) listening");
 
     let mut topics = vec![cfg.consent_topic.clone()];
@@ -283,8 +264,13 @@ pub async fn run(
     // folded and pushed without waiting behind a burst of AS events in a shared batch.
     let mut runs = Vec::new();
     for topic in topics {
-        let consumer: StreamConsumer =
-            crate::consumer::consumer_config(&cfg.brokers, &cfg.group_id).create()?;
+        let consumer: StreamConsumer = consumer_config(
+            &cfg.kafka.brokers,
+            &cfg.group_id,
+            "custos-consent",
+            Fetch::Prompt,
+        )
+        .create()?;
         let mine: std::collections::HashMap<(String, i32), i64> = applied
             .iter()
             .filter(|((t, _), _)| *t == topic)
@@ -323,7 +309,7 @@ type Loaded = (
 /// Rebuilds the state of the consents recorded from `topics` from ClickHouse, and finds
 /// their pending pushes, retrying until ClickHouse answers (None: cancelled).
 async fn load(core: &Core, topics: &[String], cancel: &CancellationToken) -> Option<Loaded> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Schedule::STORE.backoff();
     loop {
         let attempt = async {
             let states = core.store.latest_states(topics).await?;
@@ -366,11 +352,9 @@ async fn load(core: &Core, topics: &[String], cancel: &CancellationToken) -> Opt
             Err(e) => {
                 core.health.set_clickhouse(false);
                 warn!(error = %e, "loading consent state failed; retrying (migrations applied?)");
-                tokio::select! {
-                    _ = cancel.cancelled() => return None,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !sleep_or_cancel(backoff.step(), cancel).await {
+                    return None;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -4,9 +4,11 @@
 //! Every value is a bound parameter; table names are fixed strings.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clickhouse::Client;
+use custos_integrity::ledger::Ledger;
 use serde::{Deserialize, Serialize};
 
 use crate::rows::{AttemptRow, HistoryRow, RevocationRow, SealedRow};
@@ -14,10 +16,13 @@ use crate::rows::{AttemptRow, HistoryRow, RevocationRow, SealedRow};
 /// ClickHouse errors.
 pub type Error = clickhouse::error::Error;
 
-/// The consent tables.
+/// The consent tables. The history and the revocations are written through this process's
+/// ledger chains (`custos.ledger`), shared by every clone of the store.
 #[derive(Clone)]
 pub struct Store {
     client: Client,
+    history_ledger: Arc<Ledger<HistoryRow>>,
+    revocation_ledger: Arc<Ledger<RevocationRow>>,
 }
 
 /// A pending (revocation, target) with the attempts already made.
@@ -91,7 +96,11 @@ impl Store {
             .with_password(password)
             .with_database(custos_schemas::migrations::DATABASE)
             .with_setting("max_execution_time", timeout.as_secs().max(1).to_string());
-        Store { client }
+        Store {
+            client,
+            history_ledger: Arc::new(Ledger::new()),
+            revocation_ledger: Arc::new(Ledger::new()),
+        }
     }
 
     /// Pings ClickHouse.
@@ -126,7 +135,7 @@ impl Store {
     ) -> Result<(), Error> {
         let (a, b) = tokio::join!(
             self.insert("consent_sealed", sealed),
-            self.insert("revocations", revocations),
+            self.record_revocations(revocations),
         );
         a.and(b)
     }
@@ -135,12 +144,12 @@ impl Store {
     /// treats Kafka positions found in the history as applied, so a revocation must never be
     /// missing behind an applied position. Idempotent on replay.
     pub async fn record_history(&self, history: &[HistoryRow]) -> Result<(), Error> {
-        self.insert("consent_history", history).await
+        Ok(self.history_ledger.insert(&self.client, history).await?)
     }
 
     /// Records revocation state changes.
     pub async fn record_revocations(&self, rows: &[RevocationRow]) -> Result<(), Error> {
-        self.insert("revocations", rows).await
+        Ok(self.revocation_ledger.insert(&self.client, rows).await?)
     }
 
     /// Records an attempt.

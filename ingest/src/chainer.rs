@@ -12,9 +12,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use clickhouse::Client;
+use custos_runtime::retry::RetryPolicy;
 use custos_schemas::chain::{Hash, Head, GENESIS};
 use custos_schemas::AuditRow;
 use serde::{Deserialize, Serialize};
@@ -100,7 +100,7 @@ impl Chainer {
         partition: i32,
         offset: i64,
     ) -> Result<Option<Head>, Stopping> {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = RetryPolicy::STORE.backoff();
         loop {
             let query = self.lookup(topic, partition, offset);
             match self.runtime.block_on(query) {
@@ -124,8 +124,7 @@ impl Chainer {
                     if self.stop.load(Ordering::Relaxed) {
                         return Err(Stopping);
                     }
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    std::thread::sleep(backoff.step());
                 }
             }
         }

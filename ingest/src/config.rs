@@ -5,8 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use custos_runtime::clickhouse::{ClickHouseArgs, ClickHouseUrl};
+use custos_runtime::kafka::KafkaArgs;
+use custos_runtime::keys::{KeyRingLoadError, PseudonymKeyArgs};
 use custos_schemas::checkpoint::Signer256;
-use custos_schemas::{migrations::DEFAULT_RETENTION_DAYS, KeyRing, KeyRingError};
+use custos_schemas::migrations::DEFAULT_RETENTION_DAYS;
 
 use crate::checkpoints::CheckpointPolicy;
 use thiserror::Error;
@@ -18,48 +21,19 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
     /// The pseudonymization key ring could not be loaded.
-    #[error("pseudonymization keys: {0}")]
-    Keys(#[from] KeyRingError),
+    #[error(transparent)]
+    Keys(#[from] KeyRingLoadError),
     /// The key file could not be read.
     #[error("cannot read key file: {0}")]
     KeyFile(std::io::Error),
 }
 
-/// ClickHouse connection settings.
-#[derive(Debug, Clone, Args)]
-pub struct ClickHouseArgs {
-    /// ClickHouse HTTP endpoint.
-    #[arg(
-        long,
-        env = "CUSTOS_CLICKHOUSE_URL",
-        default_value = "http://127.0.0.1:18123"
-    )]
-    pub clickhouse_url: String,
-    /// Account for inserts (INSERT and SELECT on the ingest's own tables only).
-    #[arg(
-        long,
-        env = "CUSTOS_CLICKHOUSE_WRITER_USER",
-        default_value = "custos_writer"
-    )]
-    pub clickhouse_user: String,
-    /// Password of the writer account (required: no password is built in).
-    #[arg(
-        long,
-        env = "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
-        hide_env_values = true
-    )]
-    pub clickhouse_password: String,
-    /// Timeout of one ClickHouse request, in seconds.
-    #[arg(long, env = "CUSTOS_CLICKHOUSE_TIMEOUT_SECS", default_value_t = 30)]
-    pub clickhouse_timeout_secs: u64,
-}
-
 /// Settings of `custos-ingest run`.
 #[derive(Debug, Clone, Args)]
 pub struct IngestConfig {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "CUSTOS_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
-    pub brokers: String,
+    /// Kafka settings.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Consumer group id.
     #[arg(long, env = "CUSTOS_INGEST_GROUP", default_value = "custos-ingest")]
     pub group_id: String,
@@ -74,9 +48,23 @@ pub struct IngestConfig {
     /// Dead-letter topic.
     #[arg(long, env = "CUSTOS_DLQ_TOPIC", default_value = "custos.dlq")]
     pub dlq_topic: String,
-    /// ClickHouse settings.
+    /// ClickHouse endpoint and request timeout.
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
+    /// Account for inserts (INSERT and SELECT on the ingest's own tables only).
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_WRITER_USER",
+        default_value = "custos_writer"
+    )]
+    pub clickhouse_user: String,
+    /// Password of the writer account (required: no password is built in).
+    #[arg(
+        long,
+        env = "CUSTOS_CLICKHOUSE_WRITER_PASSWORD",
+        hide_env_values = true
+    )]
+    pub clickhouse_password: String,
     /// Flush a batch at this many rows.
     #[arg(long, env = "CUSTOS_BATCH_MAX_ROWS", default_value_t = 50_000)]
     pub batch_max_rows: usize,
@@ -95,15 +83,9 @@ pub struct IngestConfig {
     /// Tenant for events that name none.
     #[arg(long, env = "CUSTOS_DEFAULT_TENANT", default_value = "default")]
     pub default_tenant: String,
-    /// Pseudonymization keys, `kid=hex[,kid=hex]` (at least 32 bytes each).
-    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS", hide_env_values = true)]
-    pub pseudonym_keys: Option<String>,
-    /// File holding the keys (one `kid=hex` a line); used when CUSTOS_PSEUDONYM_KEYS is unset.
-    #[arg(long, env = "CUSTOS_PSEUDONYM_KEYS_FILE")]
-    pub pseudonym_keys_file: Option<std::path::PathBuf>,
-    /// Key id used for writes (default: the last key).
-    #[arg(long, env = "CUSTOS_PSEUDONYM_CURRENT_KID")]
-    pub pseudonym_current_kid: Option<String>,
+    /// Pseudonymization keys.
+    #[command(flatten)]
+    pub keys: PseudonymKeyArgs,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(
         long,
@@ -177,19 +159,6 @@ impl IngestConfig {
         Ok(())
     }
 
-    /// Loads the pseudonymization key ring from the env var or the key file.
-    pub fn key_ring(&self) -> Result<KeyRing, ConfigError> {
-        let spec = match (&self.pseudonym_keys, &self.pseudonym_keys_file) {
-            (Some(spec), _) => spec.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path).map_err(ConfigError::KeyFile)?,
-            (None, None) => String::new(),
-        };
-        Ok(KeyRing::parse(
-            &spec,
-            self.pseudonym_current_kid.as_deref(),
-        )?)
-    }
-
     /// The checkpoint policy, when a key file is configured.
     pub fn checkpoint_policy(&self) -> Result<Option<CheckpointPolicy>, ConfigError> {
         let Some(path) = &self.checkpoint_key_file else {
@@ -210,18 +179,21 @@ impl IngestConfig {
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
     }
+
+    /// The writer account's client: database `custos`, requests bounded by the timeout.
+    pub fn writer_client(&self) -> clickhouse::Client {
+        self.clickhouse
+            .client(&self.clickhouse_user, &self.clickhouse_password)
+            .with_database(custos_schemas::migrations::DATABASE)
+    }
 }
 
 /// Settings of `custos-ingest migrate`.
 #[derive(Debug, Clone, Args)]
 pub struct MigrateConfig {
-    /// ClickHouse HTTP endpoint.
-    #[arg(
-        long,
-        env = "CUSTOS_CLICKHOUSE_URL",
-        default_value = "http://127.0.0.1:18123"
-    )]
-    pub clickhouse_url: String,
+    /// ClickHouse endpoint.
+    #[command(flatten)]
+    pub clickhouse: ClickHouseUrl,
     /// Admin account (DDL rights).
     #[arg(
         long,

@@ -35,7 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::batch::{Batch, BatchPolicy, PartitionKey, Rejected};
 use crate::chainer::Chainer;
-use crate::health::Health;
+use custos_runtime::health::Health;
 
 /// What the writer sends back once a batch is durable.
 #[derive(Debug)]

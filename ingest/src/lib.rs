@@ -8,17 +8,19 @@
 //! Stages: [`consumer::ConsumerLoop`] (OS thread: poll, decode, cut batches) →
 //! bounded channel → [`writer::Writer`] (async: DLQ, ClickHouse, retries) → ack channel →
 //! commits on the consumer thread. See [`consumer`] for the delivery guarantee.
+//!
+//! Readiness, the ops routes, metrics, shutdown and the Kafka and ClickHouse settings come
+//! from [`custos_runtime`].
 #![deny(missing_docs)]
 
 pub mod batch;
 pub mod chainer;
 pub mod checkpoints;
+pub mod cli;
 pub mod config;
 pub mod consumer;
-pub mod health;
-pub mod http;
-pub mod kafka;
 pub mod migrate;
 pub mod pipeline;
-pub mod verify;
+/// Chain verification (in `custos-integrity`; `custos-ingest verify` runs it).
+pub use custos_integrity::verify;
 pub mod writer;

@@ -95,10 +95,7 @@ pub async fn migrate(cfg: &MigrateConfig) -> Result<Vec<u32>, MigrateError> {
     if !(1..=36_500).contains(&cfg.retention_days) {
         return Err(MigrateError::Retention);
     }
-    let client = Client::default()
-        .with_url(&cfg.clickhouse_url)
-        .with_user(&cfg.admin_user)
-        .with_password(&cfg.admin_password);
+    let client = cfg.clickhouse.client(&cfg.admin_user, &cfg.admin_password);
     client
         .query("CREATE DATABASE IF NOT EXISTS custos")
         .execute()

@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clickhouse::Client;
 use custos_schemas::DecodeLimits;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -18,8 +17,10 @@ use crate::batch::BatchPolicy;
 use crate::chainer::Chainer;
 use crate::config::{ConfigError, IngestConfig};
 use crate::consumer::{context, ConsumerLoop};
-use crate::health::Health;
 use crate::writer::Writer;
+use custos_runtime::health::Health;
+use custos_runtime::kafka::{consumer_config, producer_config, Fetch, Send};
+use custos_runtime::ops::{self, ListenError};
 
 /// Errors building or running the pipeline.
 #[derive(Debug, Error)]
@@ -31,13 +32,8 @@ pub enum PipelineError {
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     /// The HTTP listener could not bind.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     /// The consumer thread panicked.
     #[error("consumer thread failed")]
     ConsumerThread,
@@ -53,7 +49,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), PipelineError> {
     cfg.validate()?;
-    let keys = cfg.key_ring()?;
+    let keys = cfg.keys.key_ring().map_err(ConfigError::from)?;
     let checkpoints = cfg.checkpoint_policy()?;
     if cfg.chain && checkpoints.is_none() {
         warn!("no CUSTOS_CHECKPOINT_KEY_FILE: records are chained but no checkpoints are signed");
@@ -66,42 +62,20 @@ pub async fn run(
         batch_linger_ms = cfg.batch_linger_ms,
         "starting ingest"
     );
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new());
 
-    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
-        .await
-        .map_err(|source| PipelineError::Listen {
-            addr: cfg.http_addr,
-            source,
-        })?;
-    let http_cancel = cancel.clone();
-    let app = crate::http::router(health.clone(), metrics);
-    let http = tokio::spawn(async move {
-        let shutdown = async move { http_cancel.cancelled().await };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            warn!(error = %e, "HTTP server failed");
-        }
-    });
+    let app = ops::router(health.clone(), Some(metrics));
+    let http = ops::serve("HTTP server failed", cfg.http_addr, app, cancel.clone()).await?;
 
-    let client = Client::default()
-        .with_url(&cfg.clickhouse.clickhouse_url)
-        .with_user(&cfg.clickhouse.clickhouse_user)
-        .with_password(&cfg.clickhouse.clickhouse_password)
-        .with_database(custos_schemas::migrations::DATABASE)
-        .with_setting(
-            "max_execution_time",
-            cfg.clickhouse.clickhouse_timeout_secs.to_string(),
-        );
+    let client = cfg.writer_client();
     match client.query("SELECT 1").fetch_one::<u8>().await {
         Ok(_) => health.set_clickhouse(true),
         Err(e) => warn!(error = %e, "ClickHouse not reachable yet; the writer will retry"),
     }
 
     let client_for_chain = client.clone();
-    let dlq: FutureProducer = crate::kafka::dlq_producer_config(&cfg.brokers).create()?;
+    let dlq: FutureProducer =
+        producer_config(&cfg.kafka.brokers, "custos-ingest-dlq", Send::DeadLetters).create()?;
     let (tx, rx) = mpsc::channel(cfg.batch_queue);
     let (ack_tx, ack_rx) = std::sync::mpsc::channel();
     let ctx = context(
@@ -110,8 +84,13 @@ pub async fn run(
         Duration::from_secs(cfg.drain_timeout_secs),
         health.clone(),
     );
-    let consumer: BaseConsumer<_> =
-        crate::kafka::consumer_config(&cfg.brokers, &cfg.group_id).create_with_context(ctx)?;
+    let consumer: BaseConsumer<_> = consumer_config(
+        &cfg.kafka.brokers,
+        &cfg.group_id,
+        "custos-ingest",
+        Fetch::Bulk,
+    )
+    .create_with_context(ctx)?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     health.set_subscribed();

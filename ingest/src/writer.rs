@@ -30,7 +30,8 @@ use tracing::{info, warn};
 use crate::batch::Batch;
 use crate::checkpoints::{CheckpointPolicy, Tracker};
 use crate::consumer::Ack;
-use crate::health::Health;
+use custos_runtime::health::Health;
+use custos_runtime::retry::{sleep_or_cancel, RetryPolicy};
 
 /// Writes batches to ClickHouse and the DLQ.
 pub struct Writer {
@@ -200,30 +201,6 @@ where
     Some(refused)
 }
 
-/// Capped exponential backoff with jitter.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff {
-            next: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        }
-    }
-
-    fn step(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Jitter: 50%..100% of the base, from the clock's sub-second noise.
-        let noise = u64::from(chrono::Utc::now().timestamp_subsec_nanos() % 1000);
-        base.mul_f64(0.5 + (noise as f64) / 2000.0)
-    }
-}
-
 impl Writer {
     /// Processes batches until the channel closes or `cancel` fires.
     pub async fn run(
@@ -310,7 +287,7 @@ impl Writer {
             .map(|cp| format!("{}/{}", cp.kafka_topic, cp.kafka_partition))
             .collect();
         let mut pending: Vec<usize> = (0..due.len()).collect();
-        let mut backoff = Backoff::new();
+        let mut backoff = RetryPolicy::STORE.backoff();
         while !pending.is_empty() {
             let sends = pending.iter().map(|&i| {
                 let record: FutureRecord<'_, str, str> = FutureRecord::to(&policy.topic)
@@ -388,7 +365,7 @@ impl Writer {
         rows: &[AuditRow],
         cancel: &CancellationToken,
     ) -> Option<Vec<(usize, clickhouse::error::Error)>> {
-        let mut backoff = Backoff::new();
+        let mut backoff = RetryPolicy::STORE.backoff();
         let refused = insert_bisecting(
             rows.len(),
             |range| self.insert("audit_events", &rows[range]),
@@ -469,7 +446,7 @@ impl Writer {
         letter: &DeadLetter<'_>,
         cancel: &CancellationToken,
     ) -> bool {
-        let mut backoff = Backoff::new();
+        let mut backoff = RetryPolicy::STORE.backoff();
         loop {
             match self.dead_letter(letter).await {
                 Ok(()) => return true,
@@ -530,7 +507,7 @@ impl Writer {
     where
         T: clickhouse::RowOwned + clickhouse::RowWrite,
     {
-        let mut backoff = Backoff::new();
+        let mut backoff = RetryPolicy::STORE.backoff();
         loop {
             match self.insert(table, rows).await {
                 Ok(()) => {
@@ -564,13 +541,6 @@ impl Writer {
             insert.write(row).await?;
         }
         insert.end().await
-    }
-}
-
-async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
     }
 }
 
@@ -697,15 +667,5 @@ mod tests {
             d.chars().count() <= 401 && !d.contains("Stack trace"),
             "{d}"
         );
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let mut b = Backoff::new();
-        let first = b.step();
-        assert!(first <= Duration::from_millis(100) && first >= Duration::from_millis(50));
-        for _ in 0..10 {
-            assert!(b.step() <= Duration::from_secs(5));
-        }
     }
 }

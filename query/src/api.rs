@@ -14,8 +14,6 @@ use serde_json::{json, Map, Value};
 use tracing::info;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::audit::Asked;
-use crate::auth::{Caller, Role};
 use crate::error::{ApiError, Problem, ValidQuery};
 use crate::export::{audited, fetch_page, page_of, page_response, stream, stream_prepared, Page};
 use crate::params::{self, Common, Format};
@@ -30,6 +28,8 @@ use crate::reports::token_trace::{
 use crate::reports::{self, EventFilter, EventRow, Keyed, Tabular, UserMatch};
 use crate::sql::Sql;
 use crate::AppState;
+use custos_auth::audit::Asked;
+use custos_auth::oidc::{Caller, Role};
 
 /// The reports, with the roles allowed to run them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,8 @@ pub enum Report {
     IntegrityVerify,
     /// Membership proof of one record.
     IntegrityProof,
+    /// Ledger verification of the query audit, consent history and revocations.
+    IntegrityLedger,
 }
 
 impl Report {
@@ -73,6 +75,7 @@ impl Report {
             Report::FhirAuditEvent => "fhir-auditevent",
             Report::IntegrityVerify => "integrity-verify",
             Report::IntegrityProof => "integrity-proof",
+            Report::IntegrityLedger => "integrity-ledger",
         }
     }
 
@@ -88,9 +91,10 @@ impl Report {
             Report::RevocationViolations | Report::Consents => {
                 &[Role::PrivacyOfficer, Role::Auditor]
             }
-            Report::QueryAudit | Report::IntegrityVerify | Report::IntegrityProof => {
-                &[Role::Auditor]
-            }
+            Report::QueryAudit
+            | Report::IntegrityVerify
+            | Report::IntegrityProof
+            | Report::IntegrityLedger => &[Role::Auditor],
         }
     }
 }

@@ -7,15 +7,12 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use thiserror::Error;
 use tracing::{error, warn};
-use utoipa::ToSchema;
 
-use crate::auth::AuthError;
+use custos_auth::oidc::AuthError;
 
-/// Media type of error bodies.
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub use custos_auth::problem::{Problem, PROBLEM_JSON};
 
 /// Everything a request can fail with.
 #[derive(Debug, Error)]
@@ -37,7 +34,7 @@ pub enum ApiError {
     ClickHouse(#[from] clickhouse::error::Error),
     /// The query-audit record could not be written, so the report is not answered.
     #[error("query audit record not written: {0}")]
-    AuditWrite(crate::audit::AuditError),
+    AuditWrite(custos_auth::audit::AuditError),
     /// The service is at its concurrency limit (503 with `Retry-After`).
     #[error("concurrency limit reached")]
     Overloaded,
@@ -47,21 +44,6 @@ pub enum ApiError {
     /// Anything else internal.
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-/// The problem+json body.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
-    /// Problem type URI.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Short summary.
-    pub title: String,
-    /// HTTP status.
-    pub status: u16,
-    /// What went wrong (names parameters, never their values).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
 }
 
 impl ApiError {

@@ -19,13 +19,13 @@ use serde::Serialize;
 use tracing::error;
 use utoipa::ToSchema;
 
-use crate::audit::{Asked, StreamAudit};
 use crate::error::ApiError;
 use crate::limits::ExportSlot;
 use crate::params::{Common, Format};
 use crate::reports::{Keyed, Tabular};
 use crate::sql::Sql;
 use crate::AppState;
+use custos_auth::audit::{Asked, StreamAudit};
 
 /// Bytes of one streamed chunk (about).
 const CHUNK_BYTES: usize = 64 * 1024;

@@ -30,14 +30,14 @@ use custos_schemas::PseudonymKind;
 use serde_json::{json, Value};
 
 use crate::api::{authorize, AuditParams, Report};
-use crate::audit::Asked;
-use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::export::{audited, page_of};
 use crate::params::{self, ms_to_rfc3339, Common, Cursor, Format, Window};
 use crate::reports::{self, EventFilter, EventRow, UserMatch};
 use crate::sql::Sql;
 use crate::AppState;
+use custos_auth::audit::Asked;
+use custos_auth::oidc::Caller;
 use general::General;
 use outcome::{fhir_json, FhirError};
 

@@ -2,7 +2,7 @@
 //! checkpoint public keys.
 //!
 //! - `GET /v1/integrity/verify` runs the very verification of `custos-ingest verify`
-//!   ([`custos_ingest::verify::verify`]) over ClickHouse as the read-only account and
+//!   ([`custos_integrity::verify::verify`]) over ClickHouse as the read-only account and
 //!   answers its report, with the first broken link of each chain by offset and event id.
 //! - `GET /v1/integrity/proof` answers one record as stored (pseudonymized values only),
 //!   its chain neighbours, every chained record from it up to the head of the covering
@@ -30,8 +30,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use custos_ingest::checkpoints::CheckpointRow;
-use custos_ingest::verify::{self, ChainReport, Scope, VerifyError};
+use custos_integrity::checkpoints::CheckpointRow;
+use custos_integrity::verify::{self, ChainReport, Scope, VerifyError};
 use custos_schemas::chain::{self, chain_id, record_hash, Hash, GENESIS};
 use custos_schemas::checkpoint::{self, Checkpoint};
 use custos_schemas::AuditRow;
@@ -42,12 +42,12 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::{authorize, Report};
-use crate::audit::Asked;
-use crate::auth::Caller;
 use crate::config::{valid_tenant, ConfigError, QueryConfig};
 use crate::error::{ApiError, Problem, ValidQuery};
 use crate::params::{self, ms_to_rfc3339};
 use crate::AppState;
+use custos_auth::audit::Asked;
+use custos_auth::oidc::Caller;
 
 /// Path of the checkpoint JWKS.
 pub const JWKS_PATH: &str = "/.well-known/custos-checkpoint-jwks.json";
@@ -69,6 +69,8 @@ pub struct Integrity {
     pub verify_timeout: Duration,
     /// Audit-row retention: records gone before now minus this may have been pruned.
     pub retention: chrono::Duration,
+    /// The same retention in days (the ledger's horizon).
+    pub retention_days: u32,
 }
 
 impl std::fmt::Debug for Integrity {
@@ -86,7 +88,7 @@ impl Integrity {
     /// account with `max_execution_time` raised to the verify time limit.
     pub fn new(cfg: &QueryConfig) -> Result<Integrity, ConfigError> {
         let verifier = clickhouse::Client::default()
-            .with_url(&cfg.clickhouse_url)
+            .with_url(cfg.clickhouse.url())
             .with_user(&cfg.reader_user)
             .with_password(&cfg.reader_password)
             .with_setting("max_execution_time", cfg.verify_timeout_secs.to_string());
@@ -98,7 +100,21 @@ impl Integrity {
             proof_max_records: cfg.proof_max_records,
             verify_timeout: Duration::from_secs(cfg.verify_timeout_secs),
             retention: chrono::Duration::days(i64::from(cfg.retention_days)),
+            retention_days: cfg.retention_days,
         })
+    }
+
+    /// The read-only client of verifications (its time limit raised to theirs).
+    pub fn verifier(&self) -> &clickhouse::Client {
+        &self.verifier
+    }
+
+    /// Waits for the one verification slot (each reads whole chains).
+    pub async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.gate
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal("verify gate closed".into()))
     }
 
     /// The served JWKS, if configured.
@@ -359,11 +375,7 @@ pub async fn verify_chains(
     let integrity = &s.integrity;
     // The asked record is written while the chains are read.
     let result = crate::export::audited(&s, &asked, "answering", async {
-        let _permit = integrity
-            .gate
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Internal("verify gate closed".into()))?;
+        let _permit = integrity.slot().await?;
         verify::verify(&integrity.verifier, &scope, integrity.jwks())
             .await
             .map_err(|e| match e {
@@ -873,6 +885,7 @@ pub fn router() -> Router<AppState> {
 pub fn verify_router(timeout: Duration) -> Router<AppState> {
     Router::new()
         .route("/v1/integrity/verify", get(verify_chains))
+        .route("/v1/integrity/ledger", get(crate::ledger::verify_ledger))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             timeout,

@@ -4,13 +4,13 @@
 //! officers and incident responders, read from `custos.audit_events FINAL` with a
 //! read-only ClickHouse account, secured with OIDC bearer JWTs and roles, and itself
 //! audited (every report query is recorded in `custos.report_queries` with the writer
-//! account, acknowledged before it is answered; see [`audit`]).
+//! account, acknowledged before it is answered; see [`custos_auth::audit`]).
 //!
-//! - [`auth`]: JWT validation against the issuer's JWKS, roles from a claim path;
+//! - authentication, roles and the query audit come from [`custos_auth`];
 //! - [`reports`]: the SQL builders, pure functions over validated parameters;
 //! - [`export`]: JSON pages with cursors, CSV / NDJSON streaming;
 //! - [`fhir`]: the FHIR R4 endpoint: `metadata`, AuditEvent read and search (IHE BALP);
-//! - [`audit`]: the query audit;
+//! - [`ledger`]: the ledger verification of the query audit, consent history and revocations;
 //! - [`integrity`]: chain verification, membership proofs and the checkpoint JWKS;
 //! - [`limits`]: the global concurrency limit and the per-caller export limit.
 //!
@@ -32,13 +32,12 @@
 #![deny(missing_docs)]
 
 pub mod api;
-pub mod audit;
-pub mod auth;
 pub mod config;
 pub mod error;
 pub mod export;
 pub mod fhir;
 pub mod integrity;
+pub mod ledger;
 pub mod limits;
 pub mod openapi;
 pub mod params;
@@ -49,22 +48,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Json, Router};
+use custos_runtime::ops;
+use custos_runtime::telemetry::request_trace_layer;
 use custos_schemas::KeyRing;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
-use crate::audit::QueryAudit;
-use crate::auth::Authenticator;
 use crate::config::{ConfigError, QueryConfig};
+use crate::error::ApiError;
 use crate::limits::{ExportSlots, RequestLimit};
 use crate::params::Limits;
+use custos_auth::audit::QueryAudit;
+use custos_auth::oidc::Authenticator;
 
 /// Report settings derived from the configuration.
 #[derive(Debug, Clone)]
@@ -107,6 +108,14 @@ pub struct AppState {
     pub requests: RequestLimit,
     /// Exports per caller (`CUSTOS_QUERY_EXPORTS_PER_CALLER`).
     pub exports: ExportSlots,
+}
+
+impl custos_auth::oidc::AuthState for AppState {
+    type Rejection = ApiError;
+
+    fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -161,28 +170,24 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
     ) -> Result<AppState, ConfigError> {
         cfg.validate()?;
-        let timeout = cfg.clickhouse_timeout_secs.to_string();
-        let reader_base = clickhouse::Client::default()
-            .with_url(&cfg.clickhouse_url)
-            .with_user(&cfg.reader_user)
-            .with_password(&cfg.reader_password);
-        let reader = reader_base
-            .clone()
-            .with_setting("max_execution_time", timeout.clone());
-        let exporter =
-            reader_base.with_setting("max_execution_time", cfg.export_timeout_secs.to_string());
-        let writer = clickhouse::Client::default()
-            .with_url(&cfg.clickhouse_url)
-            .with_user(&cfg.writer_user)
-            .with_password(&cfg.writer_password)
-            .with_database(custos_schemas::migrations::DATABASE)
-            .with_setting("max_execution_time", timeout);
+        let reader = cfg
+            .clickhouse
+            .client(&cfg.reader_user, &cfg.reader_password);
+        let exporter = cfg
+            .clickhouse
+            .endpoint
+            .client(&cfg.reader_user, &cfg.reader_password)
+            .with_setting("max_execution_time", cfg.export_timeout_secs.to_string());
+        let writer = cfg
+            .clickhouse
+            .client(&cfg.writer_user, &cfg.writer_password)
+            .with_database(custos_schemas::migrations::DATABASE);
         Ok(AppState {
             auth: Arc::new(Authenticator::new(&cfg.oidc)?),
             reader,
             exporter,
             audit: QueryAudit::with_group_commit(writer.clone(), cfg.group_commit()),
-            keys: Arc::new(cfg.key_ring()?),
+            keys: Arc::new(cfg.keys.key_ring()?),
             settings: Arc::new(Settings {
                 limits: Limits {
                     default_tenant: cfg.default_tenant.clone(),
@@ -199,7 +204,7 @@ impl AppState {
                     .collect(),
                 revocation_grace_secs: cfg.revocation_grace_secs,
                 public_url: cfg.public_url.clone(),
-                request_timeout: cfg.clickhouse_timeout() + Duration::from_secs(5),
+                request_timeout: cfg.clickhouse.timeout() + Duration::from_secs(5),
                 export_timeout: Duration::from_secs(cfg.export_timeout_secs),
             }),
             metrics,
@@ -208,10 +213,6 @@ impl AppState {
             exports: ExportSlots::new(cfg.exports_per_caller as usize),
         })
     }
-}
-
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
@@ -237,14 +238,8 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics
-            .as_ref()
-            .map(PrometheusHandle::render)
-            .unwrap_or_default(),
-    )
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    ops::metrics_text(s.metrics.as_ref())
 }
 
 async fn openapi_json() -> impl IntoResponse {
@@ -255,7 +250,7 @@ async fn openapi_json() -> impl IntoResponse {
 pub fn admin_app(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(ops::healthz))
         .fallback(error::not_found)
         .with_state(state)
 }
@@ -285,15 +280,11 @@ pub fn app(state: AppState) -> Router {
         ));
     Router::new()
         .merge(limited)
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(ops::healthz))
         .route("/readyz", get(readyz))
         .fallback(error::not_found)
         // Spans carry the path only: query strings hold raw patient ids.
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
-            }),
-        )
+        .layer(request_trace_layer())
         // Outermost: every error under /fhir, from any layer, is an OperationOutcome.
         .layer(axum::middleware::from_fn(fhir::outcome::outcomes))
         .with_state(state)

@@ -51,6 +51,7 @@ impl Modify for Bearer {
         crate::fhir::search,
         crate::fhir::read::read,
         crate::integrity::verify_chains,
+        crate::ledger::verify_ledger,
         crate::integrity::proof,
         crate::integrity::checkpoint_jwks,
     ),
@@ -73,7 +74,10 @@ impl Modify for Bearer {
         crate::integrity::ProofAnswer,
         crate::integrity::ProofCheckpoint,
         crate::integrity::ProofChecks,
-        crate::integrity::Link
+        crate::integrity::Link,
+        crate::ledger::LedgerAnswer,
+        crate::ledger::LedgerTable,
+        crate::ledger::LedgerFinding
     )),
     modifiers(&Bearer)
 )]

@@ -250,13 +250,9 @@ pub fn required_ident(name: &str, v: Option<&str>) -> Result<String, ApiError> {
     ident(name, v)?.ok_or_else(|| ApiError::bad(format!("{name} is required")))
 }
 
-/// A code (purpose of use, report name): `[A-Za-z0-9._-]{1,64}`.
-pub fn valid_code(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+/// A code (purpose of use, report name): `[A-Za-z0-9._-]{1,64}`, the rule report names
+/// recorded in the query audit follow ([`custos_auth::audit::valid_code`]).
+pub use custos_auth::audit::valid_code;
 
 /// An optional code parameter.
 pub fn code(name: &str, v: Option<&str>) -> Result<Option<String>, ApiError> {

@@ -6,30 +6,32 @@
 //! - [`decode()`]: one entry point that recognizes CloudEvents 1.0 (structured and binary
 //!   mode), Keycloak event JSON (user and admin events), FHIR R4 `AuditEvent` (IHE BALP)
 //!   and FHIR R4 `Consent` ([`fhir_consent`]) and yields `Result<Event, DecodeError>`;
+//!   one module per format under [`mod@decode`], with the JSON parser
+//!   ([`decode::json`]) beside them;
 //! - [`pseudonym`]: the HMAC-SHA256 key ring that turns patient identifiers into keyed
 //!   pseudonyms carrying their key id;
 //! - [`row`]: the ClickHouse row types and the conversion from events;
+//! - [`records`]: the row types of the query audit, consent history and revocations;
 //! - [`migrations`]: the versioned ClickHouse DDL;
 //! - [`jsonschema`]: JSON Schema documents for producers, generated from the types.
 #![deny(missing_docs)]
 
 pub mod chain;
 pub mod checkpoint;
-pub mod cloudevents;
 pub mod decode;
 pub mod error;
 pub mod event;
-pub mod fhir_audit;
-pub mod fhir_consent;
 pub mod jsonschema;
 pub mod jws;
-pub mod keycloak;
 pub mod migrations;
 pub mod pseudonym;
+pub mod records;
 pub mod redact;
 pub mod row;
 pub mod validate;
 
+// The format decoders live under `decode/`; their former paths stay valid.
+pub use decode::{cloudevents, fhir_audit, fhir_consent, keycloak};
 pub use decode::{decode, DecodeLimits, Header};
 pub use error::DecodeError;
 pub use event::{

@@ -123,6 +123,12 @@ pub const MIGRATIONS: &[Migration] = &[
              AND name = 'chain_checkpoints' AND position(engine_full, ' TTL ') = 0",
         ),
     },
+    Migration {
+        version: 13,
+        name: "0013_ledger",
+        sql: include_str!("../migrations/0013_ledger.sql"),
+        done_when: None,
+    },
 ];
 
 impl Migration {

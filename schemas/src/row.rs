@@ -9,7 +9,10 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::event::{Event, EventType, Payload};
+use crate::event::{
+    AuthData, BreakGlassData, ConsentData, Decision, DeprovisionData, Event, EventType,
+    FhirAccessData, Payload, TokenData,
+};
 use crate::pseudonym::{KeyRing, PseudonymKind};
 
 /// Where a message sat in Kafka.
@@ -327,6 +330,8 @@ impl RowContext<'_> {
 
     /// Converts a decoded event into its audit row, moving the event's strings (and the
     /// position's topic) into the row instead of copying them: the ingest's per-message path.
+    /// The envelope and the position fill the common columns; one conversion per event
+    /// family fills the rest and decides the user kind and the outcome.
     pub fn audit_row_owned(
         &self,
         event: Event,
@@ -344,171 +349,195 @@ impl RowContext<'_> {
         } = event;
         let tenant = tenant.unwrap_or_else(|| self.default_tenant.to_owned());
         let t = tenant.as_str();
+        // Every column the families do not write stays empty (no allocation).
         let mut row = AuditRow {
             event_key: event_key(&source, &id),
             event_id: id,
             event_source: source,
             event_type: event_type.as_str().to_owned(),
             source_format: format.as_str().to_owned(),
-            tenant: String::new(),
             event_time: time.timestamp_millis(),
             ingested_at: ingested_at_ms,
-            outcome: String::new(),
-            issuer: String::new(),
-            user_sub: String::new(),
-            user_kind: String::new(),
-            fhir_user: String::new(),
-            client_id: String::new(),
-            session_id: String::new(),
-            token_jti: String::new(),
-            token_type: String::new(),
-            scopes: Vec::new(),
-            interaction: String::new(),
-            resource_type: String::new(),
-            resource_id: String::new(),
-            patient: String::new(),
-            encounter: String::new(),
-            consent_id: String::new(),
-            purpose_of_use: Vec::new(),
-            break_glass_reason: String::new(),
-            decision: String::new(),
-            http_status: 0,
-            source_ip: String::new(),
-            user_agent: String::new(),
-            returned_ids: Vec::new(),
-            error: String::new(),
-            reason: String::new(),
-            actor: String::new(),
-            request_id: String::new(),
-            active: None,
-            period_start: None,
-            expires_at: None,
             kafka_topic: pos.topic,
             kafka_partition: pos.partition,
             kafka_offset: pos.offset,
             chain_prev_offset: -1,
             record_hash: crate::chain::GENESIS,
-            prev_event_key: String::new(),
+            ..AuditRow::default()
         };
         // Each column is written once: the constant ones (`user_kind`, `outcome`) are
-        // decided first, so no placeholder string is allocated and replaced.
-        let (kind, failure) = match payload {
-            Payload::Auth(d) => {
-                let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
-                let failure = event_type == EventType::AuthLoginFailed || d.error.is_some();
-                row.issuer = d.iss;
-                row.user_sub = self.user(t, kind, d.sub);
-                row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
-                row.client_id = d.client_id;
-                row.session_id = d.sid.unwrap_or_default();
-                row.source_ip = self.ip(t, kind, d.source_ip);
-                row.user_agent = d.user_agent.unwrap_or_default();
-                row.error = d.error.unwrap_or_default();
-                (kind, failure)
-            }
-            Payload::Token(d) => {
-                let mut kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
-                if d.sub.as_deref() == Some(d.client_id.as_str()) {
-                    kind = UserKind::Service;
-                }
-                let failure = d.error.is_some();
-                row.issuer = d.iss;
-                row.user_sub = self.user(t, kind, d.sub);
-                row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
-                row.client_id = d.client_id;
-                row.session_id = d.sid.unwrap_or_default();
-                row.token_jti = d.jti;
-                row.token_type = d.token_type.unwrap_or_default();
-                row.scopes = split_scopes(d.scope.as_deref());
-                row.patient = self.opt_ps(t, PseudonymKind::Patient, d.patient.as_deref());
-                row.source_ip = self.ip(t, kind, d.source_ip);
-                row.user_agent = d.user_agent.unwrap_or_default();
-                row.active = d.active;
-                row.reason = d.reason.unwrap_or_default();
-                row.error = d.error.unwrap_or_default();
-                row.expires_at = d.expires_at.map(|e| e.timestamp_millis());
-                (kind, failure)
-            }
-            Payload::Consent(d) => {
-                row.issuer = d.iss.unwrap_or_default();
-                row.user_sub = self.user(t, UserKind::Patient, d.sub);
-                row.client_id = d.client_id;
-                row.consent_id = d.consent_id;
-                row.patient = self.ps(t, PseudonymKind::Patient, &d.patient);
-                row.scopes = split_scopes(d.scope.as_deref());
-                row.purpose_of_use = d.purpose;
-                row.reason = d.reason.unwrap_or_default();
-                row.actor = d.actor.unwrap_or_default();
-                row.period_start = d.period_start.map(|e| e.timestamp_millis());
-                row.expires_at = d.period_end.map(|e| e.timestamp_millis());
-                (UserKind::Patient, false)
-            }
-            Payload::FhirAccess(d) => {
-                let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
-                let failure = d.decision == crate::event::Decision::Deny || d.http_status >= 400;
-                row.issuer = d.iss;
-                row.user_sub = self.user(t, kind, Some(d.sub));
-                row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
-                row.client_id = d.client_id;
-                row.token_jti = d.jti.unwrap_or_default();
-                row.scopes = split_scopes(d.scope.as_deref());
-                row.interaction = d.interaction;
-                row.resource_id = d
-                    .resource_id
-                    .as_deref()
-                    .map(|id| self.typed_id(t, &d.resource_type, id, false))
-                    .unwrap_or_default();
-                let patient = d.patient.as_deref().or(if d.resource_type == "Patient" {
-                    d.resource_id.as_deref()
-                } else {
-                    None
-                });
-                row.patient = self.opt_ps(t, PseudonymKind::Patient, patient);
-                row.encounter = self.opt_ps(t, PseudonymKind::Encounter, d.encounter.as_deref());
-                row.purpose_of_use = d.purpose_of_use;
-                row.break_glass_reason = d.break_glass_reason.unwrap_or_default();
-                row.decision = d.decision.as_str().to_owned();
-                row.http_status = d.http_status;
-                row.source_ip = self.ip(t, kind, d.source_ip);
-                row.user_agent = d.user_agent.unwrap_or_default();
-                row.returned_ids = d
-                    .returned_ids
-                    .iter()
-                    .map(|r| self.reference(t, r, &d.resource_type))
-                    .collect();
-                row.resource_type = d.resource_type;
-                row.request_id = d.request_id;
-                (kind, failure)
-            }
-            Payload::UserDeprovisioned(d) => {
-                let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
-                row.issuer = d.iss;
-                row.user_sub = self.user(t, kind, Some(d.sub));
-                row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
-                row.reason = d.reason.unwrap_or_default();
-                row.actor = d.actor.unwrap_or_default();
-                (kind, false)
-            }
-            Payload::BreakGlass(d) => {
-                // Break-the-glass is by definition a workforce action.
-                let kind = UserKind::Workforce;
-                row.issuer = d.iss;
-                row.user_sub = d.sub;
-                row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
-                row.client_id = d.client_id.unwrap_or_default();
-                row.session_id = d.sid.unwrap_or_default();
-                row.patient = self.ps(t, PseudonymKind::Patient, &d.patient);
-                row.break_glass_reason = d.reason;
-                row.purpose_of_use = vec!["BTG".to_owned()];
-                row.source_ip = self.ip(t, kind, d.source_ip);
-                row.expires_at = d.expires_at.map(|e| e.timestamp_millis());
-                (kind, false)
-            }
+        // decided by the family first, so no placeholder string is allocated and replaced.
+        let class = match payload {
+            Payload::Auth(d) => self.auth_columns(&mut row, t, event_type, d),
+            Payload::Token(d) => self.token_columns(&mut row, t, d),
+            Payload::Consent(d) => self.consent_columns(&mut row, t, d),
+            Payload::FhirAccess(d) => self.fhir_access_columns(&mut row, t, d),
+            Payload::UserDeprovisioned(d) => self.deprovision_columns(&mut row, t, d),
+            Payload::BreakGlass(d) => self.break_glass_columns(&mut row, t, d),
         };
-        row.user_kind = kind.as_str().to_owned();
-        row.outcome = if failure { "failure" } else { "success" }.to_owned();
+        row.user_kind = class.user_kind.as_str().to_owned();
+        row.outcome = if class.failure { "failure" } else { "success" }.to_owned();
         row.tenant = tenant;
         row
+    }
+
+    /// `custos.auth.*`: a failed login, or any event with an error, is a failure.
+    fn auth_columns(
+        &self,
+        row: &mut AuditRow,
+        t: &str,
+        event_type: EventType,
+        d: AuthData,
+    ) -> Classification {
+        let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
+        let failure = event_type == EventType::AuthLoginFailed || d.error.is_some();
+        row.issuer = d.iss;
+        row.user_sub = self.user(t, kind, d.sub);
+        row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
+        row.client_id = d.client_id;
+        row.session_id = d.sid.unwrap_or_default();
+        row.source_ip = self.ip(t, kind, d.source_ip);
+        row.user_agent = d.user_agent.unwrap_or_default();
+        row.error = d.error.unwrap_or_default();
+        Classification::new(kind, failure)
+    }
+
+    /// `custos.token.*`: a subject equal to the client is a service; an error is a failure.
+    fn token_columns(&self, row: &mut AuditRow, t: &str, d: TokenData) -> Classification {
+        let mut kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
+        if d.sub.as_deref() == Some(d.client_id.as_str()) {
+            kind = UserKind::Service;
+        }
+        let failure = d.error.is_some();
+        row.issuer = d.iss;
+        row.user_sub = self.user(t, kind, d.sub);
+        row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
+        row.client_id = d.client_id;
+        row.session_id = d.sid.unwrap_or_default();
+        row.token_jti = d.jti;
+        row.token_type = d.token_type.unwrap_or_default();
+        row.scopes = split_scopes(d.scope.as_deref());
+        row.patient = self.opt_ps(t, PseudonymKind::Patient, d.patient.as_deref());
+        row.source_ip = self.ip(t, kind, d.source_ip);
+        row.user_agent = d.user_agent.unwrap_or_default();
+        row.active = d.active;
+        row.reason = d.reason.unwrap_or_default();
+        row.error = d.error.unwrap_or_default();
+        row.expires_at = d.expires_at.map(|e| e.timestamp_millis());
+        Classification::new(kind, failure)
+    }
+
+    /// `custos.consent.*`: the subject is the patient; always a success.
+    fn consent_columns(&self, row: &mut AuditRow, t: &str, d: ConsentData) -> Classification {
+        row.issuer = d.iss.unwrap_or_default();
+        row.user_sub = self.user(t, UserKind::Patient, d.sub);
+        row.client_id = d.client_id;
+        row.consent_id = d.consent_id;
+        row.patient = self.ps(t, PseudonymKind::Patient, &d.patient);
+        row.scopes = split_scopes(d.scope.as_deref());
+        row.purpose_of_use = d.purpose;
+        row.reason = d.reason.unwrap_or_default();
+        row.actor = d.actor.unwrap_or_default();
+        row.period_start = d.period_start.map(|e| e.timestamp_millis());
+        row.expires_at = d.period_end.map(|e| e.timestamp_millis());
+        Classification::new(UserKind::Patient, false)
+    }
+
+    /// `custos.fhir.access`: ids in a patient compartment are pseudonymized (a `Patient`
+    /// resource is its own patient); a denial or an HTTP error status is a failure.
+    fn fhir_access_columns(
+        &self,
+        row: &mut AuditRow,
+        t: &str,
+        d: FhirAccessData,
+    ) -> Classification {
+        let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
+        let failure = d.decision == Decision::Deny || d.http_status >= 400;
+        row.issuer = d.iss;
+        row.user_sub = self.user(t, kind, Some(d.sub));
+        row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
+        row.client_id = d.client_id;
+        row.token_jti = d.jti.unwrap_or_default();
+        row.scopes = split_scopes(d.scope.as_deref());
+        row.interaction = d.interaction;
+        row.resource_id = d
+            .resource_id
+            .as_deref()
+            .map(|id| self.typed_id(t, &d.resource_type, id, false))
+            .unwrap_or_default();
+        let patient = d.patient.as_deref().or(if d.resource_type == "Patient" {
+            d.resource_id.as_deref()
+        } else {
+            None
+        });
+        row.patient = self.opt_ps(t, PseudonymKind::Patient, patient);
+        row.encounter = self.opt_ps(t, PseudonymKind::Encounter, d.encounter.as_deref());
+        row.purpose_of_use = d.purpose_of_use;
+        row.break_glass_reason = d.break_glass_reason.unwrap_or_default();
+        row.decision = d.decision.as_str().to_owned();
+        row.http_status = d.http_status;
+        row.source_ip = self.ip(t, kind, d.source_ip);
+        row.user_agent = d.user_agent.unwrap_or_default();
+        row.returned_ids = d
+            .returned_ids
+            .iter()
+            .map(|r| self.reference(t, r, &d.resource_type))
+            .collect();
+        row.resource_type = d.resource_type;
+        row.request_id = d.request_id;
+        Classification::new(kind, failure)
+    }
+
+    /// `custos.user.deprovisioned`: always a success.
+    fn deprovision_columns(
+        &self,
+        row: &mut AuditRow,
+        t: &str,
+        d: DeprovisionData,
+    ) -> Classification {
+        let kind = UserKind::from_fhir_user(d.fhir_user.as_deref());
+        row.issuer = d.iss;
+        row.user_sub = self.user(t, kind, Some(d.sub));
+        row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
+        row.reason = d.reason.unwrap_or_default();
+        row.actor = d.actor.unwrap_or_default();
+        Classification::new(kind, false)
+    }
+
+    /// `custos.breakglass.opened`: by definition a workforce action, kept readable, with
+    /// purpose of use `BTG`; always a success.
+    fn break_glass_columns(
+        &self,
+        row: &mut AuditRow,
+        t: &str,
+        d: BreakGlassData,
+    ) -> Classification {
+        let kind = UserKind::Workforce;
+        row.issuer = d.iss;
+        row.user_sub = d.sub;
+        row.fhir_user = self.fhir_user(t, d.fhir_user.as_deref());
+        row.client_id = d.client_id.unwrap_or_default();
+        row.session_id = d.sid.unwrap_or_default();
+        row.patient = self.ps(t, PseudonymKind::Patient, &d.patient);
+        row.break_glass_reason = d.reason;
+        row.purpose_of_use = vec!["BTG".to_owned()];
+        row.source_ip = self.ip(t, kind, d.source_ip);
+        row.expires_at = d.expires_at.map(|e| e.timestamp_millis());
+        Classification::new(kind, false)
+    }
+}
+
+/// What a family's conversion decides besides its columns: the kind of user (for
+/// `user_kind`) and whether the event reports a failure (for `outcome`).
+struct Classification {
+    user_kind: UserKind,
+    failure: bool,
+}
+
+impl Classification {
+    /// A user kind and an outcome.
+    fn new(user_kind: UserKind, failure: bool) -> Self {
+        Classification { user_kind, failure }
     }
 }
 

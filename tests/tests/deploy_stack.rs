@@ -193,8 +193,11 @@ fn clickhouse_accounts_match_the_dev_stack() {
     );
     assert_eq!(
         compose_users["custos_query"],
-        ["GRANT INSERT ON custos.report_queries"],
-        "the query API writes its own audit records only"
+        [
+            "GRANT INSERT ON custos.report_queries",
+            "GRANT INSERT ON custos.ledger"
+        ],
+        "the query API writes its own audit records (and their ledger entries) only"
     );
     for user in ["custos_writer", "custos_query", "custos_consent"] {
         assert!(

@@ -507,10 +507,10 @@ async fn migrations_are_idempotent_and_accounts_least_privileged() -> Result<()>
     ];
     let expect: [(&str, Vec<&str>, Vec<&str>); 4] = [
         ("writer", ingest.to_vec(), ingest.to_vec()),
-        ("query", vec!["report_queries"], vec![]),
+        ("query", vec!["report_queries", "ledger"], vec![]),
         (
             "consent",
-            [&consent[..], &["report_queries"]].concat(),
+            [&consent[..], &["report_queries", "ledger"]].concat(),
             [&consent[..], &["consent_current", "revocation_status"]].concat(),
         ),
         ("reader", vec![], vec!["*"]),

@@ -228,8 +228,8 @@ async fn query_audit_is_fail_closed_and_keeps_one_row_per_query() -> Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_audit_group_commits_and_shows_unfinished_requests() -> Result<()> {
-    use custos_query::audit::{Asked, GroupCommit, QueryAudit};
-    use custos_query::auth::{Caller, Role};
+    use custos_auth::audit::{Asked, GroupCommit, QueryAudit};
+    use custos_auth::oidc::{Caller, Role};
     ensure_schema()?;
     let writer = account("query").with_database("custos");
     let audit = QueryAudit::with_group_commit(

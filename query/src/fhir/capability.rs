@@ -18,8 +18,8 @@ use tracing::warn;
 use super::general::General;
 use super::outcome::{fhir_json, FhirError};
 use super::BALP;
-use crate::config::fetchable_url;
 use crate::AppState;
+use custos_auth::config::fetchable_url;
 
 /// How long a read discovery document is used.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);

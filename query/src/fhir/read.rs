@@ -16,13 +16,13 @@ use super::general::General;
 use super::outcome::{fhir_json, FhirError};
 use super::{authorized_pairs, elements, resource, QueryPairs};
 use crate::api::Report;
-use crate::audit::Asked;
-use crate::auth::Caller;
 use crate::export::{audited, page_of};
 use crate::params::is_key;
 use crate::reports::{EventRow, SELECT_EVENTS};
 use crate::sql::Sql;
 use crate::AppState;
+use custos_auth::audit::Asked;
+use custos_auth::oidc::Caller;
 
 /// The tenant of an AuditEvent id among `tenants` (`None`: any tenant).
 pub fn tenant_sql(id: &str, tenants: Option<&[String]>) -> Sql {

@@ -227,9 +227,12 @@ pub fn clap_env_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// `env = "CUSTOS_..."` names of ingest/src/config.rs (the clap arguments).
+/// `env = "CUSTOS_..."` names of ingest/src/config.rs (the clap arguments) and of the shared
+/// settings it flattens (runtime/src).
 pub fn config_rs_env_names() -> BTreeSet<String> {
-    clap_env_names(&read("ingest/src/config.rs"))
+    let mut names = clap_env_names(&read("ingest/src/config.rs"));
+    names.extend(env_names_in("runtime/src"));
+    names
 }
 
 /// Every `CUSTOS_*` variable read by the sources under `dir` (a crate's `src`): the clap
@@ -248,16 +251,22 @@ pub fn env_names_in(dir: &str) -> BTreeSet<String> {
 
 /// Every `CUSTOS_*` variable the ingest binary reads.
 pub fn ingest_env_names() -> BTreeSet<String> {
-    env_names_in("ingest/src")
+    let mut names = env_names_in("ingest/src");
+    names.extend(env_names_in("runtime/src"));
+    names
 }
 
-/// Every `CUSTOS_*` variable custos-query reads.
+/// Every `CUSTOS_*` variable custos-query reads: its own, the shared settings (runtime/src)
+/// and the OIDC settings (auth/src).
 pub fn query_env_names() -> BTreeSet<String> {
-    env_names_in("query/src")
+    let mut names = env_names_in("query/src");
+    names.extend(env_names_in("runtime/src"));
+    names.extend(env_names_in("auth/src"));
+    names
 }
 
 /// The `CUSTOS_OIDC_*` variables defined anywhere in the workspace's crates: the bearer-token
-/// settings are one clap struct (today `OidcArgs` of query/src/config.rs) that other services
+/// settings are one clap struct (`OidcArgs` of auth/src/config.rs) that other services
 /// may flatten into their own configuration, wherever it ends up living.
 pub fn shared_oidc_env_names() -> BTreeSet<String> {
     workspace_members()
@@ -271,6 +280,7 @@ pub fn shared_oidc_env_names() -> BTreeSet<String> {
 /// settings (the privacy API checks bearer tokens like the query API, same variables).
 pub fn consent_env_names() -> BTreeSet<String> {
     let mut names = env_names_in("consent/src");
+    names.extend(env_names_in("runtime/src"));
     names.extend(shared_oidc_env_names());
     names
 }
@@ -502,7 +512,7 @@ pub fn check_oidc(c: &Value, name: &str, e: &BTreeMap<String, Option<String>>) -
     .map(|u| default_of(&u))
     {
         assert!(
-            custos_query::config::fetchable_url(&url),
+            custos_auth::config::fetchable_url(&url),
             "{name}: {url} would be refused (https, or http on loopback)"
         );
         if url.starts_with("http://") {
@@ -567,7 +577,7 @@ pub fn check_oidc(c: &Value, name: &str, e: &BTreeMap<String, Option<String>>) -
     );
     if let Some(Some(algs)) = e.get("CUSTOS_OIDC_ALGORITHMS") {
         for alg in algs.split(',') {
-            custos_query::config::parse_algorithm(alg)
+            custos_auth::config::parse_algorithm(alg)
                 .unwrap_or_else(|err| panic!("{name}: algorithm {alg}: {err}"));
         }
         let signed = staff["attributes"]["access.token.signed.response.alg"]

@@ -31,6 +31,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 
+use super::json;
 use crate::error::DecodeError;
 use crate::event::{ConsentData, Event, EventType, Payload, SourceFormat};
 
@@ -138,7 +139,7 @@ pub fn is_fhir_consent(payload: &[u8]) -> bool {
 /// Maps a FHIR R4 `Consent` resource to a consent event (no size, token or validation
 /// checks: [`crate::decode()`] adds them).
 pub fn decode_fhir_consent(payload: &[u8]) -> Result<Event, DecodeError> {
-    let c: Consent = DecodeError::parse_json(payload, "Consent")?;
+    let c: Consent = json::parse(payload, "Consent")?;
     if c.resource_type != "Consent" {
         return Err(DecodeError::unknown_type(&format!(
             "fhir:{}",

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::decode::Header;
+use super::{json, Header};
 use crate::error::DecodeError;
 use crate::event::{
     AuthData, BreakGlassData, ConsentData, DeprovisionData, Event, EventType, FhirAccessData,
@@ -43,7 +43,7 @@ fn opt_cow<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str
 
 /// Decodes a structured-mode CloudEvent.
 pub fn decode_structured(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let ce: Structured<'_> = DecodeError::parse_json(bytes, "")?;
+    let ce: Structured<'_> = json::parse(bytes, "")?;
     check_specversion(&ce.specversion)?;
     check_content_type("datacontenttype", ce.datacontenttype.as_deref())?;
     let event_type = EventType::parse(&ce.ty).ok_or_else(|| DecodeError::unknown_type(&ce.ty))?;
@@ -120,7 +120,7 @@ fn check_content_type(field: &str, v: Option<&str>) -> Result<(), DecodeError> {
 }
 
 fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> Result<T, DecodeError> {
-    DecodeError::parse_json(bytes, prefix)
+    json::parse(bytes, prefix)
 }
 
 /// Decodes a `data` member into the payload struct of `event_type`.

@@ -1,7 +1,8 @@
 //! Independent verification of the hash chains and their signed checkpoints, from
 //! ClickHouse (plus the JWKS of the checkpoint keys and, optionally, the checkpoints' copy
 //! outside the database: the checkpoint topic or an auditor's anchor file). Reports the first
-//! broken link of each chain by position and event id. Used by `custos-ingest verify`.
+//! broken link of each chain by position and event id. Used by `custos-ingest verify` and
+//! the query API's `GET /v1/integrity/verify`.
 //!
 //! **Retention.** The TTL removes the oldest records of a chain. A record may be gone without
 //! a break only when a verified checkpoint covers its position and holds records older than

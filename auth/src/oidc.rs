@@ -23,9 +23,9 @@
 //! Roles come from a configurable claim path (`roles`, `realm_access.roles`, ...).
 //! Tokens are never logged.
 //!
-//! The consent service's privacy API uses this module too ([`Authenticator`] built from the
-//! same [`OidcArgs`], so the same `CUSTOS_OIDC_*` settings), so both services accept the
-//! same tokens and read roles the same way.
+//! Every service authenticates through this module ([`Authenticator`] built from the same
+//! [`OidcArgs`], so the same `CUSTOS_OIDC_*` settings), so they accept the same tokens and read
+//! roles the same way; [`Caller`] is an extractor for any state implementing [`AuthState`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,8 +45,6 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::config::{fetchable_url, normalize_typ, ConfigError, OidcArgs};
-use crate::error::ApiError;
-use crate::AppState;
 
 /// Longest bearer token accepted, in bytes; longer ones are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -667,12 +665,22 @@ pub fn bearer(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
+/// An application state that authenticates callers: what [`Caller`] extracts with.
+pub trait AuthState: Send + Sync {
+    /// The service's error, rendering an [`AuthError`] as its 401 answer.
+    type Rejection: From<AuthError> + axum::response::IntoResponse;
+    /// The authenticator of the service.
+    fn authenticator(&self) -> &Authenticator;
+}
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let auth: &Arc<Authenticator> = &state.auth;
-        Ok(auth.authenticate_headers(&parts.headers).await?)
+impl<S: AuthState> FromRequestParts<S> for Caller {
+    type Rejection = S::Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, S::Rejection> {
+        Ok(state
+            .authenticator()
+            .authenticate_headers(&parts.headers)
+            .await?)
     }
 }
 

@@ -44,6 +44,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::json;
 use crate::error::DecodeError;
 use crate::event::{
     AuthData, ConsentData, DeprovisionData, Event, EventType, Payload, SourceFormat, TokenData,
@@ -138,7 +139,7 @@ impl Common {
 
 /// Decodes a Keycloak user or admin event.
 pub fn decode_keycloak(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let ev: KeycloakJson = DecodeError::parse_json(bytes, "")?;
+    let ev: KeycloakJson = json::parse(bytes, "")?;
     let id = required(ev.id.as_deref(), "id")?.to_owned();
     let realm = required(ev.realm_id.as_deref(), "realmId")?.to_owned();
     let millis = ev

@@ -1,4 +1,6 @@
-//! Writing the query audit (`custos.report_queries`) with the writer account.
+//! The self-audit of every authorized request (`custos.report_queries`), written with the
+//! service's own account through its ledger chain ([`custos_integrity::ledger`]). The query
+//! API records each report, the consent service each privacy-API call.
 //!
 //! Every answer is recorded in two phases under one `query_id`
 //! (`ReplacingMergeTree(recorded_at)`: the later version replaces the earlier one):
@@ -24,63 +26,22 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use clickhouse::Row;
-use serde::Serialize;
+use custos_integrity::ledger::{Ledger, LedgerError};
+use custos_schemas::records::ReportQueryRow;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::auth::Caller;
-use crate::reports::query_audit::ReportQuery;
-
-/// Insert form of [`ReportQuery`] (times as epoch ms).
-#[derive(Debug, Clone, Row, Serialize)]
-struct ReportQueryInsert {
-    query_id: String,
-    asked_at: i64,
-    recorded_at: i64,
-    caller_sub: String,
-    caller_issuer: String,
-    caller_client: String,
-    caller_roles: Vec<String>,
-    report: String,
-    tenant: String,
-    parameters: String,
-    format: String,
-    status: String,
-    rows_returned: u64,
-    duration_ms: u32,
-}
-
-impl From<&ReportQuery> for ReportQueryInsert {
-    fn from(r: &ReportQuery) -> ReportQueryInsert {
-        ReportQueryInsert {
-            query_id: r.query_id.clone(),
-            asked_at: r.asked_at,
-            recorded_at: r.recorded_at,
-            caller_sub: r.caller_sub.clone(),
-            caller_issuer: r.caller_issuer.clone(),
-            caller_client: r.caller_client.clone(),
-            caller_roles: r.caller_roles.clone(),
-            report: r.report.clone(),
-            tenant: r.tenant.clone(),
-            parameters: r.parameters.clone(),
-            format: r.format.clone(),
-            status: r.status.clone(),
-            rows_returned: r.rows_returned,
-            duration_ms: r.duration_ms,
-        }
-    }
-}
+use crate::oidc::Caller;
 
 /// Why a query-audit record was not written.
 #[derive(Debug, Clone, Error)]
 pub enum AuditError {
-    /// The INSERT of the batch holding the record failed.
+    /// The INSERT of the batch holding the record, or of its ledger entries, failed.
     #[error("insert failed: {0}")]
-    Insert(Arc<clickhouse::error::Error>),
+    Insert(Arc<LedgerError>),
     /// The background writer is gone (its runtime shut down).
     #[error("query-audit writer stopped")]
     WriterGone,
@@ -117,9 +78,10 @@ impl Default for GroupCommit {
 
 type Ack = oneshot::Sender<Result<(), AuditError>>;
 
-/// One queued record, with the waiter to acknowledge (none for final records).
+/// One queued record (none: a flush barrier), with the waiter to acknowledge (none for
+/// final records).
 struct Pending {
-    row: ReportQueryInsert,
+    row: Option<ReportQueryRow>,
     ack: Option<Ack>,
 }
 
@@ -131,6 +93,8 @@ pub struct QueryAudit {
 
 struct Inner {
     writer: clickhouse::Client,
+    /// This process's chain over the records it writes.
+    ledger: Arc<Ledger<ReportQueryRow>>,
     group: GroupCommit,
     /// The queue of the background task, started on first use (inside a runtime).
     tx: OnceLock<mpsc::Sender<Pending>>,
@@ -168,6 +132,7 @@ impl QueryAudit {
         QueryAudit {
             inner: Arc::new(Inner {
                 writer,
+                ledger: Arc::new(Ledger::new()),
                 group,
                 tx: OnceLock::new(),
                 inserts: Arc::new(AtomicU64::new(0)),
@@ -181,6 +146,7 @@ impl QueryAudit {
             let (tx, rx) = mpsc::channel(self.inner.group.queue);
             tokio::spawn(run_writer(
                 self.inner.writer.clone(),
+                self.inner.ledger.clone(),
                 self.inner.group,
                 rx,
                 self.inner.inserts.clone(),
@@ -191,17 +157,20 @@ impl QueryAudit {
 
     /// Writes one record and waits for ClickHouse's acknowledgement of the INSERT that
     /// carried it (phase 1: the answer depends on it).
-    pub async fn write(&self, r: &ReportQuery) -> Result<(), AuditError> {
-        let row = ReportQueryInsert::from(r);
+    pub async fn write(&self, r: &ReportQueryRow) -> Result<(), AuditError> {
+        let row = r.clone();
         let (ack, done) = oneshot::channel();
         let pending = Pending {
-            row,
+            row: Some(row),
             ack: Some(ack),
         };
         match self.sender().send(pending).await {
             Ok(()) => done.await.unwrap_or(Err(AuditError::WriterGone)),
             // The writer's runtime is gone (a state outliving it): write directly.
-            Err(mpsc::error::SendError(p)) => insert(&self.inner.writer, &[p.row])
+            Err(mpsc::error::SendError(p)) => self
+                .inner
+                .ledger
+                .insert(&self.inner.writer, p.row.as_slice())
                 .await
                 .map_err(|e| AuditError::Insert(Arc::new(e))),
         }
@@ -211,13 +180,18 @@ impl QueryAudit {
     /// counted (`custos_query_audit_write_failures_total`), the earlier version stays.
     /// Returns once the record is queued, so it is committed no later than any record
     /// queued after it.
-    pub async fn submit(&self, r: &ReportQuery) {
+    pub async fn submit(&self, r: &ReportQueryRow) {
         let pending = Pending {
-            row: ReportQueryInsert::from(r),
+            row: Some(r.clone()),
             ack: None,
         };
         if let Err(mpsc::error::SendError(p)) = self.sender().send(pending).await {
-            if let Err(e) = insert(&self.inner.writer, &[p.row]).await {
+            if let Err(e) = self
+                .inner
+                .ledger
+                .insert(&self.inner.writer, p.row.as_slice())
+                .await
+            {
                 metrics::counter!("custos_query_audit_write_failures_total").increment(1);
                 error!(error = %e, query_id = %r.query_id, "final query-audit record not written");
             }
@@ -228,14 +202,17 @@ impl QueryAudit {
     /// else from a spawned task, of which at most [`MAX_DETACHED_WAITERS`] wait at a time;
     /// beyond them the record is dropped (`custos_query_audit_dropped_total`; the earlier
     /// version of the record, if any, stays).
-    pub fn submit_detached(&self, r: ReportQuery) {
+    pub fn submit_detached(&self, r: ReportQueryRow) {
         let pending = Pending {
-            row: ReportQueryInsert::from(&r),
+            row: Some(r),
             ack: None,
         };
         match self.sender().try_send(pending) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) => {
+            Err(
+                mpsc::error::TrySendError::Full(Pending { row: Some(r), .. })
+                | mpsc::error::TrySendError::Closed(Pending { row: Some(r), .. }),
+            ) => {
                 let Ok(permit) = self.inner.detached.clone().try_acquire_owned() else {
                     metrics::counter!("custos_query_audit_dropped_total").increment(1);
                     error!(
@@ -251,6 +228,7 @@ impl QueryAudit {
                     drop(permit);
                 });
             }
+            Err(_) => {}
         }
     }
 
@@ -273,7 +251,7 @@ impl QueryAudit {
         let (ack, done) = oneshot::channel();
         // A record-less barrier: an empty row is never inserted (see `run_writer`).
         let barrier = Pending {
-            row: ReportQueryInsert::barrier(),
+            row: None,
             ack: Some(ack),
         };
         if tx.send(barrier).await.is_ok() {
@@ -282,46 +260,10 @@ impl QueryAudit {
     }
 }
 
-impl ReportQueryInsert {
-    fn barrier() -> ReportQueryInsert {
-        ReportQueryInsert {
-            query_id: String::new(),
-            asked_at: 0,
-            recorded_at: 0,
-            caller_sub: String::new(),
-            caller_issuer: String::new(),
-            caller_client: String::new(),
-            caller_roles: Vec::new(),
-            report: String::new(),
-            tenant: String::new(),
-            parameters: String::new(),
-            format: String::new(),
-            status: String::new(),
-            rows_returned: 0,
-            duration_ms: 0,
-        }
-    }
-
-    fn is_barrier(&self) -> bool {
-        self.query_id.is_empty()
-    }
-}
-
-/// One INSERT of `rows`, acknowledged by ClickHouse.
-async fn insert(
-    writer: &clickhouse::Client,
-    rows: &[ReportQueryInsert],
-) -> Result<(), clickhouse::error::Error> {
-    let mut insert = writer.insert::<ReportQueryInsert>("report_queries").await?;
-    for row in rows {
-        insert.write(row).await?;
-    }
-    insert.end().await
-}
-
 /// The group-commit loop: one batch at a time, in queue order, until every sender is gone.
 async fn run_writer(
     writer: clickhouse::Client,
+    ledger: Arc<Ledger<ReportQueryRow>>,
     group: GroupCommit,
     mut rx: mpsc::Receiver<Pending>,
     inserts: Arc<AtomicU64>,
@@ -350,17 +292,13 @@ async fn run_writer(
                 }
             }
         }
-        let rows: Vec<ReportQueryInsert> = batch
-            .iter()
-            .filter(|p| !p.row.is_barrier())
-            .map(|p| p.row.clone())
-            .collect();
+        let rows: Vec<ReportQueryRow> = batch.iter().filter_map(|p| p.row.clone()).collect();
         let result = if rows.is_empty() {
             Ok(())
         } else {
             let started = Instant::now();
             inserts.fetch_add(1, Ordering::Relaxed);
-            let r = insert(&writer, &rows).await;
+            let r = ledger.insert(&writer, &rows).await;
             metrics::histogram!("custos_query_audit_insert_seconds")
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!("custos_query_audit_batch_rows").record(rows.len() as f64);
@@ -377,16 +315,27 @@ async fn run_writer(
                     let _ = ack.send(result.clone());
                 }
                 None if result.is_err() => {
-                    error!(
-                        query_id = %p.row.query_id,
-                        status = %p.row.status,
-                        "final query-audit record not written; the earlier version stays"
-                    );
+                    if let Some(row) = &p.row {
+                        error!(
+                            query_id = %row.query_id,
+                            status = %row.status,
+                            "final query-audit record not written; the earlier version stays"
+                        );
+                    }
                 }
                 None => {}
             }
         }
     }
+}
+
+/// A code as the query-audit report filters on it (report names, purposes of use):
+/// `[A-Za-z0-9._-]{1,64}`. Every report name a service records must pass it.
+pub fn valid_code(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A fresh query id: 16 bytes of SHA-256 over time, process and a counter, in hex.
@@ -449,7 +398,7 @@ impl Asked {
 
     /// The record for a status and row count: a new version, recorded strictly later (by
     /// at least 1 ms) than every version made before it.
-    pub fn record(&self, status: &str, rows: u64) -> ReportQuery {
+    pub fn record(&self, status: &str, rows: u64) -> ReportQueryRow {
         let floor = now_ms().max(self.asked_at);
         let previous = self
             .last_recorded
@@ -458,7 +407,7 @@ impl Asked {
             })
             .unwrap_or(i64::MIN);
         let recorded_at = floor.max(previous.saturating_add(1));
-        ReportQuery {
+        ReportQueryRow {
             query_id: self.query_id.clone(),
             asked_at: self.asked_at,
             recorded_at,
@@ -545,7 +494,7 @@ impl Drop for StreamAudit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Role;
+    use crate::oidc::Role;
 
     fn caller() -> Caller {
         Caller {

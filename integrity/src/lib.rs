@@ -1,0 +1,20 @@
+//! # custos-integrity
+//!
+//! Tamper evidence for Custos, without HTTP and without Kafka: callers bring a ClickHouse
+//! client and get typed findings back.
+//!
+//! - [`verify`]: the independent verification of the audit chains (`custos.audit_events`)
+//!   and their signed checkpoints, as `custos-ingest verify` and `GET /v1/integrity/verify`
+//!   run it;
+//! - [`checkpoints`]: the signed checkpoints of the chains' heads (the tracker that cuts
+//!   them, their rows) and the copies an auditor brings from outside the database;
+//! - [`ledger`]: the hash chain over the versioned record tables that services other than
+//!   the ingest write (the query audit, the consent history, the revocations). Their
+//!   `ReplacingMergeTree` merges drop superseded versions, so the chain lives beside them in
+//!   `custos.ledger`, one entry per written version, and [`ledger::verify`] checks every
+//!   surviving row against it.
+#![deny(missing_docs)]
+
+pub mod checkpoints;
+pub mod ledger;
+pub mod verify;
