@@ -15,7 +15,7 @@
 //! deadline) for in-flight batches to be acknowledged and commits synchronously.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,25 +35,18 @@ use tracing::{debug, error, info, warn};
 
 use crate::batch::{Batch, BatchPolicy, PartitionKey, Rejected};
 use crate::chainer::Chainer;
+use crate::offsets::OffsetTracker;
 use custos_runtime::health::Health;
 
-/// What the writer sends back once a batch is durable.
-#[derive(Debug)]
-pub struct Ack {
-    /// Next offset to commit per partition.
-    pub next_offsets: HashMap<PartitionKey, i64>,
-}
+pub use crate::offsets::Ack;
 
 /// Mutable pipeline state shared by the poll loop and the rebalance callbacks (both run on
 /// the consumer thread, so the lock is never contended).
 struct State {
     current: Batch,
     pending: Option<Batch>,
-    in_flight: usize,
-    /// Acknowledged but not yet committed.
-    to_commit: HashMap<PartitionKey, i64>,
-    committed: HashMap<PartitionKey, i64>,
-    assignment: HashSet<(String, i32)>,
+    /// Dispatched, acknowledged and committed offsets of the assigned partitions.
+    offsets: OffsetTracker,
     paused: bool,
     /// Chain head per partition (`None` inside: the chain starts at the next record).
     heads: HashMap<PartitionKey, Option<Head>>,
@@ -100,9 +93,7 @@ impl ConsumerContext for IngestContext {
             let mut state = self.shared.lock();
             drain(&self.shared, &mut state, consumer);
             for e in tpl.elements() {
-                state
-                    .assignment
-                    .remove(&(e.topic().to_owned(), e.partition()));
+                state.offsets.revoke(e.topic(), e.partition());
                 // Another process may write this chain before it comes back: its head is
                 // looked up again (from ClickHouse) on the next message after an assignment.
                 forget_head(&mut state.heads, e.topic(), e.partition());
@@ -116,8 +107,8 @@ impl ConsumerContext for IngestContext {
             let mut state = self.shared.lock();
             for e in tpl.elements() {
                 state
-                    .assignment
-                    .insert((e.topic().to_owned(), e.partition()));
+                    .offsets
+                    .assign((Arc::from(e.topic()), e.partition()));
                 // Reading resumes at the committed offset, which may lie before where this
                 // process last chained (a drain that timed out, a failed commit): the head
                 // comes from the chainer, never from memory.
@@ -172,10 +163,7 @@ pub fn context(
             state: Mutex::new(State {
                 current: Batch::default(),
                 pending: None,
-                in_flight: 0,
-                to_commit: HashMap::new(),
-                committed: HashMap::new(),
-                assignment: HashSet::new(),
+                offsets: OffsetTracker::new(),
                 paused: false,
                 heads: HashMap::new(),
             }),
@@ -219,7 +207,7 @@ impl ConsumerLoop {
         while !stop.load(Ordering::Relaxed) {
             {
                 let mut state = self.shared.lock();
-                collect_acks(&self.shared, &mut state, false, None);
+                collect_acks(&self.shared, &mut state, None);
                 commit(&self.consumer, &mut state, CommitMode::Async);
                 self.flow(&mut state);
             }
@@ -245,8 +233,8 @@ impl ConsumerLoop {
     /// Moves due batches toward the writer, pausing and resuming on backpressure.
     fn flow(&self, state: &mut State) {
         if let Some(batch) = state.pending.take() {
-            match self.shared.tx.try_send(batch) {
-                Ok(()) => state.in_flight += 1,
+            match dispatch(&self.shared, state, batch) {
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(b)) => state.pending = Some(b),
                 Err(mpsc::error::TrySendError::Closed(b)) => {
                     error!("writer stopped; holding batch");
@@ -256,8 +244,8 @@ impl ConsumerLoop {
         }
         if state.pending.is_none() && state.current.is_due(&self.policy) {
             let batch = std::mem::take(&mut state.current);
-            match self.shared.tx.try_send(batch) {
-                Ok(()) => state.in_flight += 1,
+            match dispatch(&self.shared, state, batch) {
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
                     state.pending = Some(b)
                 }
@@ -362,32 +350,33 @@ fn forget_head(heads: &mut HashMap<PartitionKey, Option<Head>>, topic: &str, par
     heads.retain(|(t, p), _| !(*p == partition && &**t == topic));
 }
 
-/// Receives acknowledgements; with `wait`, blocks until nothing is in flight or `deadline`.
-fn collect_acks(shared: &Shared, state: &mut State, wait: bool, deadline: Option<Instant>) {
+/// Hands `batch` to the writer, registered with the offset tracker under a fresh sequence
+/// number; on failure the batch comes back unregistered.
+fn dispatch(
+    shared: &Shared,
+    state: &mut State,
+    mut batch: Batch,
+) -> Result<(), mpsc::error::TrySendError<Batch>> {
+    let seq = state.offsets.dispatched(&batch.next_offsets);
+    batch.seq = seq;
+    shared.tx.try_send(batch).inspect_err(|_| {
+        state.offsets.withdraw(seq);
+    })
+}
+
+/// Receives acknowledgements; with a `deadline`, waits until nothing is in flight or it
+/// passes.
+fn collect_acks(shared: &Shared, state: &mut State, deadline: Option<Instant>) {
     let rx = shared.ack_rx.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let ack = if wait && state.in_flight > 0 {
-            let left = deadline
-                .map(|d| d.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(1));
-            if left.is_zero() {
-                return;
-            }
-            match rx.recv_timeout(left) {
-                Ok(a) => a,
-                Err(_) => return,
-            }
-        } else {
-            match rx.try_recv() {
-                Ok(a) => a,
-                Err(_) => return,
-            }
-        };
-        state.in_flight = state.in_flight.saturating_sub(1);
-        for (k, next) in ack.next_offsets {
-            let e = state.to_commit.entry(k).or_insert(next);
-            if *e < next {
-                *e = next;
+    match deadline {
+        Some(deadline) => {
+            state
+                .offsets
+                .drain(deadline, |left| rx.recv_timeout(left).ok());
+        }
+        None => {
+            while let Ok(ack) = rx.try_recv() {
+                state.offsets.acknowledge(ack);
             }
         }
     }
@@ -395,36 +384,19 @@ fn collect_acks(shared: &Shared, state: &mut State, wait: bool, deadline: Option
 
 /// Commits acknowledged offsets of partitions still assigned, never moving backwards.
 fn commit(consumer: &BaseConsumer<IngestContext>, state: &mut State, mode: CommitMode) {
-    if state.to_commit.is_empty() {
-        return;
-    }
-    let mut tpl = TopicPartitionList::new();
-    let mut staged = Vec::new();
-    for ((topic, partition), next) in state.to_commit.drain() {
-        if !state.assignment.contains(&(topic.to_string(), partition)) {
-            debug!(topic = %topic, partition, "skipping commit of a partition no longer assigned");
-            continue;
-        }
-        let key = (topic.clone(), partition);
-        if state.committed.get(&key).is_some_and(|c| *c >= next) {
-            continue;
-        }
-        if tpl
-            .add_partition_offset(&topic, partition, Offset::Offset(next))
-            .is_ok()
-        {
-            staged.push((key, next));
-        }
-    }
+    let staged = state.offsets.committable();
     if staged.is_empty() {
         return;
     }
-    match consumer.commit(&tpl, mode) {
-        Ok(()) => {
-            for (k, next) in staged {
-                state.committed.insert(k, next);
-            }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in &staged {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            warn!(error = %e, topic = %topic, partition, "cannot stage an offset commit");
+            return;
         }
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => state.offsets.committed(&staged),
         Err(e) => {
             counter!("custos_ingest_commit_failures_total").increment(1);
             warn!(error = %e, "offset commit failed; messages will be replayed and deduplicated");
@@ -447,11 +419,8 @@ fn drain(shared: &Shared, state: &mut State, consumer: &BaseConsumer<IngestConte
     for batch in batches {
         let mut batch = batch;
         loop {
-            match shared.tx.try_send(batch) {
-                Ok(()) => {
-                    state.in_flight += 1;
-                    break;
-                }
+            match dispatch(shared, state, batch) {
+                Ok(()) => break,
                 Err(mpsc::error::TrySendError::Full(b)) => {
                     batch = b;
                     if Instant::now() >= deadline {
@@ -460,7 +429,7 @@ fn drain(shared: &Shared, state: &mut State, consumer: &BaseConsumer<IngestConte
                     }
                     // Make room: take acknowledgements of earlier batches.
                     let soon = Instant::now() + Duration::from_millis(50);
-                    collect_acks(shared, state, true, Some(soon));
+                    collect_acks(shared, state, Some(soon));
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     warn!("writer stopped during drain; the batch will be replayed");
@@ -469,12 +438,12 @@ fn drain(shared: &Shared, state: &mut State, consumer: &BaseConsumer<IngestConte
             }
         }
     }
-    collect_acks(shared, state, true, Some(deadline));
+    collect_acks(shared, state, Some(deadline));
     commit(consumer, state, CommitMode::Sync);
-    let complete = state.in_flight == 0;
+    let complete = state.offsets.in_flight() == 0;
     if !complete {
         warn!(
-            in_flight = state.in_flight,
+            in_flight = state.offsets.in_flight(),
             "drain deadline passed; unacknowledged batches will be replayed"
         );
     }

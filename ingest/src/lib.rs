@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod migrate;
+pub mod offsets;
 pub mod pipeline;
 /// Chain verification (in `custos-integrity`; `custos-ingest verify` runs it).
 pub use custos_integrity::verify;

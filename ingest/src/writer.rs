@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::batch::Batch;
 use crate::checkpoints::{CheckpointPolicy, Tracker};
-use crate::consumer::Ack;
+use crate::offsets::Ack;
 use custos_runtime::health::Health;
 use custos_runtime::retry::{sleep_or_cancel, RetryPolicy};
 
@@ -248,12 +248,7 @@ impl Writer {
             for r in &batch.rejects {
                 counter!("custos_ingest_rejected_total", "reason" => r.error.reason()).increment(1);
             }
-            if acks
-                .send(Ack {
-                    next_offsets: batch.next_offsets,
-                })
-                .is_err()
-            {
+            if acks.send(Ack { seq: batch.seq }).is_err() {
                 return;
             }
         }
