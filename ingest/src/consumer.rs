@@ -22,20 +22,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use custos_schemas::chain::{self, Head};
-use custos_schemas::row::RowContext;
-use custos_schemas::{decode, DecodeLimits, KafkaPosition, KeyRing};
+use custos_schemas::{DecodeLimits, KeyRing};
 use metrics::{counter, gauge};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::batch::{Batch, BatchPolicy, PartitionKey, Rejected};
+use crate::batch::{Batch, BatchPolicy, PartitionKey};
 use crate::chainer::Chainer;
 use crate::offsets::OffsetTracker;
+use crate::source::{SourceMessage, Topics};
+use crate::transform::{transform, TransformSettings, Transformed};
 use custos_runtime::health::Health;
 
 pub use crate::offsets::Ack;
@@ -106,9 +107,7 @@ impl ConsumerContext for IngestContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let mut state = self.shared.lock();
             for e in tpl.elements() {
-                state
-                    .offsets
-                    .assign((Arc::from(e.topic()), e.partition()));
+                state.offsets.assign((Arc::from(e.topic()), e.partition()));
                 // Reading resumes at the committed offset, which may lie before where this
                 // process last chained (a drain that timed out, a failed commit): the head
                 // comes from the chainer, never from memory.
@@ -141,14 +140,15 @@ pub struct ConsumerLoop {
     decoder: Decoder,
 }
 
-/// Turns messages into rows or rejections in the open batch.
+/// Turns messages into rows or rejections in the open batch: the source message is
+/// transformed on its own ([`transform`]); only chaining and batching touch the shared
+/// state.
 struct Decoder {
     shared: Arc<Shared>,
     chainer: Option<Chainer>,
-    limits: DecodeLimits,
     keys: KeyRing,
-    default_tenant: String,
-    topics: HashMap<String, Arc<str>>,
+    settings: TransformSettings,
+    topics: Topics,
 }
 
 /// Builds the consumer context and its shared state.
@@ -193,10 +193,12 @@ impl ConsumerLoop {
             decoder: Decoder {
                 shared,
                 chainer,
-                limits,
                 keys,
-                default_tenant,
-                topics: HashMap::new(),
+                settings: TransformSettings {
+                    limits,
+                    default_tenant,
+                },
+                topics: Topics::default(),
             },
         }
     }
@@ -234,9 +236,9 @@ impl ConsumerLoop {
     fn flow(&self, state: &mut State) {
         if let Some(batch) = state.pending.take() {
             match dispatch(&self.shared, state, batch) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(b)) => state.pending = Some(b),
-                Err(mpsc::error::TrySendError::Closed(b)) => {
+                None => {}
+                Some(mpsc::error::TrySendError::Full(b)) => state.pending = Some(b),
+                Some(mpsc::error::TrySendError::Closed(b)) => {
                     error!("writer stopped; holding batch");
                     state.pending = Some(b);
                 }
@@ -245,8 +247,8 @@ impl ConsumerLoop {
         if state.pending.is_none() && state.current.is_due(&self.policy) {
             let batch = std::mem::take(&mut state.current);
             match dispatch(&self.shared, state, batch) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
+                None => {}
+                Some(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
                     state.pending = Some(b)
                 }
             }
@@ -272,76 +274,34 @@ impl ConsumerLoop {
 }
 
 impl Decoder {
-    fn topic(&mut self, name: &str) -> Arc<str> {
-        if let Some(t) = self.topics.get(name) {
-            return t.clone();
-        }
-        let t: Arc<str> = Arc::from(name);
-        self.topics.insert(name.to_owned(), t.clone());
-        t
-    }
-
-    fn handle(&mut self, msg: &BorrowedMessage<'_>) {
-        let topic = self.topic(msg.topic());
-        let payload = msg.payload().unwrap_or_default();
-        let mut headers: Vec<(&str, &[u8])> = Vec::new();
-        if let Some(h) = msg.headers() {
-            for header in h.iter() {
-                headers.push((header.key, header.value.unwrap_or_default()));
-            }
-        }
-        let pos = KafkaPosition {
-            topic: topic.to_string(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-        };
+    fn handle(&mut self, kafka: &BorrowedMessage<'_>) {
+        let msg = SourceMessage::from_kafka(kafka, self.topics.get(kafka.topic()));
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let decoded = decode(payload, &headers, &self.limits);
+        let transformed = transform(&msg, &self.keys, &self.settings, now_ms);
         let mut state = self.shared.lock();
-        match decoded {
-            Ok(event) => {
-                let ctx = RowContext {
-                    keys: &self.keys,
-                    default_tenant: &self.default_tenant,
-                };
-                // The event's strings and the position's topic move into the row.
-                let mut row = ctx.audit_row_owned(event, pos, now_ms);
+        match transformed {
+            Transformed::Row(mut row) => {
+                // Serialized per partition: the record links to the previous one's hash.
                 if let Some(chainer) = &self.chainer {
-                    let (partition, offset) = (msg.partition(), msg.offset());
-                    let head = match state.heads.entry((topic.clone(), partition)) {
+                    let head = match state.heads.entry((msg.topic.clone(), msg.partition)) {
                         Entry::Occupied(e) => e.into_mut(),
-                        Entry::Vacant(e) => match chainer.head_before(&topic, partition, offset) {
-                            Ok(h) => e.insert(h),
-                            // Stopping: leave the message unconsumed; it is replayed later.
-                            Err(crate::chainer::Stopping) => return,
-                        },
+                        Entry::Vacant(e) => {
+                            match chainer.head_before(&msg.topic, msg.partition, msg.offset) {
+                                Ok(h) => e.insert(h),
+                                // Stopping: leave the message unconsumed; it is replayed later.
+                                Err(crate::chainer::Stopping) => return,
+                            }
+                        }
                     };
                     chain::advance(&mut row, head);
                 }
-                state.current.rows.push(row);
+                state.current.rows.push(*row);
             }
-            Err(error) => {
-                warn!(
-                    topic = %pos.topic,
-                    partition = pos.partition,
-                    offset = pos.offset,
-                    reason = error.reason(),
-                    detail = %error,
-                    "rejecting message to the DLQ"
-                );
-                state.current.rejects.push(Rejected::redacted(
-                    pos,
-                    msg.key(),
-                    payload,
-                    &headers,
-                    error,
-                    now_ms,
-                ));
-            }
+            Transformed::Rejected(rejected) => state.current.rejects.push(*rejected),
         }
         state
             .current
-            .note(&topic, msg.partition(), msg.offset(), payload.len());
+            .note(&msg.topic, msg.partition, msg.offset, msg.payload.len());
     }
 }
 
@@ -351,17 +311,19 @@ fn forget_head(heads: &mut HashMap<PartitionKey, Option<Head>>, topic: &str, par
 }
 
 /// Hands `batch` to the writer, registered with the offset tracker under a fresh sequence
-/// number; on failure the batch comes back unregistered.
+/// number; `None` once sent, else the refusal with the batch, unregistered.
 fn dispatch(
     shared: &Shared,
     state: &mut State,
     mut batch: Batch,
-) -> Result<(), mpsc::error::TrySendError<Batch>> {
+) -> Option<mpsc::error::TrySendError<Batch>> {
     let seq = state.offsets.dispatched(&batch.next_offsets);
     batch.seq = seq;
-    shared.tx.try_send(batch).inspect_err(|_| {
+    let refused = shared.tx.try_send(batch).err();
+    if refused.is_some() {
         state.offsets.withdraw(seq);
-    })
+    }
+    refused
 }
 
 /// Receives acknowledgements; with a `deadline`, waits until nothing is in flight or it
@@ -420,8 +382,8 @@ fn drain(shared: &Shared, state: &mut State, consumer: &BaseConsumer<IngestConte
         let mut batch = batch;
         loop {
             match dispatch(shared, state, batch) {
-                Ok(()) => break,
-                Err(mpsc::error::TrySendError::Full(b)) => {
+                None => break,
+                Some(mpsc::error::TrySendError::Full(b)) => {
                     batch = b;
                     if Instant::now() >= deadline {
                         warn!("drain deadline passed with a batch unsent; it will be replayed");
@@ -431,7 +393,7 @@ fn drain(shared: &Shared, state: &mut State, consumer: &BaseConsumer<IngestConte
                     let soon = Instant::now() + Duration::from_millis(50);
                     collect_acks(shared, state, Some(soon));
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
+                Some(mpsc::error::TrySendError::Closed(_)) => {
                     warn!("writer stopped during drain; the batch will be replayed");
                     return false;
                 }
