@@ -7,7 +7,8 @@
 //!
 //! Stages: [`consumer::ConsumerLoop`] (OS thread: poll a [`source::SourceMessage`],
 //! [`transform::transform`] it, chain, cut batches; [`offsets`] decides what to commit) →
-//! bounded channel → [`writer::Writer`] (async: DLQ, ClickHouse, retries) → ack channel →
+//! bounded channel → [`writer::Writer`] (async: DLQ, ClickHouse through [`sink::Sink`],
+//! checkpoints) → ack channel →
 //! commits on the consumer thread. See [`consumer`] for the delivery guarantee.
 //!
 //! Readiness, the ops routes, metrics, shutdown and the Kafka and ClickHouse settings come
@@ -23,6 +24,7 @@ pub mod consumer;
 pub mod migrate;
 pub mod offsets;
 pub mod pipeline;
+pub mod sink;
 pub mod source;
 pub mod transform;
 /// Chain verification (in `custos-integrity`; `custos-ingest verify` runs it).
