@@ -307,6 +307,16 @@ mod tests {
     }
 
     #[test]
+    fn an_assignment_drops_earlier_state_of_the_partition() {
+        let mut t = OffsetTracker::new();
+        t.assign(key("a", 0));
+        let s1 = t.dispatched(&batch(&[("a", 0, 10)]));
+        t.acknowledge(Ack { seq: s1 });
+        t.assign(key("a", 0));
+        assert!(t.committable().is_empty());
+    }
+
+    #[test]
     fn unassigned_partitions_are_never_committed() {
         let mut t = OffsetTracker::new();
         let s = t.dispatched(&batch(&[("a", 0, 10)]));
