@@ -93,6 +93,8 @@ pub struct Batch {
     pub consumed: HashMap<Arc<str>, u64>,
     /// Input bytes.
     pub bytes: usize,
+    /// Sequence number given when handed to the writer ([`crate::offsets::OffsetTracker`]).
+    pub seq: u64,
     first_at: Option<Instant>,
 }
 

@@ -15,45 +15,39 @@
 //! deadline) for in-flight batches to be acknowledged and commits synchronously.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use custos_schemas::chain::{self, Head};
-use custos_schemas::row::RowContext;
-use custos_schemas::{decode, DecodeLimits, KafkaPosition, KeyRing};
+use custos_schemas::{DecodeLimits, KeyRing};
 use metrics::{counter, gauge};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::batch::{Batch, BatchPolicy, PartitionKey, Rejected};
+use crate::batch::{Batch, BatchPolicy, PartitionKey};
 use crate::chainer::Chainer;
+use crate::offsets::OffsetTracker;
+use crate::source::{SourceMessage, Topics};
+use crate::transform::{transform, TransformSettings, Transformed};
 use custos_runtime::health::Health;
 
-/// What the writer sends back once a batch is durable.
-#[derive(Debug)]
-pub struct Ack {
-    /// Next offset to commit per partition.
-    pub next_offsets: HashMap<PartitionKey, i64>,
-}
+pub use crate::offsets::Ack;
 
 /// Mutable pipeline state shared by the poll loop and the rebalance callbacks (both run on
 /// the consumer thread, so the lock is never contended).
 struct State {
     current: Batch,
     pending: Option<Batch>,
-    in_flight: usize,
-    /// Acknowledged but not yet committed.
-    to_commit: HashMap<PartitionKey, i64>,
-    committed: HashMap<PartitionKey, i64>,
-    assignment: HashSet<(String, i32)>,
+    /// Dispatched, acknowledged and committed offsets of the assigned partitions.
+    offsets: OffsetTracker,
     paused: bool,
     /// Chain head per partition (`None` inside: the chain starts at the next record).
     heads: HashMap<PartitionKey, Option<Head>>,
@@ -100,9 +94,7 @@ impl ConsumerContext for IngestContext {
             let mut state = self.shared.lock();
             drain(&self.shared, &mut state, consumer);
             for e in tpl.elements() {
-                state
-                    .assignment
-                    .remove(&(e.topic().to_owned(), e.partition()));
+                state.offsets.revoke(e.topic(), e.partition());
                 // Another process may write this chain before it comes back: its head is
                 // looked up again (from ClickHouse) on the next message after an assignment.
                 forget_head(&mut state.heads, e.topic(), e.partition());
@@ -115,9 +107,7 @@ impl ConsumerContext for IngestContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let mut state = self.shared.lock();
             for e in tpl.elements() {
-                state
-                    .assignment
-                    .insert((e.topic().to_owned(), e.partition()));
+                state.offsets.assign((Arc::from(e.topic()), e.partition()));
                 // Reading resumes at the committed offset, which may lie before where this
                 // process last chained (a drain that timed out, a failed commit): the head
                 // comes from the chainer, never from memory.
@@ -150,14 +140,15 @@ pub struct ConsumerLoop {
     decoder: Decoder,
 }
 
-/// Turns messages into rows or rejections in the open batch.
+/// Turns messages into rows or rejections in the open batch: the source message is
+/// transformed on its own ([`transform`]); only chaining and batching touch the shared
+/// state.
 struct Decoder {
     shared: Arc<Shared>,
     chainer: Option<Chainer>,
-    limits: DecodeLimits,
     keys: KeyRing,
-    default_tenant: String,
-    topics: HashMap<String, Arc<str>>,
+    settings: TransformSettings,
+    topics: Topics,
 }
 
 /// Builds the consumer context and its shared state.
@@ -172,10 +163,7 @@ pub fn context(
             state: Mutex::new(State {
                 current: Batch::default(),
                 pending: None,
-                in_flight: 0,
-                to_commit: HashMap::new(),
-                committed: HashMap::new(),
-                assignment: HashSet::new(),
+                offsets: OffsetTracker::new(),
                 paused: false,
                 heads: HashMap::new(),
             }),
@@ -205,10 +193,12 @@ impl ConsumerLoop {
             decoder: Decoder {
                 shared,
                 chainer,
-                limits,
                 keys,
-                default_tenant,
-                topics: HashMap::new(),
+                settings: TransformSettings {
+                    limits,
+                    default_tenant,
+                },
+                topics: Topics::default(),
             },
         }
     }
@@ -219,7 +209,7 @@ impl ConsumerLoop {
         while !stop.load(Ordering::Relaxed) {
             {
                 let mut state = self.shared.lock();
-                collect_acks(&self.shared, &mut state, false, None);
+                collect_acks(&self.shared, &mut state, None);
                 commit(&self.consumer, &mut state, CommitMode::Async);
                 self.flow(&mut state);
             }
@@ -245,10 +235,10 @@ impl ConsumerLoop {
     /// Moves due batches toward the writer, pausing and resuming on backpressure.
     fn flow(&self, state: &mut State) {
         if let Some(batch) = state.pending.take() {
-            match self.shared.tx.try_send(batch) {
-                Ok(()) => state.in_flight += 1,
-                Err(mpsc::error::TrySendError::Full(b)) => state.pending = Some(b),
-                Err(mpsc::error::TrySendError::Closed(b)) => {
+            match dispatch(&self.shared, state, batch) {
+                None => {}
+                Some(mpsc::error::TrySendError::Full(b)) => state.pending = Some(b),
+                Some(mpsc::error::TrySendError::Closed(b)) => {
                     error!("writer stopped; holding batch");
                     state.pending = Some(b);
                 }
@@ -256,9 +246,9 @@ impl ConsumerLoop {
         }
         if state.pending.is_none() && state.current.is_due(&self.policy) {
             let batch = std::mem::take(&mut state.current);
-            match self.shared.tx.try_send(batch) {
-                Ok(()) => state.in_flight += 1,
-                Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
+            match dispatch(&self.shared, state, batch) {
+                None => {}
+                Some(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
                     state.pending = Some(b)
                 }
             }
@@ -284,76 +274,34 @@ impl ConsumerLoop {
 }
 
 impl Decoder {
-    fn topic(&mut self, name: &str) -> Arc<str> {
-        if let Some(t) = self.topics.get(name) {
-            return t.clone();
-        }
-        let t: Arc<str> = Arc::from(name);
-        self.topics.insert(name.to_owned(), t.clone());
-        t
-    }
-
-    fn handle(&mut self, msg: &BorrowedMessage<'_>) {
-        let topic = self.topic(msg.topic());
-        let payload = msg.payload().unwrap_or_default();
-        let mut headers: Vec<(&str, &[u8])> = Vec::new();
-        if let Some(h) = msg.headers() {
-            for header in h.iter() {
-                headers.push((header.key, header.value.unwrap_or_default()));
-            }
-        }
-        let pos = KafkaPosition {
-            topic: topic.to_string(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-        };
+    fn handle(&mut self, kafka: &BorrowedMessage<'_>) {
+        let msg = SourceMessage::from_kafka(kafka, self.topics.get(kafka.topic()));
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let decoded = decode(payload, &headers, &self.limits);
+        let transformed = transform(&msg, &self.keys, &self.settings, now_ms);
         let mut state = self.shared.lock();
-        match decoded {
-            Ok(event) => {
-                let ctx = RowContext {
-                    keys: &self.keys,
-                    default_tenant: &self.default_tenant,
-                };
-                // The event's strings and the position's topic move into the row.
-                let mut row = ctx.audit_row_owned(event, pos, now_ms);
+        match transformed {
+            Transformed::Row(mut row) => {
+                // Serialized per partition: the record links to the previous one's hash.
                 if let Some(chainer) = &self.chainer {
-                    let (partition, offset) = (msg.partition(), msg.offset());
-                    let head = match state.heads.entry((topic.clone(), partition)) {
+                    let head = match state.heads.entry((msg.topic.clone(), msg.partition)) {
                         Entry::Occupied(e) => e.into_mut(),
-                        Entry::Vacant(e) => match chainer.head_before(&topic, partition, offset) {
-                            Ok(h) => e.insert(h),
-                            // Stopping: leave the message unconsumed; it is replayed later.
-                            Err(crate::chainer::Stopping) => return,
-                        },
+                        Entry::Vacant(e) => {
+                            match chainer.head_before(&msg.topic, msg.partition, msg.offset) {
+                                Ok(h) => e.insert(h),
+                                // Stopping: leave the message unconsumed; it is replayed later.
+                                Err(crate::chainer::Stopping) => return,
+                            }
+                        }
                     };
                     chain::advance(&mut row, head);
                 }
-                state.current.rows.push(row);
+                state.current.rows.push(*row);
             }
-            Err(error) => {
-                warn!(
-                    topic = %pos.topic,
-                    partition = pos.partition,
-                    offset = pos.offset,
-                    reason = error.reason(),
-                    detail = %error,
-                    "rejecting message to the DLQ"
-                );
-                state.current.rejects.push(Rejected::redacted(
-                    pos,
-                    msg.key(),
-                    payload,
-                    &headers,
-                    error,
-                    now_ms,
-                ));
-            }
+            Transformed::Rejected(rejected) => state.current.rejects.push(*rejected),
         }
         state
             .current
-            .note(&topic, msg.partition(), msg.offset(), payload.len());
+            .note(&msg.topic, msg.partition, msg.offset, msg.payload.len());
     }
 }
 
@@ -362,32 +310,35 @@ fn forget_head(heads: &mut HashMap<PartitionKey, Option<Head>>, topic: &str, par
     heads.retain(|(t, p), _| !(*p == partition && &**t == topic));
 }
 
-/// Receives acknowledgements; with `wait`, blocks until nothing is in flight or `deadline`.
-fn collect_acks(shared: &Shared, state: &mut State, wait: bool, deadline: Option<Instant>) {
+/// Hands `batch` to the writer, registered with the offset tracker under a fresh sequence
+/// number; `None` once sent, else the refusal with the batch, unregistered.
+fn dispatch(
+    shared: &Shared,
+    state: &mut State,
+    mut batch: Batch,
+) -> Option<mpsc::error::TrySendError<Batch>> {
+    let seq = state.offsets.dispatched(&batch.next_offsets);
+    batch.seq = seq;
+    let refused = shared.tx.try_send(batch).err();
+    if refused.is_some() {
+        state.offsets.withdraw(seq);
+    }
+    refused
+}
+
+/// Receives acknowledgements; with a `deadline`, waits until nothing is in flight or it
+/// passes.
+fn collect_acks(shared: &Shared, state: &mut State, deadline: Option<Instant>) {
     let rx = shared.ack_rx.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let ack = if wait && state.in_flight > 0 {
-            let left = deadline
-                .map(|d| d.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(1));
-            if left.is_zero() {
-                return;
-            }
-            match rx.recv_timeout(left) {
-                Ok(a) => a,
-                Err(_) => return,
-            }
-        } else {
-            match rx.try_recv() {
-                Ok(a) => a,
-                Err(_) => return,
-            }
-        };
-        state.in_flight = state.in_flight.saturating_sub(1);
-        for (k, next) in ack.next_offsets {
-            let e = state.to_commit.entry(k).or_insert(next);
-            if *e < next {
-                *e = next;
+    match deadline {
+        Some(deadline) => {
+            state
+                .offsets
+                .drain(deadline, |left| rx.recv_timeout(left).ok());
+        }
+        None => {
+            while let Ok(ack) = rx.try_recv() {
+                state.offsets.acknowledge(ack);
             }
         }
     }
@@ -395,36 +346,19 @@ fn collect_acks(shared: &Shared, state: &mut State, wait: bool, deadline: Option
 
 /// Commits acknowledged offsets of partitions still assigned, never moving backwards.
 fn commit(consumer: &BaseConsumer<IngestContext>, state: &mut State, mode: CommitMode) {
-    if state.to_commit.is_empty() {
-        return;
-    }
-    let mut tpl = TopicPartitionList::new();
-    let mut staged = Vec::new();
-    for ((topic, partition), next) in state.to_commit.drain() {
-        if !state.assignment.contains(&(topic.to_string(), partition)) {
-            debug!(topic = %topic, partition, "skipping commit of a partition no longer assigned");
-            continue;
-        }
-        let key = (topic.clone(), partition);
-        if state.committed.get(&key).is_some_and(|c| *c >= next) {
-            continue;
-        }
-        if tpl
-            .add_partition_offset(&topic, partition, Offset::Offset(next))
-            .is_ok()
-        {
-            staged.push((key, next));
-        }
-    }
+    let staged = state.offsets.committable();
     if staged.is_empty() {
         return;
     }
-    match consumer.commit(&tpl, mode) {
-        Ok(()) => {
-            for (k, next) in staged {
-                state.committed.insert(k, next);
-            }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in &staged {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            warn!(error = %e, topic = %topic, partition, "cannot stage an offset commit");
+            return;
         }
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => state.offsets.committed(&staged),
         Err(e) => {
             counter!("custos_ingest_commit_failures_total").increment(1);
             warn!(error = %e, "offset commit failed; messages will be replayed and deduplicated");
@@ -447,12 +381,9 @@ fn drain(shared: &Shared, state: &mut State, consumer: &BaseConsumer<IngestConte
     for batch in batches {
         let mut batch = batch;
         loop {
-            match shared.tx.try_send(batch) {
-                Ok(()) => {
-                    state.in_flight += 1;
-                    break;
-                }
-                Err(mpsc::error::TrySendError::Full(b)) => {
+            match dispatch(shared, state, batch) {
+                None => break,
+                Some(mpsc::error::TrySendError::Full(b)) => {
                     batch = b;
                     if Instant::now() >= deadline {
                         warn!("drain deadline passed with a batch unsent; it will be replayed");
@@ -460,21 +391,21 @@ fn drain(shared: &Shared, state: &mut State, consumer: &BaseConsumer<IngestConte
                     }
                     // Make room: take acknowledgements of earlier batches.
                     let soon = Instant::now() + Duration::from_millis(50);
-                    collect_acks(shared, state, true, Some(soon));
+                    collect_acks(shared, state, Some(soon));
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
+                Some(mpsc::error::TrySendError::Closed(_)) => {
                     warn!("writer stopped during drain; the batch will be replayed");
                     return false;
                 }
             }
         }
     }
-    collect_acks(shared, state, true, Some(deadline));
+    collect_acks(shared, state, Some(deadline));
     commit(consumer, state, CommitMode::Sync);
-    let complete = state.in_flight == 0;
+    let complete = state.offsets.in_flight() == 0;
     if !complete {
         warn!(
-            in_flight = state.in_flight,
+            in_flight = state.offsets.in_flight(),
             "drain deadline passed; unacknowledged batches will be replayed"
         );
     }

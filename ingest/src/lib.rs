@@ -5,8 +5,10 @@
 //! acknowledged the batch. Messages that cannot be decoded go to the dead-letter topic
 //! with their original bytes and a reason header, and the pipeline keeps going.
 //!
-//! Stages: [`consumer::ConsumerLoop`] (OS thread: poll, decode, cut batches) →
-//! bounded channel → [`writer::Writer`] (async: DLQ, ClickHouse, retries) → ack channel →
+//! Stages: [`consumer::ConsumerLoop`] (OS thread: poll a [`source::SourceMessage`],
+//! [`transform::transform`] it, chain, cut batches; [`offsets`] decides what to commit) →
+//! bounded channel → [`writer::Writer`] (async: DLQ, ClickHouse through [`sink::Sink`],
+//! checkpoints) → ack channel →
 //! commits on the consumer thread. See [`consumer`] for the delivery guarantee.
 //!
 //! Readiness, the ops routes, metrics, shutdown and the Kafka and ClickHouse settings come
@@ -20,7 +22,11 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod migrate;
+pub mod offsets;
 pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod transform;
 /// Chain verification (in `custos-integrity`; `custos-ingest verify` runs it).
 pub use custos_integrity::verify;
 pub mod writer;

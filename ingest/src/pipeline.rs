@@ -17,6 +17,7 @@ use crate::batch::BatchPolicy;
 use crate::chainer::Chainer;
 use crate::config::{ConfigError, IngestConfig};
 use crate::consumer::{context, ConsumerLoop};
+use crate::sink::Sink;
 use crate::writer::Writer;
 use custos_runtime::health::Health;
 use custos_runtime::kafka::{consumer_config, producer_config, Fetch, Send};
@@ -97,10 +98,9 @@ pub async fn run(
 
     let writer_cancel = CancellationToken::new();
     let writer = Writer {
-        client,
+        sink: Sink::new(client, health.clone()),
         dlq,
         dlq_topic: cfg.dlq_topic.clone(),
-        health: health.clone(),
         checkpoints,
     };
     let writer_task = tokio::spawn(writer.run(rx, ack_tx, writer_cancel.clone()));
