@@ -237,6 +237,18 @@ async fn revocation_reaches_keycloak_and_receivers_and_replay_pushes_nothing_twi
     );
     assert_eq!(receiver.received().len(), 1, "a SET was pushed twice");
     assert_eq!(consume_all(&rev_topic, 2, Duration::from_secs(5))?.len(), 1);
+
+    // Both service processes wrote the history, the revocation states and the privacy API's
+    // audit through their ledger chains: every row of the tenant verifies, the replay's too.
+    let scope = custos_integrity::ledger::Scope {
+        tenant: Some(realm.clone()),
+        ..custos_integrity::ledger::Scope::all(30)
+    };
+    let ledger = custos_integrity::ledger::verify(&account("reader"), &scope).await?;
+    assert!(ledger.ok, "{ledger:#?}");
+    for t in &ledger.tables {
+        assert!(t.rows_checked > 0, "no {} row of the tenant checked", t.table);
+    }
     kc.delete_realm(&realm).await;
     Ok(())
 }
