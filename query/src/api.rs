@@ -10,12 +10,12 @@ use axum::{Json, Router};
 use clickhouse::{RowOwned, RowRead};
 use custos_schemas::PseudonymKind;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
-use tracing::info;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::access::{authorize, query_audit_tenants, tenant_allowed, Report};
 use crate::error::{ApiError, Problem, ValidQuery};
 use crate::export::{audited, fetch_page, page_of, page_response, stream, stream_prepared, Page};
+use crate::params::AuditParams;
 use crate::params::{self, Common, Format};
 use crate::reports::break_glass::{self, BreakGlass};
 use crate::reports::consents::{self, ConsentChange};
@@ -27,90 +27,9 @@ use crate::reports::token_trace::{
 };
 use crate::reports::{self, EventFilter, EventRow, Keyed, Tabular, UserMatch};
 use crate::sql::Sql;
-use crate::AppState;
+use crate::state::AppState;
 use custos_auth::audit::Asked;
-use custos_auth::oidc::{Caller, Role};
-
-/// The reports, with the roles allowed to run them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Report {
-    /// Who accessed a patient's record.
-    PatientAccess,
-    /// Everything a user did.
-    UserActivity,
-    /// A token's lifecycle and uses.
-    TokenTrace,
-    /// HIPAA accounting of disclosures.
-    Disclosures,
-    /// Break-the-glass accesses.
-    BreakGlass,
-    /// Accesses after consent revocation.
-    RevocationViolations,
-    /// Consent history.
-    Consents,
-    /// The query audit itself.
-    QueryAudit,
-    /// FHIR AuditEvent search.
-    FhirAuditEvent,
-    /// Hash-chain and checkpoint verification.
-    IntegrityVerify,
-    /// Membership proof of one record.
-    IntegrityProof,
-    /// Ledger verification of the query audit, consent history and revocations.
-    IntegrityLedger,
-}
-
-impl Report {
-    /// Name in URLs and the query audit.
-    pub fn name(self) -> &'static str {
-        match self {
-            Report::PatientAccess => "patient-access",
-            Report::UserActivity => "user-activity",
-            Report::TokenTrace => "token-trace",
-            Report::Disclosures => "disclosures",
-            Report::BreakGlass => "break-glass",
-            Report::RevocationViolations => "revocation-violations",
-            Report::Consents => "consents",
-            Report::QueryAudit => "query-audit",
-            Report::FhirAuditEvent => "fhir-auditevent",
-            Report::IntegrityVerify => "integrity-verify",
-            Report::IntegrityProof => "integrity-proof",
-            Report::IntegrityLedger => "integrity-ledger",
-        }
-    }
-
-    /// Roles allowed to run it (auditors may read everything).
-    pub fn roles(self) -> &'static [Role] {
-        match self {
-            Report::PatientAccess
-            | Report::UserActivity
-            | Report::Disclosures
-            | Report::BreakGlass
-            | Report::FhirAuditEvent => &[Role::ComplianceOfficer, Role::Auditor],
-            Report::TokenTrace => &[Role::IncidentResponder, Role::Auditor],
-            Report::RevocationViolations | Report::Consents => {
-                &[Role::PrivacyOfficer, Role::Auditor]
-            }
-            Report::QueryAudit
-            | Report::IntegrityVerify
-            | Report::IntegrityProof
-            | Report::IntegrityLedger => &[Role::Auditor],
-        }
-    }
-}
-
-/// Refuses callers without a role for `report`; the refusal is recorded (best effort).
-pub fn authorize(state: &AppState, caller: &Caller, report: Report) -> Result<(), ApiError> {
-    if caller.has_any(report.roles()) {
-        return Ok(());
-    }
-    info!(caller = %caller.sub, report = report.name(), "report refused: missing role");
-    metrics::counter!("custos_query_forbidden_total", "report" => report.name()).increment(1);
-    let asked = Asked::new(caller, report.name(), "", json!({}), "none");
-    // Queued, not awaited: a refusal reveals nothing (failures are logged by the writer).
-    state.audit.submit_detached(asked.record("forbidden", 0));
-    Err(ApiError::Forbidden)
-}
+use custos_auth::oidc::Caller;
 
 /// Answers with a JSON page or an export, per `c.format`.
 pub async fn respond<R, O, B, M>(
@@ -143,52 +62,6 @@ where
     out
 }
 
-/// The parameters recorded in the query audit: identifiers pseudonymized with the
-/// current key, everything else as validated.
-pub struct AuditParams<'a> {
-    state: &'a AppState,
-    tenant: String,
-    map: Map<String, Value>,
-}
-
-impl<'a> AuditParams<'a> {
-    /// Starts with the common parameters.
-    pub fn new(state: &'a AppState, c: &Common) -> AuditParams<'a> {
-        let mut map = Map::new();
-        map.insert("from".into(), c.window.from_rfc3339().into());
-        map.insert("to".into(), c.window.to_rfc3339().into());
-        map.insert("limit".into(), c.limit.into());
-        map.insert("cursor".into(), c.after.is_some().into());
-        AuditParams {
-            state,
-            tenant: c.tenant.clone(),
-            map,
-        }
-    }
-
-    /// A readable parameter.
-    pub fn plain(mut self, name: &str, v: &Option<String>) -> Self {
-        if let Some(v) = v {
-            self.map.insert(name.into(), v.clone().into());
-        }
-        self
-    }
-
-    /// A parameter stored as its pseudonym of `kind` under the current key.
-    pub fn hashed(mut self, name: &str, kind: PseudonymKind, v: &Option<String>) -> Self {
-        if let Some(v) = v {
-            let p = self.state.keys.pseudonymize(&self.tenant, kind, v);
-            self.map.insert(name.into(), p.into());
-        }
-        self
-    }
-
-    /// The JSON object.
-    pub fn done(self) -> Value {
-        Value::Object(self.map)
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn common(
     state: &AppState,
@@ -213,26 +86,6 @@ fn common(
     )?;
     tenant_allowed(caller, &c.tenant)?;
     Ok(c)
-}
-
-/// Refuses (403) a cross-tenant request (integrity chains) from a token bound to some tenants.
-pub fn all_tenants(caller: &Caller) -> Result<(), ApiError> {
-    if caller.tenants.is_none() {
-        return Ok(());
-    }
-    info!(caller = %caller.sub, "request refused: cross-tenant data for a tenant-bound token");
-    metrics::counter!("custos_query_forbidden_total", "report" => "tenant").increment(1);
-    Err(ApiError::Forbidden)
-}
-
-/// Refuses (403) a tenant the caller's token does not list (`CUSTOS_OIDC_TENANTS_CLAIM`).
-pub fn tenant_allowed(caller: &Caller, tenant: &str) -> Result<(), ApiError> {
-    if caller.may_read_tenant(tenant) {
-        return Ok(());
-    }
-    info!(caller = %caller.sub, tenant, "report refused: tenant not in the token");
-    metrics::counter!("custos_query_forbidden_total", "report" => "tenant").increment(1);
-    Err(ApiError::Forbidden)
 }
 
 /// Parameters of `/v1/reports/patient-access`.
@@ -310,7 +163,7 @@ pub async fn patient_access(
         decision: decision.clone(),
         event_type: None,
     };
-    let audit = AuditParams::new(&s, &c)
+    let audit = AuditParams::new(&s.keys, &c)
         .hashed("patient", PseudonymKind::Patient, &Some(patient))
         .hashed("user", PseudonymKind::Subject, &user)
         .plain("client", &client)
@@ -393,7 +246,7 @@ pub async fn user_activity(
         event_type: event_type.clone(),
         ..EventFilter::default()
     };
-    let audit = AuditParams::new(&s, &c)
+    let audit = AuditParams::new(&s.keys, &c)
         .hashed("user", PseudonymKind::Subject, &Some(user))
         .plain("event_type", &event_type)
         .plain("client", &client)
@@ -477,7 +330,7 @@ pub async fn token_trace(
         }
     };
     let (name, value) = sel.describe();
-    let audit = AuditParams::new(&s, &c)
+    let audit = AuditParams::new(&s.keys, &c)
         .plain(name, &Some(value.to_owned()))
         .done();
     let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
@@ -606,7 +459,7 @@ pub async fn disclosures(
         ..EventFilter::default()
     };
     let excluded = s.settings.excluded_purposes.clone();
-    let audit = AuditParams::new(&s, &c)
+    let audit = AuditParams::new(&s.keys, &c)
         .hashed("patient", PseudonymKind::Patient, &Some(patient))
         .plain("client", &client)
         .plain("excluded_purposes", &Some(excluded.join(",")))
@@ -672,7 +525,7 @@ pub async fn break_glass(
             .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
         ..EventFilter::default()
     };
-    let audit = AuditParams::new(&s, &c)
+    let audit = AuditParams::new(&s.keys, &c)
         .hashed("patient", PseudonymKind::Patient, &patient)
         .hashed("user", PseudonymKind::Subject, &user)
         .done();
@@ -735,7 +588,7 @@ pub async fn revocation_violations(
         client: client.clone(),
     };
     let grace = s.settings.revocation_grace_secs;
-    let audit = AuditParams::new(&s, &c)
+    let audit = AuditParams::new(&s.keys, &c)
         .hashed("patient", PseudonymKind::Patient, &patient)
         .plain("client", &client)
         .plain("grace_secs", &Some(grace.to_string()))
@@ -800,7 +653,7 @@ pub async fn consent_history(
         client: client.clone(),
         ..EventFilter::default()
     };
-    let audit = AuditParams::new(&s, &c)
+    let audit = AuditParams::new(&s.keys, &c)
         .hashed("patient", PseudonymKind::Patient, &Some(patient))
         .plain("client", &client)
         .done();
@@ -869,7 +722,7 @@ pub async fn query_audit_report(
         report: params::code("report", p.report.as_deref())?,
         tenants: query_audit_tenants(&caller, p.tenant.as_ref().map(|_| c.tenant.as_str())),
     };
-    let audit = AuditParams::new(&s, &c)
+    let audit = AuditParams::new(&s.keys, &c)
         .plain("caller", &filter.caller)
         .plain("report", &filter.report)
         .plain("tenant", &filter.tenants.as_ref().map(|t| t.join(",")))
@@ -894,17 +747,6 @@ pub async fn query_audit_report(
         |r: ReportQuery| r,
     )
     .await
-}
-
-/// The tenants the query-audit report is restricted to: the one asked for (already checked
-/// against the caller's token), else every tenant the token lists for a tenant-bound caller
-/// (possibly none: then no rows), else none (`None`: every tenant, single-tenant deployments).
-pub fn query_audit_tenants(caller: &Caller, asked: Option<&str>) -> Option<Vec<String>> {
-    match (asked, &caller.tenants) {
-        (Some(t), _) => Some(vec![t.to_owned()]),
-        (None, Some(listed)) => Some(listed.clone()),
-        (None, None) => None,
-    }
 }
 
 /// The `/v1` router.
