@@ -4,7 +4,8 @@
 //! the reader account, record the answer in the query audit, respond.
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::http::Uri;
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use clickhouse::{RowOwned, RowRead};
@@ -604,7 +605,7 @@ pub async fn revocation_violations(
     .await
 }
 
-/// Parameters of `/v1/consents`.
+/// Parameters of `/v1/reports/consent-history`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -628,7 +629,7 @@ pub struct ConsentParams {
 }
 
 /// A patient's consent history as recorded in the audit trail.
-#[utoipa::path(get, path = "/v1/consents", params(ConsentParams),
+#[utoipa::path(get, path = "/v1/reports/consent-history", params(ConsentParams),
     responses((status = 200, body = Page<ConsentChange>), (status = 400, body = Problem),
         (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = [])), tag = "consents")]
@@ -762,5 +763,61 @@ pub fn router() -> Router<AppState> {
             get(revocation_violations),
         )
         .route("/v1/reports/query-audit", get(query_audit_report))
-        .route("/v1/consents", get(consent_history))
+        .route(CONSENT_HISTORY, get(consent_history))
+        .merge(moved())
+}
+
+/// Path of the consent-history report.
+pub const CONSENT_HISTORY: &str = "/v1/reports/consent-history";
+/// Former path of the consent-history report; it answers 308 to [`CONSENT_HISTORY`] (the
+/// consent service's `GET /v1/consents` is the current consent state, not this history).
+pub const CONSENT_HISTORY_FORMER: &str = "/v1/consents";
+
+/// Former paths answering 308 Permanent Redirect to their report, query string kept, before
+/// any authentication (the redirect reveals nothing; the client repeats the request with its
+/// bearer token at the new path).
+pub fn moved<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route(CONSENT_HISTORY_FORMER, get(consent_history_moved))
+}
+
+async fn consent_history_moved(uri: Uri) -> Redirect {
+    match uri.query() {
+        Some(q) => Redirect::permanent(&format!("{CONSENT_HISTORY}?{q}")),
+        None => Redirect::permanent(CONSENT_HISTORY),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{header, Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn location(uri: &str) -> (StatusCode, Option<String>) {
+        let resp = moved::<()>()
+            .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        (resp.status(), loc)
+    }
+
+    #[tokio::test]
+    async fn former_consent_path_redirects_permanently_with_its_query() {
+        let (status, loc) =
+            location("/v1/consents?tenant=t1&patient=Patient%2Fp%201&format=csv").await;
+        assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            loc.as_deref(),
+            Some("/v1/reports/consent-history?tenant=t1&patient=Patient%2Fp%201&format=csv")
+        );
+        let (status, loc) = location("/v1/consents").await;
+        assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(loc.as_deref(), Some("/v1/reports/consent-history"));
+    }
 }

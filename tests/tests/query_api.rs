@@ -674,7 +674,7 @@ async fn reports_return_exactly_the_seeded_rows_across_the_key_rotation() -> Res
     // Consent history across the rotation.
     let r = get(
         &app,
-        &q("/v1/consents", &[("patient", &sc.p1)]),
+        &q("/v1/reports/consent-history", &[("patient", &sc.p1)]),
         Some(&privacy),
     )
     .await;
@@ -985,7 +985,7 @@ async fn role_matrix() -> Result<()> {
             &["privacy_officer", "auditor"],
         ),
         (
-            url("/v1/consents", &[("tenant", t), ("patient", "x")]),
+            url("/v1/reports/consent-history", &[("tenant", t), ("patient", "x")]),
             &["privacy_officer", "auditor"],
         ),
         (
@@ -1057,7 +1057,7 @@ async fn tenant_claim_binds_every_tenant_scoped_endpoint() -> Result<()> {
             url("/v1/reports/break-glass", &[("tenant", t)]),
             url("/v1/reports/token-trace", &[("tenant", t), ("jti", "x")]),
             url("/v1/reports/revocation-violations", &[("tenant", t)]),
-            url("/v1/consents", &[("tenant", t), ("patient", "x")]),
+            url("/v1/reports/consent-history", &[("tenant", t), ("patient", "x")]),
             url("/v1/reports/query-audit", &[("tenant", t)]),
             url("/fhir/AuditEvent", &[("tenant", t), ("patient", "x")]),
         ];
@@ -1234,7 +1234,7 @@ async fn sql_injection_strings_are_harmless() -> Result<()> {
             "/v1/reports/revocation-violations",
             vec!["patient", "client"],
         ),
-        ("/v1/consents", vec!["patient", "client"]),
+        ("/v1/reports/consent-history", vec!["patient", "client"]),
         (
             "/v1/reports/query-audit",
             vec!["caller", "report", "tenant"],
@@ -1266,7 +1266,7 @@ async fn sql_injection_strings_are_harmless() -> Result<()> {
                 }
                 let needs_patient = matches!(
                     *path,
-                    "/v1/reports/patient-access" | "/v1/reports/disclosures" | "/v1/consents"
+                    "/v1/reports/patient-access" | "/v1/reports/disclosures" | "/v1/reports/consent-history"
                 );
                 if needs_patient && *name != "patient" {
                     p.push(("patient", &sc.p1));
@@ -1378,7 +1378,7 @@ async fn bad_parameters_are_400_problems() -> Result<()> {
         url("/v1/reports/token-trace", &[]),
         url("/v1/reports/token-trace", &[("jti", "a"), ("client", "b")]),
         url("/v1/reports/disclosures", &[]),
-        url("/v1/consents", &[]),
+        url("/v1/reports/consent-history", &[]),
         url("/fhir/AuditEvent", &[("date", "xx2026")]),
         url("/fhir/AuditEvent", &[("action", "Z")]),
         url("/fhir/AuditEvent", &[("_count", "0")]),
