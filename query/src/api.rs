@@ -1,23 +1,24 @@
-//! The `/v1` report endpoints. Each handler: authenticate (extractor), authorize by role
-//! (a refusal is itself recorded), validate parameters (400 problem naming the
-//! parameter), resolve raw ids to pseudonyms under every live key, run the bound SQL as
-//! the reader account, record the answer in the query audit, respond.
+//! The `/v1` report endpoints, one [`Catalogued`] declaration each: its parameters, roles,
+//! validation (400 problem naming the parameter; raw ids resolved to pseudonyms under every
+//! live key), bound SQL and what the query audit records. Each handler hands its validated
+//! query string to [`serve`] (authenticate by extractor, authorize, audit, fetch, page or
+//! stream). The token trace answers its lifecycle summary beside its page and has its own
+//! path.
 
 use axum::extract::State;
 use axum::http::Uri;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use clickhouse::{RowOwned, RowRead};
 use custos_schemas::PseudonymKind;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::access::{authorize, query_audit_tenants, tenant_allowed, Report};
+use crate::catalogue::{serve, Catalogued, CommonQuery, Plan, Shared};
 use crate::error::{ApiError, Problem, ValidQuery};
-use crate::export::{audited, fetch_page, page_of, page_response, stream, stream_prepared, Page};
-use crate::params::AuditParams;
-use crate::params::{self, Common, Format};
+use crate::export::{audited, page_of, stream_prepared, Page};
+use crate::params::{self, AuditParams, Common, Format};
 use crate::reports::break_glass::{self, BreakGlass};
 use crate::reports::consents::{self, ConsentChange};
 use crate::reports::disclosures::{self, Disclosure};
@@ -26,68 +27,40 @@ use crate::reports::revocation::{self, Violation, ViolationFilter};
 use crate::reports::token_trace::{
     self, Deadlines, Found, KeyRow, Selector, SummaryRow, TokenSummary, TraceEvent,
 };
-use crate::reports::{self, EventFilter, EventRow, Keyed, Tabular, UserMatch};
+use crate::reports::{self, EventFilter, EventRow, UserMatch};
 use crate::sql::Sql;
-use crate::state::AppState;
+use crate::state::{AppState, Settings};
 use custos_auth::audit::Asked;
 use custos_auth::oidc::Caller;
 
-/// Answers with a JSON page or an export, per `c.format`.
-pub async fn respond<R, O, B, M>(
-    state: &AppState,
-    asked: Asked,
-    c: &Common,
-    build: B,
-    map: M,
-) -> Result<Response, ApiError>
-where
-    R: RowOwned + RowRead + Send,
-    O: Serialize + Tabular + Keyed,
-    B: Fn(u64) -> Sql,
-    M: FnMut(R) -> O + Send + 'static,
-{
-    let timer = std::time::Instant::now();
-    let out = match c.format {
-        Format::Json => {
-            let sql = build(c.limit + 1);
-            let (rows, next) = fetch_page(state, &asked, &sql, c.limit, map).await?;
-            Ok(page_response(&asked, c, rows, next))
+/// Implements [`Shared`] for parameter structs holding the six shared fields.
+macro_rules! shared {
+    ($($params:ty),+) => {$(
+        impl Shared for $params {
+            fn shared(&self) -> CommonQuery<'_> {
+                CommonQuery {
+                    tenant: self.tenant.as_deref(),
+                    from: self.from.as_deref(),
+                    to: self.to.as_deref(),
+                    limit: self.limit.as_deref(),
+                    cursor: self.cursor.as_deref(),
+                    format: self.format.as_deref(),
+                }
+            }
         }
-        f => {
-            let sql = build(c.limit);
-            stream(state, asked.clone(), &sql, f, map).await
-        }
-    };
-    metrics::histogram!("custos_query_report_seconds", "report" => asked.report())
-        .record(timer.elapsed().as_secs_f64());
-    out
+    )+};
 }
 
-#[allow(clippy::too_many_arguments)]
-fn common(
-    state: &AppState,
-    caller: &Caller,
-    default_days: u32,
-    tenant: &Option<String>,
-    from: &Option<String>,
-    to: &Option<String>,
-    limit: &Option<String>,
-    cursor: &Option<String>,
-    format: &Option<String>,
-) -> Result<Common, ApiError> {
-    let c = Common::parse(
-        &state.settings.limits,
-        default_days,
-        tenant.as_deref(),
-        from.as_deref(),
-        to.as_deref(),
-        limit.as_deref(),
-        cursor.as_deref(),
-        format.as_deref(),
-    )?;
-    tenant_allowed(caller, &c.tenant)?;
-    Ok(c)
-}
+shared!(
+    PatientAccessParams,
+    UserActivityParams,
+    TokenTraceParams,
+    DisclosureParams,
+    BreakGlassParams,
+    ViolationParams,
+    ConsentParams,
+    QueryAuditParams
+);
 
 /// Parameters of `/v1/reports/patient-access`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -134,55 +107,65 @@ pub async fn patient_access(
     caller: Caller,
     ValidQuery(p): ValidQuery<PatientAccessParams>,
 ) -> Result<Response, ApiError> {
-    let report = Report::PatientAccess;
-    authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
-    let patient = params::required_ident("patient", p.patient.as_deref())?;
-    let user = params::ident("user", p.user.as_deref())?;
-    let client = params::ident("client", p.client.as_deref())?;
-    let resource_type = params::resource_type("resource_type", p.resource_type.as_deref())?;
-    let interaction = params::interaction("interaction", p.interaction.as_deref())?;
-    let outcome = params::outcome(p.outcome.as_deref())?;
-    let purpose = params::code("purpose", p.purpose.as_deref())?;
-    let decision = params::decision(p.decision.as_deref())?;
-    let filter = EventFilter {
-        patients: Some(
-            s.keys
-                .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
-        ),
-        user: user
-            .as_deref()
-            .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
-        client: client.clone(),
-        resource_type: resource_type.clone(),
-        interactions: interaction.clone().map(|i| vec![i]),
-        outcome: outcome.clone(),
-        purpose: purpose.clone(),
-        decision: decision.clone(),
-        event_type: None,
-    };
-    let audit = AuditParams::new(&s.keys, &c)
-        .hashed("patient", PseudonymKind::Patient, &Some(patient))
-        .hashed("user", PseudonymKind::Subject, &user)
-        .plain("client", &client)
-        .plain("resource_type", &resource_type)
-        .plain("interaction", &interaction)
-        .plain("outcome", &outcome)
-        .plain("purpose", &purpose)
-        .plain("decision", &decision)
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| reports::events(&c, reports::PATIENT_ACCESS, &filter, lim),
-        |r: EventRow| r,
-    )
-    .await
+    serve::<PatientAccess>(&s, &caller, p).await
+}
+
+/// Who accessed a patient's record.
+pub struct PatientAccess;
+
+impl Catalogued for PatientAccess {
+    type Params = PatientAccessParams;
+    type Filter = EventFilter;
+    type Row = EventRow;
+    type Out = EventRow;
+    const REPORT: Report = Report::PatientAccess;
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &PatientAccessParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let patient = params::required_ident("patient", p.patient.as_deref())?;
+        let user = params::ident("user", p.user.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let resource_type = params::resource_type("resource_type", p.resource_type.as_deref())?;
+        let interaction = params::interaction("interaction", p.interaction.as_deref())?;
+        let outcome = params::outcome(p.outcome.as_deref())?;
+        let purpose = params::code("purpose", p.purpose.as_deref())?;
+        let decision = params::decision(p.decision.as_deref())?;
+        let filter = EventFilter {
+            patients: Some(
+                s.keys
+                    .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
+            ),
+            user: user
+                .as_deref()
+                .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
+            client: client.clone(),
+            resource_type: resource_type.clone(),
+            interactions: interaction.clone().map(|i| vec![i]),
+            outcome: outcome.clone(),
+            purpose: purpose.clone(),
+            decision: decision.clone(),
+            event_type: None,
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &Some(patient))
+            .hashed("user", PseudonymKind::Subject, &user)
+            .plain("client", &client)
+            .plain("resource_type", &resource_type)
+            .plain("interaction", &interaction)
+            .plain("outcome", &outcome)
+            .plain("purpose", &purpose)
+            .plain("decision", &decision)
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(_: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        reports::events(c, reports::PATIENT_ACCESS, filter, limit)
+    }
 }
 
 /// Parameters of `/v1/reports/user-activity`.
@@ -226,44 +209,54 @@ pub async fn user_activity(
     caller: Caller,
     ValidQuery(p): ValidQuery<UserActivityParams>,
 ) -> Result<Response, ApiError> {
-    let report = Report::UserActivity;
-    authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
-    let user = params::required_ident("user", p.user.as_deref())?;
-    let event_type = params::event_type(p.event_type.as_deref())?;
-    let client = params::ident("client", p.client.as_deref())?;
-    let resource_type = params::resource_type("resource_type", p.resource_type.as_deref())?;
-    let interaction = params::interaction("interaction", p.interaction.as_deref())?;
-    let outcome = params::outcome(p.outcome.as_deref())?;
-    let filter = EventFilter {
-        user: Some(UserMatch::new(&s.keys, &c.tenant, &user)),
-        client: client.clone(),
-        resource_type: resource_type.clone(),
-        interactions: interaction.clone().map(|i| vec![i]),
-        outcome: outcome.clone(),
-        event_type: event_type.clone(),
-        ..EventFilter::default()
-    };
-    let audit = AuditParams::new(&s.keys, &c)
-        .hashed("user", PseudonymKind::Subject, &Some(user))
-        .plain("event_type", &event_type)
-        .plain("client", &client)
-        .plain("resource_type", &resource_type)
-        .plain("interaction", &interaction)
-        .plain("outcome", &outcome)
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| reports::events(&c, reports::USER_ACTIVITY, &filter, lim),
-        |r: EventRow| r,
-    )
-    .await
+    serve::<UserActivity>(&s, &caller, p).await
+}
+
+/// Everything a user did.
+pub struct UserActivity;
+
+impl Catalogued for UserActivity {
+    type Params = UserActivityParams;
+    type Filter = EventFilter;
+    type Row = EventRow;
+    type Out = EventRow;
+    const REPORT: Report = Report::UserActivity;
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &UserActivityParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let user = params::required_ident("user", p.user.as_deref())?;
+        let event_type = params::event_type(p.event_type.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let resource_type = params::resource_type("resource_type", p.resource_type.as_deref())?;
+        let interaction = params::interaction("interaction", p.interaction.as_deref())?;
+        let outcome = params::outcome(p.outcome.as_deref())?;
+        let filter = EventFilter {
+            user: Some(UserMatch::new(&s.keys, &c.tenant, &user)),
+            client: client.clone(),
+            resource_type: resource_type.clone(),
+            interactions: interaction.clone().map(|i| vec![i]),
+            outcome: outcome.clone(),
+            event_type: event_type.clone(),
+            ..EventFilter::default()
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("user", PseudonymKind::Subject, &Some(user))
+            .plain("event_type", &event_type)
+            .plain("client", &client)
+            .plain("resource_type", &resource_type)
+            .plain("interaction", &interaction)
+            .plain("outcome", &outcome)
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(_: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        reports::events(c, reports::USER_ACTIVITY, filter, limit)
+    }
 }
 
 /// Parameters of `/v1/reports/token-trace` (exactly one of jti, session, client).
@@ -313,10 +306,10 @@ pub async fn token_trace(
 ) -> Result<Response, ApiError> {
     let report = Report::TokenTrace;
     authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
+    let c = p
+        .shared()
+        .parse(&s.settings, s.settings.limits.default_window_days)?;
+    tenant_allowed(&caller, &c.tenant)?;
     let jti = params::ident("jti", p.jti.as_deref())?;
     let session = params::ident("session", p.session.as_deref())?;
     let client = params::ident("client", p.client.as_deref())?;
@@ -436,44 +429,51 @@ pub async fn disclosures(
     caller: Caller,
     ValidQuery(p): ValidQuery<DisclosureParams>,
 ) -> Result<Response, ApiError> {
-    let report = Report::Disclosures;
-    authorize(&s, &caller, report)?;
-    let c = common(
-        &s,
-        &caller,
-        DISCLOSURE_WINDOW_DAYS,
-        &p.tenant,
-        &p.from,
-        &p.to,
-        &p.limit,
-        &p.cursor,
-        &p.format,
-    )?;
-    let patient = params::required_ident("patient", p.patient.as_deref())?;
-    let client = params::ident("client", p.client.as_deref())?;
-    let filter = EventFilter {
-        patients: Some(
-            s.keys
-                .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
-        ),
-        client: client.clone(),
-        ..EventFilter::default()
-    };
-    let excluded = s.settings.excluded_purposes.clone();
-    let audit = AuditParams::new(&s.keys, &c)
-        .hashed("patient", PseudonymKind::Patient, &Some(patient))
-        .plain("client", &client)
-        .plain("excluded_purposes", &Some(excluded.join(",")))
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| disclosures::build(&c, &filter, &excluded, lim),
-        |r: EventRow| Disclosure::from(r),
-    )
-    .await
+    serve::<Disclosures>(&s, &caller, p).await
+}
+
+/// HIPAA accounting of disclosures.
+pub struct Disclosures;
+
+impl Catalogued for Disclosures {
+    type Params = DisclosureParams;
+    type Filter = EventFilter;
+    type Row = EventRow;
+    type Out = Disclosure;
+    const REPORT: Report = Report::Disclosures;
+
+    fn window_days(_: &Settings) -> u32 {
+        DISCLOSURE_WINDOW_DAYS
+    }
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &DisclosureParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let patient = params::required_ident("patient", p.patient.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let filter = EventFilter {
+            patients: Some(
+                s.keys
+                    .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
+            ),
+            client: client.clone(),
+            ..EventFilter::default()
+        };
+        let excluded = s.settings.excluded_purposes.join(",");
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &Some(patient))
+            .plain("client", &client)
+            .plain("excluded_purposes", &Some(excluded))
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(s: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        disclosures::build(c, filter, &s.settings.excluded_purposes, limit)
+    }
 }
 
 /// Parameters of `/v1/reports/break-glass`.
@@ -509,36 +509,46 @@ pub async fn break_glass(
     caller: Caller,
     ValidQuery(p): ValidQuery<BreakGlassParams>,
 ) -> Result<Response, ApiError> {
-    let report = Report::BreakGlass;
-    authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
-    let patient = params::ident("patient", p.patient.as_deref())?;
-    let user = params::ident("user", p.user.as_deref())?;
-    let filter = EventFilter {
-        patients: patient
-            .as_deref()
-            .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
-        user: user
-            .as_deref()
-            .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
-        ..EventFilter::default()
-    };
-    let audit = AuditParams::new(&s.keys, &c)
-        .hashed("patient", PseudonymKind::Patient, &patient)
-        .hashed("user", PseudonymKind::Subject, &user)
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| reports::events(&c, break_glass::BASE, &filter, lim),
-        |r: EventRow| BreakGlass::from(r),
-    )
-    .await
+    serve::<BreakGlassAccess>(&s, &caller, p).await
+}
+
+/// Break-the-glass accesses.
+pub struct BreakGlassAccess;
+
+impl Catalogued for BreakGlassAccess {
+    type Params = BreakGlassParams;
+    type Filter = EventFilter;
+    type Row = EventRow;
+    type Out = BreakGlass;
+    const REPORT: Report = Report::BreakGlass;
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &BreakGlassParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let patient = params::ident("patient", p.patient.as_deref())?;
+        let user = params::ident("user", p.user.as_deref())?;
+        let filter = EventFilter {
+            patients: patient
+                .as_deref()
+                .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
+            user: user
+                .as_deref()
+                .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
+            ..EventFilter::default()
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &patient)
+            .hashed("user", PseudonymKind::Subject, &user)
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(_: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        reports::events(c, break_glass::BASE, filter, limit)
+    }
 }
 
 /// Parameters of `/v1/reports/revocation-violations`.
@@ -574,35 +584,45 @@ pub async fn revocation_violations(
     caller: Caller,
     ValidQuery(p): ValidQuery<ViolationParams>,
 ) -> Result<Response, ApiError> {
-    let report = Report::RevocationViolations;
-    authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
-    let patient = params::ident("patient", p.patient.as_deref())?;
-    let client = params::ident("client", p.client.as_deref())?;
-    let filter = ViolationFilter {
-        patients: patient
-            .as_deref()
-            .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
-        client: client.clone(),
-    };
-    let grace = s.settings.revocation_grace_secs;
-    let audit = AuditParams::new(&s.keys, &c)
-        .hashed("patient", PseudonymKind::Patient, &patient)
-        .plain("client", &client)
-        .plain("grace_secs", &Some(grace.to_string()))
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| revocation::build(&c, &filter, grace, lim),
-        |v: Violation| v,
-    )
-    .await
+    serve::<RevocationViolations>(&s, &caller, p).await
+}
+
+/// Accesses after consent revocation.
+pub struct RevocationViolations;
+
+impl Catalogued for RevocationViolations {
+    type Params = ViolationParams;
+    type Filter = ViolationFilter;
+    type Row = Violation;
+    type Out = Violation;
+    const REPORT: Report = Report::RevocationViolations;
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &ViolationParams,
+    ) -> Result<Plan<ViolationFilter>, ApiError> {
+        let patient = params::ident("patient", p.patient.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let filter = ViolationFilter {
+            patients: patient
+                .as_deref()
+                .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
+            client: client.clone(),
+        };
+        let grace = s.settings.revocation_grace_secs;
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &patient)
+            .plain("client", &client)
+            .plain("grace_secs", &Some(grace.to_string()))
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(s: &AppState, c: &Common, filter: &ViolationFilter, limit: u64) -> Sql {
+        revocation::build(c, filter, s.settings.revocation_grace_secs, limit)
+    }
 }
 
 /// Parameters of `/v1/reports/consent-history`.
@@ -638,35 +658,45 @@ pub async fn consent_history(
     caller: Caller,
     ValidQuery(p): ValidQuery<ConsentParams>,
 ) -> Result<Response, ApiError> {
-    let report = Report::Consents;
-    authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
-    let patient = params::required_ident("patient", p.patient.as_deref())?;
-    let client = params::ident("client", p.client.as_deref())?;
-    let filter = EventFilter {
-        patients: Some(
-            s.keys
-                .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
-        ),
-        client: client.clone(),
-        ..EventFilter::default()
-    };
-    let audit = AuditParams::new(&s.keys, &c)
-        .hashed("patient", PseudonymKind::Patient, &Some(patient))
-        .plain("client", &client)
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| reports::events(&c, consents::BASE, &filter, lim),
-        |r: EventRow| ConsentChange::from(r),
-    )
-    .await
+    serve::<ConsentHistory>(&s, &caller, p).await
+}
+
+/// Consent history from the audit trail.
+pub struct ConsentHistory;
+
+impl Catalogued for ConsentHistory {
+    type Params = ConsentParams;
+    type Filter = EventFilter;
+    type Row = EventRow;
+    type Out = ConsentChange;
+    const REPORT: Report = Report::Consents;
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &ConsentParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let patient = params::required_ident("patient", p.patient.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let filter = EventFilter {
+            patients: Some(
+                s.keys
+                    .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
+            ),
+            client: client.clone(),
+            ..EventFilter::default()
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &Some(patient))
+            .plain("client", &client)
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(_: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        reports::events(c, consents::BASE, filter, limit)
+    }
 }
 
 /// Parameters of `/v1/reports/query-audit`.
@@ -702,52 +732,57 @@ pub async fn query_audit_report(
     caller: Caller,
     ValidQuery(p): ValidQuery<QueryAuditParams>,
 ) -> Result<Response, ApiError> {
-    let report = Report::QueryAudit;
-    authorize(&s, &caller, report)?;
-    let c = Common::parse(
-        &s.settings.limits,
-        s.settings.limits.default_window_days,
-        p.tenant.as_deref(),
-        p.from.as_deref(),
-        p.to.as_deref(),
-        p.limit.as_deref(),
-        p.cursor.as_deref(),
-        p.format.as_deref(),
-    )?;
-    // No default tenant here: without `tenant` the report covers what the caller may read.
-    if p.tenant.is_some() {
-        tenant_allowed(&caller, &c.tenant)?;
+    serve::<QueryAuditReport>(&s, &caller, p).await
+}
+
+/// The query audit itself.
+pub struct QueryAuditReport;
+
+impl Catalogued for QueryAuditReport {
+    type Params = QueryAuditParams;
+    type Filter = QueryAuditFilter;
+    type Row = ReportQuery;
+    type Out = ReportQuery;
+    const REPORT: Report = Report::QueryAudit;
+
+    /// No default tenant here: without `tenant` the report covers what the caller may read.
+    fn check_tenant(caller: &Caller, p: &QueryAuditParams, c: &Common) -> Result<(), ApiError> {
+        if p.tenant.is_some() {
+            tenant_allowed(caller, &c.tenant)?;
+        }
+        Ok(())
     }
-    let filter = QueryAuditFilter {
-        caller: params::ident("caller", p.caller.as_deref())?,
-        report: params::code("report", p.report.as_deref())?,
-        tenants: query_audit_tenants(&caller, p.tenant.as_ref().map(|_| c.tenant.as_str())),
-    };
-    let audit = AuditParams::new(&s.keys, &c)
-        .plain("caller", &filter.caller)
-        .plain("report", &filter.report)
-        .plain("tenant", &filter.tenants.as_ref().map(|t| t.join(",")))
-        .done();
-    let recorded_tenant = if p.tenant.is_some() {
-        c.tenant.as_str()
-    } else {
-        ""
-    };
-    let asked = Asked::new(
-        &caller,
-        report.name(),
-        recorded_tenant,
-        audit,
-        c.format.as_str(),
-    );
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| query_audit::build(&c, &filter, lim),
-        |r: ReportQuery| r,
-    )
-    .await
+
+    fn plan(
+        s: &AppState,
+        caller: &Caller,
+        c: &Common,
+        p: &QueryAuditParams,
+    ) -> Result<Plan<QueryAuditFilter>, ApiError> {
+        let filter = QueryAuditFilter {
+            caller: params::ident("caller", p.caller.as_deref())?,
+            report: params::code("report", p.report.as_deref())?,
+            tenants: query_audit_tenants(caller, p.tenant.as_ref().map(|_| c.tenant.as_str())),
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .plain("caller", &filter.caller)
+            .plain("report", &filter.report)
+            .plain("tenant", &filter.tenants.as_ref().map(|t| t.join(",")))
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn recorded_tenant<'c>(p: &QueryAuditParams, c: &'c Common) -> &'c str {
+        if p.tenant.is_some() {
+            &c.tenant
+        } else {
+            ""
+        }
+    }
+
+    fn sql(_: &AppState, c: &Common, filter: &QueryAuditFilter, limit: u64) -> Sql {
+        query_audit::build(c, filter, limit)
+    }
 }
 
 /// The `/v1` router.

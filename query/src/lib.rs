@@ -7,6 +7,7 @@
 //! account, acknowledged before it is answered; see [`custos_auth::audit`]).
 //!
 //! - authentication, roles and the query audit come from [`custos_auth`];
+//! - [`catalogue`]: a report as one declaration, and the one path every report takes;
 //! - [`reports`]: the SQL builders, pure functions over validated parameters;
 //! - [`export`]: JSON pages with cursors, CSV / NDJSON streaming;
 //! - [`fhir`]: the FHIR R4 endpoint: `metadata`, AuditEvent read and search (IHE BALP);
@@ -33,6 +34,7 @@
 
 pub mod access;
 pub mod api;
+pub mod catalogue;
 pub mod config;
 pub mod error;
 pub mod export;
