@@ -33,6 +33,22 @@ use crate::state::{AppState, Settings};
 use custos_auth::audit::Asked;
 use custos_auth::oidc::Caller;
 
+/// Declares the axum handler of a catalogued report: its query string validated into the
+/// report's parameters and handed to [`serve`] (doc comment and OpenAPI attributes pass
+/// through).
+macro_rules! handler {
+    ($(#[$meta:meta])* $name:ident => $report:ty) => {
+        $(#[$meta])*
+        pub async fn $name(
+            State(s): State<AppState>,
+            caller: Caller,
+            ValidQuery(p): ValidQuery<<$report as Catalogued>::Params>,
+        ) -> Result<Response, ApiError> {
+            serve::<$report>(&s, &caller, p).await
+        }
+    };
+}
+
 /// Implements [`Shared`] for parameter structs holding the six shared fields.
 macro_rules! shared {
     ($($params:ty),+) => {$(
@@ -97,17 +113,13 @@ pub struct PatientAccessParams {
     pub format: Option<String>,
 }
 
-/// Who accessed a patient's record.
-#[utoipa::path(get, path = "/v1/reports/patient-access", params(PatientAccessParams),
-    responses((status = 200, body = Page<EventRow>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn patient_access(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<PatientAccessParams>,
-) -> Result<Response, ApiError> {
-    serve::<PatientAccess>(&s, &caller, p).await
+handler! {
+    /// Who accessed a patient's record.
+    #[utoipa::path(get, path = "/v1/reports/patient-access", params(PatientAccessParams),
+        responses((status = 200, body = Page<EventRow>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    patient_access => PatientAccess
 }
 
 /// Who accessed a patient's record.
@@ -199,17 +211,13 @@ pub struct UserActivityParams {
     pub format: Option<String>,
 }
 
-/// Everything a user (sub or fhirUser) did.
-#[utoipa::path(get, path = "/v1/reports/user-activity", params(UserActivityParams),
-    responses((status = 200, body = Page<EventRow>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn user_activity(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<UserActivityParams>,
-) -> Result<Response, ApiError> {
-    serve::<UserActivity>(&s, &caller, p).await
+handler! {
+    /// Everything a user (sub or fhirUser) did.
+    #[utoipa::path(get, path = "/v1/reports/user-activity", params(UserActivityParams),
+        responses((status = 200, body = Page<EventRow>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    user_activity => UserActivity
 }
 
 /// Everything a user did.
@@ -419,17 +427,13 @@ pub struct DisclosureParams {
 /// Six years (45 CFR 164.528(a)).
 pub const DISCLOSURE_WINDOW_DAYS: u32 = 6 * 365 + 2;
 
-/// HIPAA 164.528 accounting of disclosures for a patient.
-#[utoipa::path(get, path = "/v1/reports/disclosures", params(DisclosureParams),
-    responses((status = 200, body = Page<Disclosure>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn disclosures(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<DisclosureParams>,
-) -> Result<Response, ApiError> {
-    serve::<Disclosures>(&s, &caller, p).await
+handler! {
+    /// HIPAA 164.528 accounting of disclosures for a patient.
+    #[utoipa::path(get, path = "/v1/reports/disclosures", params(DisclosureParams),
+        responses((status = 200, body = Page<Disclosure>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    disclosures => Disclosures
 }
 
 /// HIPAA accounting of disclosures.
@@ -499,17 +503,13 @@ pub struct BreakGlassParams {
     pub format: Option<String>,
 }
 
-/// Break-the-glass openings (reason, duration) and BTG accesses.
-#[utoipa::path(get, path = "/v1/reports/break-glass", params(BreakGlassParams),
-    responses((status = 200, body = Page<BreakGlass>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn break_glass(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<BreakGlassParams>,
-) -> Result<Response, ApiError> {
-    serve::<BreakGlassAccess>(&s, &caller, p).await
+handler! {
+    /// Break-the-glass openings (reason, duration) and BTG accesses.
+    #[utoipa::path(get, path = "/v1/reports/break-glass", params(BreakGlassParams),
+        responses((status = 200, body = Page<BreakGlass>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    break_glass => BreakGlassAccess
 }
 
 /// Break-the-glass accesses.
@@ -574,17 +574,13 @@ pub struct ViolationParams {
     pub format: Option<String>,
 }
 
-/// Accesses permitted after a consent revocation (past the grace period).
-#[utoipa::path(get, path = "/v1/reports/revocation-violations", params(ViolationParams),
-    responses((status = 200, body = Page<Violation>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn revocation_violations(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<ViolationParams>,
-) -> Result<Response, ApiError> {
-    serve::<RevocationViolations>(&s, &caller, p).await
+handler! {
+    /// Accesses permitted after a consent revocation (past the grace period).
+    #[utoipa::path(get, path = "/v1/reports/revocation-violations", params(ViolationParams),
+        responses((status = 200, body = Page<Violation>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    revocation_violations => RevocationViolations
 }
 
 /// Accesses after consent revocation.
@@ -648,17 +644,13 @@ pub struct ConsentParams {
     pub format: Option<String>,
 }
 
-/// A patient's consent history as recorded in the audit trail.
-#[utoipa::path(get, path = "/v1/reports/consent-history", params(ConsentParams),
-    responses((status = 200, body = Page<ConsentChange>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "consents")]
-pub async fn consent_history(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<ConsentParams>,
-) -> Result<Response, ApiError> {
-    serve::<ConsentHistory>(&s, &caller, p).await
+handler! {
+    /// A patient's consent history as recorded in the audit trail.
+    #[utoipa::path(get, path = "/v1/reports/consent-history", params(ConsentParams),
+        responses((status = 200, body = Page<ConsentChange>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "consents")]
+    consent_history => ConsentHistory
 }
 
 /// Consent history from the audit trail.
@@ -722,17 +714,13 @@ pub struct QueryAuditParams {
     pub format: Option<String>,
 }
 
-/// The report queries answered (auditors only).
-#[utoipa::path(get, path = "/v1/reports/query-audit", params(QueryAuditParams),
-    responses((status = 200, body = Page<ReportQuery>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn query_audit_report(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<QueryAuditParams>,
-) -> Result<Response, ApiError> {
-    serve::<QueryAuditReport>(&s, &caller, p).await
+handler! {
+    /// The report queries answered (auditors only).
+    #[utoipa::path(get, path = "/v1/reports/query-audit", params(QueryAuditParams),
+        responses((status = 200, body = Page<ReportQuery>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    query_audit_report => QueryAuditReport
 }
 
 /// The query audit itself.
