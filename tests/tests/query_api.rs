@@ -985,7 +985,10 @@ async fn role_matrix() -> Result<()> {
             &["privacy_officer", "auditor"],
         ),
         (
-            url("/v1/reports/consent-history", &[("tenant", t), ("patient", "x")]),
+            url(
+                "/v1/reports/consent-history",
+                &[("tenant", t), ("patient", "x")],
+            ),
             &["privacy_officer", "auditor"],
         ),
         (
@@ -1057,7 +1060,10 @@ async fn tenant_claim_binds_every_tenant_scoped_endpoint() -> Result<()> {
             url("/v1/reports/break-glass", &[("tenant", t)]),
             url("/v1/reports/token-trace", &[("tenant", t), ("jti", "x")]),
             url("/v1/reports/revocation-violations", &[("tenant", t)]),
-            url("/v1/reports/consent-history", &[("tenant", t), ("patient", "x")]),
+            url(
+                "/v1/reports/consent-history",
+                &[("tenant", t), ("patient", "x")],
+            ),
             url("/v1/reports/query-audit", &[("tenant", t)]),
             url("/fhir/AuditEvent", &[("tenant", t), ("patient", "x")]),
         ];
@@ -1266,7 +1272,9 @@ async fn sql_injection_strings_are_harmless() -> Result<()> {
                 }
                 let needs_patient = matches!(
                     *path,
-                    "/v1/reports/patient-access" | "/v1/reports/disclosures" | "/v1/reports/consent-history"
+                    "/v1/reports/patient-access"
+                        | "/v1/reports/disclosures"
+                        | "/v1/reports/consent-history"
                 );
                 if needs_patient && *name != "patient" {
                     p.push(("patient", &sc.p1));
