@@ -1,10 +1,12 @@
 # syntax=docker/dockerfile:1.7
-# Custos service image: the binaries of the workspace in /usr/local/bin of a slim Debian runtime,
+# Custos service image: the services of the workspace in /usr/local/bin of a slim Debian runtime,
 # run as the unprivileged user 10001: custos-ingest (`run`, `migrate`, `verify`, `keygen`, `jwks`),
-# custos-query (report API), custos-consent (`run`, `keygen`) and custos-sim (sample traffic).
-# The benchmark drivers (custos-*-bench) are built but left out of the runtime image.
+# custos-query (report API) and custos-consent (`run`, `keygen`). The simulator (custos-sim)
+# is in the `tools` target only, built on request; the benchmarks (custos-bench) are never in
+# an image.
 #
-#   docker build -t custos:local .          (compose.yaml builds it as custos:${CUSTOS_IMAGE_TAG})
+#   docker build -t custos:local .                      (compose.yaml: custos:${CUSTOS_IMAGE_TAG})
+#   docker build --target tools -t custos-tools:local . (custos-sim; compose.yaml's simulator)
 #   docker build --build-arg CARGO_BUILD_ARGS="-p custos-ingest" -t custos-ingest:local .
 #
 # Entry point: custos-entrypoint (deploy/docker/file-env.sh) turns FILE__<VAR>=<secret file>
@@ -30,28 +32,40 @@ WORKDIR /src
 # The context holds only what the build needs (see .dockerignore): manifests, lock file, crates.
 COPY . .
 
-# Which binaries to build. Default: all of them, so that a new service binary lands in the image
-# without editing this file. The default build must produce the four programs compose.yaml runs.
-ARG CARGO_BUILD_ARGS="--workspace --bins"
+# Which binaries to build. Default: the three services, the programs compose.yaml runs from the
+# `custos` image.
+ARG CARGO_BUILD_ARGS="-p custos-ingest -p custos-query -p custos-consent"
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked ${CARGO_BUILD_ARGS} \
  && mkdir -p /out \
  && find target/release -maxdepth 1 -type f -executable -name 'custos-*' ! -name '*-bench' \
-      -exec cp {} /out/ \; \
+      ! -name 'custos-sim' -exec cp {} /out/ \; \
  && ls -l /out \
- && if [ "${CARGO_BUILD_ARGS}" = "--workspace --bins" ]; then \
-      for bin in custos-ingest custos-query custos-consent custos-sim; do \
+ && if [ "${CARGO_BUILD_ARGS}" = "-p custos-ingest -p custos-query -p custos-consent" ]; then \
+      for bin in custos-ingest custos-query custos-consent; do \
         test -x "/out/$bin" || { echo "missing binary $bin" >&2; exit 1; }; \
       done; \
     fi
 
 # ---------------------------------------------------------------------------------------------
-FROM ${RUNTIME_IMAGE} AS runtime
+# The simulator, for the `tools` target only (the default target never builds this stage).
+FROM builder AS sim-builder
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked -p custos-sim --bin custos-sim \
+ && mkdir -p /tools \
+ && cp target/release/custos-sim /tools/ \
+ && test -x /tools/custos-sim
+
+# ---------------------------------------------------------------------------------------------
+# The runtime base shared by both targets: no Custos program yet.
+FROM ${RUNTIME_IMAGE} AS base
 
 LABEL org.opencontainers.image.title="custos" \
-      org.opencontainers.image.description="Custos HIPAA audit pipeline: ingest (Kafka -> ClickHouse), query API, consent service and tools" \
+      org.opencontainers.image.description="Custos HIPAA audit pipeline: ingest (Kafka -> ClickHouse), query API, consent service" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # ca-certificates only: TLS to a managed Kafka or ClickHouse. librdkafka is linked statically;
@@ -63,7 +77,6 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin custos
 
-COPY --from=builder /out/ /usr/local/bin/
 COPY --chmod=0755 deploy/docker/file-env.sh /usr/local/bin/custos-entrypoint
 COPY --chmod=0755 deploy/docker/healthcheck.sh /usr/local/bin/custos-healthcheck
 
@@ -80,3 +93,15 @@ EXPOSE 9464 8088 9465
 
 ENTRYPOINT ["custos-entrypoint"]
 CMD ["custos-ingest", "run"]
+
+# ---------------------------------------------------------------------------------------------
+# `--target tools`: the simulator (sample SMART on FHIR traffic), e.g. compose.yaml's simulator.
+FROM base AS tools
+LABEL org.opencontainers.image.description="Custos tools: custos-sim, SMART on FHIR traffic for a simulated hospital"
+COPY --from=sim-builder /tools/ /usr/local/bin/
+CMD ["custos-sim", "--help"]
+
+# ---------------------------------------------------------------------------------------------
+# The default target: the services.
+FROM base AS runtime
+COPY --from=builder /out/ /usr/local/bin/

@@ -4,7 +4,7 @@
 # (the services read them as non-root users), the directory 0700 (only its owner gets in).
 #
 # Needs bash, coreutils and openssl (for the two P-256 signing keys and the checkpoint JWKS).
-# CUSTOS_SECRETS_DIR=<dir> writes into another directory (used by tests/tests/compose_contract.rs).
+# CUSTOS_SECRETS_DIR=<dir> writes into another directory (used by tests/tests/deploy_image.rs).
 set -euo pipefail
 cd "${CUSTOS_SECRETS_DIR:-$(dirname "${BASH_SOURCE[0]}")}"
 umask 077

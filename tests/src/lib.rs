@@ -5,22 +5,21 @@
 //! Every test gets its own topics (`t-<name>-<nonce>.*`), so tests can share one stack;
 //! rows are told apart by their `kafka_topic` column.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureProducer;
 
 pub mod events;
-pub mod sim;
+
+pub use custos_sim::{produce, Msg};
 
 /// Kafka bootstrap servers of the test stack.
 pub fn brokers() -> String {
@@ -182,126 +181,59 @@ impl Topics {
     }
 }
 
-/// A producer tuned for tests: fast batching, acks=all.
+/// A producer for the test stack's brokers ([`custos_sim::producer`]: acks=all, fast batching).
 pub fn producer() -> Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("acks", "all")
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("message.max.bytes", "4194304")
-        .set("compression.type", "lz4")
-        .create()?)
+    Ok(custos_sim::producer(&brokers())?)
 }
 
-/// One message to produce.
-#[derive(Debug, Clone, Default)]
-pub struct Msg {
-    /// Key.
-    pub key: Option<String>,
-    /// Value bytes.
-    pub payload: Vec<u8>,
-    /// Headers.
-    pub headers: Vec<(String, String)>,
-}
-
-impl Msg {
-    /// A message with a JSON value.
-    pub fn json(v: &serde_json::Value) -> Msg {
-        Msg {
-            key: None,
-            payload: serde_json::to_vec(v).expect("json"),
-            headers: Vec::new(),
-        }
+/// Path of binary `bin` of workspace package `package`, built in the debug profile once per
+/// test process (the services the tests spawn, the simulator).
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(bin) {
+        return path.clone();
     }
-
-    /// A message with raw bytes.
-    pub fn raw(bytes: impl Into<Vec<u8>>) -> Msg {
-        Msg {
-            payload: bytes.into(),
-            ..Msg::default()
-        }
-    }
-}
-
-/// Produces messages to a topic (to `partition` when given), awaiting every delivery.
-pub async fn produce(
-    producer: &FutureProducer,
-    topic: &str,
-    partition: Option<i32>,
-    msgs: &[Msg],
-) -> Result<()> {
-    let mut futures = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &m.headers {
-            headers = headers.insert(rdkafka::message::Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let mut rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
-            .payload(m.payload.as_slice())
-            .headers(headers);
-        if let Some(k) = &m.key {
-            rec = rec.key(k.as_str());
-        }
-        if let Some(p) = partition {
-            rec = rec.partition(p);
-        }
-        loop {
-            match producer.send_result(rec) {
-                Ok(f) => {
-                    futures.push(f);
-                    break;
-                }
-                Err((e, r)) => {
-                    if matches!(
-                        e.rdkafka_error_code(),
-                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                    ) {
-                        producer.poll(Duration::from_millis(10));
-                        rec = r;
-                    } else {
-                        bail!("produce failed: {e}");
-                    }
-                }
-            }
-        }
-    }
-    for f in futures {
-        f.await
-            .context("delivery future cancelled")?
-            .map_err(|(e, _)| anyhow::anyhow!("delivery failed: {e}"))?;
-    }
-    producer.flush(Timeout::After(Duration::from_secs(30)))?;
-    Ok(())
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .current_dir(workspace())
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building {bin} failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    let path = target.join("debug").join(bin);
+    built.insert(bin.to_owned(), path.clone());
+    path
 }
 
 /// Path of the built ingest binary (built once per test process).
 pub fn ingest_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "custos-ingest",
-                "--bin",
-                "custos-ingest",
-            ])
-            .current_dir(workspace())
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building custos-ingest failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace().join("target"));
-        target.join("debug").join("custos-ingest")
-    })
-    .clone()
+    workspace_binary("custos-ingest", "custos-ingest")
+}
+
+/// SIGTERMs `child` and waits (up to `timeout`) for its exit code; SIGKILLs it after that.
+/// `what` names the process in the error.
+pub fn terminate_child(mut child: Child, what: &str, timeout: Duration) -> Result<i32> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -TERM {what} failed");
+    }
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.code().unwrap_or(-1));
+        }
+        if start.elapsed() > timeout {
+            child.kill()?;
+            child.wait()?;
+            bail!("{what} did not exit within {timeout:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A checkpoint signing key for this test process (made by `custos-ingest keygen`).
@@ -388,6 +320,34 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Spawns a Custos program: the dev accounts' ClickHouse passwords ([`ch_env`]) and colours
+/// off before `cmd`'s own environment, `extra` after it (overrides); stdout and stderr go to
+/// `target/e2e-logs/<name>.log`. Returns the process and its log file.
+pub fn spawn_logged(
+    mut cmd: Command,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> Result<(Child, PathBuf)> {
+    let logs = workspace().join("target").join("e2e-logs");
+    std::fs::create_dir_all(&logs)?;
+    let log = logs.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log)?;
+    for (k, v) in ch_env() {
+        if cmd.get_envs().all(|(set, _)| set != k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd.env("NO_COLOR", "1")
+        .stdout(Stdio::from(file.try_clone()?))
+        .stderr(Stdio::from(file));
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let child = cmd.spawn().with_context(|| format!("spawning {program}"))?;
+    Ok((child, log))
+}
+
 /// A running `custos-ingest run` process with its log file.
 pub struct Ingest {
     child: Option<Child>,
@@ -401,12 +361,7 @@ impl Ingest {
     /// Spawns ingest over `topics` with extra environment overrides.
     pub fn spawn(topics: &Topics, extra: &[(&str, &str)]) -> Result<Ingest> {
         let port = free_port();
-        let logs = workspace().join("target").join("e2e-logs");
-        std::fs::create_dir_all(&logs)?;
-        let log = logs.join(format!("{}-{port}.log", topics.group));
-        let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(ingest_binary());
-        cmd.envs(ch_env());
         cmd.arg("run")
             .env("CUSTOS_KAFKA_BROKERS", brokers())
             .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
@@ -419,14 +374,8 @@ impl Ingest {
             .env("CUSTOS_CHECKPOINT_TOPIC", &topics.checkpoints)
             .env("CUSTOS_INGEST_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("CUSTOS_BATCH_LINGER_MS", "200")
-            .env("CUSTOS_LOG", "info,custos_ingest=debug")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::from(file.try_clone()?))
-            .stderr(Stdio::from(file));
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().context("spawning custos-ingest")?;
+            .env("CUSTOS_LOG", "info,custos_ingest=debug");
+        let (child, log) = spawn_logged(cmd, &format!("{}-{port}", topics.group), extra)?;
         Ok(Ingest {
             child: Some(child),
             http: format!("http://127.0.0.1:{port}"),
@@ -461,20 +410,8 @@ impl Ingest {
 
     /// SIGTERMs the process and waits (up to `timeout`) for its exit code.
     pub fn terminate(&mut self, timeout: Duration) -> Result<i32> {
-        self.signal("TERM")?;
-        let mut child = self.child.take().context("already stopped")?;
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.code().unwrap_or(-1));
-            }
-            if start.elapsed() > timeout {
-                child.kill()?;
-                child.wait()?;
-                bail!("ingest did not exit within {timeout:?} after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = self.child.take().context("already stopped")?;
+        terminate_child(child, "ingest", timeout)
     }
 
     /// The log text so far.

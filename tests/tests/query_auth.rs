@@ -1,12 +1,10 @@
 //! End-to-end: the query API's key handling while the authorization server misbehaves.
 //!
-//! Each test runs its own stand-in issuer on 127.0.0.1 (discovery + the fixture JWKS) that
-//! can be switched to *hung*: it accepts the request and never answers, the worst case for a
+//! Each test runs its own test issuer on 127.0.0.1 (`support::issuer`: discovery + the fixture
+//! JWKS) that can be switched to *hung*: it accepts the request and never answers, the worst case for a
 //! client (every fetch lasts the whole `CUSTOS_OIDC_HTTP_TIMEOUT_SECS`). The API runs
 //! in-process against the real ClickHouse.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -17,65 +15,15 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::{claims_of, ensure_schema, fixture, get, sign, url, AUDIENCE};
+use support::{claims_of, ensure_schema, fixture, get, sign, url, TestIssuer, AUDIENCE};
 
-/// A stand-in issuer that counts its requests and can hang.
-struct Issuer {
-    base: String,
-    hung: Arc<AtomicBool>,
-    hits: Arc<AtomicUsize>,
+/// An access token of `issuer` for the console with `roles`, signed under `kid`.
+fn token_of(issuer: &TestIssuer, kid: &str, roles: &[&str]) -> String {
+    let claims = claims_of(&issuer.base, "console", "jwks-tester", roles);
+    sign(Algorithm::RS256, kid, &claims)
 }
 
-impl Issuer {
-    async fn start() -> Issuer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let hung = Arc::new(AtomicBool::new(false));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let jwks: Value = serde_json::from_slice(&fixture("jwks.json")).expect("jwks");
-        let discovery = json!({"issuer": base, "jwks_uri": format!("{base}/jwks")});
-        let answer = |doc: Value, hung: Arc<AtomicBool>, hits: Arc<AtomicUsize>| {
-            move || {
-                let (doc, hung, hits) = (doc.clone(), hung.clone(), hits.clone());
-                async move {
-                    hits.fetch_add(1, Ordering::SeqCst);
-                    if hung.load(Ordering::SeqCst) {
-                        std::future::pending::<()>().await;
-                    }
-                    axum::Json(doc)
-                }
-            }
-        };
-        let app = Router::new()
-            .route(
-                "/.well-known/openid-configuration",
-                axum::routing::get(answer(discovery, hung.clone(), hits.clone())),
-            )
-            .route(
-                "/jwks",
-                axum::routing::get(answer(jwks, hung.clone(), hits.clone())),
-            );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Issuer { base, hung, hits }
-    }
-
-    fn hang(&self) {
-        self.hung.store(true, Ordering::SeqCst);
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    fn token(&self, kid: &str, roles: &[&str]) -> String {
-        let claims = claims_of(&self.base, "console", "jwks-tester", roles);
-        sign(Algorithm::RS256, kid, &claims)
-    }
-}
-
-fn app(issuer: &Issuer, extra: &[&str]) -> Router {
+fn app(issuer: &TestIssuer, extra: &[&str]) -> Router {
     let mut args = vec!["--oidc-http-timeout-secs", "1"];
     args.extend_from_slice(extra);
     support::app_for(&issuer.base, &args)
@@ -84,7 +32,7 @@ fn app(issuer: &Issuer, extra: &[&str]) -> Router {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kids_do_not_storm_a_hung_issuer() -> Result<()> {
     ensure_schema()?;
-    let issuer = Issuer::start().await;
+    let issuer = TestIssuer::start(|_| json!({}));
     // Room for all 200 at once (the default concurrency limit would shed most of them).
     let app = app(
         &issuer,
@@ -97,7 +45,7 @@ async fn unknown_kids_do_not_storm_a_hung_issuer() -> Result<()> {
     );
     let tenant = unique("qjw");
     let path = url("/v1/reports/break-glass", &[("tenant", &tenant)]);
-    let good = issuer.token("rsa-1", &["auditor"]);
+    let good = token_of(&issuer, "rsa-1", &["auditor"]);
     let r = get(&app, &path, Some(&good)).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
@@ -109,7 +57,11 @@ async fn unknown_kids_do_not_storm_a_hung_issuer() -> Result<()> {
     let mut tasks = Vec::new();
     for i in 0..200 {
         let (app, path) = (app.clone(), path.clone());
-        let tok = issuer.token(&format!("random-kid-{i}-{}", unique("k")), &["auditor"]);
+        let tok = token_of(
+            &issuer,
+            &format!("random-kid-{i}-{}", unique("k")),
+            &["auditor"],
+        );
         tasks.push(tokio::spawn(async move {
             get(&app, &path, Some(&tok)).await.status.as_u16()
         }));
@@ -139,7 +91,7 @@ async fn unknown_kids_do_not_storm_a_hung_issuer() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_does_not_fetch_per_probe() -> Result<()> {
     ensure_schema()?;
-    let issuer = Issuer::start().await;
+    let issuer = TestIssuer::start(|_| json!({}));
     issuer.hang();
     let app = app(&issuer, &["--oidc-jwks-refresh-min-secs", "60"]);
     let started = Instant::now();
@@ -161,7 +113,7 @@ async fn readyz_does_not_fetch_per_probe() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_keys_stop_verifying_after_the_configured_age() -> Result<()> {
     ensure_schema()?;
-    let issuer = Issuer::start().await;
+    let issuer = TestIssuer::start(|_| json!({}));
     let app = app(
         &issuer,
         &[
@@ -174,7 +126,7 @@ async fn stale_keys_stop_verifying_after_the_configured_age() -> Result<()> {
         ],
     );
     let path = url("/v1/reports/break-glass", &[("tenant", &unique("qst"))]);
-    let good = issuer.token("rsa-1", &["auditor"]);
+    let good = token_of(&issuer, "rsa-1", &["auditor"]);
     assert_eq!(get(&app, &path, Some(&good)).await.status, 200);
     issuer.hang();
     // Past the TTL, within the stale limit: the cached key still verifies.
@@ -191,7 +143,7 @@ async fn stale_keys_stop_verifying_after_the_configured_age() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_non_access_tokens_are_401() -> Result<()> {
     ensure_schema()?;
-    let issuer = Issuer::start().await;
+    let issuer = TestIssuer::start(|_| json!({}));
     let app = app(&issuer, &[]);
     let path = url("/v1/reports/break-glass", &[("tenant", &unique("qtt"))]);
     let now = chrono::Utc::now().timestamp();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use axum::Router;
-use custos_tests::sim::{Dest, HospitalConfig, Incident, IncidentInfo, Out, Simulator};
+use custos_sim::{Dest, HospitalConfig, Incident, IncidentInfo, Out, Simulator};
 use custos_tests::*;
 use serde_json::Value;
 use support::{get, rows, token, url};

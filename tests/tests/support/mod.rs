@@ -1,7 +1,24 @@
-//! Query-API test support shared by the `query_*.rs` tests and `sim_incidents.rs`: an
-//! in-test OIDC issuer on 127.0.0.1 serving the fixture JWKS, the in-process app, JWTs
-//! signed with the fixture keys, request helpers, seeding through the real ingest.
-#![allow(dead_code)]
+//! Support shared by the end-to-end tests. Here: the query API in-process for the in-test
+//! OIDC issuer ([`issuer::TestIssuer`]), JWTs signed with the fixture keys, request helpers,
+//! seeding through the real ingest. In the modules: the report and FHIR scenarios
+//! ([`reports`], [`fhir`]), the dev stack's Keycloak ([`keycloak`]), the consent service
+//! process ([`consent`]), fake SET receivers ([`ssf`]), a switchable TCP proxy ([`proxy`]),
+//! and the readers of the deployment files ([`deploy`], [`xml`]).
+//!
+//! Each test binary uses a part of it, so unused items are expected.
+#![allow(dead_code, unused_imports)]
+
+pub mod consent;
+pub mod deploy;
+pub mod fhir;
+pub mod issuer;
+pub mod keycloak;
+pub mod proxy;
+pub mod reports;
+pub mod ssf;
+pub mod xml;
+
+pub use issuer::TestIssuer;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -30,47 +47,10 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(workspace().join("tests/fixtures/jwt").join(name)).expect("jwt fixture")
 }
 
-/// Base URL of the in-test OIDC issuer (discovery + JWKS), started once per process.
+/// Base URL of the in-test OIDC issuer ([`TestIssuer`]), started once per process.
 pub fn issuer() -> &'static str {
-    static ISSUER: OnceLock<String> = OnceLock::new();
-    ISSUER.get_or_init(|| serve_issuer(|_| json!({})))
-}
-
-/// Starts an OIDC issuer on 127.0.0.1 serving the fixture JWKS and a discovery document
-/// with `issuer`, `jwks_uri`, the signing algorithms and the members `more(base)` returns
-/// (an object); returns its base URL.
-pub fn serve_issuer(more: impl FnOnce(&str) -> Value + Send + 'static) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let base = format!("http://{}", listener.local_addr().expect("addr"));
-            let jwks: Value = serde_json::from_slice(&fixture("jwks.json")).expect("jwks");
-            let mut discovery = json!({"issuer": base, "jwks_uri": format!("{base}/jwks"),
-                    "id_token_signing_alg_values_supported": ["RS256", "ES256"]});
-            if let (Some(d), Value::Object(m)) = (discovery.as_object_mut(), more(&base)) {
-                d.extend(m);
-            }
-            let app = Router::new()
-                .route(
-                    "/.well-known/openid-configuration",
-                    axum::routing::get(move || async move { axum::Json(discovery) }),
-                )
-                .route(
-                    "/jwks",
-                    axum::routing::get(move || async move { axum::Json(jwks) }),
-                );
-            tx.send(base).expect("send");
-            axum::serve(listener, app).await.expect("serve");
-        });
-    });
-    rx.recv().expect("issuer url")
+    static ISSUER: OnceLock<TestIssuer> = OnceLock::new();
+    &ISSUER.get_or_init(|| TestIssuer::start(|_| json!({}))).base
 }
 
 #[derive(clap::Parser)]

@@ -1,4 +1,4 @@
-//! `custos-sim`: SMART on FHIR traffic for a simulated hospital (see `custos_tests::sim`):
+//! `custos-sim`: SMART on FHIR traffic for a simulated hospital (see the `custos_sim` library):
 //! clinician EHR launches, patient apps, backend services, consent grants and revocations,
 //! break-glass, and injected incidents. Deterministic for a given `--seed`; paced by
 //! `--rate` for `--duration` seconds or until `--events` messages were produced.
@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use custos_tests::sim::{Dest, Format, HospitalConfig, Simulator};
-use custos_tests::{produce, producer, Msg};
+use custos_sim::{produce, producer, Dest, Format, HospitalConfig, Msg, Simulator};
 
 #[derive(Parser)]
 #[command(name = "custos-sim", about = "Custos SMART on FHIR traffic simulator")]
@@ -66,8 +65,7 @@ async fn main() -> Result<()> {
         args.clinicians > 0 && args.patients > 0,
         "--clinicians and --patients must be positive"
     );
-    std::env::set_var("CUSTOS_KAFKA_BROKERS", &args.brokers);
-    let p = producer()?;
+    let p = producer(&args.brokers)?;
     let mut sim = Simulator::new(
         HospitalConfig {
             tenant: args.tenant.clone(),

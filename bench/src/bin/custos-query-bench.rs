@@ -20,7 +20,7 @@
 //! `--cleanup` removes the tenant's rows afterwards with the admin account.
 //!
 //! ```sh
-//! cargo run --release -p custos-tests --bin custos-query-bench -- --cleanup
+//! cargo run --release -p custos-bench --bin custos-query-bench -- --cleanup
 //! ```
 
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,6 @@
-//! A SMART on FHIR traffic simulator for a configurable hospital: clinicians using
-//! EHR-launched apps, patients using standalone apps, backend services; logins, token
-//! issuance, refresh and revocation, FHIR reads and searches, consent grants and
-//! revocations, break-glass accesses, and injected incidents. Deterministic for a seed.
+//! The simulated hospital: clinicians using EHR-launched apps, patients using standalone apps,
+//! backend services; logins, token issuance, refresh and revocation, FHIR reads and searches,
+//! consent grants and revocations, break-glass accesses, and injected incidents.
 //!
 //! Every emitted message says which topic it belongs to and, for incidents, what it is, so
 //! tests can check that each incident shows up in the matching report.
