@@ -1,22 +1,24 @@
-//! The `/v1` report endpoints. Each handler: authenticate (extractor), authorize by role
-//! (a refusal is itself recorded), validate parameters (400 problem naming the
-//! parameter), resolve raw ids to pseudonyms under every live key, run the bound SQL as
-//! the reader account, record the answer in the query audit, respond.
+//! The `/v1` report endpoints, one [`Catalogued`] declaration each: its parameters, roles,
+//! validation (400 problem naming the parameter; raw ids resolved to pseudonyms under every
+//! live key), bound SQL and what the query audit records. Each handler hands its validated
+//! query string to [`serve`] (authenticate by extractor, authorize, audit, fetch, page or
+//! stream). The token trace answers its lifecycle summary beside its page and has its own
+//! path.
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::http::Uri;
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use clickhouse::{RowOwned, RowRead};
 use custos_schemas::PseudonymKind;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
-use tracing::info;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::access::{authorize, query_audit_tenants, tenant_allowed, Report};
+use crate::catalogue::{serve, Catalogued, CommonQuery, Plan, Shared};
 use crate::error::{ApiError, Problem, ValidQuery};
-use crate::export::{audited, fetch_page, page_of, page_response, stream, stream_prepared, Page};
-use crate::params::{self, Common, Format};
+use crate::export::{audited, page_of, stream_prepared, Page};
+use crate::params::{self, AuditParams, Common, Format};
 use crate::reports::break_glass::{self, BreakGlass};
 use crate::reports::consents::{self, ConsentChange};
 use crate::reports::disclosures::{self, Disclosure};
@@ -25,215 +27,56 @@ use crate::reports::revocation::{self, Violation, ViolationFilter};
 use crate::reports::token_trace::{
     self, Deadlines, Found, KeyRow, Selector, SummaryRow, TokenSummary, TraceEvent,
 };
-use crate::reports::{self, EventFilter, EventRow, Keyed, Tabular, UserMatch};
+use crate::reports::{self, EventFilter, EventRow, UserMatch};
 use crate::sql::Sql;
-use crate::AppState;
+use crate::state::{AppState, Settings};
 use custos_auth::audit::Asked;
-use custos_auth::oidc::{Caller, Role};
+use custos_auth::oidc::Caller;
 
-/// The reports, with the roles allowed to run them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Report {
-    /// Who accessed a patient's record.
-    PatientAccess,
-    /// Everything a user did.
-    UserActivity,
-    /// A token's lifecycle and uses.
-    TokenTrace,
-    /// HIPAA accounting of disclosures.
-    Disclosures,
-    /// Break-the-glass accesses.
-    BreakGlass,
-    /// Accesses after consent revocation.
-    RevocationViolations,
-    /// Consent history.
-    Consents,
-    /// The query audit itself.
-    QueryAudit,
-    /// FHIR AuditEvent search.
-    FhirAuditEvent,
-    /// Hash-chain and checkpoint verification.
-    IntegrityVerify,
-    /// Membership proof of one record.
-    IntegrityProof,
-    /// Ledger verification of the query audit, consent history and revocations.
-    IntegrityLedger,
-}
-
-impl Report {
-    /// Name in URLs and the query audit.
-    pub fn name(self) -> &'static str {
-        match self {
-            Report::PatientAccess => "patient-access",
-            Report::UserActivity => "user-activity",
-            Report::TokenTrace => "token-trace",
-            Report::Disclosures => "disclosures",
-            Report::BreakGlass => "break-glass",
-            Report::RevocationViolations => "revocation-violations",
-            Report::Consents => "consents",
-            Report::QueryAudit => "query-audit",
-            Report::FhirAuditEvent => "fhir-auditevent",
-            Report::IntegrityVerify => "integrity-verify",
-            Report::IntegrityProof => "integrity-proof",
-            Report::IntegrityLedger => "integrity-ledger",
-        }
-    }
-
-    /// Roles allowed to run it (auditors may read everything).
-    pub fn roles(self) -> &'static [Role] {
-        match self {
-            Report::PatientAccess
-            | Report::UserActivity
-            | Report::Disclosures
-            | Report::BreakGlass
-            | Report::FhirAuditEvent => &[Role::ComplianceOfficer, Role::Auditor],
-            Report::TokenTrace => &[Role::IncidentResponder, Role::Auditor],
-            Report::RevocationViolations | Report::Consents => {
-                &[Role::PrivacyOfficer, Role::Auditor]
-            }
-            Report::QueryAudit
-            | Report::IntegrityVerify
-            | Report::IntegrityProof
-            | Report::IntegrityLedger => &[Role::Auditor],
-        }
-    }
-}
-
-/// Refuses callers without a role for `report`; the refusal is recorded (best effort).
-pub fn authorize(state: &AppState, caller: &Caller, report: Report) -> Result<(), ApiError> {
-    if caller.has_any(report.roles()) {
-        return Ok(());
-    }
-    info!(caller = %caller.sub, report = report.name(), "report refused: missing role");
-    metrics::counter!("custos_query_forbidden_total", "report" => report.name()).increment(1);
-    let asked = Asked::new(caller, report.name(), "", json!({}), "none");
-    // Queued, not awaited: a refusal reveals nothing (failures are logged by the writer).
-    state.audit.submit_detached(asked.record("forbidden", 0));
-    Err(ApiError::Forbidden)
-}
-
-/// Answers with a JSON page or an export, per `c.format`.
-pub async fn respond<R, O, B, M>(
-    state: &AppState,
-    asked: Asked,
-    c: &Common,
-    build: B,
-    map: M,
-) -> Result<Response, ApiError>
-where
-    R: RowOwned + RowRead + Send,
-    O: Serialize + Tabular + Keyed,
-    B: Fn(u64) -> Sql,
-    M: FnMut(R) -> O + Send + 'static,
-{
-    let timer = std::time::Instant::now();
-    let out = match c.format {
-        Format::Json => {
-            let sql = build(c.limit + 1);
-            let (rows, next) = fetch_page(state, &asked, &sql, c.limit, map).await?;
-            Ok(page_response(&asked, c, rows, next))
-        }
-        f => {
-            let sql = build(c.limit);
-            stream(state, asked.clone(), &sql, f, map).await
+/// Declares the axum handler of a catalogued report: its query string validated into the
+/// report's parameters and handed to [`serve`] (doc comment and OpenAPI attributes pass
+/// through).
+macro_rules! handler {
+    ($(#[$meta:meta])* $name:ident => $report:ty) => {
+        $(#[$meta])*
+        pub async fn $name(
+            State(s): State<AppState>,
+            caller: Caller,
+            ValidQuery(p): ValidQuery<<$report as Catalogued>::Params>,
+        ) -> Result<Response, ApiError> {
+            serve::<$report>(&s, &caller, p).await
         }
     };
-    metrics::histogram!("custos_query_report_seconds", "report" => asked.report())
-        .record(timer.elapsed().as_secs_f64());
-    out
 }
 
-/// The parameters recorded in the query audit: identifiers pseudonymized with the
-/// current key, everything else as validated.
-pub struct AuditParams<'a> {
-    state: &'a AppState,
-    tenant: String,
-    map: Map<String, Value>,
-}
-
-impl<'a> AuditParams<'a> {
-    /// Starts with the common parameters.
-    pub fn new(state: &'a AppState, c: &Common) -> AuditParams<'a> {
-        let mut map = Map::new();
-        map.insert("from".into(), c.window.from_rfc3339().into());
-        map.insert("to".into(), c.window.to_rfc3339().into());
-        map.insert("limit".into(), c.limit.into());
-        map.insert("cursor".into(), c.after.is_some().into());
-        AuditParams {
-            state,
-            tenant: c.tenant.clone(),
-            map,
+/// Implements [`Shared`] for parameter structs holding the six shared fields.
+macro_rules! shared {
+    ($($params:ty),+) => {$(
+        impl Shared for $params {
+            fn shared(&self) -> CommonQuery<'_> {
+                CommonQuery {
+                    tenant: self.tenant.as_deref(),
+                    from: self.from.as_deref(),
+                    to: self.to.as_deref(),
+                    limit: self.limit.as_deref(),
+                    cursor: self.cursor.as_deref(),
+                    format: self.format.as_deref(),
+                }
+            }
         }
-    }
-
-    /// A readable parameter.
-    pub fn plain(mut self, name: &str, v: &Option<String>) -> Self {
-        if let Some(v) = v {
-            self.map.insert(name.into(), v.clone().into());
-        }
-        self
-    }
-
-    /// A parameter stored as its pseudonym of `kind` under the current key.
-    pub fn hashed(mut self, name: &str, kind: PseudonymKind, v: &Option<String>) -> Self {
-        if let Some(v) = v {
-            let p = self.state.keys.pseudonymize(&self.tenant, kind, v);
-            self.map.insert(name.into(), p.into());
-        }
-        self
-    }
-
-    /// The JSON object.
-    pub fn done(self) -> Value {
-        Value::Object(self.map)
-    }
+    )+};
 }
 
-#[allow(clippy::too_many_arguments)]
-fn common(
-    state: &AppState,
-    caller: &Caller,
-    default_days: u32,
-    tenant: &Option<String>,
-    from: &Option<String>,
-    to: &Option<String>,
-    limit: &Option<String>,
-    cursor: &Option<String>,
-    format: &Option<String>,
-) -> Result<Common, ApiError> {
-    let c = Common::parse(
-        &state.settings.limits,
-        default_days,
-        tenant.as_deref(),
-        from.as_deref(),
-        to.as_deref(),
-        limit.as_deref(),
-        cursor.as_deref(),
-        format.as_deref(),
-    )?;
-    tenant_allowed(caller, &c.tenant)?;
-    Ok(c)
-}
-
-/// Refuses (403) a cross-tenant request (integrity chains) from a token bound to some tenants.
-pub fn all_tenants(caller: &Caller) -> Result<(), ApiError> {
-    if caller.tenants.is_none() {
-        return Ok(());
-    }
-    info!(caller = %caller.sub, "request refused: cross-tenant data for a tenant-bound token");
-    metrics::counter!("custos_query_forbidden_total", "report" => "tenant").increment(1);
-    Err(ApiError::Forbidden)
-}
-
-/// Refuses (403) a tenant the caller's token does not list (`CUSTOS_OIDC_TENANTS_CLAIM`).
-pub fn tenant_allowed(caller: &Caller, tenant: &str) -> Result<(), ApiError> {
-    if caller.may_read_tenant(tenant) {
-        return Ok(());
-    }
-    info!(caller = %caller.sub, tenant, "report refused: tenant not in the token");
-    metrics::counter!("custos_query_forbidden_total", "report" => "tenant").increment(1);
-    Err(ApiError::Forbidden)
-}
+shared!(
+    PatientAccessParams,
+    UserActivityParams,
+    TokenTraceParams,
+    DisclosureParams,
+    BreakGlassParams,
+    ViolationParams,
+    ConsentParams,
+    QueryAuditParams
+);
 
 /// Parameters of `/v1/reports/patient-access`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -270,65 +113,71 @@ pub struct PatientAccessParams {
     pub format: Option<String>,
 }
 
+handler! {
+    /// Who accessed a patient's record.
+    #[utoipa::path(get, path = "/v1/reports/patient-access", params(PatientAccessParams),
+        responses((status = 200, body = Page<EventRow>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    patient_access => PatientAccess
+}
+
 /// Who accessed a patient's record.
-#[utoipa::path(get, path = "/v1/reports/patient-access", params(PatientAccessParams),
-    responses((status = 200, body = Page<EventRow>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn patient_access(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<PatientAccessParams>,
-) -> Result<Response, ApiError> {
-    let report = Report::PatientAccess;
-    authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
-    let patient = params::required_ident("patient", p.patient.as_deref())?;
-    let user = params::ident("user", p.user.as_deref())?;
-    let client = params::ident("client", p.client.as_deref())?;
-    let resource_type = params::resource_type("resource_type", p.resource_type.as_deref())?;
-    let interaction = params::interaction("interaction", p.interaction.as_deref())?;
-    let outcome = params::outcome(p.outcome.as_deref())?;
-    let purpose = params::code("purpose", p.purpose.as_deref())?;
-    let decision = params::decision(p.decision.as_deref())?;
-    let filter = EventFilter {
-        patients: Some(
-            s.keys
-                .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
-        ),
-        user: user
-            .as_deref()
-            .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
-        client: client.clone(),
-        resource_type: resource_type.clone(),
-        interactions: interaction.clone().map(|i| vec![i]),
-        outcome: outcome.clone(),
-        purpose: purpose.clone(),
-        decision: decision.clone(),
-        event_type: None,
-    };
-    let audit = AuditParams::new(&s, &c)
-        .hashed("patient", PseudonymKind::Patient, &Some(patient))
-        .hashed("user", PseudonymKind::Subject, &user)
-        .plain("client", &client)
-        .plain("resource_type", &resource_type)
-        .plain("interaction", &interaction)
-        .plain("outcome", &outcome)
-        .plain("purpose", &purpose)
-        .plain("decision", &decision)
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| reports::events(&c, reports::PATIENT_ACCESS, &filter, lim),
-        |r: EventRow| r,
-    )
-    .await
+pub struct PatientAccess;
+
+impl Catalogued for PatientAccess {
+    type Params = PatientAccessParams;
+    type Filter = EventFilter;
+    type Row = EventRow;
+    type Out = EventRow;
+    const REPORT: Report = Report::PatientAccess;
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &PatientAccessParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let patient = params::required_ident("patient", p.patient.as_deref())?;
+        let user = params::ident("user", p.user.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let resource_type = params::resource_type("resource_type", p.resource_type.as_deref())?;
+        let interaction = params::interaction("interaction", p.interaction.as_deref())?;
+        let outcome = params::outcome(p.outcome.as_deref())?;
+        let purpose = params::code("purpose", p.purpose.as_deref())?;
+        let decision = params::decision(p.decision.as_deref())?;
+        let filter = EventFilter {
+            patients: Some(
+                s.keys
+                    .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
+            ),
+            user: user
+                .as_deref()
+                .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
+            client: client.clone(),
+            resource_type: resource_type.clone(),
+            interactions: interaction.clone().map(|i| vec![i]),
+            outcome: outcome.clone(),
+            purpose: purpose.clone(),
+            decision: decision.clone(),
+            event_type: None,
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &Some(patient))
+            .hashed("user", PseudonymKind::Subject, &user)
+            .plain("client", &client)
+            .plain("resource_type", &resource_type)
+            .plain("interaction", &interaction)
+            .plain("outcome", &outcome)
+            .plain("purpose", &purpose)
+            .plain("decision", &decision)
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(_: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        reports::events(c, reports::PATIENT_ACCESS, filter, limit)
+    }
 }
 
 /// Parameters of `/v1/reports/user-activity`.
@@ -362,54 +211,60 @@ pub struct UserActivityParams {
     pub format: Option<String>,
 }
 
-/// Everything a user (sub or fhirUser) did.
-#[utoipa::path(get, path = "/v1/reports/user-activity", params(UserActivityParams),
-    responses((status = 200, body = Page<EventRow>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn user_activity(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<UserActivityParams>,
-) -> Result<Response, ApiError> {
-    let report = Report::UserActivity;
-    authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
-    let user = params::required_ident("user", p.user.as_deref())?;
-    let event_type = params::event_type(p.event_type.as_deref())?;
-    let client = params::ident("client", p.client.as_deref())?;
-    let resource_type = params::resource_type("resource_type", p.resource_type.as_deref())?;
-    let interaction = params::interaction("interaction", p.interaction.as_deref())?;
-    let outcome = params::outcome(p.outcome.as_deref())?;
-    let filter = EventFilter {
-        user: Some(UserMatch::new(&s.keys, &c.tenant, &user)),
-        client: client.clone(),
-        resource_type: resource_type.clone(),
-        interactions: interaction.clone().map(|i| vec![i]),
-        outcome: outcome.clone(),
-        event_type: event_type.clone(),
-        ..EventFilter::default()
-    };
-    let audit = AuditParams::new(&s, &c)
-        .hashed("user", PseudonymKind::Subject, &Some(user))
-        .plain("event_type", &event_type)
-        .plain("client", &client)
-        .plain("resource_type", &resource_type)
-        .plain("interaction", &interaction)
-        .plain("outcome", &outcome)
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| reports::events(&c, reports::USER_ACTIVITY, &filter, lim),
-        |r: EventRow| r,
-    )
-    .await
+handler! {
+    /// Everything a user (sub or fhirUser) did.
+    #[utoipa::path(get, path = "/v1/reports/user-activity", params(UserActivityParams),
+        responses((status = 200, body = Page<EventRow>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    user_activity => UserActivity
+}
+
+/// Everything a user did.
+pub struct UserActivity;
+
+impl Catalogued for UserActivity {
+    type Params = UserActivityParams;
+    type Filter = EventFilter;
+    type Row = EventRow;
+    type Out = EventRow;
+    const REPORT: Report = Report::UserActivity;
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &UserActivityParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let user = params::required_ident("user", p.user.as_deref())?;
+        let event_type = params::event_type(p.event_type.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let resource_type = params::resource_type("resource_type", p.resource_type.as_deref())?;
+        let interaction = params::interaction("interaction", p.interaction.as_deref())?;
+        let outcome = params::outcome(p.outcome.as_deref())?;
+        let filter = EventFilter {
+            user: Some(UserMatch::new(&s.keys, &c.tenant, &user)),
+            client: client.clone(),
+            resource_type: resource_type.clone(),
+            interactions: interaction.clone().map(|i| vec![i]),
+            outcome: outcome.clone(),
+            event_type: event_type.clone(),
+            ..EventFilter::default()
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("user", PseudonymKind::Subject, &Some(user))
+            .plain("event_type", &event_type)
+            .plain("client", &client)
+            .plain("resource_type", &resource_type)
+            .plain("interaction", &interaction)
+            .plain("outcome", &outcome)
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(_: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        reports::events(c, reports::USER_ACTIVITY, filter, limit)
+    }
 }
 
 /// Parameters of `/v1/reports/token-trace` (exactly one of jti, session, client).
@@ -459,10 +314,10 @@ pub async fn token_trace(
 ) -> Result<Response, ApiError> {
     let report = Report::TokenTrace;
     authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
+    let c = p
+        .shared()
+        .parse(&s.settings, s.settings.limits.default_window_days)?;
+    tenant_allowed(&caller, &c.tenant)?;
     let jti = params::ident("jti", p.jti.as_deref())?;
     let session = params::ident("session", p.session.as_deref())?;
     let client = params::ident("client", p.client.as_deref())?;
@@ -477,7 +332,7 @@ pub async fn token_trace(
         }
     };
     let (name, value) = sel.describe();
-    let audit = AuditParams::new(&s, &c)
+    let audit = AuditParams::new(&s.keys, &c)
         .plain(name, &Some(value.to_owned()))
         .done();
     let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
@@ -572,54 +427,57 @@ pub struct DisclosureParams {
 /// Six years (45 CFR 164.528(a)).
 pub const DISCLOSURE_WINDOW_DAYS: u32 = 6 * 365 + 2;
 
-/// HIPAA 164.528 accounting of disclosures for a patient.
-#[utoipa::path(get, path = "/v1/reports/disclosures", params(DisclosureParams),
-    responses((status = 200, body = Page<Disclosure>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn disclosures(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<DisclosureParams>,
-) -> Result<Response, ApiError> {
-    let report = Report::Disclosures;
-    authorize(&s, &caller, report)?;
-    let c = common(
-        &s,
-        &caller,
-        DISCLOSURE_WINDOW_DAYS,
-        &p.tenant,
-        &p.from,
-        &p.to,
-        &p.limit,
-        &p.cursor,
-        &p.format,
-    )?;
-    let patient = params::required_ident("patient", p.patient.as_deref())?;
-    let client = params::ident("client", p.client.as_deref())?;
-    let filter = EventFilter {
-        patients: Some(
-            s.keys
-                .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
-        ),
-        client: client.clone(),
-        ..EventFilter::default()
-    };
-    let excluded = s.settings.excluded_purposes.clone();
-    let audit = AuditParams::new(&s, &c)
-        .hashed("patient", PseudonymKind::Patient, &Some(patient))
-        .plain("client", &client)
-        .plain("excluded_purposes", &Some(excluded.join(",")))
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| disclosures::build(&c, &filter, &excluded, lim),
-        |r: EventRow| Disclosure::from(r),
-    )
-    .await
+handler! {
+    /// HIPAA 164.528 accounting of disclosures for a patient.
+    #[utoipa::path(get, path = "/v1/reports/disclosures", params(DisclosureParams),
+        responses((status = 200, body = Page<Disclosure>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    disclosures => Disclosures
+}
+
+/// HIPAA accounting of disclosures.
+pub struct Disclosures;
+
+impl Catalogued for Disclosures {
+    type Params = DisclosureParams;
+    type Filter = EventFilter;
+    type Row = EventRow;
+    type Out = Disclosure;
+    const REPORT: Report = Report::Disclosures;
+
+    fn window_days(_: &Settings) -> u32 {
+        DISCLOSURE_WINDOW_DAYS
+    }
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &DisclosureParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let patient = params::required_ident("patient", p.patient.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let filter = EventFilter {
+            patients: Some(
+                s.keys
+                    .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
+            ),
+            client: client.clone(),
+            ..EventFilter::default()
+        };
+        let excluded = s.settings.excluded_purposes.join(",");
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &Some(patient))
+            .plain("client", &client)
+            .plain("excluded_purposes", &Some(excluded))
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(s: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        disclosures::build(c, filter, &s.settings.excluded_purposes, limit)
+    }
 }
 
 /// Parameters of `/v1/reports/break-glass`.
@@ -645,46 +503,52 @@ pub struct BreakGlassParams {
     pub format: Option<String>,
 }
 
-/// Break-the-glass openings (reason, duration) and BTG accesses.
-#[utoipa::path(get, path = "/v1/reports/break-glass", params(BreakGlassParams),
-    responses((status = 200, body = Page<BreakGlass>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn break_glass(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<BreakGlassParams>,
-) -> Result<Response, ApiError> {
-    let report = Report::BreakGlass;
-    authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
-    let patient = params::ident("patient", p.patient.as_deref())?;
-    let user = params::ident("user", p.user.as_deref())?;
-    let filter = EventFilter {
-        patients: patient
-            .as_deref()
-            .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
-        user: user
-            .as_deref()
-            .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
-        ..EventFilter::default()
-    };
-    let audit = AuditParams::new(&s, &c)
-        .hashed("patient", PseudonymKind::Patient, &patient)
-        .hashed("user", PseudonymKind::Subject, &user)
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| reports::events(&c, break_glass::BASE, &filter, lim),
-        |r: EventRow| BreakGlass::from(r),
-    )
-    .await
+handler! {
+    /// Break-the-glass openings (reason, duration) and BTG accesses.
+    #[utoipa::path(get, path = "/v1/reports/break-glass", params(BreakGlassParams),
+        responses((status = 200, body = Page<BreakGlass>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    break_glass => BreakGlassAccess
+}
+
+/// Break-the-glass accesses.
+pub struct BreakGlassAccess;
+
+impl Catalogued for BreakGlassAccess {
+    type Params = BreakGlassParams;
+    type Filter = EventFilter;
+    type Row = EventRow;
+    type Out = BreakGlass;
+    const REPORT: Report = Report::BreakGlass;
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &BreakGlassParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let patient = params::ident("patient", p.patient.as_deref())?;
+        let user = params::ident("user", p.user.as_deref())?;
+        let filter = EventFilter {
+            patients: patient
+                .as_deref()
+                .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
+            user: user
+                .as_deref()
+                .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
+            ..EventFilter::default()
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &patient)
+            .hashed("user", PseudonymKind::Subject, &user)
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(_: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        reports::events(c, break_glass::BASE, filter, limit)
+    }
 }
 
 /// Parameters of `/v1/reports/revocation-violations`.
@@ -710,48 +574,54 @@ pub struct ViolationParams {
     pub format: Option<String>,
 }
 
-/// Accesses permitted after a consent revocation (past the grace period).
-#[utoipa::path(get, path = "/v1/reports/revocation-violations", params(ViolationParams),
-    responses((status = 200, body = Page<Violation>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn revocation_violations(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<ViolationParams>,
-) -> Result<Response, ApiError> {
-    let report = Report::RevocationViolations;
-    authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
-    let patient = params::ident("patient", p.patient.as_deref())?;
-    let client = params::ident("client", p.client.as_deref())?;
-    let filter = ViolationFilter {
-        patients: patient
-            .as_deref()
-            .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
-        client: client.clone(),
-    };
-    let grace = s.settings.revocation_grace_secs;
-    let audit = AuditParams::new(&s, &c)
-        .hashed("patient", PseudonymKind::Patient, &patient)
-        .plain("client", &client)
-        .plain("grace_secs", &Some(grace.to_string()))
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| revocation::build(&c, &filter, grace, lim),
-        |v: Violation| v,
-    )
-    .await
+handler! {
+    /// Accesses permitted after a consent revocation (past the grace period).
+    #[utoipa::path(get, path = "/v1/reports/revocation-violations", params(ViolationParams),
+        responses((status = 200, body = Page<Violation>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    revocation_violations => RevocationViolations
 }
 
-/// Parameters of `/v1/consents`.
+/// Accesses after consent revocation.
+pub struct RevocationViolations;
+
+impl Catalogued for RevocationViolations {
+    type Params = ViolationParams;
+    type Filter = ViolationFilter;
+    type Row = Violation;
+    type Out = Violation;
+    const REPORT: Report = Report::RevocationViolations;
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &ViolationParams,
+    ) -> Result<Plan<ViolationFilter>, ApiError> {
+        let patient = params::ident("patient", p.patient.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let filter = ViolationFilter {
+            patients: patient
+                .as_deref()
+                .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
+            client: client.clone(),
+        };
+        let grace = s.settings.revocation_grace_secs;
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &patient)
+            .plain("client", &client)
+            .plain("grace_secs", &Some(grace.to_string()))
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(s: &AppState, c: &Common, filter: &ViolationFilter, limit: u64) -> Sql {
+        revocation::build(c, filter, s.settings.revocation_grace_secs, limit)
+    }
+}
+
+/// Parameters of `/v1/reports/consent-history`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -774,45 +644,51 @@ pub struct ConsentParams {
     pub format: Option<String>,
 }
 
-/// A patient's consent history as recorded in the audit trail.
-#[utoipa::path(get, path = "/v1/consents", params(ConsentParams),
-    responses((status = 200, body = Page<ConsentChange>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "consents")]
-pub async fn consent_history(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<ConsentParams>,
-) -> Result<Response, ApiError> {
-    let report = Report::Consents;
-    authorize(&s, &caller, report)?;
-    let days = s.settings.limits.default_window_days;
-    let c = common(
-        &s, &caller, days, &p.tenant, &p.from, &p.to, &p.limit, &p.cursor, &p.format,
-    )?;
-    let patient = params::required_ident("patient", p.patient.as_deref())?;
-    let client = params::ident("client", p.client.as_deref())?;
-    let filter = EventFilter {
-        patients: Some(
-            s.keys
-                .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
-        ),
-        client: client.clone(),
-        ..EventFilter::default()
-    };
-    let audit = AuditParams::new(&s, &c)
-        .hashed("patient", PseudonymKind::Patient, &Some(patient))
-        .plain("client", &client)
-        .done();
-    let asked = Asked::new(&caller, report.name(), &c.tenant, audit, c.format.as_str());
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| reports::events(&c, consents::BASE, &filter, lim),
-        |r: EventRow| ConsentChange::from(r),
-    )
-    .await
+handler! {
+    /// A patient's consent history as recorded in the audit trail.
+    #[utoipa::path(get, path = "/v1/reports/consent-history", params(ConsentParams),
+        responses((status = 200, body = Page<ConsentChange>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "consents")]
+    consent_history => ConsentHistory
+}
+
+/// Consent history from the audit trail.
+pub struct ConsentHistory;
+
+impl Catalogued for ConsentHistory {
+    type Params = ConsentParams;
+    type Filter = EventFilter;
+    type Row = EventRow;
+    type Out = ConsentChange;
+    const REPORT: Report = Report::Consents;
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &ConsentParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let patient = params::required_ident("patient", p.patient.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let filter = EventFilter {
+            patients: Some(
+                s.keys
+                    .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
+            ),
+            client: client.clone(),
+            ..EventFilter::default()
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &Some(patient))
+            .plain("client", &client)
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn sql(_: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        reports::events(c, consents::BASE, filter, limit)
+    }
 }
 
 /// Parameters of `/v1/reports/query-audit`.
@@ -838,72 +714,62 @@ pub struct QueryAuditParams {
     pub format: Option<String>,
 }
 
-/// The report queries answered (auditors only).
-#[utoipa::path(get, path = "/v1/reports/query-audit", params(QueryAuditParams),
-    responses((status = 200, body = Page<ReportQuery>), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])), tag = "reports")]
-pub async fn query_audit_report(
-    State(s): State<AppState>,
-    caller: Caller,
-    ValidQuery(p): ValidQuery<QueryAuditParams>,
-) -> Result<Response, ApiError> {
-    let report = Report::QueryAudit;
-    authorize(&s, &caller, report)?;
-    let c = Common::parse(
-        &s.settings.limits,
-        s.settings.limits.default_window_days,
-        p.tenant.as_deref(),
-        p.from.as_deref(),
-        p.to.as_deref(),
-        p.limit.as_deref(),
-        p.cursor.as_deref(),
-        p.format.as_deref(),
-    )?;
-    // No default tenant here: without `tenant` the report covers what the caller may read.
-    if p.tenant.is_some() {
-        tenant_allowed(&caller, &c.tenant)?;
-    }
-    let filter = QueryAuditFilter {
-        caller: params::ident("caller", p.caller.as_deref())?,
-        report: params::code("report", p.report.as_deref())?,
-        tenants: query_audit_tenants(&caller, p.tenant.as_ref().map(|_| c.tenant.as_str())),
-    };
-    let audit = AuditParams::new(&s, &c)
-        .plain("caller", &filter.caller)
-        .plain("report", &filter.report)
-        .plain("tenant", &filter.tenants.as_ref().map(|t| t.join(",")))
-        .done();
-    let recorded_tenant = if p.tenant.is_some() {
-        c.tenant.as_str()
-    } else {
-        ""
-    };
-    let asked = Asked::new(
-        &caller,
-        report.name(),
-        recorded_tenant,
-        audit,
-        c.format.as_str(),
-    );
-    respond(
-        &s,
-        asked,
-        &c,
-        |lim| query_audit::build(&c, &filter, lim),
-        |r: ReportQuery| r,
-    )
-    .await
+handler! {
+    /// The report queries answered (auditors only).
+    #[utoipa::path(get, path = "/v1/reports/query-audit", params(QueryAuditParams),
+        responses((status = 200, body = Page<ReportQuery>), (status = 400, body = Problem),
+            (status = 401, body = Problem), (status = 403, body = Problem)),
+        security(("bearer" = [])), tag = "reports")]
+    query_audit_report => QueryAuditReport
 }
 
-/// The tenants the query-audit report is restricted to: the one asked for (already checked
-/// against the caller's token), else every tenant the token lists for a tenant-bound caller
-/// (possibly none: then no rows), else none (`None`: every tenant, single-tenant deployments).
-pub fn query_audit_tenants(caller: &Caller, asked: Option<&str>) -> Option<Vec<String>> {
-    match (asked, &caller.tenants) {
-        (Some(t), _) => Some(vec![t.to_owned()]),
-        (None, Some(listed)) => Some(listed.clone()),
-        (None, None) => None,
+/// The query audit itself.
+pub struct QueryAuditReport;
+
+impl Catalogued for QueryAuditReport {
+    type Params = QueryAuditParams;
+    type Filter = QueryAuditFilter;
+    type Row = ReportQuery;
+    type Out = ReportQuery;
+    const REPORT: Report = Report::QueryAudit;
+
+    /// No default tenant here: without `tenant` the report covers what the caller may read.
+    fn check_tenant(caller: &Caller, p: &QueryAuditParams, c: &Common) -> Result<(), ApiError> {
+        if p.tenant.is_some() {
+            tenant_allowed(caller, &c.tenant)?;
+        }
+        Ok(())
+    }
+
+    fn plan(
+        s: &AppState,
+        caller: &Caller,
+        c: &Common,
+        p: &QueryAuditParams,
+    ) -> Result<Plan<QueryAuditFilter>, ApiError> {
+        let filter = QueryAuditFilter {
+            caller: params::ident("caller", p.caller.as_deref())?,
+            report: params::code("report", p.report.as_deref())?,
+            tenants: query_audit_tenants(caller, p.tenant.as_ref().map(|_| c.tenant.as_str())),
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .plain("caller", &filter.caller)
+            .plain("report", &filter.report)
+            .plain("tenant", &filter.tenants.as_ref().map(|t| t.join(",")))
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn recorded_tenant<'c>(p: &QueryAuditParams, c: &'c Common) -> &'c str {
+        if p.tenant.is_some() {
+            &c.tenant
+        } else {
+            ""
+        }
+    }
+
+    fn sql(_: &AppState, c: &Common, filter: &QueryAuditFilter, limit: u64) -> Sql {
+        query_audit::build(c, filter, limit)
     }
 }
 
@@ -920,5 +786,61 @@ pub fn router() -> Router<AppState> {
             get(revocation_violations),
         )
         .route("/v1/reports/query-audit", get(query_audit_report))
-        .route("/v1/consents", get(consent_history))
+        .route(CONSENT_HISTORY, get(consent_history))
+        .merge(moved())
+}
+
+/// Path of the consent-history report.
+pub const CONSENT_HISTORY: &str = "/v1/reports/consent-history";
+/// Former path of the consent-history report; it answers 308 to [`CONSENT_HISTORY`] (the
+/// consent service's `GET /v1/consents` is the current consent state, not this history).
+pub const CONSENT_HISTORY_FORMER: &str = "/v1/consents";
+
+/// Former paths answering 308 Permanent Redirect to their report, query string kept, before
+/// any authentication (the redirect reveals nothing; the client repeats the request with its
+/// bearer token at the new path).
+pub fn moved<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route(CONSENT_HISTORY_FORMER, get(consent_history_moved))
+}
+
+async fn consent_history_moved(uri: Uri) -> Redirect {
+    match uri.query() {
+        Some(q) => Redirect::permanent(&format!("{CONSENT_HISTORY}?{q}")),
+        None => Redirect::permanent(CONSENT_HISTORY),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{header, Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn location(uri: &str) -> (StatusCode, Option<String>) {
+        let resp = moved::<()>()
+            .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        (resp.status(), loc)
+    }
+
+    #[tokio::test]
+    async fn former_consent_path_redirects_permanently_with_its_query() {
+        let (status, loc) =
+            location("/v1/consents?tenant=t1&patient=Patient%2Fp%201&format=csv").await;
+        assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            loc.as_deref(),
+            Some("/v1/reports/consent-history?tenant=t1&patient=Patient%2Fp%201&format=csv")
+        );
+        let (status, loc) = location("/v1/consents").await;
+        assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(loc.as_deref(), Some("/v1/reports/consent-history"));
+    }
 }

@@ -10,7 +10,10 @@ use clap::Args;
 use custos_auth::config::OidcArgs;
 use custos_runtime::clickhouse::ClickHouseArgs;
 use custos_runtime::keys::{KeyRingLoadError, PseudonymKeyArgs};
+use serde_json::{json, Value};
 use thiserror::Error;
+
+pub use crate::params::valid_tenant;
 
 /// Errors in the configuration.
 #[derive(Debug, Error)]
@@ -154,12 +157,43 @@ pub struct QueryConfig {
     pub oidc: OidcArgs,
 }
 
-/// Whether a tenant name is acceptable (`[A-Za-z0-9._-]{1,64}`).
-pub fn valid_tenant(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 64
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+/// Parses a checkpoint JWKS file and returns only its public members. Refuses private
+/// key material (a key file given by mistake must never be served) and anything but
+/// P-256 keys with a key id.
+pub fn public_jwks(text: &str) -> Result<Value, ConfigError> {
+    let bad = |m: &str| ConfigError::Invalid(format!("CUSTOS_CHECKPOINT_JWKS_FILE: {m}"));
+    let doc: Value = serde_json::from_str(text).map_err(|_| bad("not a JSON document"))?;
+    let keys = doc["keys"]
+        .as_array()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| bad("no \"keys\" array (make it with `custos-ingest jwks`)"))?;
+    let mut out = Vec::new();
+    for k in keys {
+        let obj = k.as_object().ok_or_else(|| bad("a key is not an object"))?;
+        if ["d", "p", "q", "dp", "dq", "qi", "k"]
+            .iter()
+            .any(|m| obj.contains_key(*m))
+        {
+            return Err(bad(
+                "holds private key material; give the public JWKS of `custos-ingest jwks`",
+            ));
+        }
+        let text_of = |m: &str| obj.get(m).and_then(Value::as_str).filter(|v| !v.is_empty());
+        let (Some("EC"), Some("P-256"), Some(kid), Some(x), Some(y)) = (
+            text_of("kty"),
+            text_of("crv"),
+            text_of("kid"),
+            text_of("x"),
+            text_of("y"),
+        ) else {
+            return Err(bad("every key must be an EC P-256 key with kid, x and y"));
+        };
+        out.push(
+            json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": x, "y": y,
+            "alg": "ES256", "use": "sig"}),
+        );
+    }
+    Ok(json!({ "keys": out }))
 }
 
 impl QueryConfig {
@@ -242,7 +276,7 @@ impl QueryConfig {
             return Ok(None);
         };
         let text = std::fs::read_to_string(path).map_err(ConfigError::KeyFile)?;
-        crate::integrity::public_jwks(&text).map(Some)
+        public_jwks(&text).map(Some)
     }
 }
 

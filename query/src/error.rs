@@ -14,6 +14,11 @@ use custos_auth::oidc::AuthError;
 
 pub use custos_auth::problem::{Problem, PROBLEM_JSON};
 
+/// Seconds a client is asked to wait after a 503 for load.
+pub const OVERLOAD_RETRY_AFTER_SECS: u64 = 1;
+/// Seconds a caller is asked to wait after a 429 for too many exports.
+pub const EXPORT_RETRY_AFTER_SECS: u64 = 5;
+
 /// Everything a request can fail with.
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -129,8 +134,8 @@ impl IntoResponse for ApiError {
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         let retry_after = match self {
-            ApiError::Overloaded => Some(crate::limits::OVERLOAD_RETRY_AFTER_SECS),
-            ApiError::TooManyExports => Some(crate::limits::EXPORT_RETRY_AFTER_SECS),
+            ApiError::Overloaded => Some(OVERLOAD_RETRY_AFTER_SECS),
+            ApiError::TooManyExports => Some(EXPORT_RETRY_AFTER_SECS),
             _ => None,
         };
         if let Some(secs) = retry_after {

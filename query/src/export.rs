@@ -24,7 +24,7 @@ use crate::limits::ExportSlot;
 use crate::params::{Common, Format};
 use crate::reports::{Keyed, Tabular};
 use crate::sql::Sql;
-use crate::AppState;
+use crate::state::AppState;
 use custos_auth::audit::{Asked, StreamAudit};
 
 /// Bytes of one streamed chunk (about).

@@ -29,13 +29,13 @@ use chrono::{Duration, NaiveDate, Utc};
 use custos_schemas::PseudonymKind;
 use serde_json::{json, Value};
 
-use crate::api::{authorize, AuditParams, Report};
+use crate::access::{authorize, Report};
 use crate::error::ApiError;
 use crate::export::{audited, page_of};
-use crate::params::{self, ms_to_rfc3339, Common, Cursor, Format, Window};
+use crate::params::{self, ms_to_rfc3339, AuditParams, Common, Cursor, Format, Window};
 use crate::reports::{self, EventFilter, EventRow, UserMatch};
 use crate::sql::Sql;
-use crate::AppState;
+use crate::state::AppState;
 use custos_auth::audit::Asked;
 use custos_auth::oidc::Caller;
 use general::General;
@@ -333,7 +333,7 @@ pub fn parse_search(pairs: &[(String, String)], page_max: u32) -> Result<SearchP
         }
         match k.as_str() {
             "tenant" => {
-                if !crate::config::valid_tenant(v) {
+                if !crate::params::valid_tenant(v) {
                     return Err(FhirError::bad(
                         "tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
                     ));
@@ -563,7 +563,7 @@ pub async fn search(
         after: p.cursor.clone(),
         format: Format::Json,
     };
-    crate::api::tenant_allowed(&caller, &c.tenant)?;
+    crate::access::tenant_allowed(&caller, &c.tenant)?;
     let filter = EventFilter {
         patients: p
             .patient
@@ -584,7 +584,7 @@ pub async fn search(
         (Total::None, _) => "none",
         (Total::Unasked, _) => "unasked",
     };
-    let audit = AuditParams::new(&s, &c)
+    let audit = AuditParams::new(&s.keys, &c)
         .hashed("patient", PseudonymKind::Patient, &p.patient)
         .hashed("agent", PseudonymKind::Subject, &p.agent)
         .plain("entity-type", &p.entity_type)

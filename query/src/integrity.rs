@@ -37,15 +37,15 @@ use custos_schemas::checkpoint::{self, Checkpoint};
 use custos_schemas::AuditRow;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tokio::sync::Semaphore;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::{authorize, Report};
-use crate::config::{valid_tenant, ConfigError, QueryConfig};
+use crate::access::{all_tenants, authorize, Report};
 use crate::error::{ApiError, Problem, ValidQuery};
+use crate::params::valid_tenant;
 use crate::params::{self, ms_to_rfc3339};
-use crate::AppState;
+use crate::state::AppState;
+pub use crate::state::Integrity;
 use custos_auth::audit::Asked;
 use custos_auth::oidc::Caller;
 
@@ -58,109 +58,7 @@ pub const HASH_ALGORITHM: &str = "custos-chain-v1";
 /// Checkpoints considered when looking for the one covering a record.
 const CHECKPOINT_CANDIDATES: u64 = 10;
 
-/// Integrity settings and resources.
-pub struct Integrity {
-    jwks: Option<Value>,
-    verifier: clickhouse::Client,
-    gate: Semaphore,
-    /// Most records a proof path holds.
-    pub proof_max_records: u64,
-    /// Time limit of one verify run.
-    pub verify_timeout: Duration,
-    /// Audit-row retention: records gone before now minus this may have been pruned.
-    pub retention: chrono::Duration,
-    /// The same retention in days (the ledger's horizon).
-    pub retention_days: u32,
-}
-
-impl std::fmt::Debug for Integrity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Integrity")
-            .field("jwks", &self.jwks.is_some())
-            .field("proof_max_records", &self.proof_max_records)
-            .field("verify_timeout", &self.verify_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Integrity {
-    /// Loads the checkpoint JWKS (if configured) and prepares the verify client: the reader
-    /// account with `max_execution_time` raised to the verify time limit.
-    pub fn new(cfg: &QueryConfig) -> Result<Integrity, ConfigError> {
-        let verifier = clickhouse::Client::default()
-            .with_url(cfg.clickhouse.url())
-            .with_user(&cfg.reader_user)
-            .with_password(&cfg.reader_password)
-            .with_setting("max_execution_time", cfg.verify_timeout_secs.to_string());
-        Ok(Integrity {
-            jwks: cfg.checkpoint_jwks()?,
-            verifier,
-            // One verification at a time: each one reads whole chains.
-            gate: Semaphore::new(1),
-            proof_max_records: cfg.proof_max_records,
-            verify_timeout: Duration::from_secs(cfg.verify_timeout_secs),
-            retention: chrono::Duration::days(i64::from(cfg.retention_days)),
-            retention_days: cfg.retention_days,
-        })
-    }
-
-    /// The read-only client of verifications (its time limit raised to theirs).
-    pub fn verifier(&self) -> &clickhouse::Client {
-        &self.verifier
-    }
-
-    /// Waits for the one verification slot (each reads whole chains).
-    pub async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
-        self.gate
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Internal("verify gate closed".into()))
-    }
-
-    /// The served JWKS, if configured.
-    pub fn jwks(&self) -> Option<&Value> {
-        self.jwks.as_ref()
-    }
-}
-
-/// Parses a checkpoint JWKS file and returns only its public members. Refuses private
-/// key material (a key file given by mistake must never be served) and anything but
-/// P-256 keys with a key id.
-pub fn public_jwks(text: &str) -> Result<Value, ConfigError> {
-    let bad = |m: &str| ConfigError::Invalid(format!("CUSTOS_CHECKPOINT_JWKS_FILE: {m}"));
-    let doc: Value = serde_json::from_str(text).map_err(|_| bad("not a JSON document"))?;
-    let keys = doc["keys"]
-        .as_array()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| bad("no \"keys\" array (make it with `custos-ingest jwks`)"))?;
-    let mut out = Vec::new();
-    for k in keys {
-        let obj = k.as_object().ok_or_else(|| bad("a key is not an object"))?;
-        if ["d", "p", "q", "dp", "dq", "qi", "k"]
-            .iter()
-            .any(|m| obj.contains_key(*m))
-        {
-            return Err(bad(
-                "holds private key material; give the public JWKS of `custos-ingest jwks`",
-            ));
-        }
-        let text_of = |m: &str| obj.get(m).and_then(Value::as_str).filter(|v| !v.is_empty());
-        let (Some("EC"), Some("P-256"), Some(kid), Some(x), Some(y)) = (
-            text_of("kty"),
-            text_of("crv"),
-            text_of("kid"),
-            text_of("x"),
-            text_of("y"),
-        ) else {
-            return Err(bad("every key must be an EC P-256 key with kid, x and y"));
-        };
-        out.push(
-            json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": x, "y": y,
-            "alg": "ES256", "use": "sig"}),
-        );
-    }
-    Ok(json!({ "keys": out }))
-}
+pub use crate::config::public_jwks;
 
 // ------------------------------------------------------------------------ verify
 
@@ -361,7 +259,7 @@ pub async fn verify_chains(
     let report = Report::IntegrityVerify;
     authorize(&s, &caller, report)?;
     // Chains span every tenant of a partition: tenant-bound tokens may not read them.
-    crate::api::all_tenants(&caller)?;
+    all_tenants(&caller)?;
     let mut scope = verify_scope(&p)?;
     scope.retention_horizon_ms =
         Some((chrono::Utc::now() - s.integrity.retention).timestamp_millis());
@@ -376,7 +274,7 @@ pub async fn verify_chains(
     // The asked record is written while the chains are read.
     let result = crate::export::audited(&s, &asked, "answering", async {
         let _permit = integrity.slot().await?;
-        verify::verify(&integrity.verifier, &scope, integrity.jwks())
+        verify::verify(integrity.verifier(), &scope, integrity.jwks())
             .await
             .map_err(|e| match e {
                 VerifyError::ClickHouse(e) => ApiError::ClickHouse(e),
@@ -690,7 +588,7 @@ pub async fn proof(
     let report = Report::IntegrityProof;
     authorize(&s, &caller, report)?;
     // Chains span every tenant of a partition: tenant-bound tokens may not read them.
-    crate::api::all_tenants(&caller)?;
+    all_tenants(&caller)?;
     let timer = Instant::now();
     let (lookup, tenant, audit_params) = Lookup::parse(&s, &p)?;
     let asked = Asked::new(&caller, report.name(), &tenant, audit_params, "json");

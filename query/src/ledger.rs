@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::{all_tenants, authorize, tenant_allowed, Report};
-use crate::config::valid_tenant;
+use crate::access::{all_tenants, authorize, tenant_allowed, Report};
 use crate::error::{ApiError, Problem, ValidQuery};
-use crate::AppState;
+use crate::params::valid_tenant;
+use crate::state::AppState;
 use custos_auth::audit::Asked;
 use custos_auth::oidc::Caller;
 

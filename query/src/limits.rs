@@ -21,12 +21,8 @@ use tracing::warn;
 
 use crate::error::ApiError;
 use crate::fhir::outcome::fhir_json;
-use crate::AppState;
 
-/// Seconds a client is asked to wait after a 503 for load.
-pub const OVERLOAD_RETRY_AFTER_SECS: u64 = 1;
-/// Seconds a caller is asked to wait after a 429 for too many exports.
-pub const EXPORT_RETRY_AFTER_SECS: u64 = 5;
+pub use crate::error::{EXPORT_RETRY_AFTER_SECS, OVERLOAD_RETRY_AFTER_SECS};
 
 /// The global bound on requests in progress.
 #[derive(Debug, Clone)]
@@ -53,8 +49,12 @@ impl RequestLimit {
 
 /// Middleware: serves the request under a permit of [`RequestLimit`], held until the
 /// response body is finished or dropped; without a free permit, 503 at once.
-pub async fn limit_requests(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let Ok(permit) = s.requests.permits.clone().try_acquire_owned() else {
+pub async fn limit_requests(
+    State(limit): State<RequestLimit>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Ok(permit) = limit.permits.clone().try_acquire_owned() else {
         metrics::counter!("custos_query_overload_rejections_total").increment(1);
         warn!(path = %req.uri().path(), "request refused: concurrency limit reached");
         if req.uri().path().starts_with("/fhir/") {

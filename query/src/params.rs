@@ -5,11 +5,19 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use custos_schemas::event::INTERACTIONS;
-use custos_schemas::EventType;
+use custos_schemas::{EventType, KeyRing, PseudonymKind};
 use serde::Serialize;
+use serde_json::{Map, Value};
 
-use crate::config::valid_tenant;
 use crate::error::ApiError;
+
+/// Whether a tenant name is acceptable (`[A-Za-z0-9._-]{1,64}`).
+pub fn valid_tenant(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
 
 /// Settings the validators need.
 #[derive(Debug, Clone)]
@@ -317,6 +325,52 @@ pub fn event_type(v: Option<&str>) -> Result<Option<String>, ApiError> {
         None => Ok(None),
         Some(s) if EventType::parse(s).is_some() => Ok(Some(s.to_owned())),
         Some(_) => Err(ApiError::bad("event_type must be a Custos event type")),
+    }
+}
+
+/// The parameters recorded in the query audit: identifiers pseudonymized with the
+/// current key, everything else as validated.
+pub struct AuditParams<'a> {
+    keys: &'a KeyRing,
+    tenant: String,
+    map: Map<String, Value>,
+}
+
+impl<'a> AuditParams<'a> {
+    /// Starts with the common parameters.
+    pub fn new(keys: &'a KeyRing, c: &Common) -> AuditParams<'a> {
+        let mut map = Map::new();
+        map.insert("from".into(), c.window.from_rfc3339().into());
+        map.insert("to".into(), c.window.to_rfc3339().into());
+        map.insert("limit".into(), c.limit.into());
+        map.insert("cursor".into(), c.after.is_some().into());
+        AuditParams {
+            keys,
+            tenant: c.tenant.clone(),
+            map,
+        }
+    }
+
+    /// A readable parameter.
+    pub fn plain(mut self, name: &str, v: &Option<String>) -> Self {
+        if let Some(v) = v {
+            self.map.insert(name.into(), v.clone().into());
+        }
+        self
+    }
+
+    /// A parameter stored as its pseudonym of `kind` under the current key.
+    pub fn hashed(mut self, name: &str, kind: PseudonymKind, v: &Option<String>) -> Self {
+        if let Some(v) = v {
+            let p = self.keys.pseudonymize(&self.tenant, kind, v);
+            self.map.insert(name.into(), p.into());
+        }
+        self
+    }
+
+    /// The JSON object.
+    pub fn done(self) -> Value {
+        Value::Object(self.map)
     }
 }
 

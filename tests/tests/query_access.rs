@@ -64,7 +64,10 @@ async fn role_matrix() -> Result<()> {
             &["privacy_officer", "auditor"],
         ),
         (
-            url("/v1/consents", &[("tenant", t), ("patient", "x")]),
+            url(
+                "/v1/reports/consent-history",
+                &[("tenant", t), ("patient", "x")],
+            ),
             &["privacy_officer", "auditor"],
         ),
         (
@@ -136,7 +139,10 @@ async fn tenant_claim_binds_every_tenant_scoped_endpoint() -> Result<()> {
             url("/v1/reports/break-glass", &[("tenant", t)]),
             url("/v1/reports/token-trace", &[("tenant", t), ("jti", "x")]),
             url("/v1/reports/revocation-violations", &[("tenant", t)]),
-            url("/v1/consents", &[("tenant", t), ("patient", "x")]),
+            url(
+                "/v1/reports/consent-history",
+                &[("tenant", t), ("patient", "x")],
+            ),
             url("/v1/reports/query-audit", &[("tenant", t)]),
             url("/fhir/AuditEvent", &[("tenant", t), ("patient", "x")]),
         ];

@@ -71,7 +71,7 @@ async fn sql_injection_strings_are_harmless() -> Result<()> {
             "/v1/reports/revocation-violations",
             vec!["patient", "client"],
         ),
-        ("/v1/consents", vec!["patient", "client"]),
+        ("/v1/reports/consent-history", vec!["patient", "client"]),
         (
             "/v1/reports/query-audit",
             vec!["caller", "report", "tenant"],
@@ -103,7 +103,9 @@ async fn sql_injection_strings_are_harmless() -> Result<()> {
                 }
                 let needs_patient = matches!(
                     *path,
-                    "/v1/reports/patient-access" | "/v1/reports/disclosures" | "/v1/consents"
+                    "/v1/reports/patient-access"
+                        | "/v1/reports/disclosures"
+                        | "/v1/reports/consent-history"
                 );
                 if needs_patient && *name != "patient" {
                     p.push(("patient", &sc.p1));
@@ -215,7 +217,7 @@ async fn bad_parameters_are_400_problems() -> Result<()> {
         url("/v1/reports/token-trace", &[]),
         url("/v1/reports/token-trace", &[("jti", "a"), ("client", "b")]),
         url("/v1/reports/disclosures", &[]),
-        url("/v1/consents", &[]),
+        url("/v1/reports/consent-history", &[]),
         url("/fhir/AuditEvent", &[("date", "xx2026")]),
         url("/fhir/AuditEvent", &[("action", "Z")]),
         url("/fhir/AuditEvent", &[("_count", "0")]),

@@ -301,7 +301,7 @@ async fn reports_return_exactly_the_seeded_rows_across_the_key_rotation() -> Res
     // Consent history across the rotation.
     let r = get(
         &app,
-        &q("/v1/consents", &[("patient", &sc.p1)]),
+        &q("/v1/reports/consent-history", &[("patient", &sc.p1)]),
         Some(&privacy),
     )
     .await;

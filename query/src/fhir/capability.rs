@@ -18,7 +18,7 @@ use tracing::warn;
 use super::general::General;
 use super::outcome::{fhir_json, FhirError};
 use super::BALP;
-use crate::AppState;
+use crate::state::AppState;
 use custos_auth::config::fetchable_url;
 
 /// How long a read discovery document is used.

@@ -15,12 +15,12 @@ use serde_json::json;
 use super::general::General;
 use super::outcome::{fhir_json, FhirError};
 use super::{authorized_pairs, elements, resource, QueryPairs};
-use crate::api::Report;
+use crate::access::Report;
 use crate::export::{audited, page_of};
 use crate::params::is_key;
 use crate::reports::{EventRow, SELECT_EVENTS};
 use crate::sql::Sql;
-use crate::AppState;
+use crate::state::AppState;
 use custos_auth::audit::Asked;
 use custos_auth::oidc::Caller;
 
