@@ -247,7 +247,11 @@ async fn revocation_reaches_keycloak_and_receivers_and_replay_pushes_nothing_twi
     let ledger = custos_integrity::ledger::verify(&account("reader"), &scope).await?;
     assert!(ledger.ok, "{ledger:#?}");
     for t in &ledger.tables {
-        assert!(t.rows_checked > 0, "no {} row of the tenant checked", t.table);
+        assert!(
+            t.rows_checked > 0,
+            "no {} row of the tenant checked",
+            t.table
+        );
     }
     kc.delete_realm(&realm).await;
     Ok(())
