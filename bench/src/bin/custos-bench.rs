@@ -131,24 +131,14 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
-/// The ingest's consumer settings (mirrors ingest/src/kafka.rs `consumer_config`).
+/// The ingest's consumer settings (the same profile, from `custos-runtime`).
 fn ingest_consumer_config(group: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers())
-        .set("group.id", group)
-        .set("client.id", "custos-bench")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "2000")
-        .set("max.poll.interval.ms", "300000")
-        .set("fetch.message.max.bytes", "8388608")
-        .set("fetch.max.bytes", "67108864")
-        .set("queued.max.messages.kbytes", "131072")
-        .set("statistics.interval.ms", "5000");
-    c
+    custos_runtime::kafka::consumer_config(
+        &brokers(),
+        group,
+        "custos-bench",
+        custos_runtime::kafka::Fetch::Bulk,
+    )
 }
 
 // ---------------------------------------------------------------------------------------
