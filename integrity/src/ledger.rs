@@ -281,11 +281,6 @@ impl<T: Ledgered> Ledger<T> {
         &self.chain_id
     }
 
-    /// Entries made but not yet written.
-    pub async fn unwritten(&self) -> usize {
-        self.head.lock().await.unwritten.len()
-    }
-
     /// Writes `rows` into `T::TABLE` and, once acknowledged, their entries into the ledger.
     pub async fn insert(&self, client: &Client, rows: &[T]) -> Result<(), LedgerError> {
         let mut head = self.head.lock().await;
