@@ -8,6 +8,8 @@
 //!   run it;
 //! - [`checkpoints`]: the signed checkpoints of the chains' heads (the tracker that cuts
 //!   them, their rows) and the copies an auditor brings from outside the database;
+//! - [`proof`]: membership proofs, one record with the path to the signed checkpoint that
+//!   covers it, as `GET /v1/integrity/proof` answers them;
 //! - [`ledger`]: the hash chain over the versioned record tables that services other than
 //!   the ingest write (the query audit, the consent history, the revocations). Their
 //!   `ReplacingMergeTree` merges drop superseded versions, so the chain lives beside them in
@@ -17,4 +19,7 @@
 
 pub mod checkpoints;
 pub mod ledger;
+pub mod proof;
 pub mod verify;
+
+pub use custos_schemas::{chain, checkpoint};
