@@ -3,6 +3,10 @@
 //! Tamper evidence for Custos, without HTTP and without Kafka: callers bring a ClickHouse
 //! client and get typed findings back.
 //!
+//! - [`chain`]: the hash chain of the audit records (one per input partition): the record
+//!   hash, linking, and the verifier that finds each kind of break;
+//! - [`checkpoint`] and [`jws`]: the signed checkpoints of a chain's head, compact JWS
+//!   (ES256) over their claims, also used for the consent service's Security Event Tokens;
 //! - [`verify`]: the independent verification of the audit chains (`custos.audit_events`)
 //!   and their signed checkpoints, as `custos-ingest verify` and `GET /v1/integrity/verify`
 //!   run it;
@@ -17,9 +21,10 @@
 //!   surviving row against it.
 #![deny(missing_docs)]
 
+pub mod chain;
+pub mod checkpoint;
 pub mod checkpoints;
+pub mod jws;
 pub mod ledger;
 pub mod proof;
 pub mod verify;
-
-pub use custos_schemas::{chain, checkpoint};
