@@ -158,8 +158,8 @@ async fn bad_input_is_refused_and_nothing_reaches_kafka() -> Result<()> {
     );
     // Bundles of the wrong type, or not Bundles, at the base: 400.
     for b in [
-        bundle("searchset", &[good.clone()]),
-        bundle("collection", &[good.clone()]),
+        bundle("searchset", std::slice::from_ref(&good)),
+        bundle("collection", std::slice::from_ref(&good)),
         good.clone(),
     ] {
         assert_outcome(
@@ -169,7 +169,7 @@ async fn bad_input_is_refused_and_nothing_reaches_kafka() -> Result<()> {
         );
     }
     // An entry that is not a POST to AuditEvent refuses a transaction.
-    let mut wrong_url = bundle("transaction", &[good.clone()]);
+    let mut wrong_url = bundle("transaction", std::slice::from_ref(&good));
     wrong_url["entry"][0]["request"]["url"] = json!("Patient");
     assert_outcome(
         &post(&app, "/fhir", Some(&source), &wrong_url).await,
