@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use custos_runtime::kafka::{producer_config, Send};
 use futures_util::future::join_all;
+use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tracing::warn;
@@ -38,14 +39,26 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
+/// The producer settings: the shared idempotent `acks=all` profile, delivery bounded by the
+/// produce timeout, and records as large as the largest accepted AuditEvent (plus room for
+/// the record overhead), so that an accepted event is never refused by the client.
+pub fn client_config(cfg: &FeedConfig) -> ClientConfig {
+    let mut c = producer_config(&cfg.kafka.brokers, "custos-feed", Send::Immediate);
+    c.set(
+        "message.timeout.ms",
+        cfg.produce_timeout().as_millis().to_string(),
+    );
+    let max = (cfg.max_event_bytes + 64 * 1024).max(1_000_000);
+    c.set("message.max.bytes", max.to_string());
+    c
+}
+
 impl Publisher {
     /// A producer for the configured brokers and topic (connects lazily).
     pub fn new(cfg: &FeedConfig) -> Result<Publisher, ConfigError> {
         let timeout = cfg.produce_timeout();
-        let mut c = producer_config(&cfg.kafka.brokers, "custos-feed", Send::Immediate);
-        c.set("message.timeout.ms", timeout.as_millis().to_string());
         Ok(Publisher {
-            producer: c.create()?,
+            producer: client_config(cfg).create()?,
             topic: cfg.topic.as_str().into(),
             timeout,
             last_check: Arc::new(std::sync::Mutex::new(None)),
@@ -124,5 +137,61 @@ impl Publisher {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), ok));
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: FeedConfig,
+    }
+
+    fn cfg(extra: &[&str]) -> FeedConfig {
+        let mut args = vec![
+            "custos-feed",
+            "--oidc-issuer",
+            "http://127.0.0.1:9/realms/x",
+            "--oidc-audience",
+            "custos-feed",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).expect("config").config
+    }
+
+    #[test]
+    fn producer_is_idempotent_bounded_and_fits_the_largest_event() {
+        let c = client_config(&cfg(&["--produce-timeout-secs", "3"]));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("message.timeout.ms"), Some("3000"));
+        // The default 1 MiB event plus overhead, over librdkafka's default of 1,000,000.
+        assert_eq!(c.get("message.max.bytes"), Some("1114112"));
+        let small = client_config(&cfg(&["--max-event-bytes", "2048"]));
+        assert_eq!(small.get("message.max.bytes"), Some("1000000"));
+    }
+
+    #[test]
+    fn defaults_validate_and_limits_are_checked() {
+        cfg(&[]).validate().expect("defaults are valid");
+        for bad in [
+            &["--max-event-bytes", "100"][..],
+            &["--max-body-bytes", "2048", "--max-event-bytes", "4096"],
+            &["--produce-timeout-secs", "0"],
+            &[
+                "--produce-timeout-secs",
+                "40",
+                "--request-timeout-secs",
+                "30",
+            ],
+            &["--max-concurrent-requests", "0"],
+            &["--public-url", "ftp://x"],
+        ] {
+            assert!(cfg(bad).validate().is_err(), "{bad:?}");
+        }
     }
 }
