@@ -46,12 +46,12 @@ public final class FhirServer extends RestfulServer {
         DemoData.Providers providers = new DemoData.Providers(
                 new HashMapResourceProvider<>(getFhirContext(), Patient.class),
                 new HashMapResourceProvider<>(getFhirContext(), Practitioner.class),
-                new HashMapResourceProvider<>(getFhirContext(), Encounter.class),
-                new HashMapResourceProvider<>(getFhirContext(), Observation.class),
-                new HashMapResourceProvider<>(getFhirContext(), Condition.class),
-                new HashMapResourceProvider<>(getFhirContext(), MedicationRequest.class),
-                new HashMapResourceProvider<>(getFhirContext(), AllergyIntolerance.class),
-                new HashMapResourceProvider<>(getFhirContext(), Consent.class));
+                new PatientSearchProvider<>(getFhirContext(), Encounter.class),
+                new PatientSearchProvider<>(getFhirContext(), Observation.class),
+                new PatientSearchProvider<>(getFhirContext(), Condition.class),
+                new PatientSearchProvider<>(getFhirContext(), MedicationRequest.class),
+                new PatientSearchProvider<>(getFhirContext(), AllergyIntolerance.class),
+                new PatientSearchProvider<>(getFhirContext(), Consent.class));
         registerProviders(providers.patients(), providers.practitioners(), providers.encounters(),
                 providers.observations(), providers.conditions(), providers.medications(), providers.allergies(),
                 providers.consents());
