@@ -3,7 +3,8 @@
 
   fhir_realm.py ensure   realm missing: create it from deploy/keycloak/realm-custos.json
                          (dev_realm.py ensure). Realm present (created before the FHIR server
-                         was added): add the SMART client scopes, the clients smart-demo-app and
+                         was added): add the SMART client scopes (user/ scopes mapped to the realm
+                         role clinician), the clients smart-demo-app and
                          custos-fhir-server and the user dora.doctor that the realm file has and
                          the realm lacks, and the new optional scopes of smart-patient-app.
                          Nothing that exists is changed.
@@ -22,6 +23,7 @@ import dev_realm  # noqa: E402  (same folder)
 
 FHIR_CLIENTS = ("smart-demo-app", "custos-fhir-server")
 FHIR_USERS = ("dora.doctor",)
+FHIR_ROLES = ("clinician",)
 
 
 def fill_some(obj):
@@ -56,6 +58,22 @@ def ensure():
             if st not in (201, 204):
                 dev_realm.fail(f"adding client scope {s['name']}: HTTP {st} {body}")
             added.append(s["name"])
+    _, roles = dev_realm.call("GET", f"{api}/roles", token=admin)
+    have_roles = {r["name"] for r in roles}
+    for r in rep["roles"]["realm"]:
+        if r["name"] in FHIR_ROLES and r["name"] not in have_roles:
+            dev_realm.call("POST", f"{api}/roles", r, token=admin)
+    _, scopes = dev_realm.call("GET", f"{api}/client-scopes", token=admin)
+    for m in rep.get("scopeMappings", []):
+        scope = next((s for s in scopes if s["name"] == m.get("clientScope")), None)
+        if scope is None or not set(m.get("roles", [])) & set(FHIR_ROLES) or scope["name"] not in added:
+            continue
+        reps = []
+        for name in m["roles"]:
+            st, role = dev_realm.call("GET", f"{api}/roles/{urllib.parse.quote(name)}", token=admin)
+            if st == 200:
+                reps.append(role)
+        dev_realm.call("POST", f"{api}/client-scopes/{scope['id']}/scope-mappings/realm", reps, token=admin)
     clients = [c for c in rep["clients"] if c["clientId"] in FHIR_CLIENTS]
     users = [u for u in rep["users"] if u["username"] in FHIR_USERS]
     st, body = dev_realm.call("POST", f"{api}/partialImport", fill_some(

@@ -243,6 +243,18 @@ async fn clinician_user_scopes_and_smart_v1_patient_scopes() -> Result<()> {
         .get("MedicationRequest/demo-pat-2002-med", Some(&v1))
         .await?;
     assert_eq!(s, 403);
+    // user/ scopes need the realm role clinician: a patient asking for one does not get it.
+    let greedy = realm
+        .login(PATIENT_USER.0, "openid launch/patient user/*.rs")
+        .await?
+        .access;
+    let scope = claims(&greedy)["scope"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!scope.contains("user/"), "a patient got {scope}");
+    let (s, _, _) = fhir.get("Patient/demo-pat-2003", Some(&greedy)).await?;
+    assert_eq!(s, 403);
     // Without the launch patient a patient scope grants nothing.
     let no_context = realm
         .login(PATIENT_USER.0, "openid patient/Observation.rs")
