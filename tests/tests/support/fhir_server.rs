@@ -26,6 +26,10 @@ use super::keycloak::{http, kc_url, Kc};
 pub const DEMO_PASSWORD: &str = "Demo-user-pass-0123456789";
 /// The introspection client's secret in test realms.
 pub const FHIR_CLIENT_SECRET: &str = "fhir-server-secret-0123456789";
+/// The secret of the realm's audit source client `custos-audit-source` in test realms.
+pub const FEED_SOURCE_SECRET: &str = "audit-source-secret-0123456789";
+/// The secret of the realm's staff client `custos-query` in test realms.
+pub const QUERY_CLIENT_SECRET: &str = "query-client-secret-0123456789";
 /// The public SMART client of the demo users.
 pub const APP: &str = "smart-demo-app";
 /// The demo patient user and the patient id its `patient` claim carries.
@@ -68,6 +72,8 @@ impl DemoRealm {
             let value = match &rest[at + 2..end] {
                 "CUSTOS_DEMO_USER_PASSWORD" => DEMO_PASSWORD,
                 "CUSTOS_FHIR_CLIENT_SECRET" => FHIR_CLIENT_SECRET,
+                "CUSTOS_FEED_CLIENT_SECRET" => FEED_SOURCE_SECRET,
+                "CUSTOS_QUERY_CLIENT_SECRET" => QUERY_CLIENT_SECRET,
                 _ => "unused-test-secret-0123456789",
             };
             text.push_str(value);
@@ -108,6 +114,35 @@ impl DemoRealm {
             access: access.unwrap_or_default().to_owned(),
             refresh: v["refresh_token"].as_str().unwrap_or_default().to_owned(),
         })
+    }
+
+    /// A password grant of staff user `user` at the realm's `custos-query` client (tokens for
+    /// the report API: aud custos-query, realm roles).
+    pub async fn staff_token(&self, user: &str) -> Result<String> {
+        let v = self
+            .kc
+            .openid_post(
+                &self.name,
+                "token",
+                &[
+                    ("grant_type", "password"),
+                    ("client_id", "custos-query"),
+                    ("client_secret", QUERY_CLIENT_SECRET),
+                    ("username", user),
+                    ("password", DEMO_PASSWORD),
+                    ("scope", "openid"),
+                ],
+            )
+            .await?;
+        v["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no staff token for {user}: {v}"))
+    }
+
+    /// The token endpoint of the realm.
+    pub fn token_url(&self) -> String {
+        format!("{}/protocol/openid-connect/token", self.issuer())
     }
 
     /// Revokes `token` at the realm's RFC 7009 endpoint (as the public client that got it).
