@@ -32,8 +32,14 @@ async fn setup(
         (&feed_url, &token_url, FEED_CLIENT.0, FEED_CLIENT.1),
         env,
     )
-    .await?;
-    Ok((realm, feed, server))
+    .await;
+    match server {
+        Ok(server) => Ok((realm, feed, server)),
+        Err(e) => {
+            realm.delete().await;
+            Err(e)
+        }
+    }
 }
 
 fn is_outcome(body: &serde_json::Value) -> bool {
