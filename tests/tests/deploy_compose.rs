@@ -91,6 +91,18 @@ fn custos_services_run_binaries_that_exist() {
         if svc.get("build").is_none() {
             continue;
         }
+        if let Some((_, dir)) = CONNECTOR_SERVICES.iter().find(|(n, _)| *n == name) {
+            assert_eq!(
+                scalar(&svc["build"]["context"]).as_deref(),
+                Some(format!("./{dir}").as_str()),
+                "{name}: built from its connector"
+            );
+            assert!(
+                workspace().join(dir).join("Dockerfile").is_file(),
+                "{name}: {dir}/Dockerfile"
+            );
+            continue;
+        }
         custos_services += 1;
         assert_eq!(
             scalar(&svc["build"]["context"]).as_deref(),

@@ -349,12 +349,17 @@ pub const SERVICES: &[&str] = &[
     "query",
     "consent",
     "feed",
+    "fhir-server",
     "simulator",
 ];
 
 /// Services that run in keycloak's network namespace, so that the (plain http, dev-mode)
 /// Keycloak is on their loopback: the OIDC code fetches keys over https or loopback http only.
-pub const IN_KEYCLOAK_NETNS: &[&str] = &["query", "consent", "feed"];
+pub const IN_KEYCLOAK_NETNS: &[&str] = &["query", "consent", "feed", "fhir-server"];
+
+/// Services built from a Java connector's own Dockerfile (`connectors/<name>/`), not from the
+/// Rust workspace's image.
+pub const CONNECTOR_SERVICES: &[(&str, &str)] = &[("fhir-server", "connectors/fhir-server")];
 
 /// The programs compose.yaml runs from the Custos images: the services (default target), and
 /// the simulator (`tools` target).
