@@ -1,14 +1,15 @@
-//! Report SQL builders (pure functions: validated parameters in, [`Sql`] out) and the row
-//! types they fetch. Every report reads `custos.audit_events FINAL`, so a replayed event
-//! never shows twice, and pages in the stable order `(event_time, event_key)`.
+//! The report catalogue's reports, one file each (see [`crate::catalogue`]): parameters,
+//! name, roles, path, validation, what the query audit records, SQL builder (pure
+//! functions: validated parameters in, [`Sql`] out), row types and handler. This module
+//! holds the registry and what the event reports share: the audit-row projection they
+//! read, their filters, scope and stable order. Every event report reads
+//! `custos.audit_events FINAL`, so a replayed event never shows twice, and pages in the
+//! stable order `(event_time, event_key)`.
+//!
+//! Adding a report: its file here, one line in the registry below, and its end-to-end test
+//! in `tests/tests/`.
 
-pub mod break_glass;
-pub mod consents;
-pub mod disclosures;
-pub mod query_audit;
-pub mod revocation;
-pub mod token_trace;
-
+use axum::Router;
 use clickhouse::Row;
 use custos_schemas::row::NON_COMPARTMENT_TYPES;
 use custos_schemas::{KeyRing, PseudonymKind};
@@ -17,6 +18,27 @@ use utoipa::ToSchema;
 
 use crate::params::{ms_to_rfc3339, Common, Cursor};
 use crate::sql::Sql;
+use crate::state::AppState;
+
+crate::catalogue::catalogue! {
+    reports {
+        patient_access::PatientAccess => patient_access,
+        user_activity::UserActivity => user_activity,
+        token_trace::TokenTrace => token_trace,
+        disclosures::Disclosures => disclosures,
+        break_glass::BreakGlassAccess => break_glass,
+        revocation_violations::RevocationViolations => revocation_violations,
+        consent_history::ConsentHistory => consent_history,
+        query_audit::QueryAuditReport => query_audit_report,
+    }
+    schemas { token_trace::TraceEvent }
+}
+
+/// The `/v1` report router: every catalogued report, and the former paths that redirect to
+/// a report.
+pub fn router() -> Router<AppState> {
+    routes().merge(consent_history::moved())
+}
 
 /// A `DateTime64(3)` placeholder bound from epoch milliseconds.
 macro_rules! ms {
@@ -358,11 +380,6 @@ pub fn order_limit(sql: &mut Sql, limit: u64) {
     sql.bind1(" ORDER BY event_time, event_key LIMIT ?", limit);
 }
 
-/// Patient-access base condition: FHIR accesses.
-pub const PATIENT_ACCESS: &str = " AND event_type = 'custos.fhir.access'";
-/// User-activity base condition: every event type.
-pub const USER_ACTIVITY: &str = "";
-
 /// An event report: scope, base condition, filters, stable order, `limit` rows.
 pub fn events(c: &Common, base: &'static str, filter: &EventFilter, limit: u64) -> Sql {
     let mut sql = Sql::new(SELECT_EVENTS);
@@ -416,7 +433,7 @@ pub(crate) mod tests {
             time_ms: 1_500,
             key: "0123456789abcdef0123456789abcdef".into(),
         });
-        let sql = events(&c, PATIENT_ACCESS, &filter, 51);
+        let sql = events(&c, patient_access::BASE, &filter, 51);
         assert!(sql.text().starts_with("SELECT event_key, event_time"));
         assert!(sql
             .text()

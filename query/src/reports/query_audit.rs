@@ -4,11 +4,106 @@
 
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{ms, ser_ms, Keyed, Tabular};
-use crate::params::{ms_to_rfc3339, Common, Cursor};
+use crate::access::{query_audit_tenants, tenant_allowed};
+use crate::catalogue::{handler, shared, Catalogued, Plan, SingleQuery};
+use crate::error::{ApiError, Problem};
+use crate::export::Page;
+use crate::params::{self, ms_to_rfc3339, AuditParams, Common, Cursor};
 use crate::sql::Sql;
+use crate::state::AppState;
+use custos_auth::oidc::{Caller, Role};
+
+/// Parameters of `/v1/reports/query-audit`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct QueryAuditParams {
+    /// Caller `sub`.
+    pub caller: Option<String>,
+    /// Report name.
+    pub report: Option<String>,
+    /// Tenant queried (no default: all tenants).
+    pub tenant: Option<String>,
+    /// Window start.
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+shared!(QueryAuditParams);
+
+handler! {
+    /// The report queries answered (auditors only).
+    query_audit_report => QueryAuditReport {
+        params: QueryAuditParams,
+        tag: "reports",
+        body: Page<ReportQuery>
+    }
+}
+
+/// The query audit itself.
+pub struct QueryAuditReport;
+
+impl Catalogued for QueryAuditReport {
+    type Params = QueryAuditParams;
+    type Filter = QueryAuditFilter;
+    const NAME: &'static str = "query-audit";
+    const ROLES: &'static [Role] = &[Role::Auditor];
+    const PATH: &'static str = "/v1/reports/query-audit";
+
+    /// No default tenant here: without `tenant` the report covers what the caller may read.
+    fn check_tenant(caller: &Caller, p: &QueryAuditParams, c: &Common) -> Result<(), ApiError> {
+        if p.tenant.is_some() {
+            tenant_allowed(caller, &c.tenant)?;
+        }
+        Ok(())
+    }
+
+    fn plan(
+        s: &AppState,
+        caller: &Caller,
+        c: &Common,
+        p: &QueryAuditParams,
+    ) -> Result<Plan<QueryAuditFilter>, ApiError> {
+        let filter = QueryAuditFilter {
+            caller: params::ident("caller", p.caller.as_deref())?,
+            report: params::code("report", p.report.as_deref())?,
+            tenants: query_audit_tenants(caller, p.tenant.as_ref().map(|_| c.tenant.as_str())),
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .plain("caller", &filter.caller)
+            .plain("report", &filter.report)
+            .plain("tenant", &filter.tenants.as_ref().map(|t| t.join(",")))
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn recorded_tenant<'c>(p: &QueryAuditParams, c: &'c Common) -> &'c str {
+        if p.tenant.is_some() {
+            &c.tenant
+        } else {
+            ""
+        }
+    }
+}
+
+impl SingleQuery for QueryAuditReport {
+    type Row = ReportQuery;
+    type Out = ReportQuery;
+
+    fn sql(_: &AppState, c: &Common, filter: &QueryAuditFilter, limit: u64) -> Sql {
+        build(c, filter, limit)
+    }
+}
 
 /// One row of `custos.report_queries` (migration 0004).
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize, ToSchema)]
