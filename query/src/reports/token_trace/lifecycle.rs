@@ -260,15 +260,19 @@ impl Keyed for TraceEvent {
     }
 }
 
-const TRACE_COLUMNS: [&str; 33] = {
-    let mut out = [""; 33];
+/// Columns of the event reports.
+const N: usize = EVENT_COLUMNS.len();
+
+/// The event columns and the two flags.
+const TRACE_COLUMNS: [&str; N + 2] = {
+    let mut out = [""; N + 2];
     let mut i = 0;
-    while i < EVENT_COLUMNS.len() {
+    while i < N {
         out[i] = EVENT_COLUMNS[i];
         i += 1;
     }
-    out[31] = "after_revocation";
-    out[32] = "after_expiry";
+    out[N] = "after_revocation";
+    out[N + 1] = "after_expiry";
     out
 };
 
