@@ -160,39 +160,106 @@ impl From<AuditRow> for EventRow {
     }
 }
 
-/// One version of a row of `custos.report_queries` (migration 0004): a report a service
-/// answered, written in phases under one `query_id` (see the query service's `audit`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
-pub struct ReportQueryRow {
-    /// Query id (32 hex).
-    pub query_id: String,
-    /// When the request arrived.
-    pub asked_at: i64,
-    /// When this version was written.
-    pub recorded_at: i64,
-    /// Caller `sub`.
-    pub caller_sub: String,
-    /// Caller token issuer.
-    pub caller_issuer: String,
-    /// Caller client (`azp`).
-    pub caller_client: String,
-    /// Caller roles.
-    pub caller_roles: Vec<String>,
-    /// Report name.
-    pub report: String,
-    /// Tenant queried.
-    pub tenant: String,
-    /// Parameters as JSON, identifiers pseudonymized.
-    pub parameters: String,
-    /// Answer format.
-    pub format: String,
-    /// Phase or outcome (`answering`, `answered`, `failed`, `streaming`, `complete`, ...).
-    pub status: String,
-    /// Rows returned.
-    pub rows_returned: u64,
-    /// Time to answer (ms).
-    pub duration_ms: u32,
+/// Declares a record row type, once, and its answer form [`Answered`]: the same fields in
+/// the same order, the ones marked `=> time` (epoch ms) written as RFC 3339. The row's own
+/// serde form (ClickHouse, the ledger's content hash) is left as it is. Field-level serde
+/// attributes are not applied to the answer form: rows declared here carry none.
+macro_rules! record {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$fmeta:meta])*
+                pub $field:ident : $ty:ty $(=> $kind:ident)?
+            ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $(
+                $(#[$fmeta])*
+                pub $field: $ty,
+            )+
+        }
+
+        impl From<$name> for Answered<$name> {
+            fn from(row: $name) -> Answered<$name> {
+                Answered(row)
+            }
+        }
+
+        impl Serialize for Answered<$name> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct as _;
+                let fields = [$(stringify!($field)),+].len();
+                let mut out = s.serialize_struct(stringify!($name), fields)?;
+                $(
+                    out.serialize_field(
+                        stringify!($field),
+                        &record!(@answer self.0.$field $(=> $kind)?),
+                    )?;
+                )+
+                out.end()
+            }
+        }
+    };
+    (@answer $value:expr => time) => {
+        ms_to_rfc3339($value)
+    };
+    (@answer $value:expr) => {
+        &$value
+    };
+}
+
+/// A record row as an API answers it (JSON, NDJSON): its fields in declaration order, times
+/// as RFC 3339 instead of epoch milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered<T>(pub T);
+
+record! {
+    /// One version of a row of `custos.report_queries` (migration 0004): a report a service
+    /// answered, written in phases under one `query_id` (see the query service's `audit`).
+    /// The query-audit report answers it as [`Answered`] (schema `ReportQuery`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(as = ReportQuery, description = "One row of `custos.report_queries` (migration 0004).")
+    )]
+    pub struct ReportQueryRow {
+        /// Query id (32 hex), also returned to the caller as `query_id`.
+        pub query_id: String,
+        /// When the request arrived (RFC 3339).
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        pub asked_at: i64 => time,
+        /// When this version of the record was written (RFC 3339).
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        pub recorded_at: i64 => time,
+        /// Caller `sub`.
+        pub caller_sub: String,
+        /// Caller token issuer.
+        pub caller_issuer: String,
+        /// Caller client (`azp`).
+        pub caller_client: String,
+        /// Caller roles.
+        pub caller_roles: Vec<String>,
+        /// Report name.
+        pub report: String,
+        /// Tenant queried.
+        pub tenant: String,
+        /// Parameters as JSON, identifiers pseudonymized.
+        pub parameters: String,
+        /// `json`, `csv`, `ndjson` or `fhir`.
+        pub format: String,
+        /// `answering` (asked, not yet answered or never finished), `answered`, `failed`,
+        /// `streaming`, `complete`, `aborted` or `forbidden`.
+        pub status: String,
+        /// Rows returned.
+        pub rows_returned: u64,
+        /// Time to answer (ms).
+        pub duration_ms: u32,
+    }
 }
 
 /// One row of `custos.consent_history`: a consent event and the state after it.
@@ -304,6 +371,41 @@ pub struct RevocationRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_query_is_answered_with_rfc3339_times_and_stored_with_ms() {
+        let row = ReportQueryRow {
+            query_id: "q".into(),
+            asked_at: 1_000,
+            recorded_at: 2_000,
+            caller_sub: "s".into(),
+            caller_issuer: "i".into(),
+            caller_client: "c".into(),
+            caller_roles: vec!["auditor".into()],
+            report: "patient-access".into(),
+            tenant: "t".into(),
+            parameters: "{}".into(),
+            format: "json".into(),
+            status: "answered".into(),
+            rows_returned: 3,
+            duration_ms: 4,
+        };
+        let stored = serde_json::to_string(&row).unwrap_or_default();
+        let answered = serde_json::to_string(&Answered::from(row)).unwrap_or_default();
+        assert_eq!(
+            answered,
+            stored
+                .replace(
+                    "\"asked_at\":1000",
+                    "\"asked_at\":\"1970-01-01T00:00:01.000Z\""
+                )
+                .replace(
+                    "\"recorded_at\":2000",
+                    "\"recorded_at\":\"1970-01-01T00:00:02.000Z\""
+                )
+        );
+        assert!(stored.contains("\"asked_at\":1000"));
+    }
 
     #[test]
     fn event_row_projects_an_audit_row_and_answers_rfc3339_times() {
