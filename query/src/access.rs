@@ -1,4 +1,4 @@
-//! Access rules: which roles may run which report, and which tenants a caller may read.
+//! Access rules: which roles may run which endpoint, and which tenants a caller may read.
 //!
 //! Every refusal is counted (`custos_query_forbidden_total`); a refusal for a missing role is
 //! also recorded in the query audit.
@@ -11,25 +11,21 @@ use crate::state::AppState;
 use custos_auth::audit::Asked;
 use custos_auth::oidc::{Caller, Role};
 
-/// The reports, with the roles allowed to run them.
+/// Who may run an endpoint: its name (in URLs, the metrics and the query audit) and the
+/// roles allowed. A catalogued report declares both itself
+/// ([`crate::catalogue::Catalogued::NAME`], [`crate::catalogue::Catalogued::ROLES`]); the
+/// other audited endpoints are the [`Report`]s below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// Name in the query audit and the metrics.
+    pub name: &'static str,
+    /// Roles allowed (auditors may read everything).
+    pub roles: &'static [Role],
+}
+
+/// The audited endpoints outside the report catalogue, with the roles allowed to use them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Report {
-    /// Who accessed a patient's record.
-    PatientAccess,
-    /// Everything a user did.
-    UserActivity,
-    /// A token's lifecycle and uses.
-    TokenTrace,
-    /// HIPAA accounting of disclosures.
-    Disclosures,
-    /// Break-the-glass accesses.
-    BreakGlass,
-    /// Accesses after consent revocation.
-    RevocationViolations,
-    /// Consent history.
-    Consents,
-    /// The query audit itself.
-    QueryAudit,
     /// FHIR AuditEvent search.
     FhirAuditEvent,
     /// Hash-chain and checkpoint verification.
@@ -41,17 +37,9 @@ pub enum Report {
 }
 
 impl Report {
-    /// Name in URLs and the query audit.
+    /// Name in the query audit.
     pub fn name(self) -> &'static str {
         match self {
-            Report::PatientAccess => "patient-access",
-            Report::UserActivity => "user-activity",
-            Report::TokenTrace => "token-trace",
-            Report::Disclosures => "disclosures",
-            Report::BreakGlass => "break-glass",
-            Report::RevocationViolations => "revocation-violations",
-            Report::Consents => "consents",
-            Report::QueryAudit => "query-audit",
             Report::FhirAuditEvent => "fhir-auditevent",
             Report::IntegrityVerify => "integrity-verify",
             Report::IntegrityProof => "integrity-proof",
@@ -59,34 +47,40 @@ impl Report {
         }
     }
 
-    /// Roles allowed to run it (auditors may read everything).
+    /// Roles allowed to use it.
     pub fn roles(self) -> &'static [Role] {
         match self {
-            Report::PatientAccess
-            | Report::UserActivity
-            | Report::Disclosures
-            | Report::BreakGlass
-            | Report::FhirAuditEvent => &[Role::ComplianceOfficer, Role::Auditor],
-            Report::TokenTrace => &[Role::IncidentResponder, Role::Auditor],
-            Report::RevocationViolations | Report::Consents => {
-                &[Role::PrivacyOfficer, Role::Auditor]
+            Report::FhirAuditEvent => &[Role::ComplianceOfficer, Role::Auditor],
+            Report::IntegrityVerify | Report::IntegrityProof | Report::IntegrityLedger => {
+                &[Role::Auditor]
             }
-            Report::QueryAudit
-            | Report::IntegrityVerify
-            | Report::IntegrityProof
-            | Report::IntegrityLedger => &[Role::Auditor],
         }
     }
 }
 
-/// Refuses callers without a role for `report`; the refusal is recorded (best effort).
-pub fn authorize(state: &AppState, caller: &Caller, report: Report) -> Result<(), ApiError> {
-    if caller.has_any(report.roles()) {
+impl From<Report> for Access {
+    fn from(r: Report) -> Access {
+        Access {
+            name: r.name(),
+            roles: r.roles(),
+        }
+    }
+}
+
+/// Refuses callers without a role for `access` (a catalogued report's, or a [`Report`]);
+/// the refusal is recorded (best effort).
+pub fn authorize(
+    state: &AppState,
+    caller: &Caller,
+    access: impl Into<Access>,
+) -> Result<(), ApiError> {
+    let access = access.into();
+    if caller.has_any(access.roles) {
         return Ok(());
     }
-    info!(caller = %caller.sub, report = report.name(), "report refused: missing role");
-    metrics::counter!("custos_query_forbidden_total", "report" => report.name()).increment(1);
-    let asked = Asked::new(caller, report.name(), "", json!({}), "none");
+    info!(caller = %caller.sub, report = access.name, "report refused: missing role");
+    metrics::counter!("custos_query_forbidden_total", "report" => access.name).increment(1);
+    let asked = Asked::new(caller, access.name, "", json!({}), "none");
     // Queued, not awaited: a refusal reveals nothing (failures are logged by the writer).
     state.audit.submit_detached(asked.record("forbidden", 0));
     Err(ApiError::Forbidden)

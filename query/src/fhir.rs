@@ -481,7 +481,7 @@ pub fn subset(mut ev: Value, elements: &[String]) -> Value {
 /// The rows of the search: scope, FHIR accesses, filters, ids.
 fn search_where(sql: &mut Sql, c: &Common, filter: &EventFilter, ids: &Option<Vec<String>>) {
     reports::scope(sql, c);
-    sql.push(reports::PATIENT_ACCESS);
+    sql.push(reports::patient_access::BASE);
     filter.apply(sql);
     if let Some(ids) = ids {
         sql.bind1(" AND event_key IN ?", ids.clone());

@@ -8,7 +8,7 @@
 //!
 //! - authentication, roles and the query audit come from [`custos_auth`];
 //! - [`catalogue`]: a report as one declaration, and the one path every report takes;
-//! - [`reports`]: the SQL builders, pure functions over validated parameters;
+//! - [`reports`]: the reports, one file each, and their registry;
 //! - [`export`]: JSON pages with cursors, CSV / NDJSON streaming;
 //! - [`fhir`]: the FHIR R4 endpoint: `metadata`, AuditEvent read and search (IHE BALP);
 //! - [`ledger`]: the ledger verification of the query audit, consent history and revocations;
@@ -33,7 +33,6 @@
 #![deny(missing_docs)]
 
 pub mod access;
-pub mod api;
 pub mod catalogue;
 pub mod config;
 pub mod error;
@@ -108,7 +107,7 @@ pub fn app(state: AppState) -> Router {
     // Everything but the probes counts against the concurrency limit, an export until its
     // stream ends.
     let limited = Router::new()
-        .merge(api::router())
+        .merge(reports::router())
         .merge(integrity::router())
         .route("/fhir/metadata", get(fhir::capability::metadata))
         .route("/fhir/AuditEvent", get(fhir::search))

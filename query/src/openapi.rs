@@ -3,18 +3,19 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api;
 use crate::error::Problem;
-use crate::export::Page;
-use crate::reports::break_glass::BreakGlass;
-use crate::reports::consents::ConsentChange;
-use crate::reports::disclosures::Disclosure;
-use crate::reports::query_audit::ReportQuery;
-use crate::reports::revocation::Violation;
-use crate::reports::token_trace::{TokenSummary, TraceEvent};
-use crate::reports::EventRow;
+use crate::reports;
 
 struct Bearer;
+
+/// Adds the catalogued reports' paths and schemas ([`reports::Paths`]).
+struct Catalogue;
+
+impl Modify for Catalogue {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.merge(reports::Paths::openapi());
+    }
+}
 
 impl Modify for Bearer {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
@@ -39,14 +40,6 @@ impl Modify for Bearer {
         description = "Audited HIPAA access reports over the Custos audit store. Every answered report query is itself recorded (see /v1/reports/query-audit). Auditors verify the hash chains and fetch membership proofs under /v1/integrity; the checkpoint public keys are at /.well-known/custos-checkpoint-jwks.json. Errors are application/problem+json, under /fhir FHIR OperationOutcomes (application/fhir+json)."
     ),
     paths(
-        api::patient_access,
-        api::user_activity,
-        api::token_trace,
-        api::disclosures,
-        api::break_glass,
-        api::revocation_violations,
-        api::consent_history,
-        api::query_audit_report,
         crate::fhir::capability::metadata,
         crate::fhir::search,
         crate::fhir::read::read,
@@ -57,16 +50,6 @@ impl Modify for Bearer {
     ),
     components(schemas(
         Problem,
-        EventRow,
-        Disclosure,
-        BreakGlass,
-        ConsentChange,
-        Violation,
-        ReportQuery,
-        TraceEvent,
-        TokenSummary,
-        Page<EventRow>,
-        api::TracePage,
         crate::integrity::VerifyAnswer,
         crate::integrity::ChainResult,
         crate::integrity::Break,
@@ -79,6 +62,6 @@ impl Modify for Bearer {
         crate::ledger::LedgerTable,
         crate::ledger::LedgerFinding
     )),
-    modifiers(&Bearer)
+    modifiers(&Bearer, &Catalogue)
 )]
 pub struct ApiDoc;

@@ -3,7 +3,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use custos_schemas::event::INTERACTIONS;
 use custos_schemas::{EventType, KeyRing, PseudonymKind};
 use serde::Serialize;
@@ -133,13 +133,7 @@ impl Window {
     }
 }
 
-/// Epoch ms as RFC 3339 with milliseconds, UTC.
-pub fn ms_to_rfc3339(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
+pub use custos_schemas::records::ms_to_rfc3339;
 
 /// Parses an RFC 3339 timestamp or a `YYYY-MM-DD` date (midnight UTC).
 pub fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {

@@ -1,44 +1,265 @@
-//! Row types of the versioned record tables that services other than the ingest write:
-//! the query audit (`custos.report_queries`), the consent history (`custos.consent_history`)
-//! and the revocation lifecycle (`custos.revocations`). They are declared here, once, because
-//! both their writers and the ledger verifier (`custos-integrity`) read them. Times are
-//! milliseconds since the epoch (`DateTime64(3)`); patient and subject columns hold pseudonyms.
+//! Row types of the tables more than one crate reads, declared here once: the versioned
+//! record tables that services other than the ingest write (the query audit
+//! `custos.report_queries`, the consent history `custos.consent_history` and the revocation
+//! lifecycle `custos.revocations`), which their writers and the ledger verifier
+//! (`custos-integrity`) read, and the projection of the audit table (`custos.audit_events`,
+//! whose full row is [`AuditRow`]) that reports read ([`EventRow`]). Times are milliseconds
+//! since the epoch (`DateTime64(3)`); patient and subject columns hold pseudonyms.
+//!
+//! With the `openapi` feature the row types that an API answers with derive
+//! `utoipa::ToSchema`, so the published schema is this declaration.
 
-use serde::{Deserialize, Serialize};
+use chrono::{TimeZone, Utc};
+use serde::{Deserialize, Serialize, Serializer};
 
-/// One version of a row of `custos.report_queries` (migration 0004): a report a service
-/// answered, written in phases under one `query_id` (see the query service's `audit`).
+use crate::row::AuditRow;
+
+/// RFC 3339 text (milliseconds, `Z`) of epoch milliseconds; empty when out of range.
+pub fn ms_to_rfc3339(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Serializes epoch ms as RFC 3339.
+pub fn ser_ms<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&ms_to_rfc3339(*ms))
+}
+
+/// Serializes optional epoch ms as RFC 3339 or null.
+pub fn ser_opt_ms<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(v) => s.serialize_str(&ms_to_rfc3339(*v)),
+        None => s.serialize_none(),
+    }
+}
+
+/// The columns of `custos.audit_events` that reports read and answer, in this order: a
+/// projection of [`AuditRow`] (the full row the ingest writes, declared with the conversion
+/// that fills it) without the producer, Kafka and chain columns. One audit record as reports
+/// show it: patient-identifying values are the stored pseudonyms, never raw ids. Its JSON
+/// form writes times as RFC 3339 (it is read from ClickHouse, never written).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
-pub struct ReportQueryRow {
-    /// Query id (32 hex).
-    pub query_id: String,
-    /// When the request arrived.
-    pub asked_at: i64,
-    /// When this version was written.
-    pub recorded_at: i64,
-    /// Caller `sub`.
-    pub caller_sub: String,
-    /// Caller token issuer.
-    pub caller_issuer: String,
-    /// Caller client (`azp`).
-    pub caller_client: String,
-    /// Caller roles.
-    pub caller_roles: Vec<String>,
-    /// Report name.
-    pub report: String,
-    /// Tenant queried.
-    pub tenant: String,
-    /// Parameters as JSON, identifiers pseudonymized.
-    pub parameters: String,
-    /// Answer format.
-    pub format: String,
-    /// Phase or outcome (`answering`, `answered`, `failed`, `streaming`, `complete`, ...).
-    pub status: String,
-    /// Rows returned.
-    pub rows_returned: u64,
-    /// Time to answer (ms).
-    pub duration_ms: u32,
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "One audit record as reports show it: patient-identifying values are the stored\npseudonyms, never raw ids."
+    )
+)]
+pub struct EventRow {
+    /// Event identity (hex).
+    pub event_key: String,
+    /// When it happened (RFC 3339).
+    #[serde(serialize_with = "ser_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub event_time: i64,
+    /// Custos event type.
+    pub event_type: String,
+    /// `success` or `failure`.
+    pub outcome: String,
+    /// AS issuer.
+    pub issuer: String,
+    /// User subject (readable for workforce, pseudonym otherwise).
+    pub user_sub: String,
+    /// `workforce`, `patient`, `service` or `unknown`.
+    pub user_kind: String,
+    /// SMART `fhirUser`.
+    pub fhir_user: String,
+    /// OAuth client.
+    pub client_id: String,
+    /// AS session.
+    pub session_id: String,
+    /// Token id.
+    pub token_jti: String,
+    /// Token type.
+    pub token_type: String,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+    /// FHIR interaction.
+    pub interaction: String,
+    /// FHIR resource type.
+    pub resource_type: String,
+    /// FHIR resource id (pseudonym in a patient compartment).
+    pub resource_id: String,
+    /// Patient pseudonym.
+    pub patient: String,
+    /// Encounter pseudonym.
+    pub encounter: String,
+    /// Consent id.
+    pub consent_id: String,
+    /// Purposes of use.
+    pub purpose_of_use: Vec<String>,
+    /// Break-the-glass reason.
+    pub break_glass_reason: String,
+    /// `permit`, `deny` or empty.
+    pub decision: String,
+    /// HTTP status.
+    pub http_status: u16,
+    /// Source IP (pseudonym for patient users).
+    pub source_ip: String,
+    /// User agent.
+    pub user_agent: String,
+    /// Gateway request id.
+    pub request_id: String,
+    /// Reason of a revocation or consent change.
+    pub reason: String,
+    /// Who made an administrative change.
+    pub actor: String,
+    /// Introspection result.
+    pub active: Option<bool>,
+    /// Consent period start (RFC 3339).
+    #[serde(serialize_with = "ser_opt_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub period_start: Option<i64>,
+    /// Token expiry, consent period end or break-glass end (RFC 3339).
+    #[serde(serialize_with = "ser_opt_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub expires_at: Option<i64>,
+}
+
+/// The projection of a full row (each column moved as is: the compiler checks that every
+/// projected column is a column of [`AuditRow`] of the same type).
+impl From<AuditRow> for EventRow {
+    fn from(r: AuditRow) -> EventRow {
+        EventRow {
+            event_key: r.event_key,
+            event_time: r.event_time,
+            event_type: r.event_type,
+            outcome: r.outcome,
+            issuer: r.issuer,
+            user_sub: r.user_sub,
+            user_kind: r.user_kind,
+            fhir_user: r.fhir_user,
+            client_id: r.client_id,
+            session_id: r.session_id,
+            token_jti: r.token_jti,
+            token_type: r.token_type,
+            scopes: r.scopes,
+            interaction: r.interaction,
+            resource_type: r.resource_type,
+            resource_id: r.resource_id,
+            patient: r.patient,
+            encounter: r.encounter,
+            consent_id: r.consent_id,
+            purpose_of_use: r.purpose_of_use,
+            break_glass_reason: r.break_glass_reason,
+            decision: r.decision,
+            http_status: r.http_status,
+            source_ip: r.source_ip,
+            user_agent: r.user_agent,
+            request_id: r.request_id,
+            reason: r.reason,
+            actor: r.actor,
+            active: r.active,
+            period_start: r.period_start,
+            expires_at: r.expires_at,
+        }
+    }
+}
+
+/// Declares a record row type, once, and its answer form [`Answered`]: the same fields in
+/// the same order, the ones marked `=> time` (epoch ms) written as RFC 3339. The row's own
+/// serde form (ClickHouse, the ledger's content hash) is left as it is. Field-level serde
+/// attributes are not applied to the answer form: rows declared here carry none.
+macro_rules! record {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$fmeta:meta])*
+                pub $field:ident : $ty:ty $(=> $kind:ident)?
+            ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $(
+                $(#[$fmeta])*
+                pub $field: $ty,
+            )+
+        }
+
+        impl From<$name> for Answered<$name> {
+            fn from(row: $name) -> Answered<$name> {
+                Answered(row)
+            }
+        }
+
+        impl Serialize for Answered<$name> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct as _;
+                let fields = [$(stringify!($field)),+].len();
+                let mut out = s.serialize_struct(stringify!($name), fields)?;
+                $(
+                    out.serialize_field(
+                        stringify!($field),
+                        &record!(@answer self.0.$field $(=> $kind)?),
+                    )?;
+                )+
+                out.end()
+            }
+        }
+    };
+    (@answer $value:expr => time) => {
+        ms_to_rfc3339($value)
+    };
+    (@answer $value:expr) => {
+        &$value
+    };
+}
+
+/// A record row as an API answers it (JSON, NDJSON): its fields in declaration order, times
+/// as RFC 3339 instead of epoch milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered<T>(pub T);
+
+record! {
+    /// One version of a row of `custos.report_queries` (migration 0004): a report a service
+    /// answered, written in phases under one `query_id` (see the query service's `audit`).
+    /// The query-audit report answers it as [`Answered`] (schema `ReportQuery`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(as = ReportQuery, description = "One row of `custos.report_queries` (migration 0004).")
+    )]
+    pub struct ReportQueryRow {
+        /// Query id (32 hex), also returned to the caller as `query_id`.
+        pub query_id: String,
+        /// When the request arrived (RFC 3339).
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        pub asked_at: i64 => time,
+        /// When this version of the record was written (RFC 3339).
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        pub recorded_at: i64 => time,
+        /// Caller `sub`.
+        pub caller_sub: String,
+        /// Caller token issuer.
+        pub caller_issuer: String,
+        /// Caller client (`azp`).
+        pub caller_client: String,
+        /// Caller roles.
+        pub caller_roles: Vec<String>,
+        /// Report name.
+        pub report: String,
+        /// Tenant queried.
+        pub tenant: String,
+        /// Parameters as JSON, identifiers pseudonymized.
+        pub parameters: String,
+        /// `json`, `csv`, `ndjson` or `fhir`.
+        pub format: String,
+        /// `answering` (asked, not yet answered or never finished), `answered`, `failed`,
+        /// `streaming`, `complete`, `aborted` or `forbidden`.
+        pub status: String,
+        /// Rows returned.
+        pub rows_returned: u64,
+        /// Time to answer (ms).
+        pub duration_ms: u32,
+    }
 }
 
 /// One row of `custos.consent_history`: a consent event and the state after it.
@@ -145,4 +366,62 @@ pub struct RevocationRow {
     pub set_jti: String,
     /// Value-free detail (failure reason, skip reason, receipt summary).
     pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_query_is_answered_with_rfc3339_times_and_stored_with_ms() {
+        let row = ReportQueryRow {
+            query_id: "q".into(),
+            asked_at: 1_000,
+            recorded_at: 2_000,
+            caller_sub: "s".into(),
+            caller_issuer: "i".into(),
+            caller_client: "c".into(),
+            caller_roles: vec!["auditor".into()],
+            report: "patient-access".into(),
+            tenant: "t".into(),
+            parameters: "{}".into(),
+            format: "json".into(),
+            status: "answered".into(),
+            rows_returned: 3,
+            duration_ms: 4,
+        };
+        let stored = serde_json::to_string(&row).unwrap_or_default();
+        let answered = serde_json::to_string(&Answered::from(row)).unwrap_or_default();
+        assert_eq!(
+            answered,
+            stored
+                .replace(
+                    "\"asked_at\":1000",
+                    "\"asked_at\":\"1970-01-01T00:00:01.000Z\""
+                )
+                .replace(
+                    "\"recorded_at\":2000",
+                    "\"recorded_at\":\"1970-01-01T00:00:02.000Z\""
+                )
+        );
+        assert!(stored.contains("\"asked_at\":1000"));
+    }
+
+    #[test]
+    fn event_row_projects_an_audit_row_and_answers_rfc3339_times() {
+        let row = AuditRow {
+            event_key: "k".into(),
+            event_time: 1_000,
+            kafka_offset: 7,
+            expires_at: Some(2_000),
+            ..AuditRow::default()
+        };
+        let e = EventRow::from(row);
+        assert_eq!(e.event_key, "k");
+        let json = serde_json::to_value(&e).unwrap_or_default();
+        assert_eq!(json["event_time"], "1970-01-01T00:00:01.000Z");
+        assert_eq!(json["expires_at"], "1970-01-01T00:00:02.000Z");
+        assert_eq!(json["period_start"], serde_json::Value::Null);
+        assert!(json.get("kafka_offset").is_none());
+    }
 }

@@ -431,7 +431,7 @@ impl Ctx {
                     patients: Some(self.ring.lookup_all(&c.tenant, PseudonymKind::Patient, id)),
                     ..EventFilter::default()
                 };
-                let sql = reports::events(&c, reports::PATIENT_ACCESS, &filter, c.limit + 1);
+                let sql = reports::events(&c, reports::patient_access::BASE, &filter, c.limit + 1);
                 let rows: Vec<EventRow> = sql.query(&self.reader).fetch_all().await?;
                 Ok(rows.len())
             }

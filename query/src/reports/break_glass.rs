@@ -1,14 +1,99 @@
 //! Break-the-glass review: every `custos.breakglass.opened` (with its reason and how long
 //! the emergency access lasted) and every FHIR access made under the `BTG` purpose.
 
-use serde::Serialize;
-use utoipa::ToSchema;
+use custos_schemas::PseudonymKind;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ser_ms, ser_opt_ms, EventRow, Keyed, Tabular};
-use crate::params::{ms_to_rfc3339, Cursor};
+use super::{events, ser_ms, ser_opt_ms, EventFilter, EventRow, Keyed, Tabular, UserMatch};
+use crate::catalogue::{handler, shared, Catalogued, Plan, SingleQuery};
+use crate::error::{ApiError, Problem};
+use crate::export::Page;
+use crate::params::{self, ms_to_rfc3339, AuditParams, Common, Cursor};
+use crate::sql::Sql;
+use crate::state::AppState;
+use custos_auth::oidc::{Caller, Role};
 
 /// Base condition.
 pub const BASE: &str = " AND (event_type = 'custos.breakglass.opened' OR (event_type = 'custos.fhir.access' AND has(purpose_of_use, 'BTG')))";
+
+/// Parameters of `/v1/reports/break-glass`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct BreakGlassParams {
+    /// Raw patient id.
+    pub patient: Option<String>,
+    /// Clinician `sub` or `fhirUser`.
+    pub user: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Window start.
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+shared!(BreakGlassParams);
+
+handler! {
+    /// Break-the-glass openings (reason, duration) and BTG accesses.
+    break_glass => BreakGlassAccess {
+        params: BreakGlassParams,
+        tag: "reports",
+        body: Page<BreakGlass>
+    }
+}
+
+/// Break-the-glass accesses.
+pub struct BreakGlassAccess;
+
+impl Catalogued for BreakGlassAccess {
+    type Params = BreakGlassParams;
+    type Filter = EventFilter;
+    const NAME: &'static str = "break-glass";
+    const ROLES: &'static [Role] = &[Role::ComplianceOfficer, Role::Auditor];
+    const PATH: &'static str = "/v1/reports/break-glass";
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &BreakGlassParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let patient = params::ident("patient", p.patient.as_deref())?;
+        let user = params::ident("user", p.user.as_deref())?;
+        let filter = EventFilter {
+            patients: patient
+                .as_deref()
+                .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
+            user: user
+                .as_deref()
+                .map(|u| UserMatch::new(&s.keys, &c.tenant, u)),
+            ..EventFilter::default()
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &patient)
+            .hashed("user", PseudonymKind::Subject, &user)
+            .done();
+        Ok(Plan { filter, audit })
+    }
+}
+
+impl SingleQuery for BreakGlassAccess {
+    type Row = EventRow;
+    type Out = BreakGlass;
+
+    fn sql(_: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        events(c, BASE, filter, limit)
+    }
+}
 
 /// One break-glass row.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]

@@ -4,12 +4,104 @@
 //! the configured treatment/payment/operations codes. An access that states no purpose is
 //! accounted (it cannot be shown to be TPO).
 
-use serde::Serialize;
-use utoipa::ToSchema;
+use custos_schemas::PseudonymKind;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{order_limit, scope, ser_ms, EventFilter, EventRow, Keyed, Tabular, SELECT_EVENTS};
-use crate::params::{ms_to_rfc3339, Common, Cursor};
+use crate::catalogue::{handler, shared, Catalogued, Plan, SingleQuery};
+use crate::error::{ApiError, Problem};
+use crate::export::Page;
+use crate::params::{self, ms_to_rfc3339, AuditParams, Common, Cursor};
 use crate::sql::Sql;
+use crate::state::{AppState, Settings};
+use custos_auth::oidc::{Caller, Role};
+
+/// Parameters of `/v1/reports/disclosures`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DisclosureParams {
+    /// Raw patient id.
+    pub patient: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Window start (default: six years before `to`).
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Recipient client.
+    pub client: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+shared!(DisclosureParams);
+
+/// Six years (45 CFR 164.528(a)).
+pub const DISCLOSURE_WINDOW_DAYS: u32 = 6 * 365 + 2;
+
+handler! {
+    /// HIPAA 164.528 accounting of disclosures for a patient.
+    disclosures => Disclosures {
+        params: DisclosureParams,
+        tag: "reports",
+        body: Page<Disclosure>
+    }
+}
+
+/// HIPAA accounting of disclosures.
+pub struct Disclosures;
+
+impl Catalogued for Disclosures {
+    type Params = DisclosureParams;
+    type Filter = EventFilter;
+    const NAME: &'static str = "disclosures";
+    const ROLES: &'static [Role] = &[Role::ComplianceOfficer, Role::Auditor];
+    const PATH: &'static str = "/v1/reports/disclosures";
+
+    fn window_days(_: &Settings) -> u32 {
+        DISCLOSURE_WINDOW_DAYS
+    }
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &DisclosureParams,
+    ) -> Result<Plan<EventFilter>, ApiError> {
+        let patient = params::required_ident("patient", p.patient.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let filter = EventFilter {
+            patients: Some(
+                s.keys
+                    .lookup_all(&c.tenant, PseudonymKind::Patient, &patient),
+            ),
+            client: client.clone(),
+            ..EventFilter::default()
+        };
+        let excluded = s.settings.excluded_purposes.join(",");
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &Some(patient))
+            .plain("client", &client)
+            .plain("excluded_purposes", &Some(excluded))
+            .done();
+        Ok(Plan { filter, audit })
+    }
+}
+
+impl SingleQuery for Disclosures {
+    type Row = EventRow;
+    type Out = Disclosure;
+
+    fn sql(s: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        build(c, filter, &s.settings.excluded_purposes, limit)
+    }
+}
 
 /// Base condition: permitted accesses by anyone but the patient.
 pub const BASE: &str =

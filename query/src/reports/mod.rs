@@ -1,22 +1,44 @@
-//! Report SQL builders (pure functions: validated parameters in, [`Sql`] out) and the row
-//! types they fetch. Every report reads `custos.audit_events FINAL`, so a replayed event
-//! never shows twice, and pages in the stable order `(event_time, event_key)`.
+//! The report catalogue's reports, one file each (see [`crate::catalogue`]): parameters,
+//! name, roles, path, validation, what the query audit records, SQL builder (pure
+//! functions: validated parameters in, [`Sql`] out), row types and handler. This module
+//! holds the registry and what the event reports share: the audit-row projection they
+//! read, their filters, scope and stable order. Every event report reads
+//! `custos.audit_events FINAL`, so a replayed event never shows twice, and pages in the
+//! stable order `(event_time, event_key)`.
+//!
+//! Adding a report: its file here, one line in the registry below, and its end-to-end test
+//! in `tests/tests/`.
 
-pub mod break_glass;
-pub mod consents;
-pub mod disclosures;
-pub mod query_audit;
-pub mod revocation;
-pub mod token_trace;
-
+use axum::Router;
 use clickhouse::Row;
 use custos_schemas::row::NON_COMPARTMENT_TYPES;
 use custos_schemas::{KeyRing, PseudonymKind};
-use serde::{Deserialize, Serialize, Serializer};
-use utoipa::ToSchema;
+
+pub use custos_schemas::records::{ser_ms, ser_opt_ms, EventRow};
 
 use crate::params::{ms_to_rfc3339, Common, Cursor};
 use crate::sql::Sql;
+use crate::state::AppState;
+
+crate::catalogue::catalogue! {
+    reports {
+        patient_access::PatientAccess => patient_access,
+        user_activity::UserActivity => user_activity,
+        token_trace::TokenTrace => token_trace,
+        disclosures::Disclosures => disclosures,
+        break_glass::BreakGlassAccess => break_glass,
+        revocation_violations::RevocationViolations => revocation_violations,
+        consent_history::ConsentHistory => consent_history,
+        query_audit::QueryAuditReport => query_audit_report,
+    }
+    schemas { token_trace::TraceEvent }
+}
+
+/// The `/v1` report router: every catalogued report, and the former paths that redirect to
+/// a report.
+pub fn router() -> Router<AppState> {
+    routes().merge(consent_history::moved())
+}
 
 /// A `DateTime64(3)` placeholder bound from epoch milliseconds.
 macro_rules! ms {
@@ -40,58 +62,13 @@ pub trait Tabular {
     fn record(&self) -> Vec<String>;
 }
 
-/// Serializes epoch ms as RFC 3339.
-pub fn ser_ms<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&ms_to_rfc3339(*ms))
-}
-
-/// Serializes optional epoch ms as RFC 3339 or null.
-pub fn ser_opt_ms<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-    match ms {
-        Some(v) => s.serialize_str(&ms_to_rfc3339(*v)),
-        None => s.serialize_none(),
-    }
-}
-
 /// CSV text of optional epoch ms.
 pub fn opt_ms_text(ms: Option<i64>) -> String {
     ms.map(ms_to_rfc3339).unwrap_or_default()
 }
 
-/// The columns of [`EventRow`], in order.
-pub const EVENT_COLUMNS: [&str; 31] = [
-    "event_key",
-    "event_time",
-    "event_type",
-    "outcome",
-    "issuer",
-    "user_sub",
-    "user_kind",
-    "fhir_user",
-    "client_id",
-    "session_id",
-    "token_jti",
-    "token_type",
-    "scopes",
-    "interaction",
-    "resource_type",
-    "resource_id",
-    "patient",
-    "encounter",
-    "consent_id",
-    "purpose_of_use",
-    "break_glass_reason",
-    "decision",
-    "http_status",
-    "source_ip",
-    "user_agent",
-    "request_id",
-    "reason",
-    "actor",
-    "active",
-    "period_start",
-    "expires_at",
-];
+/// The columns of [`EventRow`], in order (the CSV header of the event reports).
+pub const EVENT_COLUMNS: &[&str] = <EventRow as Row>::COLUMN_NAMES;
 
 /// `SELECT` of the [`EventRow`] columns, up to `WHERE `.
 pub const SELECT_EVENTS: &str = "SELECT event_key, event_time, event_type, outcome, issuer, user_sub, user_kind, \
@@ -99,80 +76,6 @@ fhir_user, client_id, session_id, token_jti, token_type, scopes, interaction, re
 patient, encounter, consent_id, purpose_of_use, break_glass_reason, decision, http_status, source_ip, \
 user_agent, request_id, reason, actor, active, period_start, expires_at \
 FROM custos.audit_events FINAL WHERE ";
-
-/// One audit record as reports show it: patient-identifying values are the stored
-/// pseudonyms, never raw ids.
-#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize, ToSchema)]
-pub struct EventRow {
-    /// Event identity (hex).
-    pub event_key: String,
-    /// When it happened (RFC 3339).
-    #[serde(serialize_with = "ser_ms")]
-    #[schema(value_type = String)]
-    pub event_time: i64,
-    /// Custos event type.
-    pub event_type: String,
-    /// `success` or `failure`.
-    pub outcome: String,
-    /// AS issuer.
-    pub issuer: String,
-    /// User subject (readable for workforce, pseudonym otherwise).
-    pub user_sub: String,
-    /// `workforce`, `patient`, `service` or `unknown`.
-    pub user_kind: String,
-    /// SMART `fhirUser`.
-    pub fhir_user: String,
-    /// OAuth client.
-    pub client_id: String,
-    /// AS session.
-    pub session_id: String,
-    /// Token id.
-    pub token_jti: String,
-    /// Token type.
-    pub token_type: String,
-    /// Scopes granted.
-    pub scopes: Vec<String>,
-    /// FHIR interaction.
-    pub interaction: String,
-    /// FHIR resource type.
-    pub resource_type: String,
-    /// FHIR resource id (pseudonym in a patient compartment).
-    pub resource_id: String,
-    /// Patient pseudonym.
-    pub patient: String,
-    /// Encounter pseudonym.
-    pub encounter: String,
-    /// Consent id.
-    pub consent_id: String,
-    /// Purposes of use.
-    pub purpose_of_use: Vec<String>,
-    /// Break-the-glass reason.
-    pub break_glass_reason: String,
-    /// `permit`, `deny` or empty.
-    pub decision: String,
-    /// HTTP status.
-    pub http_status: u16,
-    /// Source IP (pseudonym for patient users).
-    pub source_ip: String,
-    /// User agent.
-    pub user_agent: String,
-    /// Gateway request id.
-    pub request_id: String,
-    /// Reason of a revocation or consent change.
-    pub reason: String,
-    /// Who made an administrative change.
-    pub actor: String,
-    /// Introspection result.
-    pub active: Option<bool>,
-    /// Consent period start (RFC 3339).
-    #[serde(serialize_with = "ser_opt_ms")]
-    #[schema(value_type = Option<String>)]
-    pub period_start: Option<i64>,
-    /// Token expiry, consent period end or break-glass end (RFC 3339).
-    #[serde(serialize_with = "ser_opt_ms")]
-    #[schema(value_type = Option<String>)]
-    pub expires_at: Option<i64>,
-}
 
 impl Keyed for EventRow {
     fn cursor(&self) -> Cursor {
@@ -185,7 +88,7 @@ impl Keyed for EventRow {
 
 impl Tabular for EventRow {
     fn header() -> &'static [&'static str] {
-        &EVENT_COLUMNS
+        EVENT_COLUMNS
     }
 
     fn record(&self) -> Vec<String> {
@@ -358,11 +261,6 @@ pub fn order_limit(sql: &mut Sql, limit: u64) {
     sql.bind1(" ORDER BY event_time, event_key LIMIT ?", limit);
 }
 
-/// Patient-access base condition: FHIR accesses.
-pub const PATIENT_ACCESS: &str = " AND event_type = 'custos.fhir.access'";
-/// User-activity base condition: every event type.
-pub const USER_ACTIVITY: &str = "";
-
 /// An event report: scope, base condition, filters, stable order, `limit` rows.
 pub fn events(c: &Common, base: &'static str, filter: &EventFilter, limit: u64) -> Sql {
     let mut sql = Sql::new(SELECT_EVENTS);
@@ -416,7 +314,7 @@ pub(crate) mod tests {
             time_ms: 1_500,
             key: "0123456789abcdef0123456789abcdef".into(),
         });
-        let sql = events(&c, PATIENT_ACCESS, &filter, 51);
+        let sql = events(&c, patient_access::BASE, &filter, 51);
         assert!(sql.text().starts_with("SELECT event_key, event_time"));
         assert!(sql
             .text()
@@ -490,5 +388,16 @@ pub(crate) mod tests {
         let json = serde_json::to_value(&row).unwrap();
         assert_eq!(json["event_time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(json["period_start"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn select_reads_the_projection_columns_in_order() {
+        let listed = SELECT_EVENTS
+            .strip_prefix("SELECT ")
+            .and_then(|s| s.strip_suffix(" FROM custos.audit_events FINAL WHERE "))
+            .unwrap();
+        let listed: Vec<&str> = listed.split(", ").collect();
+        assert_eq!(listed, EVENT_COLUMNS);
+        assert_eq!(EVENT_COLUMNS.len(), 31);
     }
 }

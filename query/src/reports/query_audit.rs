@@ -3,49 +3,107 @@
 //! returned), itself reportable to auditors.
 
 use clickhouse::Row;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use custos_schemas::records::{Answered, ReportQueryRow};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
-use super::{ms, ser_ms, Keyed, Tabular};
-use crate::params::{ms_to_rfc3339, Common, Cursor};
+use super::{ms, Keyed, Tabular};
+use crate::access::{query_audit_tenants, tenant_allowed};
+use crate::catalogue::{handler, shared, Catalogued, Plan, SingleQuery};
+use crate::error::{ApiError, Problem};
+use crate::export::Page;
+use crate::params::{self, ms_to_rfc3339, AuditParams, Common, Cursor};
 use crate::sql::Sql;
+use crate::state::AppState;
+use custos_auth::oidc::{Caller, Role};
 
-/// One row of `custos.report_queries` (migration 0004).
-#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize, ToSchema)]
-pub struct ReportQuery {
-    /// Query id (32 hex), also returned to the caller as `query_id`.
-    pub query_id: String,
-    /// When the request arrived (RFC 3339).
-    #[serde(serialize_with = "ser_ms")]
-    #[schema(value_type = String)]
-    pub asked_at: i64,
-    /// When this version of the record was written (RFC 3339).
-    #[serde(serialize_with = "ser_ms")]
-    #[schema(value_type = String)]
-    pub recorded_at: i64,
+/// Parameters of `/v1/reports/query-audit`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct QueryAuditParams {
     /// Caller `sub`.
-    pub caller_sub: String,
-    /// Caller token issuer.
-    pub caller_issuer: String,
-    /// Caller client (`azp`).
-    pub caller_client: String,
-    /// Caller roles.
-    pub caller_roles: Vec<String>,
+    pub caller: Option<String>,
     /// Report name.
-    pub report: String,
-    /// Tenant queried.
-    pub tenant: String,
-    /// Parameters as JSON, identifiers pseudonymized.
-    pub parameters: String,
-    /// `json`, `csv`, `ndjson` or `fhir`.
-    pub format: String,
-    /// `answering` (asked, not yet answered or never finished), `answered`, `failed`,
-    /// `streaming`, `complete`, `aborted` or `forbidden`.
-    pub status: String,
-    /// Rows returned.
-    pub rows_returned: u64,
-    /// Time to answer (ms).
-    pub duration_ms: u32,
+    pub report: Option<String>,
+    /// Tenant queried (no default: all tenants).
+    pub tenant: Option<String>,
+    /// Window start.
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+shared!(QueryAuditParams);
+
+handler! {
+    /// The report queries answered (auditors only).
+    query_audit_report => QueryAuditReport {
+        params: QueryAuditParams,
+        tag: "reports",
+        body: Page<ReportQueryRow>
+    }
+}
+
+/// The query audit itself.
+pub struct QueryAuditReport;
+
+impl Catalogued for QueryAuditReport {
+    type Params = QueryAuditParams;
+    type Filter = QueryAuditFilter;
+    const NAME: &'static str = "query-audit";
+    const ROLES: &'static [Role] = &[Role::Auditor];
+    const PATH: &'static str = "/v1/reports/query-audit";
+
+    /// No default tenant here: without `tenant` the report covers what the caller may read.
+    fn check_tenant(caller: &Caller, p: &QueryAuditParams, c: &Common) -> Result<(), ApiError> {
+        if p.tenant.is_some() {
+            tenant_allowed(caller, &c.tenant)?;
+        }
+        Ok(())
+    }
+
+    fn plan(
+        s: &AppState,
+        caller: &Caller,
+        c: &Common,
+        p: &QueryAuditParams,
+    ) -> Result<Plan<QueryAuditFilter>, ApiError> {
+        let filter = QueryAuditFilter {
+            caller: params::ident("caller", p.caller.as_deref())?,
+            report: params::code("report", p.report.as_deref())?,
+            tenants: query_audit_tenants(caller, p.tenant.as_ref().map(|_| c.tenant.as_str())),
+        };
+        let audit = AuditParams::new(&s.keys, c)
+            .plain("caller", &filter.caller)
+            .plain("report", &filter.report)
+            .plain("tenant", &filter.tenants.as_ref().map(|t| t.join(",")))
+            .done();
+        Ok(Plan { filter, audit })
+    }
+
+    fn recorded_tenant<'c>(p: &QueryAuditParams, c: &'c Common) -> &'c str {
+        if p.tenant.is_some() {
+            &c.tenant
+        } else {
+            ""
+        }
+    }
+}
+
+impl SingleQuery for QueryAuditReport {
+    type Row = ReportQueryRow;
+    type Out = Answered<ReportQueryRow>;
+
+    fn sql(_: &AppState, c: &Common, filter: &QueryAuditFilter, limit: u64) -> Sql {
+        build(c, filter, limit)
+    }
 }
 
 /// Filters of the query-audit report.
@@ -99,51 +157,37 @@ FROM custos.report_queries FINAL WHERE ",
     sql
 }
 
-impl Keyed for ReportQuery {
+impl Keyed for Answered<ReportQueryRow> {
     fn cursor(&self) -> Cursor {
         Cursor {
-            time_ms: self.asked_at,
-            key: self.query_id.clone(),
+            time_ms: self.0.asked_at,
+            key: self.0.query_id.clone(),
         }
     }
 }
 
-impl Tabular for ReportQuery {
+impl Tabular for Answered<ReportQueryRow> {
     fn header() -> &'static [&'static str] {
-        &[
-            "query_id",
-            "asked_at",
-            "recorded_at",
-            "caller_sub",
-            "caller_issuer",
-            "caller_client",
-            "caller_roles",
-            "report",
-            "tenant",
-            "parameters",
-            "format",
-            "status",
-            "rows_returned",
-            "duration_ms",
-        ]
+        <ReportQueryRow as Row>::COLUMN_NAMES
     }
 
     fn record(&self) -> Vec<String> {
+        let r = &self.0;
         vec![
-            self.query_id.clone(),
-            ms_to_rfc3339(self.asked_at),
-            ms_to_rfc3339(self.recorded_at),
-            self.caller_sub.clone(),
-            self.caller_issuer.clone(),
-            self.caller_client.clone(),
-            self.caller_roles.join(" "),
-            self.report.clone(),
-            self.tenant.clone(),
-            self.parameters.clone(),
-            self.format.clone(),
-            self.status.clone(),
-            self.rows_returned.to_string(),
-            self.duration_ms.to_string(),
+            r.query_id.clone(),
+            ms_to_rfc3339(r.asked_at),
+            ms_to_rfc3339(r.recorded_at),
+            r.caller_sub.clone(),
+            r.caller_issuer.clone(),
+            r.caller_client.clone(),
+            r.caller_roles.join(" "),
+            r.report.clone(),
+            r.tenant.clone(),
+            r.parameters.clone(),
+            r.format.clone(),
+            r.status.clone(),
+            r.rows_returned.to_string(),
+            r.duration_ms.to_string(),
         ]
     }
 }
@@ -152,6 +196,18 @@ impl Tabular for ReportQuery {
 mod tests {
     use super::*;
     use crate::reports::tests::common;
+
+    #[test]
+    fn selects_the_declared_columns_in_order() {
+        let sql = build(&common(), &QueryAuditFilter::default(), 1);
+        let listed = sql
+            .text()
+            .strip_prefix("SELECT ")
+            .and_then(|t| t.split(" FROM ").next())
+            .unwrap();
+        let listed: Vec<&str> = listed.split(", ").collect();
+        assert_eq!(listed, <ReportQueryRow as Row>::COLUMN_NAMES);
+    }
 
     #[test]
     fn filters_are_bound() {

@@ -3,15 +3,194 @@
 //! IPs seen, the operations performed against the SMART scopes granted, and uses after
 //! revocation or expiry flagged.
 
-use std::collections::HashMap;
+mod lifecycle;
 
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ms, order_limit, scope, EventRow, Keyed, Tabular, EVENT_COLUMNS, SELECT_EVENTS};
-use crate::params::{Common, Cursor};
+pub use lifecycle::{permission, scope_covers, Deadlines, SummaryRow, TokenSummary, TraceEvent};
+
+use super::{ms, order_limit, scope, EventRow, SELECT_EVENTS};
+use crate::catalogue::{handler, shared, Answer, Catalogued, Plan};
+use crate::error::{ApiError, Problem};
+use crate::export::{audited, page_of, stream_prepared, Page};
+use crate::params::{self, AuditParams, Common, Format};
 use crate::sql::{Arg, Sql};
+use crate::state::AppState;
+use custos_auth::audit::Asked;
+use custos_auth::oidc::{Caller, Role};
+
+/// Parameters of `/v1/reports/token-trace` (exactly one of jti, session, client).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TokenTraceParams {
+    /// Token id.
+    pub jti: Option<String>,
+    /// AS session id.
+    pub session: Option<String>,
+    /// OAuth client.
+    pub client: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Window start.
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson` (exports stream the flagged events).
+    pub format: Option<String>,
+}
+
+shared!(TokenTraceParams);
+
+/// A token trace page: lifecycle summaries plus the flagged events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TracePage {
+    /// The events page.
+    #[serde(flatten)]
+    pub page: Page<TraceEvent>,
+    /// Per-token lifecycle over the whole window.
+    pub tokens: Vec<TokenSummary>,
+}
+
+handler! {
+    /// A token's lifecycle, accesses, IPs and scopes; late uses flagged.
+    token_trace => TokenTrace {
+        params: TokenTraceParams,
+        tag: "reports",
+        body: TracePage
+    }
+}
+
+/// A token's lifecycle and uses.
+pub struct TokenTrace;
+
+impl Catalogued for TokenTrace {
+    type Params = TokenTraceParams;
+    type Filter = Selector;
+    const NAME: &'static str = "token-trace";
+    const ROLES: &'static [Role] = &[Role::IncidentResponder, Role::Auditor];
+    const PATH: &'static str = "/v1/reports/token-trace";
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &TokenTraceParams,
+    ) -> Result<Plan<Selector>, ApiError> {
+        let jti = params::ident("jti", p.jti.as_deref())?;
+        let session = params::ident("session", p.session.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let sel = match (jti, session, client) {
+            (Some(j), None, None) => Selector::Jti(j),
+            (None, Some(s), None) => Selector::Session(s),
+            (None, None, Some(c)) => Selector::Client(c),
+            _ => {
+                return Err(ApiError::bad(
+                    "exactly one of jti, session, client is required",
+                ))
+            }
+        };
+        let (name, value) = sel.describe();
+        let audit = AuditParams::new(&s.keys, c)
+            .plain(name, &Some(value.to_owned()))
+            .done();
+        Ok(Plan { filter: sel, audit })
+    }
+}
+
+/// Three queries: the token index once (where the trace's events are), then the per-token
+/// summary and the events over the keys it found. A JSON page carries the summaries beside
+/// the flagged events; an export streams the flagged events.
+impl Answer for TokenTrace {
+    async fn answer<'a>(
+        s: &'a AppState,
+        asked: Asked,
+        c: &'a Common,
+        sel: Selector,
+    ) -> Result<Response, ApiError> {
+        if c.format != Format::Json {
+            return export(s, asked, c, sel).await;
+        }
+        // The index is read once; the summary and the page's events are then
+        // independent queries over the keys it found: run them together. The asked
+        // record is written meanwhile.
+        let (tokens, rows) = audited(s, &asked, "answering", async {
+            let found = trace_keys(s, c, &sel).await?;
+            if found.is_empty() {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let summary_sql = summary(c, &sel, &found);
+            let sql = events(c, &sel, &found, c.limit + 1);
+            Ok(tokio::try_join!(
+                summary_sql.query(&s.reader).fetch_all::<SummaryRow>(),
+                sql.query(&s.reader).fetch_all::<EventRow>()
+            )?)
+        })
+        .await?;
+        let deadlines = Deadlines::new(&tokens);
+        let (rows, next) = page_of(s, &asked, rows, c.limit, |r| deadlines.flag(r)).await?;
+        let page = Page {
+            report: asked.report().to_owned(),
+            query_id: asked.query_id.clone(),
+            tenant: c.tenant.clone(),
+            from: c.window.from_rfc3339(),
+            to: c.window.to_rfc3339(),
+            rows,
+            next_cursor: next,
+        };
+        Ok(Json(TracePage {
+            page,
+            tokens: tokens.into_iter().map(TokenSummary::from).collect(),
+        })
+        .into_response())
+    }
+}
+
+/// The CSV / NDJSON export of a trace: its flagged events.
+async fn export(
+    s: &AppState,
+    asked: Asked,
+    c: &Common,
+    sel: Selector,
+) -> Result<Response, ApiError> {
+    // The index and the summary are read, like the export itself, only while the
+    // `streaming` record is written: nothing is read for a request left unrecorded.
+    let slot = s.exports.acquire(asked.caller_sub())?;
+    let timer = std::time::Instant::now();
+    let sel = &sel;
+    let prepare = async move {
+        let found = trace_keys(s, c, sel).await?;
+        let summary: Vec<SummaryRow> = if found.is_empty() {
+            Vec::new()
+        } else {
+            let sql = summary(c, sel, &found);
+            sql.query(&s.reader).fetch_all().await?
+        };
+        let deadlines = Deadlines::new(&summary);
+        let map = move |r: EventRow| deadlines.flag(r);
+        Ok((events(c, sel, &found, c.limit), map))
+    };
+    let out = stream_prepared(s, asked, slot, c.format, prepare).await;
+    metrics::histogram!("custos_query_report_seconds", "report" => TokenTrace::NAME)
+        .record(timer.elapsed().as_secs_f64());
+    out
+}
+
+/// Reads where a trace's events are from the token index (once per trace).
+async fn trace_keys(s: &AppState, c: &Common, sel: &Selector) -> Result<Found, ApiError> {
+    Ok(match sel.keys(c) {
+        Some(sql) => Found::new(Some(sql.query(&s.reader).fetch_all::<KeyRow>().await?)),
+        None => Found::new(None),
+    })
+}
 
 /// The tokens seen in a session (binds: tenant, session).
 macro_rules! session_tokens {
@@ -259,336 +438,10 @@ FROM custos.audit_events FINAL WHERE ",
     sql
 }
 
-/// The aggregate row of [`summary`].
-#[derive(Debug, Clone, PartialEq, Row, Deserialize)]
-pub struct SummaryRow {
-    /// Token id.
-    pub token_jti: String,
-    /// Client.
-    pub client_id: String,
-    /// Subject.
-    pub user_sub: String,
-    /// fhirUser.
-    pub fhir_user: String,
-    /// Session.
-    pub session_id: String,
-    /// ms, 0 if unseen.
-    pub issued_at: i64,
-    /// ms, 0 if unseen.
-    pub refreshed_at: i64,
-    /// ms, 0 if unseen.
-    pub revoked_at: i64,
-    /// Revocation reason.
-    pub revocation_reason: String,
-    /// ms, 0 if unknown.
-    pub expires_at: i64,
-    /// Count.
-    pub introspections: u64,
-    /// Count.
-    pub inactive_introspections: u64,
-    /// Count.
-    pub accesses: u64,
-    /// Count.
-    pub denied_accesses: u64,
-    /// Scopes in the AS's issued/refreshed events.
-    pub scopes_granted: Vec<String>,
-    /// Scopes the gateway saw on the token.
-    pub scopes_presented: Vec<String>,
-    /// `ResourceType.interaction` performed.
-    pub operations: Vec<String>,
-    /// IPs seen.
-    pub ips: Vec<String>,
-    /// Count.
-    pub accesses_after_revocation: u64,
-    /// Count.
-    pub accesses_after_expiry: u64,
-}
-
-/// Lifecycle of one token.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct TokenSummary {
-    /// Token id.
-    pub jti: String,
-    /// Client.
-    pub client_id: String,
-    /// Subject.
-    pub user_sub: String,
-    /// fhirUser.
-    pub fhir_user: String,
-    /// AS session.
-    pub session_id: String,
-    /// Issued (RFC 3339).
-    pub issued_at: Option<String>,
-    /// Last refreshed (RFC 3339).
-    pub last_refreshed_at: Option<String>,
-    /// Expiry (RFC 3339).
-    pub expires_at: Option<String>,
-    /// First revocation (RFC 3339).
-    pub revoked_at: Option<String>,
-    /// Why it was revoked.
-    pub revocation_reason: String,
-    /// Introspections seen.
-    pub introspections: u64,
-    /// Introspections that answered `active: false`.
-    pub inactive_introspections: u64,
-    /// FHIR accesses made with it.
-    pub accesses: u64,
-    /// Of which denied.
-    pub denied_accesses: u64,
-    /// Accesses after its revocation.
-    pub accesses_after_revocation: u64,
-    /// Accesses after its expiry.
-    pub accesses_after_expiry: u64,
-    /// IPs seen (pseudonyms for patient users).
-    pub ips: Vec<String>,
-    /// Scopes granted.
-    pub scopes_granted: Vec<String>,
-    /// Operations performed (`ResourceType.interaction`).
-    pub operations: Vec<String>,
-    /// Operations no granted scope covers.
-    pub operations_not_granted: Vec<String>,
-    /// Resource scopes granted but never used.
-    pub scopes_unused: Vec<String>,
-    /// `used_after_revocation`, `used_after_expiry`, `scope_exceeded`.
-    pub flags: Vec<String>,
-}
-
-/// The SMART permission letter an interaction needs (`None`: not scope-checked).
-pub fn permission(interaction: &str) -> Option<char> {
-    match interaction {
-        "read" | "vread" | "history" | "history-instance" | "history-type" => Some('r'),
-        "search" | "search-type" | "search-system" | "history-system" => Some('s'),
-        "create" => Some('c'),
-        "update" | "patch" => Some('u'),
-        "delete" => Some('d'),
-        _ => None,
-    }
-}
-
-/// Whether a SMART v1/v2 scope (`patient/Observation.rs`, `user/*.read`, ...) covers
-/// `letter` on `resource_type`.
-pub fn scope_covers(scope: &str, resource_type: &str, letter: char) -> bool {
-    let Some((context, rest)) = scope.split_once('/') else {
-        return false;
-    };
-    if !matches!(context, "patient" | "user" | "system") {
-        return false;
-    }
-    let rest = rest.split('?').next().unwrap_or(rest);
-    let Some((rtype, perms)) = rest.split_once('.') else {
-        return false;
-    };
-    if rtype != "*" && rtype != resource_type {
-        return false;
-    }
-    match perms {
-        "*" => true,
-        "read" => matches!(letter, 'r' | 's'),
-        "write" => matches!(letter, 'c' | 'u' | 'd'),
-        p if !p.is_empty() && p.chars().all(|c| "cruds".contains(c)) => p.contains(letter),
-        _ => false,
-    }
-}
-
-fn opt_time(ms: i64) -> Option<String> {
-    (ms > 0).then(|| crate::params::ms_to_rfc3339(ms))
-}
-
-impl From<SummaryRow> for TokenSummary {
-    fn from(r: SummaryRow) -> TokenSummary {
-        let granted = if r.scopes_granted.is_empty() {
-            r.scopes_presented.clone()
-        } else {
-            r.scopes_granted.clone()
-        };
-        let mut not_granted = Vec::new();
-        let mut used_scopes = vec![false; granted.len()];
-        for op in &r.operations {
-            let Some((rtype, interaction)) = op.split_once('.') else {
-                continue;
-            };
-            let Some(letter) = permission(interaction) else {
-                continue;
-            };
-            let mut covered = false;
-            for (i, s) in granted.iter().enumerate() {
-                if scope_covers(s, rtype, letter) {
-                    covered = true;
-                    used_scopes[i] = true;
-                }
-            }
-            if !covered {
-                not_granted.push(op.clone());
-            }
-        }
-        let unused: Vec<String> = granted
-            .iter()
-            .zip(&used_scopes)
-            .filter(|(s, used)| !**used && s.contains('/'))
-            .map(|(s, _)| s.clone())
-            .collect();
-        let mut flags = Vec::new();
-        if r.accesses_after_revocation > 0 {
-            flags.push("used_after_revocation".to_owned());
-        }
-        if r.accesses_after_expiry > 0 {
-            flags.push("used_after_expiry".to_owned());
-        }
-        if !not_granted.is_empty() {
-            flags.push("scope_exceeded".to_owned());
-        }
-        TokenSummary {
-            issued_at: opt_time(r.issued_at),
-            last_refreshed_at: opt_time(r.refreshed_at),
-            expires_at: opt_time(r.expires_at),
-            revoked_at: opt_time(r.revoked_at),
-            jti: r.token_jti,
-            client_id: r.client_id,
-            user_sub: r.user_sub,
-            fhir_user: r.fhir_user,
-            session_id: r.session_id,
-            revocation_reason: r.revocation_reason,
-            introspections: r.introspections,
-            inactive_introspections: r.inactive_introspections,
-            accesses: r.accesses,
-            denied_accesses: r.denied_accesses,
-            accesses_after_revocation: r.accesses_after_revocation,
-            accesses_after_expiry: r.accesses_after_expiry,
-            ips: r.ips,
-            scopes_granted: granted,
-            operations: r.operations,
-            operations_not_granted: not_granted,
-            scopes_unused: unused,
-            flags,
-        }
-    }
-}
-
-/// Revocation and expiry instants of each token, to flag events.
-#[derive(Debug, Clone, Default)]
-pub struct Deadlines(HashMap<String, (i64, i64)>);
-
-impl Deadlines {
-    /// From the summary rows.
-    pub fn new(rows: &[SummaryRow]) -> Deadlines {
-        Deadlines(
-            rows.iter()
-                .map(|r| (r.token_jti.clone(), (r.revoked_at, r.expires_at)))
-                .collect(),
-        )
-    }
-
-    /// Flags an event.
-    pub fn flag(&self, e: EventRow) -> TraceEvent {
-        let (revoked, expires) = self.0.get(&e.token_jti).copied().unwrap_or((0, 0));
-        let is_access = e.event_type == "custos.fhir.access";
-        TraceEvent {
-            after_revocation: is_access && revoked > 0 && e.event_time > revoked,
-            after_expiry: is_access && expires > 0 && e.event_time > expires,
-            event: e,
-        }
-    }
-}
-
-/// An event of the trace with its flags.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct TraceEvent {
-    /// The audit record.
-    #[serde(flatten)]
-    pub event: EventRow,
-    /// An access made after the token was revoked.
-    pub after_revocation: bool,
-    /// An access made after the token expired.
-    pub after_expiry: bool,
-}
-
-impl Keyed for TraceEvent {
-    fn cursor(&self) -> Cursor {
-        self.event.cursor()
-    }
-}
-
-const TRACE_COLUMNS: [&str; 33] = {
-    let mut out = [""; 33];
-    let mut i = 0;
-    while i < EVENT_COLUMNS.len() {
-        out[i] = EVENT_COLUMNS[i];
-        i += 1;
-    }
-    out[31] = "after_revocation";
-    out[32] = "after_expiry";
-    out
-};
-
-impl Tabular for TraceEvent {
-    fn header() -> &'static [&'static str] {
-        &TRACE_COLUMNS
-    }
-
-    fn record(&self) -> Vec<String> {
-        let mut r = self.event.record();
-        r.push(self.after_revocation.to_string());
-        r.push(self.after_expiry.to_string());
-        r
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::reports::tests::common;
-
-    #[test]
-    fn smart_scopes() {
-        assert!(scope_covers("user/Observation.rs", "Observation", 'r'));
-        assert!(scope_covers("user/Observation.rs", "Observation", 's'));
-        assert!(!scope_covers("user/Observation.rs", "Observation", 'u'));
-        assert!(scope_covers("patient/*.read", "Condition", 's'));
-        assert!(!scope_covers("patient/*.read", "Condition", 'c'));
-        assert!(scope_covers("system/Patient.write", "Patient", 'u'));
-        assert!(scope_covers(
-            "patient/Observation.rs?category=laboratory",
-            "Observation",
-            'r'
-        ));
-        assert!(!scope_covers("launch", "Observation", 'r'));
-        assert!(!scope_covers("user/Patient.rs", "Observation", 'r'));
-    }
-
-    #[test]
-    fn summary_flags_scope_excess_and_late_use() {
-        let row = SummaryRow {
-            token_jti: "j".into(),
-            client_id: "c".into(),
-            user_sub: "u".into(),
-            fhir_user: String::new(),
-            session_id: String::new(),
-            issued_at: 1,
-            refreshed_at: 0,
-            revoked_at: 5,
-            revocation_reason: "r".into(),
-            expires_at: 0,
-            introspections: 0,
-            inactive_introspections: 0,
-            accesses: 3,
-            denied_accesses: 0,
-            scopes_granted: vec![
-                "launch".into(),
-                "user/Observation.rs".into(),
-                "user/Condition.rs".into(),
-            ],
-            scopes_presented: vec![],
-            operations: vec!["Observation.read".into(), "Patient.delete".into()],
-            ips: vec![],
-            accesses_after_revocation: 1,
-            accesses_after_expiry: 0,
-        };
-        let s = TokenSummary::from(row);
-        assert_eq!(s.operations_not_granted, vec!["Patient.delete".to_owned()]);
-        assert_eq!(s.scopes_unused, vec!["user/Condition.rs".to_owned()]);
-        assert_eq!(s.flags, vec!["used_after_revocation", "scope_exceeded"]);
-        assert_eq!(s.expires_at, None);
-    }
 
     fn keys_of(n: usize) -> Found {
         Found::new(Some(

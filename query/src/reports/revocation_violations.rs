@@ -9,12 +9,95 @@
 //! pseudonym is matched and the join is on the client alone.
 
 use clickhouse::Row;
+use custos_schemas::PseudonymKind;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{ms, ser_ms, Keyed, Tabular};
-use crate::params::{ms_to_rfc3339, Common, Cursor};
+use crate::catalogue::{handler, shared, Catalogued, Plan, SingleQuery};
+use crate::error::{ApiError, Problem};
+use crate::export::Page;
+use crate::params::{self, ms_to_rfc3339, AuditParams, Common, Cursor};
 use crate::sql::Sql;
+use crate::state::AppState;
+use custos_auth::oidc::{Caller, Role};
+
+/// Parameters of `/v1/reports/revocation-violations`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ViolationParams {
+    /// Raw patient id (needed to link across a key rotation).
+    pub patient: Option<String>,
+    /// Client.
+    pub client: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Window start.
+    pub from: Option<String>,
+    /// Window end.
+    pub to: Option<String>,
+    /// Page size or row cap.
+    pub limit: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// `json`, `csv` or `ndjson`.
+    pub format: Option<String>,
+}
+
+shared!(ViolationParams);
+
+handler! {
+    /// Accesses permitted after a consent revocation (past the grace period).
+    revocation_violations => RevocationViolations {
+        params: ViolationParams,
+        tag: "reports",
+        body: Page<Violation>
+    }
+}
+
+/// Accesses after consent revocation.
+pub struct RevocationViolations;
+
+impl Catalogued for RevocationViolations {
+    type Params = ViolationParams;
+    type Filter = ViolationFilter;
+    const NAME: &'static str = "revocation-violations";
+    const ROLES: &'static [Role] = &[Role::PrivacyOfficer, Role::Auditor];
+    const PATH: &'static str = "/v1/reports/revocation-violations";
+
+    fn plan(
+        s: &AppState,
+        _: &Caller,
+        c: &Common,
+        p: &ViolationParams,
+    ) -> Result<Plan<ViolationFilter>, ApiError> {
+        let patient = params::ident("patient", p.patient.as_deref())?;
+        let client = params::ident("client", p.client.as_deref())?;
+        let filter = ViolationFilter {
+            patients: patient
+                .as_deref()
+                .map(|pt| s.keys.lookup_all(&c.tenant, PseudonymKind::Patient, pt)),
+            client: client.clone(),
+        };
+        let grace = s.settings.revocation_grace_secs;
+        let audit = AuditParams::new(&s.keys, c)
+            .hashed("patient", PseudonymKind::Patient, &patient)
+            .plain("client", &client)
+            .plain("grace_secs", &Some(grace.to_string()))
+            .done();
+        Ok(Plan { filter, audit })
+    }
+}
+
+impl SingleQuery for RevocationViolations {
+    type Row = Violation;
+    type Out = Violation;
+
+    fn sql(s: &AppState, c: &Common, filter: &ViolationFilter, limit: u64) -> Sql {
+        build(c, filter, s.settings.revocation_grace_secs, limit)
+    }
+}
 
 /// Validated parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
