@@ -37,6 +37,7 @@ final class Publisher implements AutoCloseable {
     private final Thread senderThread;
     private volatile boolean running = true;
     private volatile boolean kafkaUp = true;
+    private long lastDropWarning;
 
     Publisher(ListenerConfig config, Spool spool, BatchSender sender) {
         this.config = config;
@@ -95,10 +96,13 @@ final class Publisher implements AutoCloseable {
             appended = 0;
         }
         if (appended < batch.size()) {
-            long before = dropped.getAndAdd(batch.size() - appended);
-            if (before == 0 || appended == 0 && batch.size() > 0) {
-                LOG.warnf("custos-kafka: spool full (%d bytes, limit %d): %d events dropped so far",
-                        spool.pendingBytes(), config.maxSpoolBytes(), before + batch.size() - appended);
+            long total = dropped.addAndGet(batch.size() - appended);
+            long now = System.nanoTime();
+            // At most one warning per 10 s while events are being dropped.
+            if (now - lastDropWarning > TimeUnit.SECONDS.toNanos(10) || total == batch.size() - appended) {
+                lastDropWarning = now;
+                LOG.warnf("custos-kafka: spool full (%d bytes, limit %d) or unwritable: %d events dropped so far",
+                        spool.pendingBytes(), config.maxSpoolBytes(), total);
             }
         }
     }
