@@ -12,6 +12,7 @@ pub mod consent;
 pub mod deploy;
 pub mod fhir;
 pub mod issuer;
+pub mod kc_source;
 pub mod keycloak;
 pub mod proxy;
 pub mod reports;
