@@ -8,10 +8,10 @@ interface BatchSender extends Closeable {
     /**
      * Sends {@code records} and waits for their acknowledgement.
      *
-     * @return the length of the prefix of {@code records} that was acknowledged; less than
-     *     {@code records.size()} when the destination failed
+     * @return for each record, whether the destination acknowledged it (records of different
+     *     partitions may fail independently)
      */
-    int send(List<SpoolRecord> records);
+    boolean[] send(List<SpoolRecord> records);
 
     /** A short description of the last failure (no record content), or null. */
     String lastError();

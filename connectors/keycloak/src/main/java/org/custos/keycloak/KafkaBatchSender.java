@@ -46,7 +46,8 @@ final class KafkaBatchSender implements BatchSender {
     }
 
     @Override
-    public int send(List<SpoolRecord> records) {
+    public boolean[] send(List<SpoolRecord> records) {
+        boolean[] acked = new boolean[records.size()];
         List<Future<RecordMetadata>> sent = new ArrayList<>(records.size());
         try {
             KafkaProducer<byte[], byte[]> p = producer();
@@ -54,6 +55,7 @@ final class KafkaBatchSender implements BatchSender {
                 sent.add(p.send(new ProducerRecord<>(config.topic(), r.key(), r.value())));
             }
         } catch (RuntimeException e) {
+            // The records not handed to the producer count as failed.
             lastError = describe(e);
         }
         if (producer != null) {
@@ -63,23 +65,24 @@ final class KafkaBatchSender implements BatchSender {
                 lastError = describe(e);
             }
         }
-        int acked = 0;
-        for (Future<RecordMetadata> f : sent) {
+        boolean all = sent.size() == records.size();
+        for (int i = 0; i < sent.size(); i++) {
             try {
-                f.get();
-                acked++;
+                sent.get(i).get();
+                acked[i] = true;
             } catch (ExecutionException e) {
                 lastError = describe(e.getCause());
-                break;
+                all = false;
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
+                all = false;
                 break;
             }
         }
-        if (acked < records.size()) {
-            closeProducer(Duration.ZERO);
-        } else {
+        if (all) {
             lastError = null;
+        } else {
+            closeProducer(Duration.ZERO);
         }
         return acked;
     }

@@ -2,7 +2,9 @@ package org.custos.keycloak;
 
 import java.io.IOException;
 import java.util.ArrayList;
+import java.util.HashSet;
 import java.util.List;
+import java.util.Set;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
@@ -38,6 +40,8 @@ final class Publisher implements AutoCloseable {
     private volatile boolean running = true;
     private volatile boolean kafkaUp = true;
     private long lastDropWarning;
+    /** Spool positions past the cursor that Kafka already acknowledged (sender thread only). */
+    private final Set<String> ackedAhead = new HashSet<>();
 
     Publisher(ListenerConfig config, Spool spool, BatchSender sender) {
         this.config = config;
@@ -171,20 +175,41 @@ final class Publisher implements AutoCloseable {
             LockSupport.parkNanos(TimeUnit.MILLISECONDS.toNanos(200));
             return false;
         }
+        // Records of an earlier attempt that Kafka acknowledged while others failed (another
+        // partition) are not sent again.
+        List<Spool.Entry> pending = new ArrayList<>(entries.size());
         List<SpoolRecord> records = new ArrayList<>(entries.size());
         for (Spool.Entry e : entries) {
-            records.add(e.record());
+            if (!ackedAhead.contains(position(e))) {
+                pending.add(e);
+                records.add(e.record());
+            }
         }
-        int acked = sender.send(records);
-        if (acked > 0) {
+        boolean[] acked = records.isEmpty() ? new boolean[0] : sender.send(records);
+        boolean failed = false;
+        for (int i = 0; i < pending.size(); i++) {
+            if (acked[i]) {
+                ackedAhead.add(position(pending.get(i)));
+                sent.incrementAndGet();
+            } else {
+                failed = true;
+            }
+        }
+        int prefix = 0;
+        while (prefix < entries.size() && ackedAhead.contains(position(entries.get(prefix)))) {
+            prefix++;
+        }
+        if (prefix > 0) {
             try {
-                spool.commit(entries.get(acked - 1), acked);
+                spool.commit(entries.get(prefix - 1), prefix);
+                for (int i = 0; i < prefix; i++) {
+                    ackedAhead.remove(position(entries.get(i)));
+                }
             } catch (IOException e) {
                 LOG.errorf("custos-kafka: cannot write the spool cursor in %s: %s", config.spoolDir(), e.getMessage());
             }
-            sent.addAndGet(acked);
         }
-        if (acked < records.size()) {
+        if (failed) {
             sendFailures.incrementAndGet();
             if (kafkaUp) {
                 kafkaUp = false;
@@ -198,6 +223,10 @@ final class Publisher implements AutoCloseable {
             LOG.infof("custos-kafka: Kafka at %s is reachable again; sending the spooled events", config.bootstrapServers());
         }
         return false;
+    }
+
+    private static String position(Spool.Entry e) {
+        return e.segment() + ":" + e.end();
     }
 
     /** One status line: queue depth, spool size, sent and dropped counts, Kafka state. */

@@ -18,21 +18,23 @@ class PublisherTest {
     Path dir;
 
     /** A destination that can be switched off; it keeps what it acknowledged. */
-    static final class FakeKafka implements BatchSender {
+    static class FakeKafka implements BatchSender {
         final List<String> delivered = Collections.synchronizedList(new ArrayList<>());
         final AtomicBoolean up = new AtomicBoolean(true);
 
         @Override
-        public int send(List<SpoolRecord> records) {
+        public boolean[] send(List<SpoolRecord> records) {
+            boolean[] acked = new boolean[records.size()];
             if (!up.get()) {
-                return 0;
+                return acked;
             }
             // Acknowledge half of a batch of more than one, to exercise partial progress.
             int n = records.size() > 1 && delivered.size() % 2 == 1 ? records.size() / 2 : records.size();
             for (int i = 0; i < n; i++) {
                 delivered.add(new String(records.get(i).value(), StandardCharsets.UTF_8));
+                acked[i] = true;
             }
-            return n;
+            return acked;
         }
 
         @Override
@@ -42,6 +44,41 @@ class PublisherTest {
 
         @Override
         public void close() {}
+    }
+
+    /** Fails every other record of the first few batches: partitions failing independently. */
+    static final class FlakyPartitions extends FakeKafka {
+        int calls;
+
+        @Override
+        public boolean[] send(List<SpoolRecord> records) {
+            boolean[] acked = new boolean[records.size()];
+            boolean flaky = calls++ < 3;
+            for (int i = 0; i < records.size(); i++) {
+                if (!flaky || i % 2 == 0) {
+                    delivered.add(new String(records.get(i).value(), StandardCharsets.UTF_8));
+                    acked[i] = true;
+                }
+            }
+            return acked;
+        }
+    }
+
+    @Test
+    void recordsAcknowledgedBesideFailedOnesAreNotSentAgain() throws Exception {
+        FlakyPartitions kafka = new FlakyPartitions();
+        Publisher p = new Publisher(config(1000), new Spool(dir, 1L << 30, 4096), kafka);
+        for (int i = 0; i < 40; i++) {
+            p.submit(SpoolTest.rec(i));
+        }
+        p.start();
+        waitFor(() -> kafka.delivered.size() >= 40 && p.spoolEvents() == 0);
+        p.close();
+        List<String> sorted = new ArrayList<>(kafka.delivered);
+        Collections.sort(sorted);
+        List<String> want = expected(0, 40);
+        Collections.sort(want);
+        assertEquals(want, sorted, "every event exactly once");
     }
 
     private ListenerConfig config(int capacity) {
