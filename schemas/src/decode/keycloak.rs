@@ -4,9 +4,8 @@
 //! deduplication).
 //!
 //! Common attributes: `id` = event id, `source` = `keycloak:{realmId}`, `time` = `time`
-//! (epoch milliseconds), `tenant` = `realmName` when the event carries it (the `custos-kafka`
-//! listener of `connectors/keycloak` adds it), else `realmId`. Keycloak events carry no
-//! issuer URL, so `iss` is always `keycloak:{realmId}` (see [`keycloak_issuer`]).
+//! (epoch milliseconds), `tenant` = `realmId`. Keycloak events carry no issuer URL, so
+//! `iss` is always `keycloak:{realmId}` (see [`keycloak_issuer`]).
 //!
 //! User events (`type`):
 //!
@@ -84,7 +83,6 @@ struct KeycloakJson {
     #[serde(rename = "type")]
     ty: Option<String>,
     realm_id: Option<String>,
-    realm_name: Option<String>,
     client_id: Option<String>,
     user_id: Option<String>,
     session_id: Option<String>,
@@ -121,7 +119,6 @@ struct AuthDetails {
 struct Common {
     id: String,
     realm: String,
-    tenant: String,
     iss: String,
     time: DateTime<Utc>,
 }
@@ -133,7 +130,7 @@ impl Common {
             source: format!("keycloak:{}", self.realm),
             event_type,
             time: self.time,
-            tenant: Some(self.tenant),
+            tenant: Some(self.realm),
             format,
             payload,
         }
@@ -150,12 +147,10 @@ pub fn decode_keycloak(bytes: &[u8]) -> Result<Event, DecodeError> {
         .ok_or_else(|| DecodeError::MissingField("time".to_owned()))?;
     let time = DateTime::from_timestamp_millis(millis)
         .ok_or_else(|| DecodeError::invalid("time", "epoch milliseconds out of range"))?;
-    let tenant = nonempty(ev.realm_name.clone()).unwrap_or_else(|| realm.clone());
     let common = Common {
         id,
         iss: keycloak_issuer(&realm),
         realm,
-        tenant,
         time,
     };
     if ev.operation_type.is_some() || ev.auth_details.is_some() {
@@ -456,21 +451,6 @@ mod tests {
         assert_ne!(a, keycloak_consent_id("realm2", "user-1", "app"));
         assert!(a.starts_with("kc-") && a.len() == 35);
         assert!(!a.contains("user-1"));
-    }
-
-    #[test]
-    fn tenant_is_the_realm_name_when_given() {
-        let login = |extra: &str| {
-            let json = format!(
-                r#"{{"id":"e1","time":1700000000000,"type":"LOGIN","realmId":"r-uuid",{extra}"clientId":"app","userId":"u1"}}"#
-            );
-            decode_keycloak(json.as_bytes()).expect("decodes")
-        };
-        let named = login(r#""realmName":"north","#);
-        assert_eq!(named.tenant.as_deref(), Some("north"));
-        assert_eq!(named.source, "keycloak:r-uuid");
-        assert_eq!(login("").tenant.as_deref(), Some("r-uuid"));
-        assert_eq!(login(r#""realmName":" ","#).tenant.as_deref(), Some("r-uuid"));
     }
 
     #[test]
