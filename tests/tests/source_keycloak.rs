@@ -278,6 +278,10 @@ async fn keycloak_events_survive_an_outage_and_a_restart_and_reach_clickhouse() 
             .any(|(ty, _, _)| ty == "custos.auth.login_failed"),
         "{stored:?}"
     );
+    // Passed: stop both and drop their directory (kept on failure for the logs).
+    drop(kc);
+    drop(kafka);
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 
