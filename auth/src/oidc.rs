@@ -116,6 +116,9 @@ pub enum Role {
     IncidentResponder,
     /// Read-only access to everything, including the query audit.
     Auditor,
+    /// Write-only: an audit source that sends AuditEvents to the feed. It reads nothing:
+    /// no report, consent or integrity endpoint lists it.
+    AuditSource,
 }
 
 impl Role {
@@ -126,6 +129,7 @@ impl Role {
             Role::PrivacyOfficer => "privacy_officer",
             Role::IncidentResponder => "incident_responder",
             Role::Auditor => "auditor",
+            Role::AuditSource => "audit_source",
         }
     }
 
@@ -136,6 +140,7 @@ impl Role {
             Role::PrivacyOfficer,
             Role::IncidentResponder,
             Role::Auditor,
+            Role::AuditSource,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -703,6 +708,12 @@ mod tests {
             vec![Role::ComplianceOfficer, Role::IncidentResponder]
         );
         assert!(roles_at(&c, &["nope".to_owned()]).is_empty());
+        let source = json!({"roles": ["audit_source"]});
+        assert_eq!(
+            roles_at(&source, &["roles".to_owned()]),
+            vec![Role::AuditSource]
+        );
+        assert_eq!(Role::AuditSource.as_str(), "audit_source");
     }
 
     #[test]

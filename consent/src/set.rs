@@ -3,7 +3,7 @@
 //! ES256 with a key id (compact JWS, `typ` `secevent+jwt`). The same revocation and receiver
 //! always give the same `jti` and the same claims, so a retried push is the same SET.
 
-use custos_schemas::jws::{self, Es256Signer, JwsError};
+use custos_integrity::jws::{self, Es256Signer, JwsError};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 

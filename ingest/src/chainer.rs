@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clickhouse::Client;
+use custos_integrity::chain::{Hash, Head, GENESIS};
 use custos_runtime::retry::RetryPolicy;
-use custos_schemas::chain::{Hash, Head, GENESIS};
 use custos_schemas::AuditRow;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;

@@ -156,7 +156,7 @@ pub enum CommandError {
     Jwks(serde_json::Error),
     /// The checkpoint key could not be loaded.
     #[error("checkpoint key: {0}")]
-    Key(#[from] custos_schemas::checkpoint::CheckpointError),
+    Key(#[from] custos_integrity::checkpoint::CheckpointError),
     /// Anchors or the checkpoint topic could not be read.
     #[error(transparent)]
     External(#[from] ExternalError),
@@ -226,6 +226,6 @@ pub async fn verify_ledger(
 
 /// The public JWKS of a checkpoint key file.
 pub fn jwks(key_file: &std::path::Path, kid: &str) -> Result<serde_json::Value, CommandError> {
-    let signer = custos_schemas::checkpoint::Signer256::from_pem(&read(key_file)?, kid)?;
+    let signer = custos_integrity::checkpoint::Signer256::from_pem(&read(key_file)?, kid)?;
     Ok(signer.jwks())
 }

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use custos_integrity::checkpoint::Signer256;
 use custos_runtime::clickhouse::{ClickHouseArgs, ClickHouseUrl};
 use custos_runtime::kafka::KafkaArgs;
 use custos_runtime::keys::{KeyRingLoadError, PseudonymKeyArgs};
-use custos_schemas::checkpoint::Signer256;
 use custos_schemas::migrations::DEFAULT_RETENTION_DAYS;
 
 use crate::checkpoints::CheckpointPolicy;

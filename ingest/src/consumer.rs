@@ -21,7 +21,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use custos_schemas::chain::{self, Head};
+use custos_integrity::chain::{self, Head};
 use custos_schemas::{DecodeLimits, KeyRing};
 use metrics::{counter, gauge};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use custos_schemas::chain::{self, Hash};
-use custos_schemas::checkpoint::{Checkpoint, Signer256};
+use crate::chain::{self, Hash};
+use crate::checkpoint::{Checkpoint, Signer256};
 use custos_schemas::AuditRow;
 use serde::{Deserialize, Serialize};
 
@@ -217,7 +217,7 @@ fn parse_anchors(text: &str, shown: &str) -> Result<Vec<ExternalCheckpoint>, Anc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custos_schemas::checkpoint::verify;
+    use crate::checkpoint::verify;
 
     fn rows(partition: i32, offsets: std::ops::Range<i64>) -> Vec<AuditRow> {
         offsets

@@ -19,9 +19,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::chain::{self, chain_id, collapsed_copy, Finding, Verifier};
+use crate::checkpoint;
 use clickhouse::Client;
-use custos_schemas::chain::{self, chain_id, collapsed_copy, Finding, Verifier};
-use custos_schemas::checkpoint;
 use custos_schemas::AuditRow;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;

@@ -6,15 +6,9 @@
 //!   answers its report, with the first broken link of each chain by offset and event id.
 //! - `GET /v1/integrity/proof` answers one record as stored (pseudonymized values only),
 //!   its chain neighbours, every chained record from it up to the head of the covering
-//!   signed checkpoint (at most `CUSTOS_QUERY_PROOF_MAX_RECORDS`), and that checkpoint's JWS.
-//!   An outside party checks membership without trusting this service: recompute
-//!   `record_hash` of the record from its content and its predecessor's hash (the
-//!   `previous` link's `record_hash`, or 32 zero bytes for a chain's first record), then of
-//!   each following record from its content and the hash before it
-//!   ([`custos_schemas::chain::record_hash`]), check each links to the offset before it, that
-//!   the last hash is the checkpoint's signed `head_hash`, and the JWS against the JWKS. The whole records of the path are needed: SHA-256 binds a record's
-//!   hash to its predecessor's only through the record's full content, so a list of bare
-//!   hashes would prove nothing.
+//!   signed checkpoint (at most `CUSTOS_QUERY_PROOF_MAX_RECORDS`), and that checkpoint's JWS,
+//!   as [`custos_integrity::proof::prove`] builds them; an outside party checks membership
+//!   without trusting this service (see that module for how).
 //! - `GET /.well-known/custos-checkpoint-jwks.json` (also `/v1/integrity/jwks`) serves the
 //!   checkpoint public keys of `CUSTOS_CHECKPOINT_JWKS_FILE`, without authentication.
 //!
@@ -28,12 +22,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine;
-use custos_integrity::checkpoints::CheckpointRow;
+use custos_integrity::chain::Hash;
+use custos_integrity::checkpoint::Checkpoint;
+use custos_integrity::proof::{self, Lookup, Proof, ProofError};
 use custos_integrity::verify::{self, ChainReport, Scope, VerifyError};
-use custos_schemas::chain::{self, chain_id, record_hash, Hash, GENESIS};
-use custos_schemas::checkpoint::{self, Checkpoint};
 use custos_schemas::AuditRow;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -53,10 +45,7 @@ use custos_auth::oidc::Caller;
 pub const JWKS_PATH: &str = "/.well-known/custos-checkpoint-jwks.json";
 /// Findings of one chain listed in a verify answer (all are counted).
 pub const MAX_FINDINGS: usize = 100;
-/// Hash construction of the chain (see [`custos_schemas::chain::record_hash`]).
-pub const HASH_ALGORITHM: &str = "custos-chain-v1";
-/// Checkpoints considered when looking for the one covering a record.
-const CHECKPOINT_CANDIDATES: u64 = 10;
+pub use custos_integrity::proof::HASH_ALGORITHM;
 
 pub use crate::config::public_jwks;
 
@@ -322,7 +311,7 @@ pub struct ProofParams {
 }
 
 /// A neighbour of a record in its chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clickhouse::Row, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Link {
     /// Kafka offset.
     pub kafka_offset: i64,
@@ -331,18 +320,18 @@ pub struct Link {
     /// Offset of its predecessor.
     pub chain_prev_offset: i64,
     /// Its hash (64 hex digits).
-    #[serde(with = "custos_schemas::chain::hash_serde")]
+    #[serde(with = "custos_integrity::chain::hash_serde")]
     #[schema(value_type = String)]
     pub record_hash: Hash,
 }
 
-impl From<&AuditRow> for Link {
-    fn from(r: &AuditRow) -> Link {
+impl From<proof::Link> for Link {
+    fn from(l: proof::Link) -> Link {
         Link {
-            kafka_offset: r.kafka_offset,
-            event_key: r.event_key.clone(),
-            chain_prev_offset: r.chain_prev_offset,
-            record_hash: r.record_hash,
+            kafka_offset: l.kafka_offset,
+            event_key: l.event_key,
+            chain_prev_offset: l.chain_prev_offset,
+            record_hash: l.record_hash,
         }
     }
 }
@@ -363,6 +352,18 @@ pub struct ProofCheckpoint {
     pub created_at: String,
 }
 
+impl From<proof::CoveringCheckpoint> for ProofCheckpoint {
+    fn from(cp: proof::CoveringCheckpoint) -> ProofCheckpoint {
+        ProofCheckpoint {
+            jws: cp.row.jws,
+            kid: cp.row.kid,
+            claims: cp.claims,
+            signature_valid: cp.signature_valid,
+            created_at: ms_to_rfc3339(cp.row.created_at),
+        }
+    }
+}
+
 /// What the service itself found when checking the proof (an outside party repeats it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ProofChecks {
@@ -380,6 +381,19 @@ pub struct ProofChecks {
     pub signature_valid: Option<bool>,
     /// All of the above hold: the record is in the signed log.
     pub verified: bool,
+}
+
+impl From<proof::ProofChecks> for ProofChecks {
+    fn from(c: proof::ProofChecks) -> ProofChecks {
+        ProofChecks {
+            record_hash_valid: c.record_hash_valid,
+            previous_link_valid: c.previous_link_valid,
+            path_valid: c.path_valid,
+            head_matches_checkpoint: c.head_matches_checkpoint,
+            signature_valid: c.signature_valid,
+            verified: c.verified,
+        }
+    }
 }
 
 /// Answer of `/v1/integrity/proof`.
@@ -416,160 +430,75 @@ pub struct ProofAnswer {
     pub checks: ProofChecks,
 }
 
-/// Decodes the claims of a JWS without checking the signature.
-fn unverified_claims(jws: &str) -> Option<Checkpoint> {
-    let payload = jws.split('.').nth(1)?;
-    serde_json::from_slice(&B64.decode(payload).ok()?).ok()
-}
-
-/// Checks a proof as an outside party would: `record` after its predecessor's hash
-/// `prev_hash` ([`GENESIS`] for a chain's first record), then each `path` record, hash
-/// correctly and link in order, and the last hash is `claims.head_hash`.
-pub fn check_path(
-    record: &AuditRow,
-    prev_hash: &Hash,
-    path: &[AuditRow],
-    claims: &Checkpoint,
-) -> (bool, bool, bool) {
-    let record_ok = record_hash(prev_hash, record) == record.record_hash;
-    let mut prev = (record.kafka_offset, &record.record_hash);
-    let mut path_ok = true;
-    for r in path {
-        if r.chain_prev_offset != prev.0 || record_hash(prev.1, r) != r.record_hash {
-            path_ok = false;
-        }
-        prev = (r.kafka_offset, &r.record_hash);
-    }
-    // The signed head authenticates every record the path links back from it.
-    let same_chain = claims.topic == record.kafka_topic
-        && claims.partition == record.kafka_partition
-        && prev.0 == claims.last_offset;
-    let head_ok = same_chain && chain::to_hex(prev.1) == claims.head_hash;
-    (record_ok, path_ok, head_ok)
-}
-
-/// How a proof's record is looked up (validated parameters).
-enum Lookup {
-    /// By producer event id within a tenant.
-    EventId { tenant: String, id: String },
-    /// By event key, optionally within a tenant.
-    EventKey { key: String, tenant: Option<String> },
-}
-
-impl Lookup {
-    /// Validates the parameters: the lookup, the tenant to record (the one named, else the
-    /// default tenant for an event id, else empty until the record is found) and the
-    /// parameters to record.
-    fn parse(s: &AppState, p: &ProofParams) -> Result<(Lookup, String, Value), ApiError> {
-        let event_id = params::ident("event_id", p.event_id.as_deref())?;
-        if let Some(t) = &p.tenant {
-            if !valid_tenant(t) {
-                return Err(ApiError::bad(
-                    "tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
-                ));
-            }
-        }
-        match (event_id, p.event_key.as_deref()) {
-            (Some(id), None) => {
-                let tenant = p
-                    .tenant
-                    .clone()
-                    .unwrap_or_else(|| s.settings.limits.default_tenant.clone());
-                let params = json!({"event_id": id, "tenant": tenant});
-                Ok((
-                    Lookup::EventId {
-                        tenant: tenant.clone(),
-                        id,
-                    },
-                    tenant,
-                    params,
-                ))
-            }
-            (None, Some(key)) => {
-                if !params::is_key(key) {
-                    return Err(ApiError::bad("event_key must be 32 lowercase hex digits"));
-                }
-                let params = json!({"event_key": key, "tenant": p.tenant});
-                let lookup = Lookup::EventKey {
-                    key: key.to_owned(),
-                    tenant: p.tenant.clone(),
-                };
-                Ok((lookup, p.tenant.clone().unwrap_or_default(), params))
-            }
-            _ => Err(ApiError::bad(
-                "exactly one of event_id, event_key is required",
-            )),
+impl ProofAnswer {
+    /// The answer for `proof`, recorded as `query_id`.
+    fn new(proof: Proof, query_id: String, jwks_uri: String) -> ProofAnswer {
+        ProofAnswer {
+            report: Report::IntegrityProof.name().to_owned(),
+            query_id,
+            chain: proof.chain,
+            status: proof.status.as_str().to_owned(),
+            hash_algorithm: HASH_ALGORITHM.into(),
+            record: proof.record,
+            previous: proof.previous.map(Link::from),
+            next: proof.next.map(Link::from),
+            path: proof.path,
+            checkpoint: proof.checkpoint.map(ProofCheckpoint::from),
+            jwks_uri,
+            checks: proof.checks.into(),
         }
     }
+}
 
-    /// Reads the record (at most one; several are a 400).
-    async fn fetch(&self, s: &AppState) -> Result<Option<AuditRow>, ApiError> {
-        let mut rows: Vec<AuditRow> = match self {
-            Lookup::EventId { tenant, id } => {
-                s.reader
-                    .query(
-                        "SELECT ?fields FROM custos.audit_events FINAL \
-                         WHERE tenant = ? AND event_id = ? ORDER BY event_key LIMIT 2",
-                    )
-                    .bind(tenant)
-                    .bind(id)
-                    .fetch_all()
-                    .await?
-            }
-            Lookup::EventKey { key, tenant } => {
-                let t = tenant.as_deref().unwrap_or("");
-                s.reader
-                    .query(
-                        "SELECT ?fields FROM custos.audit_events FINAL \
-                         WHERE event_key = ? AND (? = '' OR tenant = ?) ORDER BY tenant LIMIT 2",
-                    )
-                    .bind(key)
-                    .bind(t)
-                    .bind(t)
-                    .fetch_all()
-                    .await?
-            }
-        };
-        if rows.len() > 1 {
+/// Validates the proof parameters: the lookup, the tenant to record (the one named, else
+/// the default tenant for an event id, else empty until the record is found) and the
+/// parameters to record.
+fn proof_lookup(s: &AppState, p: &ProofParams) -> Result<(Lookup, String, Value), ApiError> {
+    let event_id = params::ident("event_id", p.event_id.as_deref())?;
+    if let Some(t) = &p.tenant {
+        if !valid_tenant(t) {
             return Err(ApiError::bad(
-                "the event id names several records (different sources); ask by event_key",
+                "tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
             ));
         }
-        Ok(rows.pop())
+    }
+    match (event_id, p.event_key.as_deref()) {
+        (Some(id), None) => {
+            let tenant = p
+                .tenant
+                .clone()
+                .unwrap_or_else(|| s.settings.limits.default_tenant.clone());
+            let params = json!({"event_id": id, "tenant": tenant});
+            let lookup = Lookup::EventId {
+                tenant: tenant.clone(),
+                id,
+            };
+            Ok((lookup, tenant, params))
+        }
+        (None, Some(key)) => {
+            if !params::is_key(key) {
+                return Err(ApiError::bad("event_key must be 32 lowercase hex digits"));
+            }
+            let params = json!({"event_key": key, "tenant": p.tenant});
+            let lookup = Lookup::EventKey {
+                key: key.to_owned(),
+                tenant: p.tenant.clone(),
+            };
+            Ok((lookup, p.tenant.clone().unwrap_or_default(), params))
+        }
+        _ => Err(ApiError::bad(
+            "exactly one of event_id, event_key is required",
+        )),
     }
 }
 
-/// Picks the covering checkpoint: the first (lowest head) whose signature verifies and
-/// whose signed claims match its stored columns; without a JWKS, the first.
-fn pick_checkpoint(
-    candidates: Vec<CheckpointRow>,
-    jwks: Option<&Value>,
-) -> Option<(CheckpointRow, Option<Checkpoint>, Option<bool>)> {
-    let Some(jwks) = jwks else {
-        let first = candidates.into_iter().next()?;
-        let claims = unverified_claims(&first.jws);
-        return Some((first, claims, None));
-    };
-    let mut fallback = None;
-    for cp in candidates {
-        match checkpoint::verify(&cp.jws, jwks) {
-            Ok(c)
-                if c.topic == cp.kafka_topic
-                    && c.partition == cp.kafka_partition
-                    && c.last_offset == cp.last_offset
-                    && c.head_hash == cp.head_hash =>
-            {
-                return Some((cp, Some(c), Some(true)));
-            }
-            _ => {
-                if fallback.is_none() {
-                    let claims = unverified_claims(&cp.jws);
-                    fallback = Some((cp, claims, Some(false)));
-                }
-            }
+impl From<ProofError> for ApiError {
+    fn from(e: ProofError) -> ApiError {
+        match e {
+            ProofError::ClickHouse(e) => ApiError::ClickHouse(e),
+            ProofError::Ambiguous => ApiError::bad(e.to_string()),
         }
     }
-    fallback
 }
 
 /// A record, its chain neighbours, the records up to the covering signed checkpoint head
@@ -590,42 +519,31 @@ pub async fn proof(
     // Chains span every tenant of a partition: tenant-bound tokens may not read them.
     all_tenants(&caller)?;
     let timer = Instant::now();
-    let (lookup, tenant, audit_params) = Lookup::parse(&s, &p)?;
+    let (lookup, tenant, audit_params) = proof_lookup(&s, &p)?;
     let asked = Asked::new(&caller, report.name(), &tenant, audit_params, "json");
     let jwks_uri = format!("{}{JWKS_PATH}", s.settings.public_url.trim_end_matches('/'));
     // The record and the chain around it are read only while the asked record is written:
     // no acknowledged record, no answer.
+    let integrity = &s.integrity;
     let found = crate::export::audited(&s, &asked, "answering", async {
-        let Some(record) = lookup.fetch(&s).await? else {
+        let Some(record) = proof::find_record(&s.reader, &lookup).await? else {
             return Ok(None);
         };
-        let topic = record.kafka_topic.clone();
-        let partition = record.kafka_partition;
-        let offset = record.kafka_offset;
-        let mut answer = ProofAnswer {
-            report: report.name().to_owned(),
-            query_id: asked.query_id.clone(),
-            chain: chain_id(&topic, partition),
-            status: "unchained".into(),
-            hash_algorithm: HASH_ALGORITHM.into(),
+        let proof = proof::prove(
+            &s.reader,
             record,
-            previous: None,
-            next: None,
-            path: Vec::new(),
-            checkpoint: None,
-            jwks_uri,
-            checks: ProofChecks::default(),
-        };
-        if answer.record.record_hash != GENESIS {
-            fill_proof(&s, &mut answer, &topic, partition, offset).await?;
-        }
-        Ok(Some(answer))
+            integrity.jwks(),
+            integrity.proof_max_records,
+        )
+        .await?;
+        Ok(Some(proof))
     })
     .await?;
-    let Some(answer) = found else {
+    let Some(proof) = found else {
         s.audit.submit(&asked.record("answered", 0)).await;
         return Err(ApiError::NotFound);
     };
+    let answer = ProofAnswer::new(proof, asked.query_id.clone(), jwks_uri);
     let asked = asked.with_tenant(&answer.record.tenant);
     s.audit
         .submit(&asked.record("answered", 1 + answer.path.len() as u64))
@@ -633,120 +551,6 @@ pub async fn proof(
     metrics::histogram!("custos_query_report_seconds", "report" => report.name())
         .record(timer.elapsed().as_secs_f64());
     Ok(Json(answer).into_response())
-}
-
-async fn fill_proof(
-    s: &AppState,
-    answer: &mut ProofAnswer,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) -> Result<(), ApiError> {
-    let record = &answer.record;
-    let mut checks = ProofChecks::default();
-    // The predecessor's hash the record was linked after (none when it is not stored).
-    let prev_hash = if record.chain_prev_offset < 0 {
-        checks.previous_link_valid = Some(true);
-        Some(GENESIS)
-    } else {
-        let prev: Option<Link> = s
-            .reader
-            .query(
-                "SELECT ?fields FROM custos.audit_events FINAL \
-                 WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset = ? \
-                   AND record_hash != '' ORDER BY event_key LIMIT 1",
-            )
-            .bind(topic)
-            .bind(partition)
-            .bind(record.chain_prev_offset)
-            .fetch_optional()
-            .await?;
-        checks.previous_link_valid = prev.as_ref().map(|_| true);
-        let hash = prev.as_ref().map(|l| l.record_hash);
-        answer.previous = prev;
-        hash
-    };
-    checks.record_hash_valid =
-        prev_hash.is_some_and(|p| record_hash(&p, &answer.record) == answer.record.record_hash);
-
-    let candidates: Vec<CheckpointRow> = s
-        .reader
-        .query(
-            "SELECT ?fields FROM custos.chain_checkpoints FINAL \
-             WHERE kafka_topic = ? AND kafka_partition = ? AND last_offset >= ? \
-             ORDER BY last_offset LIMIT ?",
-        )
-        .bind(topic)
-        .bind(partition)
-        .bind(offset)
-        .bind(CHECKPOINT_CANDIDATES)
-        .fetch_all()
-        .await?;
-    let picked = pick_checkpoint(candidates, s.integrity.jwks());
-    let max = s.integrity.proof_max_records;
-    match picked {
-        None => {
-            answer.status = "pending".into();
-            answer.next = s
-                .reader
-                .query(
-                    "SELECT ?fields FROM custos.audit_events FINAL \
-                     WHERE kafka_topic = ? AND kafka_partition = ? AND record_hash != '' \
-                       AND kafka_offset > ? ORDER BY kafka_offset, event_key LIMIT 1",
-                )
-                .bind(topic)
-                .bind(partition)
-                .bind(offset)
-                .fetch_optional::<Link>()
-                .await?;
-        }
-        Some((cp, claims, signature_valid)) => {
-            let head = claims.as_ref().map_or(cp.last_offset, |c| c.last_offset);
-            let mut path: Vec<AuditRow> = s
-                .reader
-                .query(
-                    "SELECT ?fields FROM custos.audit_events FINAL \
-                     WHERE kafka_topic = ? AND kafka_partition = ? AND record_hash != '' \
-                       AND kafka_offset > ? AND kafka_offset <= ? \
-                     ORDER BY kafka_offset, event_key LIMIT ?",
-                )
-                .bind(topic)
-                .bind(partition)
-                .bind(offset)
-                .bind(head)
-                .bind(max + 1)
-                .fetch_all()
-                .await?;
-            answer.next = path.first().map(Link::from);
-            if path.len() as u64 > max {
-                answer.status = "beyond_limit".into();
-                path.clear();
-            } else {
-                answer.status = "covered".into();
-                if let Some(c) = &claims {
-                    let (_, path_ok, head_ok) =
-                        check_path(&answer.record, &prev_hash.unwrap_or(GENESIS), &path, c);
-                    checks.path_valid = Some(path_ok);
-                    checks.head_matches_checkpoint = Some(head_ok);
-                }
-                answer.path = path;
-            }
-            checks.signature_valid = signature_valid;
-            answer.checkpoint = Some(ProofCheckpoint {
-                jws: cp.jws,
-                kid: cp.kid,
-                claims,
-                signature_valid,
-                created_at: ms_to_rfc3339(cp.created_at),
-            });
-        }
-    }
-    checks.verified = checks.record_hash_valid
-        && checks.path_valid == Some(true)
-        && checks.head_matches_checkpoint == Some(true)
-        && checks.signature_valid == Some(true);
-    answer.checks = checks;
-    Ok(())
 }
 
 // ------------------------------------------------------------------------ JWKS
@@ -793,7 +597,7 @@ pub fn verify_router(timeout: Duration) -> Router<AppState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custos_schemas::chain::{link, Finding};
+    use custos_integrity::chain::Finding;
 
     #[test]
     fn event_ids_come_from_the_verifier_findings() {
@@ -823,70 +627,5 @@ mod tests {
         assert!(public_jwks(r#"{"keys":[]}"#).is_err());
         assert!(public_jwks(r#"{"keys":[{"kty":"RSA","kid":"r","n":"x","e":"AQAB"}]}"#).is_err());
         assert!(public_jwks("not json").is_err());
-    }
-
-    fn chain(n: i64) -> Vec<AuditRow> {
-        let mut head = None;
-        (0..n)
-            .map(|o| {
-                let mut r = AuditRow {
-                    event_key: format!("k{o}"),
-                    event_id: format!("e{o}"),
-                    kafka_topic: "t".into(),
-                    kafka_offset: o,
-                    ..AuditRow::default()
-                };
-                head = Some(link(&mut r, head.as_ref()));
-                r
-            })
-            .collect()
-    }
-
-    fn claims(rows: &[AuditRow]) -> Checkpoint {
-        let last = rows.last().expect("rows");
-        Checkpoint {
-            topic: "t".into(),
-            partition: 0,
-            first_offset: 0,
-            last_offset: last.kafka_offset,
-            count: rows.len() as u64,
-            head_hash: chain::to_hex(&last.record_hash),
-            first_time: 0,
-            last_time: 0,
-            iat: 0,
-        }
-    }
-
-    #[test]
-    fn paths_verify_and_tampering_is_caught() {
-        let rows = chain(6);
-        let c = claims(&rows);
-        let p1 = rows[1].record_hash;
-        assert_eq!(
-            check_path(&rows[2], &p1, &rows[3..], &c),
-            (true, true, true)
-        );
-        assert_eq!(
-            check_path(&rows[5], &rows[4].record_hash, &[], &c),
-            (true, true, true)
-        );
-        assert_eq!(
-            check_path(&rows[0], &GENESIS, &rows[1..], &c),
-            (true, true, true)
-        );
-        let mut altered = rows.clone();
-        altered[2].user_agent = "edited".into();
-        assert!(!check_path(&altered[2], &p1, &altered[3..], &c).0);
-        // The wrong predecessor hash does not verify the record.
-        assert!(!check_path(&rows[2], &rows[0].record_hash, &rows[3..], &c).0);
-        altered = rows.clone();
-        altered[4].user_agent = "edited".into();
-        assert!(!check_path(&altered[2], &p1, &altered[3..], &c).1);
-        // A truncated path does not reach the head.
-        assert!(!check_path(&rows[2], &p1, &rows[3..5], &c).2);
-        // Another chain's checkpoint does not cover it.
-        let mut other = c.clone();
-        other.topic = "u".into();
-        assert!(!check_path(&rows[2], &p1, &rows[3..], &other).2);
     }
 }

@@ -10,19 +10,18 @@
 //!   ([`decode::json`]) beside them;
 //! - [`pseudonym`]: the HMAC-SHA256 key ring that turns patient identifiers into keyed
 //!   pseudonyms carrying their key id;
-//! - [`row`]: the ClickHouse row types and the conversion from events;
+//! - [`row`]: the ClickHouse row types and the conversion from events, and [`hash`], the
+//!   value type of their `record_hash` column (chaining it is `custos-integrity`'s job);
 //! - [`records`]: the row types of the query audit, consent history and revocations;
 //! - [`migrations`]: the versioned ClickHouse DDL;
 //! - [`jsonschema`]: JSON Schema documents for producers, generated from the types.
 #![deny(missing_docs)]
 
-pub mod chain;
-pub mod checkpoint;
 pub mod decode;
 pub mod error;
 pub mod event;
+pub mod hash;
 pub mod jsonschema;
-pub mod jws;
 pub mod migrations;
 pub mod pseudonym;
 pub mod records;

@@ -115,9 +115,10 @@ pub struct AuditRow {
     /// Offset of the previous chained record of this partition (-1: first record).
     pub chain_prev_offset: i64,
     /// SHA-256 of the previous record's hash and this record's content
-    /// ([`crate::chain::record_hash`]); all zeros when the row is not chained. Hex in JSON.
-    #[serde(with = "crate::chain::hash_serde")]
-    pub record_hash: crate::chain::Hash,
+    /// (`custos_integrity::chain::record_hash`); all zeros when the row is not chained. Hex
+    /// in JSON.
+    #[serde(with = "crate::hash::hash_serde")]
+    pub record_hash: crate::hash::Hash,
     /// `event_key` of the previous chained record (empty for the first). Not hashed: a hint
     /// that lets `verify` prove a missing position is a producer duplicate collapsed by
     /// deduplication (its hash recomputed from the surviving copy), not a deletion.
@@ -362,7 +363,7 @@ impl RowContext<'_> {
             kafka_partition: pos.partition,
             kafka_offset: pos.offset,
             chain_prev_offset: -1,
-            record_hash: crate::chain::GENESIS,
+            record_hash: crate::hash::GENESIS,
             ..AuditRow::default()
         };
         // Each column is written once: the constant ones (`user_kind`, `outcome`) are

@@ -91,6 +91,18 @@ fn custos_services_run_binaries_that_exist() {
         if svc.get("build").is_none() {
             continue;
         }
+        if let Some((_, dir)) = CONNECTOR_SERVICES.iter().find(|(n, _)| *n == name) {
+            assert_eq!(
+                scalar(&svc["build"]["context"]).as_deref(),
+                Some(format!("./{dir}").as_str()),
+                "{name}: built from its connector"
+            );
+            assert!(
+                workspace().join(dir).join("Dockerfile").is_file(),
+                "{name}: {dir}/Dockerfile"
+            );
+            continue;
+        }
         custos_services += 1;
         assert_eq!(
             scalar(&svc["build"]["context"]).as_deref(),
@@ -126,10 +138,11 @@ fn custos_services_run_binaries_that_exist() {
         );
     }
     assert_eq!(
-        custos_services, 5,
-        "migrate, ingest, query, consent, simulator"
+        custos_services, 6,
+        "migrate, ingest, query, consent, feed, simulator"
     );
     assert_eq!(strings(&service(&c, "query")["command"]), ["custos-query"]);
+    assert_eq!(strings(&service(&c, "feed")["command"]), ["custos-feed"]);
     assert_eq!(
         strings(&service(&c, "consent")["command"]),
         ["custos-consent", "run"]
@@ -204,6 +217,7 @@ fn host_ports_are_bound_to_loopback() {
         ("query", "CUSTOS_QUERY_HTTP_ADDR", true),
         ("consent", "CUSTOS_CONSENT_HTTP_ADDR", true),
         ("consent", "CUSTOS_CONSENT_ADMIN_ADDR", false),
+        ("feed", "CUSTOS_FEED_HTTP_ADDR", true),
     ] {
         let svc = service(&c, name);
         let addr = env_value(svc, var);
@@ -335,6 +349,7 @@ fn healthchecks_and_start_order() {
         "ingest",
         "query",
         "consent",
+        "feed",
     ] {
         let hc = &service(&c, name)["healthcheck"];
         let test = strings(&hc["test"]);
@@ -349,6 +364,7 @@ fn healthchecks_and_start_order() {
         ("ingest", "ingest/src"),
         ("query", "query/src"),
         ("consent", "consent/src"),
+        ("feed", "feed/src"),
     ] {
         let hc = strings(&service(&c, name)["healthcheck"]["test"]);
         assert!(hc.contains(&"custos-healthcheck".to_owned()), "{name}");
@@ -402,6 +418,15 @@ fn healthchecks_and_start_order() {
         "service_completed_successfully"
     );
     assert_eq!(cond("consent", "kafka"), "service_healthy");
+    // The feed writes Kafka only (no ClickHouse) and shares keycloak's namespace.
+    assert_eq!(cond("feed", "kafka"), "service_healthy");
+    assert_eq!(cond("feed", "kafka-init"), "service_completed_successfully");
+    assert_eq!(cond("feed", "keycloak"), "service_healthy");
+    assert_eq!(
+        service(&c, "feed")["depends_on"]["keycloak"]["restart"],
+        Value::Bool(true),
+        "feed: depends_on keycloak restart: true"
+    );
 
     // The ingest drains for CUSTOS_DRAIN_TIMEOUT_SECS on SIGTERM: compose must wait longer.
     let ingest = service(&c, "ingest");

@@ -194,6 +194,59 @@ fn query_env_matches_the_code() {
     assert_eq!(check_oidc(&c, "query", &e), "custos-query");
 }
 
+#[test]
+fn feed_env_matches_the_code() {
+    let c = compose();
+    let names = feed_env_names();
+    for required in [
+        "CUSTOS_FEED_HTTP_ADDR",
+        "CUSTOS_FEED_TOPIC",
+        "CUSTOS_KAFKA_BROKERS",
+        "CUSTOS_OIDC_ISSUER",
+        "CUSTOS_OIDC_AUDIENCE",
+    ] {
+        assert!(
+            names.contains(required),
+            "feed/src no longer reads {required}: update compose.yaml"
+        );
+    }
+    let e = check_custos_env(&c, "feed");
+    let get = |k: &str| e[k].clone().unwrap_or_default();
+    assert_eq!(get("CUSTOS_FEED_TOPIC"), "custos.gateway-events");
+    assert_eq!(get("CUSTOS_KAFKA_BROKERS"), "kafka:9092");
+    assert!(get("CUSTOS_FEED_HTTP_ADDR").starts_with("0.0.0.0:"));
+    // Kafka is the one ingress: the feed holds no ClickHouse account and no key ring.
+    for k in e.keys() {
+        assert!(
+            !k.starts_with("CUSTOS_CLICKHOUSE") && !k.starts_with("CUSTOS_PSEUDONYM"),
+            "feed must not get {k}"
+        );
+    }
+    assert!(service_secrets(service(&c, "feed")).is_empty());
+    assert_eq!(
+        check_oidc_for(&c, "feed", &e, "custos-audit-source"),
+        "custos-feed"
+    );
+    // The source client: client credentials only, its service account holding audit_source.
+    let realm = realm();
+    let client = realm_client(&realm, "custos-audit-source");
+    assert_eq!(client["serviceAccountsEnabled"], true);
+    assert_eq!(client["standardFlowEnabled"], false);
+    assert_eq!(client["directAccessGrantsEnabled"], false);
+    let sa = realm["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["serviceAccountClientId"] == "custos-audit-source")
+        .expect("service account of custos-audit-source");
+    assert!(strings(&sa["realmRoles"]).contains(&"audit_source".to_owned()));
+    // Its secret reaches the realm import like the other clients' secrets.
+    assert_eq!(
+        secret_of(service(&c, "keycloak"), "CUSTOS_FEED_CLIENT_SECRET"),
+        "keycloak_feed_client_secret"
+    );
+}
+
 /// custos-query's own argument parser and `validate()` accept the compose environment (with
 /// placeholder values for the secrets): every variable maps to one of its arguments.
 #[test]

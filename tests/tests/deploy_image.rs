@@ -401,7 +401,7 @@ fn generate_sh_makes_secrets_the_code_accepts() {
     // The checkpoint JWKS is exactly the public half of the checkpoint key, as
     // `custos-ingest jwks` prints it, and the query API accepts it.
     let ingest_kid = env_value(service(&c, "ingest"), "CUSTOS_CHECKPOINT_KID");
-    let signer = custos_schemas::checkpoint::Signer256::from_pem(
+    let signer = custos_integrity::checkpoint::Signer256::from_pem(
         &content("checkpoint_signing_key"),
         &ingest_kid,
     )

@@ -66,7 +66,7 @@ fn expected_rows(
 fn normalize(row: &mut AuditRow) {
     row.ingested_at = 0;
     row.chain_prev_offset = -1;
-    row.record_hash = custos_schemas::chain::GENESIS;
+    row.record_hash = custos_integrity::chain::GENESIS;
     row.prev_event_key.clear();
     row.kafka_offset = 0;
     row.kafka_partition = 0;

@@ -2,7 +2,7 @@
 //! stored by the real `custos-ingest` (one partition, a signed checkpoint every 5 records)
 //! are verified through `/v1/integrity/verify`; a membership proof from
 //! `/v1/integrity/proof` is checked independently here (hashes recomputed with
-//! `custos_schemas::chain::record_hash`, the JWS verified against the JWKS the service
+//! `custos_integrity::chain::record_hash`, the JWS verified against the JWKS the service
 //! serves); one record altered with the admin account is reported at its offset, and its
 //! proof no longer checks. Only the auditor role gets answers, and every call is in the
 //! query audit.
@@ -12,8 +12,8 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use custos_schemas::chain::{from_hex, record_hash, to_hex, GENESIS};
-use custos_schemas::checkpoint::{self, Checkpoint};
+use custos_integrity::chain::{from_hex, record_hash, to_hex, GENESIS};
+use custos_integrity::checkpoint::{self, Checkpoint};
 use custos_schemas::AuditRow;
 use custos_tests::*;
 use serde_json::{json, Value};

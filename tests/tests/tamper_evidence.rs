@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use custos_schemas::chain::record_hash;
+use custos_integrity::chain::record_hash;
 use custos_schemas::AuditRow;
 use custos_tests::events::{self, Raw};
 use custos_tests::*;

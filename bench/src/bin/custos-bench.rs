@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use custos_schemas::chain;
+use custos_integrity::chain;
 use custos_schemas::row::RowContext;
 use custos_schemas::{decode, AuditRow, DecodeLimits, KafkaPosition, KeyRing};
 use custos_tests::{

@@ -194,135 +194,214 @@ fn classify(ty: &str) -> Option<(Kind, bool)> {
     Some((kind, is_error))
 }
 
+/// The attributes of a user event that its conversions read.
+struct UserFields {
+    /// Whether the type ends in `_ERROR`.
+    is_error: bool,
+    details: Details,
+    user_id: Option<String>,
+    client_id: Option<String>,
+    session_id: Option<String>,
+    ip: Option<String>,
+    error: Option<String>,
+}
+
+impl UserFields {
+    fn new(ev: KeycloakJson, is_error: bool) -> UserFields {
+        UserFields {
+            is_error,
+            details: ev.details.unwrap_or_default(),
+            user_id: nonempty(ev.user_id),
+            client_id: nonempty(ev.client_id),
+            session_id: nonempty(ev.session_id),
+            ip: nonempty(ev.ip_address),
+            error: nonempty(ev.error),
+        }
+    }
+
+    /// The client: failed requests may come from a client Keycloak could not identify.
+    fn client(&mut self) -> Result<String, DecodeError> {
+        match self.client_id.take() {
+            Some(c) => Ok(c),
+            None if self.is_error => Ok(UNKNOWN_CLIENT.to_owned()),
+            None => Err(DecodeError::MissingField("clientId".to_owned())),
+        }
+    }
+
+    /// The user, required.
+    fn user(&mut self) -> Result<String, DecodeError> {
+        self.user_id
+            .take()
+            .ok_or_else(|| DecodeError::MissingField("userId".to_owned()))
+    }
+}
+
+/// Converts a user event, one conversion per event family.
 fn user_event(ev: KeycloakJson, common: Common) -> Result<Event, DecodeError> {
     let ty = required(ev.ty.as_deref(), "type")?;
     let (kind, is_error) = classify(ty).ok_or_else(|| DecodeError::unknown_type(ty))?;
-    let details = ev.details.unwrap_or_default();
-    let user_id = nonempty(ev.user_id);
-    let client_id = nonempty(ev.client_id);
-    let session_id = nonempty(ev.session_id);
-    let ip = nonempty(ev.ip_address);
-    let error = nonempty(ev.error);
-    // Failed requests may come from a client Keycloak could not identify.
-    let client = |client_id: Option<String>| -> Result<String, DecodeError> {
-        match client_id {
-            Some(c) => Ok(c),
-            None if is_error => Ok(UNKNOWN_CLIENT.to_owned()),
-            None => Err(DecodeError::MissingField("clientId".to_owned())),
+    let fields = UserFields::new(ev, is_error);
+    match kind {
+        Kind::Auth(event_type) => auth_event(fields, common, event_type),
+        Kind::Token(event_type) => token_event(fields, common, event_type),
+        Kind::ConsentGranted => consent_granted(fields, common),
+        Kind::RevokeGrant => revoke_grant(fields, common),
+    }
+}
+
+/// Login, failed login, logout.
+fn auth_event(
+    mut f: UserFields,
+    common: Common,
+    event_type: EventType,
+) -> Result<Event, DecodeError> {
+    if event_type != EventType::AuthLoginFailed && f.user_id.is_none() {
+        return Err(DecodeError::MissingField("userId".to_owned()));
+    }
+    let data = AuthData {
+        iss: common.iss.clone(),
+        client_id: f.client()?,
+        sub: f.user_id,
+        fhir_user: None,
+        sid: f.session_id,
+        source_ip: f.ip,
+        user_agent: None,
+        error: f.error,
+    };
+    Ok(common.event(event_type, SourceFormat::KeycloakEvent, Payload::Auth(data)))
+}
+
+/// Token issued, refreshed or introspected.
+fn token_event(
+    mut f: UserFields,
+    common: Common,
+    event_type: EventType,
+) -> Result<Event, DecodeError> {
+    let token_id = nonempty(f.details.token_id.take());
+    let refresh_id = nonempty(f.details.refresh_token_id.take());
+    let (jti, token_type) = match (token_id, refresh_id) {
+        (Some(t), _) => {
+            let tt = if event_type == EventType::TokenIntrospected {
+                f.details.token_type.as_deref().and_then(token_type)
+            } else {
+                Some("access")
+            };
+            (t, tt)
+        }
+        (None, _) if !f.is_error => {
+            return Err(DecodeError::MissingField("details.token_id".to_owned()))
+        }
+        (None, Some(r)) => (r, Some("refresh")),
+        (None, None) => (format!("unknown:{}", common.id), None),
+    };
+    let data = TokenData {
+        iss: common.iss.clone(),
+        client_id: f.client()?,
+        sub: f.user_id,
+        fhir_user: None,
+        jti,
+        token_type: token_type.map(str::to_owned),
+        scope: nonempty(f.details.scope),
+        sid: f.session_id,
+        patient: None,
+        expires_at: None,
+        source_ip: f.ip,
+        user_agent: None,
+        active: (event_type == EventType::TokenIntrospected).then_some(!f.is_error),
+        reason: None,
+        error: f.error,
+    };
+    Ok(common.event(
+        event_type,
+        SourceFormat::KeycloakEvent,
+        Payload::Token(data),
+    ))
+}
+
+/// A consent granted or updated on the consent screen.
+fn consent_granted(mut f: UserFields, common: Common) -> Result<Event, DecodeError> {
+    let user = f.user()?;
+    let app = nonempty(f.details.granted_client)
+        .or(f.client_id)
+        .ok_or_else(|| DecodeError::MissingField("clientId".to_owned()))?;
+    let scope = nonempty(f.details.scope).or(nonempty(f.details.granted_scopes));
+    let data = consent(&common, user, app, scope, Some("patient".to_owned()), None);
+    Ok(common.event(
+        EventType::ConsentGranted,
+        SourceFormat::KeycloakEvent,
+        Payload::Consent(data),
+    ))
+}
+
+/// `REVOKE_GRANT`: an access token revoked by its client (RFC 7009), or a consent revoked.
+fn revoke_grant(mut f: UserFields, common: Common) -> Result<Event, DecodeError> {
+    let revoked = nonempty(f.details.revoked_client.take());
+    let token_id = nonempty(f.details.token_id.take());
+    match (revoked, token_id) {
+        (None, Some(jti)) => token_revoked(f, common, jti),
+        (revoked, _) => consent_revoked(f, common, revoked),
+    }
+}
+
+/// RFC 7009 revocation of an access token: the consent stays.
+fn token_revoked(mut f: UserFields, common: Common, jti: String) -> Result<Event, DecodeError> {
+    let data = TokenData {
+        iss: common.iss.clone(),
+        client_id: f.client()?,
+        sub: f.user_id,
+        fhir_user: None,
+        jti,
+        token_type: Some("access".to_owned()),
+        scope: None,
+        sid: f.session_id,
+        patient: None,
+        expires_at: None,
+        source_ip: f.ip,
+        user_agent: None,
+        active: None,
+        reason: Some("revoked by the client (RFC 7009)".to_owned()),
+        error: None,
+    };
+    Ok(common.event(
+        EventType::TokenRevoked,
+        SourceFormat::KeycloakEvent,
+        Payload::Token(data),
+    ))
+}
+
+/// A consent revoked, from the account console or with the client's refresh token.
+fn consent_revoked(
+    mut f: UserFields,
+    common: Common,
+    revoked: Option<String>,
+) -> Result<Event, DecodeError> {
+    let user = f.user()?;
+    // Revoking a refresh token at the revocation endpoint revokes the consent too; then the
+    // client itself is the actor, otherwise the user (account console).
+    let (app, actor, reason) = match revoked {
+        Some(app) if f.client_id.as_deref() == Some(app.as_str()) => {
+            let actor = format!("client:{app}");
+            (
+                app,
+                actor,
+                Some("refresh token revoked by the client (RFC 7009)"),
+            )
+        }
+        Some(app) => (app, "patient".to_owned(), None),
+        None => {
+            let app = f
+                .client_id
+                .ok_or_else(|| DecodeError::MissingField("clientId".to_owned()))?;
+            (app, "patient".to_owned(), None)
         }
     };
-    let format = SourceFormat::KeycloakEvent;
-    match kind {
-        Kind::Auth(event_type) => {
-            if event_type != EventType::AuthLoginFailed && user_id.is_none() {
-                return Err(DecodeError::MissingField("userId".to_owned()));
-            }
-            let data = AuthData {
-                iss: common.iss.clone(),
-                sub: user_id,
-                fhir_user: None,
-                client_id: client(client_id)?,
-                sid: session_id,
-                source_ip: ip,
-                user_agent: None,
-                error,
-            };
-            Ok(common.event(event_type, format, Payload::Auth(data)))
-        }
-        Kind::Token(event_type) => {
-            let token_id = nonempty(details.token_id);
-            let refresh_id = nonempty(details.refresh_token_id);
-            let (jti, token_type) = match (token_id, refresh_id) {
-                (Some(t), _) => {
-                    let tt = if event_type == EventType::TokenIntrospected {
-                        details.token_type.as_deref().and_then(token_type)
-                    } else {
-                        Some("access")
-                    };
-                    (t, tt)
-                }
-                (None, _) if !is_error => {
-                    return Err(DecodeError::MissingField("details.token_id".to_owned()))
-                }
-                (None, Some(r)) => (r, Some("refresh")),
-                (None, None) => (format!("unknown:{}", common.id), None),
-            };
-            let data = TokenData {
-                iss: common.iss.clone(),
-                sub: user_id,
-                fhir_user: None,
-                client_id: client(client_id)?,
-                jti,
-                token_type: token_type.map(str::to_owned),
-                scope: nonempty(details.scope),
-                sid: session_id,
-                patient: None,
-                expires_at: None,
-                source_ip: ip,
-                user_agent: None,
-                active: (event_type == EventType::TokenIntrospected).then_some(!is_error),
-                reason: None,
-                error,
-            };
-            Ok(common.event(event_type, format, Payload::Token(data)))
-        }
-        Kind::ConsentGranted => {
-            let user = user_id.ok_or_else(|| DecodeError::MissingField("userId".to_owned()))?;
-            let app = nonempty(details.granted_client)
-                .or(client_id)
-                .ok_or_else(|| DecodeError::MissingField("clientId".to_owned()))?;
-            let scope = nonempty(details.scope).or(nonempty(details.granted_scopes));
-            let data = consent(&common, user, app, scope, Some("patient".to_owned()), None);
-            Ok(common.event(EventType::ConsentGranted, format, Payload::Consent(data)))
-        }
-        Kind::RevokeGrant => {
-            let revoked = nonempty(details.revoked_client);
-            let token_id = nonempty(details.token_id);
-            if let (None, Some(jti)) = (&revoked, token_id) {
-                // RFC 7009 revocation of an access token: the consent stays.
-                let data = TokenData {
-                    iss: common.iss.clone(),
-                    sub: user_id,
-                    fhir_user: None,
-                    client_id: client(client_id)?,
-                    jti,
-                    token_type: Some("access".to_owned()),
-                    scope: None,
-                    sid: session_id,
-                    patient: None,
-                    expires_at: None,
-                    source_ip: ip,
-                    user_agent: None,
-                    active: None,
-                    reason: Some("revoked by the client (RFC 7009)".to_owned()),
-                    error: None,
-                };
-                return Ok(common.event(EventType::TokenRevoked, format, Payload::Token(data)));
-            }
-            let user = user_id.ok_or_else(|| DecodeError::MissingField("userId".to_owned()))?;
-            // Revoking a refresh token at the revocation endpoint revokes the consent too;
-            // then the client itself is the actor, otherwise the user (account console).
-            let (app, actor, reason) = match revoked {
-                Some(app) if client_id.as_deref() == Some(app.as_str()) => {
-                    let actor = format!("client:{app}");
-                    (
-                        app,
-                        actor,
-                        Some("refresh token revoked by the client (RFC 7009)"),
-                    )
-                }
-                Some(app) => (app, "patient".to_owned(), None),
-                None => {
-                    let app = client_id
-                        .ok_or_else(|| DecodeError::MissingField("clientId".to_owned()))?;
-                    (app, "patient".to_owned(), None)
-                }
-            };
-            let reason = reason.map(str::to_owned);
-            let data = consent(&common, user, app, None, Some(actor), reason);
-            Ok(common.event(EventType::ConsentRevoked, format, Payload::Consent(data)))
-        }
-    }
+    let reason = reason.map(str::to_owned);
+    let data = consent(&common, user, app, None, Some(actor), reason);
+    Ok(common.event(
+        EventType::ConsentRevoked,
+        SourceFormat::KeycloakEvent,
+        Payload::Consent(data),
+    ))
 }
 
 fn admin_event(ev: KeycloakJson, common: Common) -> Result<Event, DecodeError> {

@@ -285,6 +285,15 @@ pub fn consent_env_names() -> BTreeSet<String> {
     names
 }
 
+/// Every `CUSTOS_*` variable custos-feed reads: its own sources, the shared settings
+/// (runtime/src) and the OIDC settings.
+pub fn feed_env_names() -> BTreeSet<String> {
+    let mut names = env_names_in("feed/src");
+    names.extend(env_names_in("runtime/src"));
+    names.extend(shared_oidc_env_names());
+    names
+}
+
 /// `config/topics.conf` as (name, partitions), in order.
 pub fn topics_conf() -> Vec<(String, u32)> {
     read("config/topics.conf")
@@ -339,12 +348,18 @@ pub const SERVICES: &[&str] = &[
     "ingest",
     "query",
     "consent",
+    "feed",
+    "fhir-server",
     "simulator",
 ];
 
 /// Services that run in keycloak's network namespace, so that the (plain http, dev-mode)
 /// Keycloak is on their loopback: the OIDC code fetches keys over https or loopback http only.
-pub const IN_KEYCLOAK_NETNS: &[&str] = &["query", "consent"];
+pub const IN_KEYCLOAK_NETNS: &[&str] = &["query", "consent", "feed", "fhir-server"];
+
+/// Services built from a Java connector's own Dockerfile (`connectors/<name>/`), not from the
+/// Rust workspace's image.
+pub const CONNECTOR_SERVICES: &[(&str, &str)] = &[("fhir-server", "connectors/fhir-server")];
 
 /// The programs compose.yaml runs from the Custos images: the services (default target), and
 /// the simulator (`tools` target).
@@ -352,11 +367,17 @@ pub const CUSTOS_PROGRAMS: &[&str] = &[
     "custos-ingest",
     "custos-query",
     "custos-consent",
+    "custos-feed",
     "custos-sim",
 ];
 
 /// The programs of the service image (the Dockerfile's default target).
-pub const SERVICE_PROGRAMS: &[&str] = &["custos-ingest", "custos-query", "custos-consent"];
+pub const SERVICE_PROGRAMS: &[&str] = &[
+    "custos-ingest",
+    "custos-query",
+    "custos-consent",
+    "custos-feed",
+];
 
 /// Variables whose values are keys or credentials even though their names say neither
 /// PASSWORD nor SECRET: they must come from secret files too.
@@ -374,6 +395,7 @@ pub fn check_custos_env(c: &Value, name: &str) -> BTreeMap<String, Option<String
         "ingest" | "migrate" => ("custos-ingest", ingest_env_names()),
         "query" => ("custos-query", query_env_names()),
         "consent" => ("custos-consent", consent_env_names()),
+        "feed" => ("custos-feed", feed_env_names()),
         other => panic!("no variable list for service {other}"),
     };
     let svc = service(c, name);
@@ -477,6 +499,17 @@ pub fn file_secret(
 
 /// Checks the OIDC settings of one API service against the realm; returns the audience.
 pub fn check_oidc(c: &Value, name: &str, e: &BTreeMap<String, Option<String>>) -> String {
+    check_oidc_for(c, name, e, "custos-query")
+}
+
+/// [`check_oidc`] for a service whose callers get their tokens from realm client `caller`
+/// (custos-query for staff; custos-audit-source for the audit feed).
+pub fn check_oidc_for(
+    c: &Value,
+    name: &str,
+    e: &BTreeMap<String, Option<String>>,
+    caller: &str,
+) -> String {
     let get = |k: &str| {
         default_of(
             &e.get(k)
@@ -536,12 +569,12 @@ pub fn check_oidc(c: &Value, name: &str, e: &BTreeMap<String, Option<String>>) -
         }
     }
 
-    // Audience: a client of the realm, added to the tokens of the staff client (custos-query,
-    // the client demo users sign in with) by an audience mapper of one of its default scopes.
+    // Audience: a client of the realm (or a custom audience), added to the tokens of the
+    // caller's client (custos-query, the client demo users sign in with; custos-audit-source
+    // for audit sources) by an audience mapper of one of its default scopes.
     let audience = get("CUSTOS_OIDC_AUDIENCE");
     assert!(!audience.contains(','), "{name}: one audience");
-    realm_client(&realm, &audience);
-    let staff = realm_client(&realm, "custos-query");
+    let staff = realm_client(&realm, caller);
     let defaults: Vec<&str> = staff["defaultClientScopes"]
         .as_array()
         .expect("default scopes")
@@ -557,9 +590,13 @@ pub fn check_oidc(c: &Value, name: &str, e: &BTreeMap<String, Option<String>>) -
     };
     assert!(
         mappers_of_defaults().any(|m| m["protocolMapper"] == "oidc-audience-mapper"
-            && m["config"]["included.client.audience"] == audience.as_str()),
-        "{name}: staff tokens must carry aud={audience} (audience mapper in a default scope of custos-query)"
+            && (m["config"]["included.client.audience"] == audience.as_str()
+                || m["config"]["included.custom.audience"] == audience.as_str())),
+        "{name}: tokens of {caller} must carry aud={audience} (audience mapper in a default scope of {caller})"
     );
+    if mappers_of_defaults().any(|m| m["config"]["included.client.audience"] == audience.as_str()) {
+        realm_client(&realm, &audience);
+    }
 
     // Roles: the claim is filled with the realm roles.
     let claim = e

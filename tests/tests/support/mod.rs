@@ -1,8 +1,9 @@
 //! Support shared by the end-to-end tests. Here: the query API in-process for the in-test
 //! OIDC issuer ([`issuer::TestIssuer`]), JWTs signed with the fixture keys, request helpers,
 //! seeding through the real ingest. In the modules: the report and FHIR scenarios
-//! ([`reports`], [`fhir`]), the dev stack's Keycloak ([`keycloak`]), the consent service
-//! process ([`consent`]), fake SET receivers ([`ssf`]), a switchable TCP proxy ([`proxy`]),
+//! ([`reports`], [`fhir`]), the dev stack's Keycloak ([`keycloak`]), the demo FHIR server
+//! with an in-test audit feed ([`fhir_server`]), the consent service process ([`consent`]),
+//! the audit feed in-process ([`feed`]), fake SET receivers ([`ssf`]), a switchable TCP proxy ([`proxy`]),
 //! and the readers of the deployment files ([`deploy`], [`xml`]).
 //!
 //! Each test binary uses a part of it, so unused items are expected.
@@ -10,7 +11,9 @@
 
 pub mod consent;
 pub mod deploy;
+pub mod feed;
 pub mod fhir;
+pub mod fhir_server;
 pub mod issuer;
 pub mod kc_source;
 pub mod keycloak;

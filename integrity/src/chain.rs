@@ -17,55 +17,11 @@
 //! `custos.ingest_rejections` lists every skipped offset, so a verifier tells an intended gap
 //! (named in both places) from a deletion (a referenced offset that is gone).
 
+use custos_schemas::AuditRow;
 use sha2::{Digest, Sha256};
 
-use crate::row::AuditRow;
-
-/// A record hash: SHA-256, 32 raw bytes.
-pub type Hash = [u8; 32];
-
-/// The predecessor hash of the first record of a chain (and the `record_hash` of an
-/// unchained row: no SHA-256 output is all zeros in practice).
-pub const GENESIS: Hash = [0u8; 32];
-
-/// Lower-case hex of a hash (how checkpoints, reports and proofs show it).
-pub fn to_hex(hash: &Hash) -> String {
-    hex::encode(hash)
-}
-
-/// A hash from its hex form; `None` unless exactly 64 hex digits.
-pub fn from_hex(s: &str) -> Option<Hash> {
-    let mut out = GENESIS;
-    hex::decode_to_slice(s, &mut out).ok()?;
-    Some(out)
-}
-
-/// Serde form of a [`Hash`]: 64 hex digits in human-readable formats (JSON answers and
-/// proofs), 32 raw bytes in ClickHouse's RowBinary (`FixedString(32)`).
-pub mod hash_serde {
-    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::Hash;
-
-    /// Serializes `hash`.
-    pub fn serialize<S: Serializer>(hash: &Hash, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            super::to_hex(hash).serialize(s)
-        } else {
-            hash.serialize(s)
-        }
-    }
-
-    /// Deserializes a hash.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
-        if d.is_human_readable() {
-            let s = String::deserialize(d)?;
-            super::from_hex(&s).ok_or_else(|| D::Error::custom("expected 64 hex digits"))
-        } else {
-            Hash::deserialize(d)
-        }
-    }
-}
+// The value type of the `record_hash` column is declared with the row, in custos-schemas.
+pub use custos_schemas::hash::{from_hex, hash_serde, to_hex, Hash, GENESIS};
 
 /// The chain a row belongs to: `topic/partition`.
 pub fn chain_id(topic: &str, partition: i32) -> String {
