@@ -164,6 +164,8 @@ async fn keycloak_events_survive_an_outage_and_a_restart_and_reach_clickhouse() 
         assert!(v["time"].is_i64(), "{v}");
         assert!(v.get("representation").is_none(), "{v}");
         if v["type"] == "LOGIN" {
+            // The realm's issuer, as in the `iss` of the tokens it issues.
+            assert_eq!(v["issuer"], format!("{}/realms/{realm}", kc.url), "{v}");
             assert_eq!(key, &format!("{realm_id}/{user_id}"));
             assert!(v["details"]["token_id"].is_string(), "{v}");
             assert!(v["details"].get("username").is_none(), "{v}");
@@ -263,8 +265,8 @@ async fn keycloak_events_survive_an_outage_and_a_restart_and_reach_clickhouse() 
     };
     ingest.terminate(Duration::from_secs(60))?;
     for (ty, tenant, _) in &stored {
-        // The decoder takes the realm's id as the tenant (the listener adds `realmName` too).
-        assert_eq!(tenant, &realm_id, "tenant of {ty}");
+        // The listener adds the realm's name, which the decoder takes as the tenant.
+        assert_eq!(tenant, &realm, "tenant of {ty}");
     }
     assert!(
         stored

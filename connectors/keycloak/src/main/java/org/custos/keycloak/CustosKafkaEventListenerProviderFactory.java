@@ -57,7 +57,7 @@ public final class CustosKafkaEventListenerProviderFactory implements EventListe
 
     @Override
     public EventListenerProvider create(KeycloakSession session) {
-        return new CustosKafkaEventListenerProvider(publisher, config.includeRepresentation());
+        return new CustosKafkaEventListenerProvider(publisher, config.includeRepresentation(), session);
     }
 
     @Override

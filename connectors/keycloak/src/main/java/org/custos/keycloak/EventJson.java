@@ -7,20 +7,22 @@ import org.keycloak.events.admin.AuthDetails;
 
 /**
  * Keycloak events as the JSON the Custos ingest decodes ({@code schemas/src/decode/keycloak.rs}):
- * the attribute names of Keycloak's own event JSON, plus {@code realmName}. Details and
+ * the attribute names of Keycloak's own event JSON, plus {@code realmName} (the ingest's tenant)
+ * and {@code issuer} (the realm's issuer URL, as in the {@code iss} of its tokens). Details and
  * representations pass through {@link SecretFilter}.
  */
 final class EventJson {
     private EventJson() {}
 
     /** A user event as a spool record: key = realm and user, value = event JSON. */
-    static SpoolRecord user(Event event) {
+    static SpoolRecord user(Event event, String issuer) {
         Json json = new Json()
                 .put("id", event.getId())
                 .put("time", event.getTime())
                 .put("type", event.getType() == null ? null : event.getType().name())
                 .put("realmId", event.getRealmId())
                 .put("realmName", event.getRealmName())
+                .put("issuer", issuer)
                 .put("clientId", event.getClientId())
                 .put("userId", event.getUserId())
                 .put("sessionId", event.getSessionId())
@@ -35,7 +37,7 @@ final class EventJson {
      * the realm alone). The representation is kept only when {@code includeRepresentation}
      * and {@link SecretFilter#representation} allow it.
      */
-    static SpoolRecord admin(AdminEvent event, boolean includeRepresentation) {
+    static SpoolRecord admin(AdminEvent event, boolean includeRepresentation, String issuer) {
         AuthDetails auth = event.getAuthDetails();
         Json authJson = auth == null
                 ? null
@@ -50,6 +52,7 @@ final class EventJson {
                 .put("time", event.getTime())
                 .put("realmId", event.getRealmId())
                 .put("realmName", event.getRealmName())
+                .put("issuer", issuer)
                 .put("authDetails", authJson)
                 .put("resourceType", event.getResourceTypeAsString())
                 .put("operationType", event.getOperationType() == null ? null : event.getOperationType().name())

@@ -17,6 +17,7 @@ import org.keycloak.events.admin.ResourceType;
 
 class EventJsonTest {
     private static final String CANARY = "canary-7f3a9c";
+    private static final String ISSUER = "https://as.example/realms/custos";
     private static final String JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXBhcnQ";
 
     private static String text(SpoolRecord r) {
@@ -49,10 +50,10 @@ class EventJsonTest {
 
     @Test
     void userEventHasTheDecoderFieldsInKeycloakNames() {
-        String json = text(EventJson.user(login()));
+        String json = text(EventJson.user(login(), ISSUER));
         assertEquals(
                 "{\"id\":\"ev-1\",\"time\":1700000000123,\"type\":\"CODE_TO_TOKEN\",\"realmId\":\"realm-uuid\","
-                        + "\"realmName\":\"custos\",\"clientId\":\"custos-console\",\"userId\":\"user-1\","
+                        + "\"realmName\":\"custos\",\"issuer\":\"https://as.example/realms/custos\",\"clientId\":\"custos-console\",\"userId\":\"user-1\","
                         + "\"sessionId\":\"sess-1\",\"ipAddress\":\"10.0.0.7\",\"details\":{\"grant_type\":\"password\","
                         + "\"refresh_token_id\":\"rt-1\",\"scope\":\"openid profile\",\"token_id\":\"jti-1\"}}",
                 json);
@@ -60,31 +61,31 @@ class EventJsonTest {
 
     @Test
     void canaryDetailsNeverLeave() {
-        assertFalse(text(EventJson.user(login())).contains(CANARY));
+        assertFalse(text(EventJson.user(login(), ISSUER)).contains(CANARY));
     }
 
     @Test
     void tokenShapedValuesAreDroppedEvenUnderAllowedKeys() {
         Event e = login();
         e.getDetails().put("token_id", JWT);
-        String json = text(EventJson.user(e));
+        String json = text(EventJson.user(e, ISSUER));
         assertFalse(json.contains("eyJ"), json);
         assertFalse(json.contains("\"token_id\""), json);
     }
 
     @Test
     void userKeyIsRealmAndUser() {
-        assertEquals("realm-uuid/user-1", new String(EventJson.user(login()).key(), StandardCharsets.UTF_8));
+        assertEquals("realm-uuid/user-1", new String(EventJson.user(login(), ISSUER).key(), StandardCharsets.UTF_8));
         Event anonymous = login();
         anonymous.setUserId(null);
-        assertEquals("realm-uuid", new String(EventJson.user(anonymous).key(), StandardCharsets.UTF_8));
+        assertEquals("realm-uuid", new String(EventJson.user(anonymous, ISSUER).key(), StandardCharsets.UTF_8));
     }
 
     @Test
     void stringsAreEscaped() {
         Event e = login();
         e.setError("a\"b\\c\nd\u0001");
-        assertTrue(text(EventJson.user(e)).contains("\"error\":\"a\\\"b\\\\c\\nd\\u0001\""));
+        assertTrue(text(EventJson.user(e, ISSUER)).contains("\"error\":\"a\\\"b\\\\c\\nd\\u0001\""));
     }
 
     private static AdminEvent admin(ResourceType type, String path, String representation) {
@@ -108,7 +109,7 @@ class EventJsonTest {
 
     @Test
     void adminEventHasOperationPathAndAuthDetails() {
-        SpoolRecord r = EventJson.admin(admin(ResourceType.USER, "users/u-9/consents/app", "{\"x\":1}"), true);
+        SpoolRecord r = EventJson.admin(admin(ResourceType.USER, "users/u-9/consents/app", "{\"x\":1}"), true, null);
         String json = text(r);
         assertTrue(json.contains("\"operationType\":\"DELETE\""), json);
         assertTrue(json.contains("\"resourcePath\":\"users/u-9/consents/app\""), json);
@@ -117,23 +118,23 @@ class EventJsonTest {
                 + "\"userId\":\"admin-1\",\"ipAddress\":\"127.0.0.1\"}"), json);
         assertFalse(json.contains("representation"), json);
         assertEquals("realm-uuid/u-9", new String(r.key(), StandardCharsets.UTF_8));
-        SpoolRecord roles = EventJson.admin(admin(ResourceType.REALM_ROLE, "roles/x", null), false);
+        SpoolRecord roles = EventJson.admin(admin(ResourceType.REALM_ROLE, "roles/x", null), false, null);
         assertEquals("realm-uuid", new String(roles.key(), StandardCharsets.UTF_8));
     }
 
     @Test
     void representationsAreOffByDefaultAndNeverForCredentialResources() {
         String role = "{\"name\":\"" + CANARY + "\"}";
-        assertFalse(text(EventJson.admin(admin(ResourceType.REALM_ROLE, "roles/r", role), false)).contains(CANARY));
-        assertTrue(text(EventJson.admin(admin(ResourceType.REALM_ROLE, "roles/r", role), true)).contains(CANARY));
+        assertFalse(text(EventJson.admin(admin(ResourceType.REALM_ROLE, "roles/r", role), false, null)).contains(CANARY));
+        assertTrue(text(EventJson.admin(admin(ResourceType.REALM_ROLE, "roles/r", role), true, null)).contains(CANARY));
         for (ResourceType t : new ResourceType[] {ResourceType.USER, ResourceType.CLIENT, ResourceType.COMPONENT,
                 ResourceType.IDENTITY_PROVIDER, ResourceType.REALM, ResourceType.AUTHENTICATOR_CONFIG}) {
-            assertFalse(text(EventJson.admin(admin(t, "x/1", role), true)).contains(CANARY), t.name());
+            assertFalse(text(EventJson.admin(admin(t, "x/1", role), true, null)).contains(CANARY), t.name());
         }
         String secretish = "{\"name\":\"r\",\"attributes\":{\"clientSecret\":[\"" + CANARY + "\"]}}";
-        assertFalse(text(EventJson.admin(admin(ResourceType.REALM_ROLE, "roles/r", secretish), true)).contains(CANARY));
+        assertFalse(text(EventJson.admin(admin(ResourceType.REALM_ROLE, "roles/r", secretish), true, null)).contains(CANARY));
         String user = "{\"username\":\"u\",\"credentials\":[{\"value\":\"" + CANARY + "\"}]}";
-        assertFalse(text(EventJson.admin(admin(ResourceType.REALM_ROLE_MAPPING, "users/u/role-mappings", user), true))
+        assertFalse(text(EventJson.admin(admin(ResourceType.REALM_ROLE_MAPPING, "users/u/role-mappings", user), true, null))
                 .contains(CANARY));
     }
 
