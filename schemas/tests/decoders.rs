@@ -158,7 +158,9 @@ fn keycloak_listener_fields_give_tenant_and_issuer() {
     assert_eq!(ev.tenant.as_deref(), Some(REALM));
     assert_eq!(auth(&ev).iss, kc_iss());
 
-    let e = err_edited("keycloak/login.json", |v| v["issuer"] = json!("keycloak:other"));
+    let e = err_edited("keycloak/login.json", |v| {
+        v["issuer"] = json!("keycloak:other")
+    });
     assert_eq!(invalid_field(&e), "issuer");
 }
 
