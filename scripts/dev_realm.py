@@ -6,7 +6,10 @@
                                  environment; a missing variable is an error)
                                  and add the audit feed's source client to an existing realm
                                  created before it (role audit_source, client scope
-                                 custos-feed-audience, client custos-audit-source)
+                                 custos-feed-audience, client custos-audit-source); then make
+                                 sure the realm's user and admin events go to the
+                                 custos-kafka event listener when the server has it
+                                 (connectors/keycloak)
   dev_realm.py token USERNAME    print a fresh access token of a demo user (password grant of
                                  the custos-query client), for curl against the query API
   dev_realm.py source-token      print a fresh client-credentials access token of the audit
@@ -154,19 +157,57 @@ def source_token():
     return body["access_token"]
 
 
+LISTENER = "custos-kafka"
+
+
+def has_listener(admin):
+    """Whether the server has the custos-kafka event listener installed."""
+    status, info = call("GET", f"{BASE}/admin/serverinfo", token=admin)
+    if status != 200 or not isinstance(info, dict):
+        fail(f"GET serverinfo: HTTP {status}")
+    listeners = info.get("providers", {}).get("eventsListener", {}).get("providers", {})
+    return LISTENER in listeners
+
+
+def ensure_events(admin):
+    """User and admin events of the realm on, with the custos-kafka listener among its listeners."""
+    url = f"{BASE}/admin/realms/{REALM}/events/config"
+    status, cfg = call("GET", url, token=admin)
+    if status != 200 or not isinstance(cfg, dict):
+        fail(f"GET events config of {REALM}: HTTP {status}")
+    listeners = cfg.get("eventsListeners") or []
+    if LISTENER in listeners and cfg.get("eventsEnabled") and cfg.get("adminEventsEnabled"):
+        return
+    cfg["eventsListeners"] = listeners + ([LISTENER] if LISTENER not in listeners else [])
+    cfg["eventsEnabled"] = True
+    cfg["adminEventsEnabled"] = True
+    status, body = call("PUT", url, cfg, token=admin)
+    if status not in (200, 204):
+        fail(f"PUT events config of {REALM}: HTTP {status} {body}")
+    print(f"dev_realm: realm {REALM} sends its user and admin events to {LISTENER}", file=sys.stderr)
+
+
 def ensure():
     admin = token_for("master", "admin-cli", os.environ.get("CUSTOS_KC_ADMIN", "admin"),
                       env("CUSTOS_KC_ADMIN_PASSWORD"))
+    listener = has_listener(admin)
+    if not listener:
+        print(f"dev_realm: this Keycloak has no {LISTENER} event listener (restart it with "
+              "scripts/keycloak to install it); the realm's events stay in Keycloak", file=sys.stderr)
     with open(REALM_FILE, encoding="utf-8") as f:
         rep = json.loads(fill(f.read()))
     status, _ = call("GET", f"{BASE}/admin/realms/{REALM}", token=admin)
     if status == 200:
         print(f"dev_realm: realm {REALM} exists", file=sys.stderr)
         ensure_feed_source(admin, rep)
+        if listener:
+            ensure_events(admin)
         return
     if status != 404:
         fail(f"GET realm {REALM}: HTTP {status}")
     rep["realm"] = REALM
+    if not listener:
+        rep["eventsListeners"] = [x for x in rep.get("eventsListeners", []) if x != LISTENER]
     status, body = call("POST", f"{BASE}/admin/realms", rep, token=admin, timeout=120)
     if status not in (201, 204):
         fail(f"creating realm {REALM}: HTTP {status} {body}")

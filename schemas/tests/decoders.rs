@@ -111,6 +111,9 @@ fn access(ev: &Event) -> &FhirAccessData {
     }
 }
 
+/// The realm's name in the Keycloak fixtures: the tenant of their events.
+const REALM_NAME: &str = "general-hospital";
+
 fn kc_iss() -> String {
     format!("keycloak:{REALM}")
 }
@@ -124,7 +127,7 @@ fn keycloak_login() {
     assert_eq!(ev.format, SourceFormat::KeycloakEvent);
     assert_eq!(ev.id, "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0");
     assert_eq!(ev.source, kc_iss());
-    assert_eq!(ev.tenant.as_deref(), Some(REALM));
+    assert_eq!(ev.tenant.as_deref(), Some(REALM_NAME));
     assert_eq!(ev.time, Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap());
     let d = auth(&ev);
     assert_eq!(d.iss, kc_iss());
@@ -134,6 +137,29 @@ fn keycloak_login() {
     assert_eq!(d.source_ip.as_deref(), Some("10.20.30.40"));
     assert_eq!(d.error, None);
     assert_eq!(d.fhir_user, None);
+}
+
+#[test]
+fn keycloak_listener_fields_give_tenant_and_issuer() {
+    // The custos-kafka listener adds the realm's name (the tenant) and its issuer URL (the
+    // `iss` of its tokens); the source and the consent ids stay on the realm id.
+    let ev = ok_edited("keycloak/code_to_token.json", |v| {
+        v["realmName"] = json!("custos");
+        v["issuer"] = json!("http://127.0.0.1:18080/realms/custos");
+    });
+    assert_eq!(ev.tenant.as_deref(), Some("custos"));
+    assert_eq!(ev.source, kc_iss());
+    assert_eq!(token(&ev).iss, "http://127.0.0.1:18080/realms/custos");
+
+    let ev = ok_edited("keycloak/login.json", |v| {
+        v["realmName"] = json!("");
+        v["issuer"] = json!("");
+    });
+    assert_eq!(ev.tenant.as_deref(), Some(REALM));
+    assert_eq!(auth(&ev).iss, kc_iss());
+
+    let e = err_edited("keycloak/login.json", |v| v["issuer"] = json!("keycloak:other"));
+    assert_eq!(invalid_field(&e), "issuer");
 }
 
 #[test]
@@ -493,7 +519,7 @@ fn keycloak_admin_consent_revocation() {
     assert_eq!(ev.event_type, EventType::ConsentRevoked);
     assert_eq!(ev.format, SourceFormat::KeycloakAdminEvent);
     assert_eq!(ev.source, kc_iss());
-    assert_eq!(ev.tenant.as_deref(), Some(REALM));
+    assert_eq!(ev.tenant.as_deref(), Some(REALM_NAME));
     let d = consent(&ev);
     assert_eq!(d.patient, PATIENT_USER);
     assert_eq!(d.client_id, APP);

@@ -4,8 +4,12 @@
 //! deduplication).
 //!
 //! Common attributes: `id` = event id, `source` = `keycloak:{realmId}`, `time` = `time`
-//! (epoch milliseconds), `tenant` = `realmId`. Keycloak events carry no issuer URL, so
-//! `iss` is always `keycloak:{realmId}` (see [`keycloak_issuer`]).
+//! (epoch milliseconds), `tenant` = `realmName` when the event carries it, else `realmId`.
+//! Keycloak's own event JSON carries no issuer URL; the `custos-kafka` listener
+//! (connectors/keycloak) adds `realmName` and `issuer`, the realm's issuer URL as in its
+//! tokens' `iss`, so that AS events and the accesses made with their tokens share tenant and
+//! issuer. Without an `http(s)` `issuer`, `iss` is `keycloak:{realmId}` (see
+//! [`keycloak_issuer`]).
 //!
 //! User events (`type`):
 //!
@@ -83,6 +87,10 @@ struct KeycloakJson {
     #[serde(rename = "type")]
     ty: Option<String>,
     realm_id: Option<String>,
+    /// Added by the `custos-kafka` listener: the realm's name, the tenant.
+    realm_name: Option<String>,
+    /// Added by the `custos-kafka` listener: the realm's issuer URL.
+    issuer: Option<String>,
     client_id: Option<String>,
     user_id: Option<String>,
     session_id: Option<String>,
@@ -119,6 +127,7 @@ struct AuthDetails {
 struct Common {
     id: String,
     realm: String,
+    tenant: String,
     iss: String,
     time: DateTime<Utc>,
 }
@@ -130,7 +139,7 @@ impl Common {
             source: format!("keycloak:{}", self.realm),
             event_type,
             time: self.time,
-            tenant: Some(self.realm),
+            tenant: Some(self.tenant),
             format,
             payload,
         }
@@ -139,7 +148,7 @@ impl Common {
 
 /// Decodes a Keycloak user or admin event.
 pub fn decode_keycloak(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let ev: KeycloakJson = json::parse(bytes, "")?;
+    let mut ev: KeycloakJson = json::parse(bytes, "")?;
     let id = required(ev.id.as_deref(), "id")?.to_owned();
     let realm = required(ev.realm_id.as_deref(), "realmId")?.to_owned();
     let millis = ev
@@ -147,9 +156,16 @@ pub fn decode_keycloak(bytes: &[u8]) -> Result<Event, DecodeError> {
         .ok_or_else(|| DecodeError::MissingField("time".to_owned()))?;
     let time = DateTime::from_timestamp_millis(millis)
         .ok_or_else(|| DecodeError::invalid("time", "epoch milliseconds out of range"))?;
+    let iss = match nonempty(ev.issuer.take()) {
+        Some(url) if url.starts_with("https://") || url.starts_with("http://") => url,
+        Some(_) => return Err(DecodeError::invalid("issuer", "not an http(s) URL")),
+        None => keycloak_issuer(&realm),
+    };
+    let tenant = nonempty(ev.realm_name.take()).unwrap_or_else(|| realm.clone());
     let common = Common {
         id,
-        iss: keycloak_issuer(&realm),
+        iss,
+        tenant,
         realm,
         time,
     };

@@ -15,6 +15,7 @@ pub mod feed;
 pub mod fhir;
 pub mod fhir_server;
 pub mod issuer;
+pub mod kc_source;
 pub mod keycloak;
 pub mod proxy;
 pub mod reports;
