@@ -15,6 +15,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -227,13 +228,23 @@ fn trace_events(page: &Value) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authorization_code_sign_in_and_a_fhir_read_are_audited_and_traced() -> Result<()> {
     ensure_schema()?;
-    let realm = DemoRealm::create("realflow").await?;
-    let result = flow(&realm).await;
-    realm.delete().await;
-    result
+    let realm = Arc::new(DemoRealm::create("realflow").await?);
+    // The flow runs as a task so that a failed assertion still lets the realm be deleted.
+    let joined = tokio::spawn(flow(Arc::clone(&realm))).await;
+    match Arc::try_unwrap(realm) {
+        Ok(realm) => realm.delete().await,
+        Err(realm) => eprintln!("realm {} still in use; not deleted", realm.name),
+    }
+    match joined {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(e.into()),
+    }
 }
 
-async fn flow(realm: &DemoRealm) -> Result<()> {
+/// Sign-in, read and trace in `realm`, with the ingest and the FHIR server of the test.
+async fn flow(realm: Arc<DemoRealm>) -> Result<()> {
+    let realm = realm.as_ref();
     let issuer = realm.issuer();
     let tenant = realm.name.as_str();
     // The AS events come from the stack's topic; the others are the test's own.
