@@ -289,7 +289,10 @@ async fn flow(realm: Arc<DemoRealm>) -> Result<()> {
         .as_str()
         .context("access token without jti")?
         .to_owned();
-    let sid = claims["sid"].as_str().unwrap_or_default().to_owned();
+    let sid = claims["sid"]
+        .as_str()
+        .context("access token without sid")?
+        .to_owned();
     let ours = |r: &Stored| r.client_id == APP && r.kafka_topic == AS_TOPIC;
     let rows = wait_rows(
         tenant,
