@@ -397,7 +397,9 @@ pub fn events(c: &Common, sel: &Selector, found: &Found, limit: u64) -> Sql {
 /// Most tokens summarized in one trace.
 pub const MAX_TOKENS: u64 = 1000;
 
-/// Per-token lifecycle summary over the whole window (not only the current page).
+/// Per-token lifecycle summary over the whole window (not only the current page). The token's
+/// client comes from its own events (issue, refresh, use), not from an introspection, whose
+/// client is the resource server that asked.
 pub fn summary(c: &Common, sel: &Selector, found: &Found) -> Sql {
     let mut sql = Sql::new(
         "SELECT t_jti AS token_jti, t_client AS client_id, t_user AS user_sub, t_fhir_user AS fhir_user, \
@@ -408,7 +410,8 @@ t_granted AS scopes_granted, t_presented AS scopes_presented, t_operations AS op
 toUInt64(arrayCount(x -> t_revoked > 0 AND x > t_revoked, t_access_times)) AS accesses_after_revocation, \
 toUInt64(arrayCount(x -> t_expires > 0 AND x > t_expires, t_access_times)) AS accesses_after_expiry \
 FROM (SELECT token_jti AS t_jti, \
-anyIf(client_id, client_id != '') AS t_client, \
+anyIf(client_id, client_id != '' AND event_type != 'custos.token.introspected') AS t_client_own, \
+if(t_client_own != '', t_client_own, anyIf(client_id, client_id != '')) AS t_client, \
 anyIf(user_sub, user_sub != '') AS t_user, \
 anyIf(fhir_user, fhir_user != '') AS t_fhir_user, \
 anyIf(session_id, session_id != '') AS t_session, \
