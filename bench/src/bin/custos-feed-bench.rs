@@ -32,7 +32,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const AUDIENCE: &str = "custos-feed";
 const FIXTURES: [&str; 7] = [
@@ -82,67 +81,12 @@ struct Args {
 
 // ------------------------------------------------------------------ the feed under test
 
-fn jwt_fixture(name: &str) -> Result<Vec<u8>> {
-    std::fs::read(workspace().join("tests/fixtures/jwt").join(name)).context("jwt fixture")
-}
-
-/// Serves the fixture JWKS on loopback (any GET); returns the base URL (the issuer).
-async fn jwks_server() -> Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let body = jwt_fixture("jwks.json")?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-            });
-        }
-    });
-    Ok(base)
-}
-
 /// A client-credentials-like token of an audit source: `audit_source` role, no user.
 fn bearer(issuer: &str) -> Result<String> {
     let now = chrono::Utc::now().timestamp();
     let claims = json!({"iss": issuer, "aud": AUDIENCE, "sub": "feed-bench", "azp": "feed-bench",
         "iat": now, "nbf": now - 5, "exp": now + 7200, "roles": ["audit_source"]});
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&jwt_fixture("rsa_private.pem")?)?;
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    h.kid = Some("rsa-1".to_owned());
-    Ok(jsonwebtoken::encode(&h, &claims, &key)?)
-}
-
-fn feed_binary(args: &Args) -> Result<PathBuf> {
-    if let Some(p) = &args.feed_bin {
-        return Ok(p.clone());
-    }
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "--release",
-            "-p",
-            "custos-feed",
-            "--bin",
-            "custos-feed",
-        ])
-        .current_dir(workspace())
-        .status()?;
-    if !status.success() {
-        bail!("building custos-feed failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    Ok(target.join("release").join("custos-feed"))
+    custos_bench::sign(&claims)
 }
 
 /// The spawned `custos-feed`, killed on drop.
@@ -159,7 +103,10 @@ async fn start_feed(args: &Args, issuer: &str, topic: &str) -> Result<(Server, S
     let addr = format!("127.0.0.1:{}", free_port());
     let log = workspace().join("target").join("feed-bench.log");
     let file = std::fs::File::create(&log)?;
-    let mut cmd = Command::new(feed_binary(args)?);
+    let mut cmd = Command::new(custos_bench::release_binary(
+        "custos-feed",
+        args.feed_bin.as_ref(),
+    )?);
     cmd.env("CUSTOS_FEED_HTTP_ADDR", &addr)
         // Its own /metrics port: a dev stack's custos-feed holds the default one.
         .env(
@@ -445,7 +392,7 @@ async fn main() -> Result<()> {
 }
 
 async fn bench(args: &Args, topic: &str) -> Result<()> {
-    let issuer = jwks_server().await?;
+    let issuer = custos_bench::jwks_server().await?;
     let (server, base) = start_feed(args, &issuer, topic).await?;
     let feed_pid = server.0.id();
     let (bodies, event_bytes) = bundles(&load_fixtures()?, args.pool, args.bundle)?;

@@ -35,7 +35,6 @@ use custos_query::reports::{self, EventFilter, EventRow};
 use custos_schemas::{KeyRing, PseudonymKind};
 use custos_tests::{admin, clickhouse_url, client_as, free_port, workspace, TEST_KEYS};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// 2024-01-01T00:00:00Z.
 const BASE_MS: i64 = 1_704_067_200_000;
@@ -227,67 +226,12 @@ async fn cleanup(tenant: &str) -> Result<()> {
 
 // ------------------------------------------------------------------ the API under test
 
-fn fixture(name: &str) -> Result<Vec<u8>> {
-    std::fs::read(workspace().join("tests/fixtures/jwt").join(name)).context("jwt fixture")
-}
-
-/// Serves the fixture JWKS on loopback (any GET); returns the base URL.
-async fn jwks_server() -> Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let body = fixture("jwks.json")?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-            });
-        }
-    });
-    Ok(base)
-}
-
 fn bearer(issuer: &str) -> Result<String> {
     let now = chrono::Utc::now().timestamp();
     let claims = json!({"iss": issuer, "aud": AUDIENCE, "sub": "query-bench", "azp": "query-bench",
         "iat": now, "nbf": now - 5, "exp": now + 7200,
         "roles": ["compliance_officer", "incident_responder"]});
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&fixture("rsa_private.pem")?)?;
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    h.kid = Some("rsa-1".to_owned());
-    Ok(jsonwebtoken::encode(&h, &claims, &key)?)
-}
-
-fn query_binary(args: &Args) -> Result<std::path::PathBuf> {
-    if let Some(p) = &args.query_bin {
-        return Ok(p.clone());
-    }
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "--release",
-            "-p",
-            "custos-query",
-            "--bin",
-            "custos-query",
-        ])
-        .current_dir(workspace())
-        .status()?;
-    if !status.success() {
-        bail!("building custos-query failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    Ok(target.join("release").join("custos-query"))
+    custos_bench::sign(&claims)
 }
 
 /// The spawned `custos-query`, killed on drop.
@@ -305,25 +249,28 @@ async fn start_server(args: &Args, issuer: &str) -> Result<(Server, String)> {
     let addr = format!("127.0.0.1:{port}");
     let log = workspace().join("target").join("query-bench.log");
     let file = std::fs::File::create(&log)?;
-    let child = Command::new(query_binary(args)?)
-        .envs(custos_tests::ch_env())
-        .env("CUSTOS_QUERY_HTTP_ADDR", &addr)
-        // Its own /metrics port: a dev stack's custos-query holds the default one.
-        .env(
-            "CUSTOS_QUERY_ADMIN_ADDR",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .env("CUSTOS_QUERY_PUBLIC_URL", format!("http://{addr}"))
-        .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
-        .env("CUSTOS_OIDC_ISSUER", issuer)
-        .env("CUSTOS_OIDC_JWKS_URL", format!("{issuer}/jwks"))
-        .env("CUSTOS_OIDC_AUDIENCE", AUDIENCE)
-        .env("CUSTOS_PSEUDONYM_KEYS", TEST_KEYS)
-        .env("CUSTOS_LOG", "warn")
-        .stdout(Stdio::from(file.try_clone()?))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .context("spawning custos-query")?;
+    let child = Command::new(custos_bench::release_binary(
+        "custos-query",
+        args.query_bin.as_ref(),
+    )?)
+    .envs(custos_tests::ch_env())
+    .env("CUSTOS_QUERY_HTTP_ADDR", &addr)
+    // Its own /metrics port: a dev stack's custos-query holds the default one.
+    .env(
+        "CUSTOS_QUERY_ADMIN_ADDR",
+        format!("127.0.0.1:{}", free_port()),
+    )
+    .env("CUSTOS_QUERY_PUBLIC_URL", format!("http://{addr}"))
+    .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
+    .env("CUSTOS_OIDC_ISSUER", issuer)
+    .env("CUSTOS_OIDC_JWKS_URL", format!("{issuer}/jwks"))
+    .env("CUSTOS_OIDC_AUDIENCE", AUDIENCE)
+    .env("CUSTOS_PSEUDONYM_KEYS", TEST_KEYS)
+    .env("CUSTOS_LOG", "warn")
+    .stdout(Stdio::from(file.try_clone()?))
+    .stderr(Stdio::from(file))
+    .spawn()
+    .context("spawning custos-query")?;
     let server = Server(child);
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
@@ -556,7 +503,7 @@ async fn main() -> Result<()> {
         bail!("need 0 < --hot-patients <= --patients and --rows >= {SESSION}");
     }
     let rows = seed(&args).await?;
-    let issuer = jwks_server().await?;
+    let issuer = custos_bench::jwks_server().await?;
     let (_server, base) = start_server(&args, &issuer).await?;
     let ctx = Arc::new(Ctx {
         http: reqwest::Client::builder()
