@@ -1,8 +1,9 @@
 //! What the benchmark programs share: the fixture token issuer they authenticate with and the
 //! release build of the service under test.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use custos_tests::workspace;
@@ -61,4 +62,21 @@ pub fn release_binary(name: &str, given: Option<&PathBuf>) -> Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
     Ok(target.join("release").join(name))
+}
+
+/// Waits up to 60 s for `{base}/readyz` to answer 2xx; `name` and `log` go in the error.
+pub async fn wait_ready(base: &str, name: &str, log: &Path) -> Result<()> {
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("{name} not ready; see {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -577,3 +577,21 @@ pub fn consume_all(topic: &str, n: usize, timeout: Duration) -> Result<Vec<Consu
     }
     Ok(out)
 }
+
+/// The sum of the high watermarks of `topic`'s partitions: how many records it ever got.
+pub fn high_watermark(topic: &str) -> Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("wm"))
+        .create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut total = 0;
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            total += high;
+        }
+    }
+    Ok(total)
+}

@@ -22,14 +22,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use custos_tests::{brokers, free_port, workspace};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
@@ -134,19 +133,8 @@ async fn start_feed(args: &Args, issuer: &str, topic: &str) -> Result<(Server, S
         .context("spawning custos-feed")?;
     let server = Server(child);
     let base = format!("http://{addr}");
-    let http = reqwest::Client::new();
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return Ok((server, base));
-            }
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("custos-feed not ready; see {}", log.display());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    custos_bench::wait_ready(&base, "custos-feed", &log).await?;
+    Ok((server, base))
 }
 
 // ------------------------------------------------------------------ topic and payloads
@@ -165,23 +153,6 @@ async fn delete_topic(name: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The sum of the high watermarks of `topic`'s partitions.
-fn high_watermark(topic: &str) -> Result<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", custos_tests::unique("feed-bench-wm"))
-        .create()?;
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut total = 0;
-    for t in md.topics() {
-        for p in t.partitions() {
-            let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            total += high;
-        }
-    }
-    Ok(total)
 }
 
 fn load_fixtures() -> Result<Vec<Value>> {
@@ -438,7 +409,7 @@ async fn bench(args: &Args, topic: &str) -> Result<()> {
         }
     }
     let expected = i64::try_from(sent * args.bundle)?;
-    let have = high_watermark(topic)?;
+    let have = custos_tests::high_watermark(topic)?;
     println!("\ntopic {topic}: {have} records, {expected} events sent");
     if have != expected {
         bail!("the topic holds {have} records, {expected} were acknowledged");

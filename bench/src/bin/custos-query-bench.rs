@@ -25,7 +25,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -273,19 +273,8 @@ async fn start_server(args: &Args, issuer: &str) -> Result<(Server, String)> {
     .context("spawning custos-query")?;
     let server = Server(child);
     let base = format!("http://{addr}");
-    let http = reqwest::Client::new();
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return Ok((server, base));
-            }
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("custos-query not ready; see {}", log.display());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    custos_bench::wait_ready(&base, "custos-query", &log).await?;
+    Ok((server, base))
 }
 
 // ------------------------------------------------------------------ measuring

@@ -166,22 +166,7 @@ pub fn bundle(kind: &str, resources: &[Value]) -> Value {
     json!({"resourceType": "Bundle", "type": kind, "entry": entry})
 }
 
-/// The sum of the high watermarks of `topic`'s partitions: how many records it ever got.
-pub fn high_watermark(topic: &str) -> Result<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", custos_tests::unique("wm"))
-        .create()?;
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut total = 0;
-    for t in md.topics() {
-        for p in t.partitions() {
-            let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            total += high;
-        }
-    }
-    Ok(total)
-}
+pub use custos_tests::high_watermark;
 
 /// The issue codes of an `OperationOutcome`.
 pub fn issue_codes(outcome: &Value) -> Vec<String> {
