@@ -150,6 +150,18 @@ fn keycloak_listener_fields_give_tenant_and_issuer() {
     assert_eq!(ev.tenant.as_deref(), Some("custos"));
     assert_eq!(ev.source, kc_iss());
     assert_eq!(token(&ev).iss, "http://127.0.0.1:18080/realms/custos");
+    assert_eq!(token(&ev).fhir_user, None);
+
+    // ... and the user's FHIR resource, which classes the user like the FHIR server's records.
+    let ev = ok_edited("keycloak/login.json", |v| {
+        v["fhirUser"] = json!("Practitioner/demo-prac-1");
+    });
+    assert_eq!(
+        auth(&ev).fhir_user.as_deref(),
+        Some("Practitioner/demo-prac-1")
+    );
+    let ev = ok_edited("keycloak/code_to_token.json", |v| v["fhirUser"] = json!(""));
+    assert_eq!(token(&ev).fhir_user, None);
 
     let ev = ok_edited("keycloak/login.json", |v| {
         v["realmName"] = json!("");

@@ -416,6 +416,13 @@ async fn flow(realm: Arc<DemoRealm>) -> Result<()> {
     assert_eq!(summary["session_id"], sid.as_str(), "{summary:#}");
     // The token's client, not the resource server that introspected it.
     assert_eq!(summary["client_id"], APP, "{summary:#}");
+    // Keycloak's rows and the FHIR server's rows class the user alike (the listener's
+    // `fhirUser`), so the one loopback address is one IP, stored the same way in both.
+    assert_eq!(
+        summary["ips"].as_array().map(Vec::len),
+        Some(1),
+        "{summary:#}"
+    );
 
     let r = get(
         &query,

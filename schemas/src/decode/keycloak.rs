@@ -9,7 +9,10 @@
 //! (connectors/keycloak) adds `realmName` and `issuer`, the realm's issuer URL as in its
 //! tokens' `iss`, so that AS events and the accesses made with their tokens share tenant and
 //! issuer. Without an `http(s)` `issuer`, `iss` is `keycloak:{realmId}` (see
-//! [`keycloak_issuer`]).
+//! [`keycloak_issuer`]). The listener also adds `fhirUser`, the user's FHIR resource (the
+//! SMART `fhirUser` claim): the ingest then classes the user's login and token events like
+//! the FHIR server's records of the same user (a practitioner's subject and IP readable, a
+//! patient's pseudonymized), so one token's events agree on its user and source IP.
 //!
 //! User events (`type`):
 //!
@@ -93,6 +96,8 @@ struct KeycloakJson {
     issuer: Option<String>,
     client_id: Option<String>,
     user_id: Option<String>,
+    /// Added by the `custos-kafka` listener: the user's FHIR resource (`fhirUser`).
+    fhir_user: Option<String>,
     session_id: Option<String>,
     ip_address: Option<String>,
     error: Option<String>,
@@ -216,6 +221,7 @@ struct UserFields {
     is_error: bool,
     details: Details,
     user_id: Option<String>,
+    fhir_user: Option<String>,
     client_id: Option<String>,
     session_id: Option<String>,
     ip: Option<String>,
@@ -228,6 +234,7 @@ impl UserFields {
             is_error,
             details: ev.details.unwrap_or_default(),
             user_id: nonempty(ev.user_id),
+            fhir_user: nonempty(ev.fhir_user),
             client_id: nonempty(ev.client_id),
             session_id: nonempty(ev.session_id),
             ip: nonempty(ev.ip_address),
@@ -278,7 +285,7 @@ fn auth_event(
         iss: common.iss.clone(),
         client_id: f.client()?,
         sub: f.user_id,
-        fhir_user: None,
+        fhir_user: f.fhir_user,
         sid: f.session_id,
         source_ip: f.ip,
         user_agent: None,
@@ -314,7 +321,7 @@ fn token_event(
         iss: common.iss.clone(),
         client_id: f.client()?,
         sub: f.user_id,
-        fhir_user: None,
+        fhir_user: f.fhir_user,
         jti,
         token_type: token_type.map(str::to_owned),
         scope: nonempty(f.details.scope),
@@ -365,7 +372,7 @@ fn token_revoked(mut f: UserFields, common: Common, jti: String) -> Result<Event
         iss: common.iss.clone(),
         client_id: f.client()?,
         sub: f.user_id,
-        fhir_user: None,
+        fhir_user: f.fhir_user,
         jti,
         token_type: Some("access".to_owned()),
         scope: None,
