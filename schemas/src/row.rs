@@ -400,6 +400,11 @@ impl RowContext<'_> {
         row.source_ip = self.ip(t, kind, d.source_ip);
         row.user_agent = d.user_agent.unwrap_or_default();
         row.error = d.error.unwrap_or_default();
+        if let Some(jti) = d.jti {
+            row.token_jti = jti;
+            row.token_type = "access".to_owned();
+            row.scopes = split_scopes(d.scope.as_deref());
+        }
         Classification::new(kind, failure)
     }
 

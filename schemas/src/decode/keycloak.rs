@@ -18,7 +18,7 @@
 //!
 //! | Keycloak type | Custos type | notes |
 //! |---|---|---|
-//! | `LOGIN` | `custos.auth.login` | |
+//! | `LOGIN` | `custos.auth.login` | a password grant's tokens: `jti` = `details.token_id`, `scope` = `details.scope` |
 //! | `LOGIN_ERROR` | `custos.auth.login_failed` | `error` kept, `userId` optional |
 //! | `LOGOUT`, `LOGOUT_ERROR` | `custos.auth.logout` | |
 //! | `CODE_TO_TOKEN`, `CLIENT_LOGIN`, `TOKEN_EXCHANGE`, `OAUTH2_DEVICE_CODE_TO_TOKEN`, `AUTHREQID_TO_TOKEN` (and `_ERROR`) | `custos.token.issued` | `jti` = `details.token_id` |
@@ -281,6 +281,8 @@ fn auth_event(
     if event_type != EventType::AuthLoginFailed && f.user_id.is_none() {
         return Err(DecodeError::MissingField("userId".to_owned()));
     }
+    // A direct grant (password) issues its tokens in the LOGIN event itself.
+    let issued = event_type == EventType::AuthLogin;
     let data = AuthData {
         iss: common.iss.clone(),
         client_id: f.client()?,
@@ -290,6 +292,8 @@ fn auth_event(
         source_ip: f.ip,
         user_agent: None,
         error: f.error,
+        jti: nonempty(f.details.token_id.take()).filter(|_| issued),
+        scope: nonempty(f.details.scope.take()).filter(|_| issued),
     };
     Ok(common.event(event_type, SourceFormat::KeycloakEvent, Payload::Auth(data)))
 }
@@ -491,6 +495,8 @@ fn admin_event(ev: KeycloakJson, common: Common) -> Result<Event, DecodeError> {
                 source_ip: None,
                 user_agent: None,
                 error: failed,
+                jti: None,
+                scope: None,
             };
             Ok(common.event(EventType::AuthLogout, format, Payload::Auth(data)))
         }
