@@ -183,7 +183,8 @@ def main():
     ensure_realm(a.base, token, a.user_password, a.hash_iterations)
     set_listener(a.base, token, True)
     login_round(a.base, a.user_password, a.clients, a.warmup)
-    set_listener(a.base, token, False)
+    # Admin tokens live 60 s: a fresh one for every switch.
+    set_listener(a.base, admin_token(a.base, a.admin, a.admin_password), False)
     login_round(a.base, a.user_password, a.clients, a.warmup / 2)
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])

@@ -22,6 +22,9 @@
 //! decode) and `ingested_at` to the sighting (the batch linger, the INSERT, the poll). The
 //! sighting is late by up to one poll interval plus one query.
 //!
+//! At the end it deletes the topics it created (not `--as-topic`); the rows stay, in the
+//! realm's tenant.
+//!
 //! ```sh
 //! cargo build --release -p custos-ingest -p custos-bench --bin custos-ingest --bin custos-login-latency
 //! target/release/custos-login-latency --kc-base http://127.0.0.1:18380 --as-topic kcbench.as-events \
@@ -37,6 +40,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use custos_tests::{admin, brokers, clickhouse_url, create_topics, free_port, unique, workspace};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -356,6 +362,19 @@ fn start_ingest(args: &Args, topics: &Topics) -> Result<(Server, PathBuf)> {
     Ok((Server(child), log))
 }
 
+async fn delete_topics(names: &[String]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    for r in admin.delete_topics(&names, &AdminOptions::new()).await? {
+        if let Err((n, code)) = r {
+            bail!("deleting topic {n}: {code:?}");
+        }
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------ rows
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -607,6 +626,7 @@ async fn main() -> Result<()> {
     schedule.await?;
     let wall = start.elapsed().as_secs_f64();
     drop(ingest);
+    delete_topics(&topics.others).await?;
 
     let all: Vec<Login> = logins
         .lock()
@@ -659,7 +679,7 @@ async fn main() -> Result<()> {
         println!("| {from} | {to} {}", percentiles(v));
     }
     println!(
-        "\n{} logins answered ({} failed), {} rows seen, {} missing after {} s; {:.1} s wall; ingest log {}; topics {}",
+        "\n{} logins answered ({} failed), {} rows seen, {} missing after {} s; {:.1} s wall; ingest log {}; topics {} (deleted)",
         all.len(),
         failed.load(std::sync::atomic::Ordering::Relaxed),
         seen.len(),
