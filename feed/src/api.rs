@@ -19,17 +19,19 @@
 //! broker failure answers 503: records acknowledged before it stay, and resending the same
 //! request is deduplicated by the ingest (AuditEvent ids are kept).
 
+use std::borrow::Cow;
+
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use custos_auth::oidc::{AuthError, Role};
-use serde::Deserialize;
+use custos_auth::oidc::{bearer, AuthError, Role, MAX_TOKEN_BYTES};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::outcome::{fhir_bytes, fhir_json, FeedError};
-use crate::resource::{json_error, prepare, Accepted};
+use crate::resource::{json_error, prepare, prepare_entry, Accepted};
 use crate::AppState;
 
 /// The roles that may write to the feed.
@@ -69,10 +71,25 @@ impl Return {
     }
 }
 
-/// Authenticates the bearer token and checks the write role.
+/// Authenticates the bearer token and checks the write role; a token that passed both
+/// within the last `CUSTOS_FEED_TOKEN_CACHE_SECS` (and has not expired) is not verified
+/// again ([`crate::tokens`]).
 pub async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), FeedError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .filter(|t| t.len() <= MAX_TOKEN_BYTES);
+    if token.is_some_and(|t| state.tokens.allows(t)) {
+        return Ok(());
+    }
     match state.auth.authenticate_headers(headers).await {
-        Ok(caller) if caller.has_any(WRITE_ROLES) => Ok(()),
+        Ok(caller) if caller.has_any(WRITE_ROLES) => {
+            if let Some(t) = token {
+                state.tokens.remember(t);
+            }
+            Ok(())
+        }
         Ok(_) => Err(FeedError::Forbidden),
         Err(AuthError::Jwks(_)) => Err(FeedError::KeysUnavailable),
         Err(e) => Err(FeedError::Unauthenticated(e)),
@@ -139,11 +156,8 @@ async fn create_inner(
     body: Body,
 ) -> Result<Response, FeedError> {
     let bytes = admit(state, headers, body).await?;
-    let accepted = prepare(&bytes, &state.limits)?;
-    state
-        .publisher
-        .publish(std::slice::from_ref(&accepted))
-        .await?;
+    let accepted = prepare(&bytes, &bytes, &state.limits)?;
+    state.publisher.publish(&[&accepted]).await?;
     let mut resp = match Return::from_headers(headers) {
         Return::Minimal => StatusCode::CREATED.into_response(),
         Return::Representation => fhir_bytes(StatusCode::CREATED, accepted.bytes.clone()),
@@ -188,7 +202,7 @@ fn is_audit_event_url(url: &str) -> bool {
     u == "AuditEvent" || u.ends_with("/AuditEvent")
 }
 
-fn check_entry(entry: &EntryIn<'_>, state: &AppState) -> Result<Accepted, FeedError> {
+fn check_entry(entry: &EntryIn<'_>, body: &Bytes, state: &AppState) -> Result<Accepted, FeedError> {
     let request = entry
         .request
         .as_ref()
@@ -210,7 +224,7 @@ fn check_entry(entry: &EntryIn<'_>, state: &AppState) -> Result<Accepted, FeedEr
     let resource = entry
         .resource
         .ok_or_else(|| FeedError::BadRequest("entry.resource is required".into()))?;
-    prepare(resource.get().as_bytes(), &state.limits)
+    prepare_entry(body, resource, &state.limits)
 }
 
 fn status_line(status: StatusCode) -> String {
@@ -257,8 +271,11 @@ async fn bundle_inner(
             state.max_bundle_entries
         )));
     }
-    let checked: Vec<Result<Accepted, FeedError>> =
-        bundle.entry.iter().map(|e| check_entry(e, state)).collect();
+    let checked: Vec<Result<Accepted, FeedError>> = bundle
+        .entry
+        .iter()
+        .map(|e| check_entry(e, &bytes, state))
+        .collect();
     if transaction && checked.iter().any(Result::is_err) {
         let issues: Vec<Value> = checked
             .iter()
@@ -276,33 +293,39 @@ async fn bundle_inner(
             .increment(1);
         return Ok(fhir_json(StatusCode::BAD_REQUEST, &outcome));
     }
-    let accepted: Vec<Accepted> = checked
-        .iter()
-        .filter_map(|r| r.as_ref().ok().cloned())
-        .collect();
+    let accepted: Vec<&Accepted> = checked.iter().filter_map(|r| r.as_ref().ok()).collect();
     state.publisher.publish(&accepted).await?;
     let ret = Return::from_headers(headers);
-    let entries: Vec<Value> = checked
+    let recorded = (ret == Return::OperationOutcome).then(|| information("AuditEvent recorded"));
+    let created = status_line(StatusCode::CREATED);
+    let entries: Vec<EntryOut<'_>> = checked
         .iter()
         .map(|r| match r {
-            Ok(a) => {
-                let mut response = json!({"status": status_line(StatusCode::CREATED),
-                    "location": format!("AuditEvent/{}", a.id), "etag": "W/\"1\""});
-                if ret == Return::OperationOutcome {
-                    response["outcome"] = information("AuditEvent recorded");
-                }
-                let mut entry = json!({"response": response});
-                if ret == Return::Representation {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&a.bytes) {
-                        entry["resource"] = v;
-                    }
-                }
-                entry["fullUrl"] = json!(location(state, &a.id));
-                entry
-            }
+            Ok(a) => EntryOut {
+                full_url: Some(location(state, &a.id)),
+                // The record is the resource as received, valid JSON (the decoder read it).
+                resource: (ret == Return::Representation)
+                    .then(|| serde_json::from_slice::<&RawValue>(&a.bytes).ok())
+                    .flatten(),
+                response: ResponseOut {
+                    status: Cow::Borrowed(created.as_str()),
+                    location: Some(format!("AuditEvent/{}", a.id)),
+                    etag: Some("W/\"1\""),
+                    outcome: recorded.clone(),
+                },
+            },
             Err(e) => {
                 e.record();
-                json!({"response": {"status": status_line(e.status()), "outcome": e.outcome()}})
+                EntryOut {
+                    full_url: None,
+                    resource: None,
+                    response: ResponseOut {
+                        status: Cow::Owned(status_line(e.status())),
+                        location: None,
+                        etag: None,
+                        outcome: Some(e.outcome()),
+                    },
+                }
             }
         })
         .collect();
@@ -311,10 +334,44 @@ async fn bundle_inner(
     } else {
         "batch-response"
     };
-    Ok(fhir_json(
-        StatusCode::OK,
-        &json!({"resourceType": "Bundle", "type": kind, "entry": entries}),
-    ))
+    let out = BundleOut {
+        resource_type: "Bundle",
+        ty: kind,
+        entry: entries,
+    };
+    let body = serde_json::to_vec(&out)
+        .map_err(|e| FeedError::BadRequest(format!("encoding the answer: {e}")))?;
+    Ok(fhir_bytes(StatusCode::OK, body))
+}
+
+/// The answer to a Bundle, written without building a JSON tree.
+#[derive(Serialize)]
+struct BundleOut<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    entry: Vec<EntryOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct EntryOut<'a> {
+    #[serde(rename = "fullUrl", skip_serializing_if = "Option::is_none")]
+    full_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a RawValue>,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+struct ResponseOut<'a> {
+    status: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<Value>,
 }
 
 /// `GET [base]/metadata`: what the feed accepts.

@@ -74,6 +74,11 @@ pub struct FeedConfig {
     /// Time limit of one request as a whole, in seconds (answered 503 beyond it).
     #[arg(long, env = "CUSTOS_FEED_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// How long a verified bearer token with the write role is remembered, in seconds (never
+    /// beyond its `exp`; failures are never remembered; 0 verifies every request). See
+    /// [`crate::tokens`].
+    #[arg(long, env = "CUSTOS_FEED_TOKEN_CACHE_SECS", default_value_t = 30)]
+    pub token_cache_secs: u64,
     /// Bearer-token settings (`CUSTOS_OIDC_*`): sources authenticate with client
     /// credentials and need the `audit_source` role.
     #[command(flatten)]
@@ -120,6 +125,9 @@ impl FeedConfig {
             return bad(
                 "CUSTOS_FEED_REQUEST_TIMEOUT_SECS must be larger than CUSTOS_FEED_PRODUCE_TIMEOUT_SECS",
             );
+        }
+        if self.token_cache_secs > 300 {
+            return bad("CUSTOS_FEED_TOKEN_CACHE_SECS must be 0..=300");
         }
         self.oidc.validate()?;
         Ok(())

@@ -10,7 +10,8 @@
 //! - [`resource`]: the checks of one AuditEvent (the ingest's decoder), its id and its key;
 //! - [`publish`]: the idempotent, acknowledged producer;
 //! - [`outcome`]: every refusal as an `OperationOutcome`;
-//! - [`config`]: the `CUSTOS_FEED_*` settings.
+//! - [`config`]: the `CUSTOS_FEED_*` settings;
+//! - [`tokens`]: the short memory of verified bearer tokens.
 //!
 //! Callers authenticate with a bearer token of the configured issuer (`CUSTOS_OIDC_*`,
 //! through [`custos_auth`]) that carries the write-only role `audit_source`; the report
@@ -35,6 +36,7 @@ pub mod config;
 pub mod outcome;
 pub mod publish;
 pub mod resource;
+pub mod tokens;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -55,12 +57,18 @@ use tokio::sync::Semaphore;
 use crate::config::{ConfigError, FeedConfig};
 use crate::outcome::FeedError;
 use crate::publish::Publisher;
+use crate::tokens::TokenCache;
+
+/// Most bearer tokens remembered at once (see [`tokens`]).
+pub const TOKEN_CACHE_ENTRIES: usize = 1024;
 
 /// What the handlers share.
 #[derive(Debug)]
 pub struct Shared {
     /// Bearer-token verification.
     pub auth: Authenticator,
+    /// Tokens verified recently (`CUSTOS_FEED_TOKEN_CACHE_SECS`).
+    pub tokens: TokenCache,
     /// The Kafka producer.
     pub publisher: Publisher,
     /// The decoder's limits (`CUSTOS_FEED_MAX_EVENT_BYTES`).
@@ -100,6 +108,10 @@ impl AppState {
         cfg.validate()?;
         Ok(AppState(Arc::new(Shared {
             auth: Authenticator::new(&cfg.oidc)?,
+            tokens: TokenCache::new(
+                Duration::from_secs(cfg.token_cache_secs),
+                TOKEN_CACHE_ENTRIES,
+            ),
             publisher: Publisher::new(cfg)?,
             limits: DecodeLimits {
                 max_bytes: cfg.max_event_bytes,

@@ -161,8 +161,8 @@ pub fn fhir_json(status: StatusCode, body: &Value) -> Response {
 }
 
 /// A FHIR JSON response of bytes already serialized.
-pub fn fhir_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
-    let mut resp = (status, bytes).into_response();
+pub fn fhir_bytes(status: StatusCode, bytes: impl Into<axum::body::Bytes>) -> Response {
+    let mut resp = (status, bytes.into()).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     resp

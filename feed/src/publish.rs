@@ -68,7 +68,7 @@ impl Publisher {
     /// Produces `events` in order and waits until the broker acknowledged every one.
     /// Any failure (refused, timed out) is [`FeedError::Unavailable`]: some of them may be
     /// stored, and a resend is deduplicated by the ingest.
-    pub async fn publish(&self, events: &[Accepted]) -> Result<(), FeedError> {
+    pub async fn publish(&self, events: &[&Accepted]) -> Result<(), FeedError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -77,7 +77,7 @@ impl Publisher {
             self.producer.send(
                 FutureRecord::to(&self.topic)
                     .key(e.key.as_bytes())
-                    .payload(e.bytes.as_slice()),
+                    .payload(e.bytes.as_ref()),
                 Timeout::After(self.timeout),
             )
         });
