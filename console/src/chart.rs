@@ -154,7 +154,7 @@ pub fn render(id: &str, title: &str, by: &str, s: &Series) -> Markup {
     let plot_h = h - bottom - top;
     let axis = nice_ceiling(s.max_total());
     let slot = (w - left - 8.0) / s.buckets.len() as f64;
-    let bar = (slot * 0.8).max(1.0);
+    let bar = (slot * 0.8).clamp(1.0, 40.0);
     let label_every = (s.buckets.len() / 6).max(1);
     let caption = format!("{title} by {by}, per {}", width_name(s.width));
     html! {
