@@ -10,6 +10,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod consent;
+pub mod console;
 pub mod deploy;
 pub mod feed;
 pub mod fhir;
