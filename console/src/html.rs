@@ -27,6 +27,11 @@ const COMPLIANCE: &[Role] = &[Role::ComplianceOfficer, Role::Auditor];
 const PRIVACY_READ: &[Role] = &[Role::PrivacyOfficer, Role::ComplianceOfficer, Role::Auditor];
 const VIOLATIONS: &[Role] = &[Role::PrivacyOfficer, Role::Auditor];
 const TRACE: &[Role] = &[Role::IncidentResponder, Role::Auditor];
+const ACTIVITY: &[Role] = &[
+    Role::ComplianceOfficer,
+    Role::IncidentResponder,
+    Role::Auditor,
+];
 const AUDITOR: &[Role] = &[Role::Auditor];
 
 /// Roles that may revoke a consent (the privacy API's).
@@ -86,7 +91,7 @@ pub const USER_ACTIVITY: Page = Page {
     path: "/console/incident/activity",
     title: "User activity",
     group: "Incident response",
-    roles: COMPLIANCE,
+    roles: ACTIVITY,
 };
 /// Integrity of the chains.
 pub const INTEGRITY: Page = Page {

@@ -38,7 +38,7 @@ async fn role_matrix() -> Result<()> {
         ),
         (
             url("/v1/reports/user-activity", &[("tenant", t), ("user", "x")]),
-            &["compliance_officer", "auditor"],
+            &["compliance_officer", "incident_responder", "auditor"],
         ),
         (
             url(

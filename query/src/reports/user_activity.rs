@@ -66,7 +66,11 @@ impl Catalogued for UserActivity {
     type Params = UserActivityParams;
     type Filter = EventFilter;
     const NAME: &'static str = "user-activity";
-    const ROLES: &'static [Role] = &[Role::ComplianceOfficer, Role::Auditor];
+    const ROLES: &'static [Role] = &[
+        Role::ComplianceOfficer,
+        Role::IncidentResponder,
+        Role::Auditor,
+    ];
     const PATH: &'static str = "/v1/reports/user-activity";
 
     fn plan(
