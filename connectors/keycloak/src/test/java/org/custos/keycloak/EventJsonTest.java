@@ -60,6 +60,16 @@ class EventJsonTest {
     }
 
     @Test
+    void theConsentScreensOutcomeOfALoginIsKept() {
+        Event e = login();
+        e.setType(EventType.LOGIN);
+        e.getDetails().put("consent", "CONSENT_GRANTED");
+        String json = text(EventJson.user(e, ISSUER));
+        assertTrue(json.contains("\"consent\":\"CONSENT_GRANTED\""), json);
+        assertFalse(json.contains(CANARY), json);
+    }
+
+    @Test
     void canaryDetailsNeverLeave() {
         assertFalse(text(EventJson.user(login(), ISSUER)).contains(CANARY));
     }
