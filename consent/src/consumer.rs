@@ -45,12 +45,14 @@ pub enum Input {
 }
 
 /// Byte patterns at least one of which every consent or deprovisioning message contains:
-/// native types, FHIR `Consent`, Keycloak consent user events and admin events.
-const RELEVANT: [&[u8]; 6] = [
+/// native types, FHIR `Consent`, Keycloak consent user events (and logins that granted a
+/// consent) and admin events.
+const RELEVANT: [&[u8]; 7] = [
     b"custos.consent.",
     b"custos.user.deprovisioned",
     b"\"Consent\"",
     b"CONSENT",
+    b"consent_granted",
     b"REVOKE_GRANT",
     b"\"operationType\"",
 ];
@@ -306,12 +308,12 @@ mod tests {
         let grant = br#"{"id":"2","time":1,"type":"GRANT_CONSENT","realmId":"r","clientId":"c","userId":"u"}"#;
         assert!(matches!(classify(grant, &[], &limits), Input::Relevant(_)));
         // The consent screen of a sign-in: a LOGIN with its outcome.
-        let screen = br#"{"id":"6","time":1,"type":"LOGIN","realmId":"r","clientId":"c","userId":"u","details":{"consent":"CONSENT_GRANTED"}}"#;
+        let screen = br#"{"id":"6","time":1,"type":"LOGIN","realmId":"r","clientId":"c","userId":"u","details":{"consent":"consent_granted"}}"#;
         match classify(screen, &[], &limits) {
             Input::Relevant(ev) => assert_eq!(ev.event_type, EventType::ConsentGranted),
             other => panic!("a consent given at sign-in is not relevant: {other:?}"),
         }
-        let persisted = br#"{"id":"7","time":1,"type":"LOGIN","realmId":"r","clientId":"c","userId":"u","details":{"consent":"PERSISTED_CONSENT"}}"#;
+        let persisted = br#"{"id":"7","time":1,"type":"LOGIN","realmId":"r","clientId":"c","userId":"u","details":{"consent":"persisted_consent"}}"#;
         assert!(matches!(classify(persisted, &[], &limits), Input::Other));
         let admin = br#"{"id":"3","time":1,"realmId":"r","operationType":"DELETE","resourceType":"USER","resourcePath":"users/u"}"#;
         assert!(matches!(classify(admin, &[], &limits), Input::Relevant(_)));

@@ -22,7 +22,7 @@
 //! | `REFRESH_TOKEN` (and `_ERROR`) | `custos.token.refreshed` | `jti` = `details.token_id` |
 //! | `INTROSPECT_TOKEN` (and `_ERROR`) | `custos.token.introspected` | `active` = not an error |
 //! | `GRANT_CONSENT`, `UPDATE_CONSENT` | `custos.consent.granted` | client = `details.granted_client` or `clientId` |
-//! | `LOGIN` with `details.consent` = `CONSENT_GRANTED` | `custos.auth.login`; the consent service also reads it as `custos.consent.granted` ([`decode_keycloak_login_consent`]) | the consent screen of a sign-in |
+//! | `LOGIN` with `details.consent` = `consent_granted` | `custos.auth.login`; the consent service also reads it as `custos.consent.granted` ([`decode_keycloak_login_consent`]) | the consent screen of a sign-in |
 //! | `GRANT_CONSENT_ERROR`, `UPDATE_CONSENT_ERROR` | `custos.auth.login_failed` | the consent screen was refused or failed: no consent, no token; `error` kept (e.g. `rejected_by_user`) |
 //! | `REVOKE_GRANT` with `details.revoked_client`, or with neither detail | `custos.consent.revoked` | |
 //! | `REVOKE_GRANT` with only `details.token_id` (RFC 7009 access-token revocation) | `custos.token.revoked` | |
@@ -115,8 +115,8 @@ struct Details {
     granted_scopes: Option<String>,
     granted_client: Option<String>,
     revoked_client: Option<String>,
-    /// What the consent screen did on a `LOGIN` (`CONSENT_GRANTED`, `PERSISTED_CONSENT`,
-    /// `NO_CONSENT_REQUIRED`).
+    /// What the consent screen did on a `LOGIN` (`consent_granted`, `persisted_consent`,
+    /// `no_consent_required`).
     consent: Option<String>,
 }
 
@@ -161,7 +161,7 @@ pub fn decode_keycloak(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 /// `details.consent` of a `LOGIN` whose consent screen the user accepted.
-pub const CONSENT_GRANTED_AT_LOGIN: &str = "CONSENT_GRANTED";
+pub const CONSENT_GRANTED_AT_LOGIN: &str = "consent_granted";
 
 /// The consent a Keycloak `LOGIN` event records: `Some(custos.consent.granted)` when the user
 /// accepted the consent screen during that sign-in (`details.consent` =
@@ -178,7 +178,11 @@ pub fn decode_keycloak_login_consent(bytes: &[u8]) -> Result<Option<Event>, Deco
     let granted = ev.operation_type.is_none()
         && ev.auth_details.is_none()
         && ev.ty.as_deref() == Some("LOGIN")
-        && ev.details.as_ref().and_then(|d| d.consent.as_deref()) == Some(CONSENT_GRANTED_AT_LOGIN);
+        && ev
+            .details
+            .as_ref()
+            .and_then(|d| d.consent.as_deref())
+            .is_some_and(|c| c.eq_ignore_ascii_case(CONSENT_GRANTED_AT_LOGIN));
     if !granted {
         return Ok(None);
     }
@@ -597,7 +601,7 @@ mod tests {
 
     #[test]
     fn a_login_that_granted_consent_is_a_consent_for_the_consent_service() {
-        let ev = decode_keycloak_login_consent(&login("CONSENT_GRANTED"))
+        let ev = decode_keycloak_login_consent(&login("consent_granted"))
             .expect("decodes")
             .expect("a consent");
         assert_eq!(ev.event_type, EventType::ConsentGranted);
@@ -619,18 +623,18 @@ mod tests {
             Some("http://127.0.0.1:18080/realms/custos")
         );
         // For the audit it stays a login.
-        let audit = decode_keycloak(&login("CONSENT_GRANTED")).expect("decodes");
+        let audit = decode_keycloak(&login("consent_granted")).expect("decodes");
         assert_eq!(audit.event_type, EventType::AuthLogin);
     }
 
     #[test]
     fn other_logins_and_events_grant_nothing() {
-        for consent in ["PERSISTED_CONSENT", "NO_CONSENT_REQUIRED", ""] {
+        for consent in ["persisted_consent", "no_consent_required", ""] {
             assert!(decode_keycloak_login_consent(&login(consent))
                 .expect("decodes")
                 .is_none());
         }
-        let token = String::from_utf8(login("CONSENT_GRANTED"))
+        let token = String::from_utf8(login("consent_granted"))
             .expect("utf-8")
             .replace("\"LOGIN\"", "\"CODE_TO_TOKEN\"");
         assert!(decode_keycloak_login_consent(token.as_bytes())

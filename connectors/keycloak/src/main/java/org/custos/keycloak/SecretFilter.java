@@ -25,8 +25,8 @@ final class SecretFilter {
             "granted_scopes",
             "granted_client",
             "revoked_client",
-            // What the consent screen did on a LOGIN (CONSENT_GRANTED, PERSISTED_CONSENT,
-            // NO_CONSENT_REQUIRED): how a consent given at sign-in becomes known.
+            // What the consent screen did on a LOGIN (consent_granted, persisted_consent,
+            // no_consent_required): how a consent given at sign-in becomes known.
             "consent",
             // Protocol names, never secrets.
             "auth_method",

@@ -63,9 +63,9 @@ class EventJsonTest {
     void theConsentScreensOutcomeOfALoginIsKept() {
         Event e = login();
         e.setType(EventType.LOGIN);
-        e.getDetails().put("consent", "CONSENT_GRANTED");
+        e.getDetails().put("consent", "consent_granted");
         String json = text(EventJson.user(e, ISSUER));
-        assertTrue(json.contains("\"consent\":\"CONSENT_GRANTED\""), json);
+        assertTrue(json.contains("\"consent\":\"consent_granted\""), json);
         assertFalse(json.contains(CANARY), json);
     }
 
