@@ -32,7 +32,8 @@ use support::consent::{attempts_of, target_states, Service, Setup};
 use support::ensure_schema;
 use support::feed::feed_app;
 use support::fhir_server::{
-    claims, DemoRealm, FhirProcess, DEMO_PASSWORD, FEED_SOURCE_SECRET, PATIENT_USER,
+    claims, DemoRealm, FhirProcess, CONSENT_CLIENT_SECRET, DEMO_PASSWORD, FEED_SOURCE_SECRET,
+    PATIENT_USER,
 };
 use support::keycloak::http;
 
@@ -270,7 +271,8 @@ async fn flow(realm: Arc<DemoRealm>) -> Result<()> {
     let tenant = realm.name.as_str();
 
     // The consent service reads the stack's AS topic from now on and revokes at the stack
-    // Keycloak; the privacy API trusts the realm's staff tokens (aud custos-consent).
+    // Keycloak as the realm's own `custos-consent` service account, as `scripts/run` runs it;
+    // the privacy API trusts the realm's staff tokens (aud custos-consent).
     let officer = realm.staff_token("paul.privacy").await?;
     let mut setup = Setup::create("revoke", tenant, &officer, json!([])).await?;
     setup.as_topic = AS_TOPIC.to_owned();
@@ -279,7 +281,12 @@ async fn flow(realm: Arc<DemoRealm>) -> Result<()> {
     let svc = Service::spawn(
         &setup,
         &group,
-        &[("CUSTOS_OIDC_AUDIENCE", "custos-consent")],
+        &[
+            ("CUSTOS_OIDC_AUDIENCE", "custos-consent"),
+            ("CUSTOS_KEYCLOAK_ADMIN_REALM", tenant),
+            ("CUSTOS_KEYCLOAK_ADMIN_CLIENT_ID", "custos-consent"),
+            ("CUSTOS_KEYCLOAK_ADMIN_CLIENT_SECRET", CONSENT_CLIENT_SECRET),
+        ],
     )?;
     svc.wait_ready().await?;
 
