@@ -231,6 +231,13 @@ pub struct AuthData {
     /// Error code of a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The access token's `jti` when the sign-in itself issued tokens (the OAuth password
+    /// grant: one AS event for both); token trace then counts the sign-in as the issuance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// The scopes granted to that token, space separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// Payload of `custos.token.*` events.

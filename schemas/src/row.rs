@@ -400,6 +400,11 @@ impl RowContext<'_> {
         row.source_ip = self.ip(t, kind, d.source_ip);
         row.user_agent = d.user_agent.unwrap_or_default();
         row.error = d.error.unwrap_or_default();
+        if let Some(jti) = d.jti {
+            row.token_jti = jti;
+            row.token_type = "access".to_owned();
+            row.scopes = split_scopes(d.scope.as_deref());
+        }
         Classification::new(kind, failure)
     }
 
@@ -620,5 +625,58 @@ mod tests {
         }
         assert_eq!(row.tenant, "default");
         assert!(row.fhir_user.starts_with("Patient/ps1.k1."));
+    }
+
+    /// A Keycloak token event with the `fhirUser` the custos-kafka listener adds, and a FHIR
+    /// access with the same token: one user and one source IP in both rows, readable for a
+    /// practitioner and the same pseudonym for a patient. Without `fhirUser` the Keycloak row
+    /// stays fail-safe (pseudonymized as an unknown user).
+    #[test]
+    fn keycloak_and_fhir_rows_of_one_user_agree() {
+        let keys = ring();
+        let ctx = RowContext {
+            keys: &keys,
+            default_tenant: "default",
+        };
+        let kc = |fhir_user: Option<&str>| {
+            let mut v = serde_json::json!({"id":"e1","time":1_772_359_200_000_i64,
+              "type":"CODE_TO_TOKEN","realmId":"r-uuid","realmName":"custos",
+              "issuer":"https://as/realms/custos","clientId":"app","userId":"u-1",
+              "sessionId":"s-1","ipAddress":"192.0.2.8","details":{"token_id":"J1"}});
+            if let Some(f) = fhir_user {
+                v["fhirUser"] = serde_json::json!(f);
+            }
+            let ev = decode(
+                &serde_json::to_vec(&v).unwrap(),
+                &[],
+                &DecodeLimits::default(),
+            );
+            ctx.audit_row(&ev.unwrap(), &pos(), 1)
+        };
+        let fhir = |fhir_user: &str| {
+            let v = serde_json::json!({"specversion":"1.0","id":"r1","source":"//fhir",
+              "type":"custos.fhir.access","time":"2026-03-01T10:00:01Z","tenant":"custos",
+              "data":{"requestId":"q1","iss":"https://as/realms/custos","sub":"u-1",
+              "fhirUser":fhir_user,"client_id":"app","jti":"J1","interaction":"read",
+              "resourceType":"Patient","patient":"Patient/p-1","decision":"permit",
+              "httpStatus":200,"sourceIp":"192.0.2.8"}});
+            let ev = decode(
+                &serde_json::to_vec(&v).unwrap(),
+                &[],
+                &DecodeLimits::default(),
+            );
+            ctx.audit_row(&ev.unwrap(), &pos(), 1)
+        };
+        for who in ["Practitioner/d-1", "Patient/p-1"] {
+            let (a, b) = (kc(Some(who)), fhir(who));
+            assert_eq!(a.user_kind, b.user_kind, "{who}");
+            assert_eq!(a.user_sub, b.user_sub, "{who}");
+            assert_eq!(a.source_ip, b.source_ip, "{who}");
+            assert_eq!(a.fhir_user, b.fhir_user, "{who}");
+        }
+        assert_eq!(kc(Some("Practitioner/d-1")).source_ip, "192.0.2.8");
+        let unknown = kc(None);
+        assert_eq!(unknown.user_kind, "unknown");
+        assert!(unknown.source_ip.starts_with("ps1.k1."));
     }
 }

@@ -137,6 +137,29 @@ fn keycloak_login() {
     assert_eq!(d.source_ip.as_deref(), Some("10.20.30.40"));
     assert_eq!(d.error, None);
     assert_eq!(d.fhir_user, None);
+    assert_eq!(
+        d.jti, None,
+        "an authorization-code sign-in issues no token yet"
+    );
+}
+
+#[test]
+fn keycloak_password_grant_login_carries_its_token() {
+    // A direct grant issues its tokens in the LOGIN event: its token id and scopes are kept.
+    let ev = ok_edited("keycloak/login.json", |v| {
+        v["details"]["grant_type"] = json!("password");
+        v["details"]["token_id"] = json!("onrtro:jti-7");
+        v["details"]["scope"] = json!("openid fhirUser user/*.rs");
+    });
+    let d = auth(&ev);
+    assert_eq!(ev.event_type, EventType::AuthLogin);
+    assert_eq!(d.jti.as_deref(), Some("onrtro:jti-7"));
+    assert_eq!(d.scope.as_deref(), Some("openid fhirUser user/*.rs"));
+    // A failed login issued nothing, whatever its details say.
+    let ev = ok_edited("keycloak/login_error.json", |v| {
+        v["details"]["token_id"] = json!("onrtro:jti-8");
+    });
+    assert_eq!(auth(&ev).jti, None);
 }
 
 #[test]
@@ -150,6 +173,18 @@ fn keycloak_listener_fields_give_tenant_and_issuer() {
     assert_eq!(ev.tenant.as_deref(), Some("custos"));
     assert_eq!(ev.source, kc_iss());
     assert_eq!(token(&ev).iss, "http://127.0.0.1:18080/realms/custos");
+    assert_eq!(token(&ev).fhir_user, None);
+
+    // ... and the user's FHIR resource, which classes the user like the FHIR server's records.
+    let ev = ok_edited("keycloak/login.json", |v| {
+        v["fhirUser"] = json!("Practitioner/demo-prac-1");
+    });
+    assert_eq!(
+        auth(&ev).fhir_user.as_deref(),
+        Some("Practitioner/demo-prac-1")
+    );
+    let ev = ok_edited("keycloak/code_to_token.json", |v| v["fhirUser"] = json!(""));
+    assert_eq!(token(&ev).fhir_user, None);
 
     let ev = ok_edited("keycloak/login.json", |v| {
         v["realmName"] = json!("");

@@ -278,6 +278,24 @@ async fn flow(realm: Arc<DemoRealm>) -> Result<()> {
     )
     .await
     .with_context(|| tail(&ingest.log_text(), 30))?;
+    // That sign-in is a password grant: its LOGIN event carries the token it issued.
+    let staff_jti = claims(&incident)["jti"]
+        .as_str()
+        .context("staff token without jti")?
+        .to_owned();
+    wait_rows(
+        tenant,
+        Duration::from_secs(30),
+        "the warm-up login's token",
+        |rows| {
+            rows.iter().any(|r| {
+                r.client_id == "custos-query"
+                    && r.event_type == "custos.auth.login"
+                    && r.token_jti == staff_jti
+            })
+        },
+    )
+    .await?;
 
     // 1. The authorization code sign-in, measured from the token response to its rows.
     let (user, patient) = PATIENT_USER;
@@ -416,6 +434,32 @@ async fn flow(realm: Arc<DemoRealm>) -> Result<()> {
     assert_eq!(summary["session_id"], sid.as_str(), "{summary:#}");
     // The token's client, not the resource server that introspected it.
     assert_eq!(summary["client_id"], APP, "{summary:#}");
+    // Keycloak's rows and the FHIR server's rows store the user's one address the same way
+    // (row::tests::keycloak_and_fhir_rows_of_one_user_agree covers both user kinds).
+    assert_eq!(
+        summary["ips"].as_array().map(Vec::len),
+        Some(1),
+        "{summary:#}"
+    );
+
+    // The password grant's token: issued at its sign-in, with the scopes it was given.
+    let r = get(
+        &query,
+        &format!("/v1/reports/token-trace?jti={staff_jti}&tenant={tenant}&limit=100"),
+        Some(&incident),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let page = r.json();
+    let staff = &page["tokens"][0];
+    assert_eq!(staff["jti"], staff_jti.as_str(), "{page:#}");
+    assert!(staff["issued_at"].is_string(), "{page:#}");
+    assert!(
+        staff["scopes_granted"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{page:#}"
+    );
 
     let r = get(
         &query,

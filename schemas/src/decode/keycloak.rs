@@ -9,13 +9,16 @@
 //! (connectors/keycloak) adds `realmName` and `issuer`, the realm's issuer URL as in its
 //! tokens' `iss`, so that AS events and the accesses made with their tokens share tenant and
 //! issuer. Without an `http(s)` `issuer`, `iss` is `keycloak:{realmId}` (see
-//! [`keycloak_issuer`]).
+//! [`keycloak_issuer`]). The listener also adds `fhirUser`, the user's FHIR resource (the
+//! SMART `fhirUser` claim): the ingest then classes the user's login and token events like
+//! the FHIR server's records of the same user (a practitioner's subject and IP readable, a
+//! patient's pseudonymized), so one token's events agree on its user and source IP.
 //!
 //! User events (`type`):
 //!
 //! | Keycloak type | Custos type | notes |
 //! |---|---|---|
-//! | `LOGIN` | `custos.auth.login` | |
+//! | `LOGIN` | `custos.auth.login` | a password grant's tokens: `jti` = `details.token_id`, `scope` = `details.scope` |
 //! | `LOGIN_ERROR` | `custos.auth.login_failed` | `error` kept, `userId` optional |
 //! | `LOGOUT`, `LOGOUT_ERROR` | `custos.auth.logout` | |
 //! | `CODE_TO_TOKEN`, `CLIENT_LOGIN`, `TOKEN_EXCHANGE`, `OAUTH2_DEVICE_CODE_TO_TOKEN`, `AUTHREQID_TO_TOKEN` (and `_ERROR`) | `custos.token.issued` | `jti` = `details.token_id` |
@@ -94,6 +97,8 @@ struct KeycloakJson {
     issuer: Option<String>,
     client_id: Option<String>,
     user_id: Option<String>,
+    /// Added by the `custos-kafka` listener: the user's FHIR resource (`fhirUser`).
+    fhir_user: Option<String>,
     session_id: Option<String>,
     ip_address: Option<String>,
     error: Option<String>,
@@ -255,6 +260,7 @@ struct UserFields {
     is_error: bool,
     details: Details,
     user_id: Option<String>,
+    fhir_user: Option<String>,
     client_id: Option<String>,
     session_id: Option<String>,
     ip: Option<String>,
@@ -267,6 +273,7 @@ impl UserFields {
             is_error,
             details: ev.details.unwrap_or_default(),
             user_id: nonempty(ev.user_id),
+            fhir_user: nonempty(ev.fhir_user),
             client_id: nonempty(ev.client_id),
             session_id: nonempty(ev.session_id),
             ip: nonempty(ev.ip_address),
@@ -313,15 +320,19 @@ fn auth_event(
     if event_type != EventType::AuthLoginFailed && f.user_id.is_none() {
         return Err(DecodeError::MissingField("userId".to_owned()));
     }
+    // A direct grant (password) issues its tokens in the LOGIN event itself.
+    let issued = event_type == EventType::AuthLogin;
     let data = AuthData {
         iss: common.iss.clone(),
         client_id: f.client()?,
         sub: f.user_id,
-        fhir_user: None,
+        fhir_user: f.fhir_user,
         sid: f.session_id,
         source_ip: f.ip,
         user_agent: None,
         error: f.error,
+        jti: nonempty(f.details.token_id.take()).filter(|_| issued),
+        scope: nonempty(f.details.scope.take()).filter(|_| issued),
     };
     Ok(common.event(event_type, SourceFormat::KeycloakEvent, Payload::Auth(data)))
 }
@@ -353,7 +364,7 @@ fn token_event(
         iss: common.iss.clone(),
         client_id: f.client()?,
         sub: f.user_id,
-        fhir_user: None,
+        fhir_user: f.fhir_user,
         jti,
         token_type: token_type.map(str::to_owned),
         scope: nonempty(f.details.scope),
@@ -404,7 +415,7 @@ fn token_revoked(mut f: UserFields, common: Common, jti: String) -> Result<Event
         iss: common.iss.clone(),
         client_id: f.client()?,
         sub: f.user_id,
-        fhir_user: None,
+        fhir_user: f.fhir_user,
         jti,
         token_type: Some("access".to_owned()),
         scope: None,
@@ -523,6 +534,8 @@ fn admin_event(ev: KeycloakJson, common: Common) -> Result<Event, DecodeError> {
                 source_ip: None,
                 user_agent: None,
                 error: failed,
+                jti: None,
+                scope: None,
             };
             Ok(common.event(EventType::AuthLogout, format, Payload::Auth(data)))
         }

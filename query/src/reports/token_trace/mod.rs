@@ -399,7 +399,8 @@ pub const MAX_TOKENS: u64 = 1000;
 
 /// Per-token lifecycle summary over the whole window (not only the current page). The token's
 /// client comes from its own events (issue, refresh, use), not from an introspection, whose
-/// client is the resource server that asked.
+/// client is the resource server that asked. A sign-in row carrying the token (the password
+/// grant issues tokens in its login event) counts as the issuance.
 pub fn summary(c: &Common, sel: &Selector, found: &Found) -> Sql {
     let mut sql = Sql::new(
         "SELECT t_jti AS token_jti, t_client AS client_id, t_user AS user_sub, t_fhir_user AS fhir_user, \
@@ -415,7 +416,7 @@ if(t_client_own != '', t_client_own, anyIf(client_id, client_id != '')) AS t_cli
 anyIf(user_sub, user_sub != '') AS t_user, \
 anyIf(fhir_user, fhir_user != '') AS t_fhir_user, \
 anyIf(session_id, session_id != '') AS t_session, \
-toUnixTimestamp64Milli(minIf(event_time, event_type = 'custos.token.issued')) AS t_issued, \
+toUnixTimestamp64Milli(minIf(event_time, event_type IN ('custos.token.issued', 'custos.auth.login'))) AS t_issued, \
 toUnixTimestamp64Milli(maxIf(event_time, event_type = 'custos.token.refreshed')) AS t_refreshed, \
 toUnixTimestamp64Milli(minIf(event_time, event_type = 'custos.token.revoked')) AS t_revoked, \
 anyIf(reason, event_type = 'custos.token.revoked') AS t_reason, \
@@ -424,7 +425,7 @@ countIf(event_type = 'custos.token.introspected') AS t_introspections, \
 countIf(event_type = 'custos.token.introspected' AND active = false) AS t_inactive, \
 countIf(event_type = 'custos.fhir.access') AS t_accesses, \
 countIf(event_type = 'custos.fhir.access' AND decision = 'deny') AS t_denied, \
-arraySort(groupUniqArrayArrayIf(scopes, event_type IN ('custos.token.issued', 'custos.token.refreshed'))) AS t_granted, \
+arraySort(groupUniqArrayArrayIf(scopes, event_type IN ('custos.token.issued', 'custos.auth.login', 'custos.token.refreshed'))) AS t_granted, \
 arraySort(groupUniqArrayArrayIf(scopes, event_type = 'custos.fhir.access')) AS t_presented, \
 arraySort(groupUniqArrayIf(concat(resource_type, '.', interaction), event_type = 'custos.fhir.access')) AS t_operations, \
 arraySort(groupUniqArrayIf(source_ip, source_ip != '')) AS t_ips, \

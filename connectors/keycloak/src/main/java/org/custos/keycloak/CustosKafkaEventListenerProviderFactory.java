@@ -57,7 +57,8 @@ public final class CustosKafkaEventListenerProviderFactory implements EventListe
 
     @Override
     public EventListenerProvider create(KeycloakSession session) {
-        return new CustosKafkaEventListenerProvider(publisher, config.includeRepresentation(), session);
+        return new CustosKafkaEventListenerProvider(
+                publisher, config.includeRepresentation(), config.fhirUserAttribute(), session);
     }
 
     @Override

@@ -14,8 +14,11 @@ import org.keycloak.events.admin.AuthDetails;
 final class EventJson {
     private EventJson() {}
 
-    /** A user event as a spool record: key = realm and user, value = event JSON. */
-    static SpoolRecord user(Event event, String issuer) {
+    /**
+     * A user event as a spool record: key = realm and user, value = event JSON, with the user's
+     * {@code fhirUser} when known (null leaves it out).
+     */
+    static SpoolRecord user(Event event, String issuer, String fhirUser) {
         Json json = new Json()
                 .put("id", event.getId())
                 .put("time", event.getTime())
@@ -25,6 +28,7 @@ final class EventJson {
                 .put("issuer", issuer)
                 .put("clientId", event.getClientId())
                 .put("userId", event.getUserId())
+                .put("fhirUser", fhirUser)
                 .put("sessionId", event.getSessionId())
                 .put("ipAddress", event.getIpAddress())
                 .put("error", event.getError())

@@ -21,6 +21,9 @@ import java.util.function.UnaryOperator;
  *     ({@code include-representation})
  * @param deliveryTimeoutMs how long one batch may wait for Kafka ({@code delivery-timeout-ms})
  * @param statusLogSeconds interval of the periodic status line ({@code status-log-seconds})
+ * @param fhirUserAttribute the user attribute holding the user's FHIR resource, published as
+ *     {@code fhirUser} with the user's events ({@code fhir-user-attribute}, default
+ *     {@code fhirUser}; {@code -} turns it off)
  */
 record ListenerConfig(
         String bootstrapServers,
@@ -32,7 +35,8 @@ record ListenerConfig(
         long segmentBytes,
         boolean includeRepresentation,
         int deliveryTimeoutMs,
-        int statusLogSeconds) {
+        int statusLogSeconds,
+        String fhirUserAttribute) {
 
     /** Thrown for a setting that cannot be used. */
     static final class InvalidSetting extends IllegalArgumentException {
@@ -65,8 +69,19 @@ record ListenerConfig(
         boolean representation = l.bool("include-representation", false);
         int delivery = (int) l.number("delivery-timeout-ms", 10_000, 1_000, 600_000);
         int statusLog = (int) l.number("status-log-seconds", 60, 1, 86_400);
+        String fhirUser = l.get("fhir-user-attribute", "fhirUser");
         return new ListenerConfig(
-                servers, topic, clientId, capacity, spoolDir, maxBytes, segment, representation, delivery, statusLog);
+                servers,
+                topic,
+                clientId,
+                capacity,
+                spoolDir,
+                maxBytes,
+                segment,
+                representation,
+                delivery,
+                statusLog,
+                "-".equals(fhirUser) ? null : fhirUser);
     }
 
     /** The environment variable of a key: {@code CUSTOS_EVENTS_} and the key in upper snake case. */

@@ -50,7 +50,7 @@ class EventJsonTest {
 
     @Test
     void userEventHasTheDecoderFieldsInKeycloakNames() {
-        String json = text(EventJson.user(login(), ISSUER));
+        String json = text(EventJson.user(login(), ISSUER, null));
         assertEquals(
                 "{\"id\":\"ev-1\",\"time\":1700000000123,\"type\":\"CODE_TO_TOKEN\",\"realmId\":\"realm-uuid\","
                         + "\"realmName\":\"custos\",\"issuer\":\"https://as.example/realms/custos\",\"clientId\":\"custos-console\",\"userId\":\"user-1\","
@@ -64,38 +64,44 @@ class EventJsonTest {
         Event e = login();
         e.setType(EventType.LOGIN);
         e.getDetails().put("consent", "consent_granted");
-        String json = text(EventJson.user(e, ISSUER));
+        String json = text(EventJson.user(e, ISSUER, null));
         assertTrue(json.contains("\"consent\":\"consent_granted\""), json);
         assertFalse(json.contains(CANARY), json);
     }
 
     @Test
+    void userEventCarriesTheUsersFhirResourceWhenKnown() {
+        String json = text(EventJson.user(login(), ISSUER, "Practitioner/demo-prac-1"));
+        assertTrue(json.contains("\"userId\":\"user-1\",\"fhirUser\":\"Practitioner/demo-prac-1\","), json);
+    }
+
+    @Test
     void canaryDetailsNeverLeave() {
-        assertFalse(text(EventJson.user(login(), ISSUER)).contains(CANARY));
+        assertFalse(text(EventJson.user(login(), ISSUER, null)).contains(CANARY));
     }
 
     @Test
     void tokenShapedValuesAreDroppedEvenUnderAllowedKeys() {
         Event e = login();
         e.getDetails().put("token_id", JWT);
-        String json = text(EventJson.user(e, ISSUER));
+        String json = text(EventJson.user(e, ISSUER, null));
         assertFalse(json.contains("eyJ"), json);
         assertFalse(json.contains("\"token_id\""), json);
     }
 
     @Test
     void userKeyIsRealmAndUser() {
-        assertEquals("realm-uuid/user-1", new String(EventJson.user(login(), ISSUER).key(), StandardCharsets.UTF_8));
+        assertEquals("realm-uuid/user-1", new String(EventJson.user(login(), ISSUER, null).key(), StandardCharsets.UTF_8));
         Event anonymous = login();
         anonymous.setUserId(null);
-        assertEquals("realm-uuid", new String(EventJson.user(anonymous, ISSUER).key(), StandardCharsets.UTF_8));
+        assertEquals("realm-uuid", new String(EventJson.user(anonymous, ISSUER, null).key(), StandardCharsets.UTF_8));
     }
 
     @Test
     void stringsAreEscaped() {
         Event e = login();
         e.setError("a\"b\\c\nd\u0001");
-        assertTrue(text(EventJson.user(e, ISSUER)).contains("\"error\":\"a\\\"b\\\\c\\nd\\u0001\""));
+        assertTrue(text(EventJson.user(e, ISSUER, null)).contains("\"error\":\"a\\\"b\\\\c\\nd\\u0001\""));
     }
 
     private static AdminEvent admin(ResourceType type, String path, String representation) {

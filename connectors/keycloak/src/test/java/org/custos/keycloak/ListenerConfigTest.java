@@ -17,6 +17,8 @@ class ListenerConfigTest {
         assertEquals(10_000, c.queueCapacity());
         assertEquals(Path.of("/opt/keycloak/data/custos-kafka-spool"), c.spoolDir());
         assertEquals(false, c.includeRepresentation());
+        assertEquals("fhirUser", c.fhirUserAttribute());
+        assertEquals(null, ListenerConfig.from(Map.of("fhir-user-attribute", "-")::get, k -> null, null).fhirUserAttribute());
     }
 
     @Test

@@ -82,7 +82,7 @@ class PublisherTest {
     }
 
     private ListenerConfig config(int capacity) {
-        return new ListenerConfig("x:1", "t", "c", capacity, dir, 1L << 30, 4096, false, 1000, 3600);
+        return new ListenerConfig("x:1", "t", "c", capacity, dir, 1L << 30, 4096, false, 1000, 3600, "fhirUser");
     }
 
     private static void waitFor(java.util.function.BooleanSupplier cond) throws InterruptedException {
@@ -152,7 +152,7 @@ class PublisherTest {
         FakeKafka kafka = new FakeKafka();
         kafka.up.set(false);
         int size = SpoolTest.rec(0).spoolSize();
-        ListenerConfig c = new ListenerConfig("x:1", "t", "c", 4, dir, 1L << 16, 4096, false, 1000, 3600);
+        ListenerConfig c = new ListenerConfig("x:1", "t", "c", 4, dir, 1L << 16, 4096, false, 1000, 3600, "fhirUser");
         Publisher p = new Publisher(c, new Spool(dir, 1L << 16, 4096), kafka);
         p.start();
         int n = (1 << 16) / size + 30;
