@@ -7,7 +7,9 @@
                                  and add the audit feed's source client to an existing realm
                                  created before it (role audit_source, client scope
                                  custos-feed-audience, client custos-audit-source) and the
-                                 console's client custos-console; then make
+                                 console's client custos-console, and give the consent
+                                 service's client its realm-management roles mapper (the
+                                 Admin REST API reads them from its token); then make
                                  sure the realm's user and admin events go to the
                                  custos-kafka event listener when the server has it
                                  (connectors/keycloak)
@@ -175,6 +177,30 @@ def source_token():
     return body["access_token"]
 
 
+CONSENT_CLIENT = "custos-consent"
+
+
+def ensure_consent_roles(admin, rep):
+    """Gives the consent service's client of a realm created before it the protocol mapper of
+    the realm file that puts its realm-management roles (manage-users) into its tokens: the
+    Admin REST API refuses a revocation push (403) without them."""
+    base = f"{BASE}/admin/realms/{REALM}"
+    client = next(c for c in rep["clients"] if c["clientId"] == CONSENT_CLIENT)
+    status, found = call("GET", f"{base}/clients?clientId={CONSENT_CLIENT}", token=admin)
+    expect(status, found, f"looking up client {CONSENT_CLIENT}", ok=(200,))
+    if not found:
+        return
+    cid = found[0]["id"]
+    status, have = call("GET", f"{base}/clients/{cid}/protocol-mappers/models", token=admin)
+    expect(status, have, f"protocol mappers of {CONSENT_CLIENT}", ok=(200,))
+    names = {m.get("name") for m in have}
+    for m in client.get("protocolMappers", []):
+        if m["name"] not in names:
+            status, body = call("POST", f"{base}/clients/{cid}/protocol-mappers/models", m, token=admin)
+            expect(status, body, f"adding mapper {m['name']} to {CONSENT_CLIENT}")
+            print(f"dev_realm: client {CONSENT_CLIENT} got mapper {m['name']}", file=sys.stderr)
+
+
 LISTENER = "custos-kafka"
 
 
@@ -219,6 +245,7 @@ def ensure():
         print(f"dev_realm: realm {REALM} exists", file=sys.stderr)
         ensure_feed_source(admin, rep)
         ensure_console_client(admin, rep)
+        ensure_consent_roles(admin, rep)
         if listener:
             ensure_events(admin)
         return

@@ -14,7 +14,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use custos_schemas::{decode, DecodeError, DecodeLimits, Event, KafkaPosition, Payload};
+use custos_schemas::decode::keycloak::decode_keycloak_login_consent;
+use custos_schemas::{
+    decode, DecodeError, DecodeLimits, Event, EventType, KafkaPosition, Payload, SourceFormat,
+};
 use metrics::counter;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
@@ -42,12 +45,14 @@ pub enum Input {
 }
 
 /// Byte patterns at least one of which every consent or deprovisioning message contains:
-/// native types, FHIR `Consent`, Keycloak consent user events and admin events.
-const RELEVANT: [&[u8]; 6] = [
+/// native types, FHIR `Consent`, Keycloak consent user events (and logins that granted a
+/// consent) and admin events.
+const RELEVANT: [&[u8]; 7] = [
     b"custos.consent.",
     b"custos.user.deprovisioned",
     b"\"Consent\"",
     b"CONSENT",
+    b"consent_granted",
     b"REVOKE_GRANT",
     b"\"operationType\"",
 ];
@@ -64,7 +69,9 @@ pub fn maybe_relevant(payload: &[u8], headers: &[(&str, &[u8])]) -> bool {
 }
 
 /// Classifies one message with [`custos_schemas::decode`] (the decoder ingest uses, FHIR
-/// `Consent` resources included).
+/// `Consent` resources included). A Keycloak `LOGIN` whose consent screen the user accepted
+/// is the consent it granted ([`decode_keycloak_login_consent`]): Keycloak emits no
+/// `GRANT_CONSENT` for a consent given at sign-in.
 pub fn classify(payload: &[u8], headers: &[(&str, &[u8])], limits: &DecodeLimits) -> Input {
     if !maybe_relevant(payload, headers) {
         return Input::Other;
@@ -77,6 +84,16 @@ pub fn classify(payload: &[u8], headers: &[(&str, &[u8])], limits: &DecodeLimits
             ) =>
         {
             Input::Relevant(Box::new(ev))
+        }
+        Ok(ev)
+            if ev.event_type == EventType::AuthLogin
+                && ev.format == SourceFormat::KeycloakEvent =>
+        {
+            match decode_keycloak_login_consent(payload) {
+                Ok(Some(grant)) => Input::Relevant(Box::new(grant)),
+                Ok(None) => Input::Other,
+                Err(e) => Input::Invalid(e),
+            }
         }
         Ok(_) => Input::Other,
         Err(e) => Input::Invalid(e),
@@ -290,6 +307,14 @@ mod tests {
         assert!(matches!(classify(login, &[], &limits), Input::Other));
         let grant = br#"{"id":"2","time":1,"type":"GRANT_CONSENT","realmId":"r","clientId":"c","userId":"u"}"#;
         assert!(matches!(classify(grant, &[], &limits), Input::Relevant(_)));
+        // The consent screen of a sign-in: a LOGIN with its outcome.
+        let screen = br#"{"id":"6","time":1,"type":"LOGIN","realmId":"r","clientId":"c","userId":"u","details":{"consent":"consent_granted"}}"#;
+        match classify(screen, &[], &limits) {
+            Input::Relevant(ev) => assert_eq!(ev.event_type, EventType::ConsentGranted),
+            other => panic!("a consent given at sign-in is not relevant: {other:?}"),
+        }
+        let persisted = br#"{"id":"7","time":1,"type":"LOGIN","realmId":"r","clientId":"c","userId":"u","details":{"consent":"persisted_consent"}}"#;
+        assert!(matches!(classify(persisted, &[], &limits), Input::Other));
         let admin = br#"{"id":"3","time":1,"realmId":"r","operationType":"DELETE","resourceType":"USER","resourcePath":"users/u"}"#;
         assert!(matches!(classify(admin, &[], &limits), Input::Relevant(_)));
         let ce = br#"{"specversion":"1.0","id":"4","source":"s","type":"custos.user.deprovisioned","time":"2026-01-01T00:00:00Z","data":{"iss":"i","sub":"u"}}"#;

@@ -290,7 +290,14 @@ impl KeycloakAdapter {
             );
         }
         let token = step!(self.admin_token().await);
-        let realm = step!(self.realm_name(&token, &realm_ref).await);
+        // An issuer URL names its realm. Only `keycloak:{realmId}` needs the realms listed,
+        // which a realm's own service account (manage-users there, nothing server-wide) may
+        // not do.
+        let realm = if issuer.starts_with("keycloak:") {
+            step!(self.realm_name(&token, &realm_ref).await)
+        } else {
+            realm_ref
+        };
         // The consent (with its offline tokens) and the sessions are ended concurrently.
         let (consent, sessions) = tokio::join!(
             self.revoke_consent(&token, &realm, subject, client_id),
@@ -479,6 +486,64 @@ mod tests {
             elsewhere_hits.load(Ordering::SeqCst),
             0,
             "redirect followed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_realm_service_account_revokes_consents_of_its_issuer() {
+        use axum::http::StatusCode;
+        use axum::routing::{delete, get, post};
+        // Keycloak as a realm's own service account sees it: no server-wide realm list.
+        let kc = axum::Router::new()
+            .route(
+                "/realms/custos/protocol/openid-connect/token",
+                post(|| async {
+                    axum::Json(serde_json::json!({"access_token": "t", "expires_in": 60}))
+                }),
+            )
+            .route("/admin/realms", get(|| async { StatusCode::FORBIDDEN }))
+            .route(
+                "/admin/realms/custos/users/u-1/consents/app",
+                delete(|| async { StatusCode::NO_CONTENT }),
+            )
+            .route(
+                "/admin/realms/custos/users/u-1/sessions",
+                get(|| async {
+                    axum::Json(serde_json::json!([
+                        {"id": "s-1", "clients": {"c-9": "app"}},
+                        {"id": "s-2", "clients": {"c-8": "other"}}
+                    ]))
+                }),
+            )
+            .route(
+                "/admin/realms/custos/sessions/s-1",
+                delete(|| async { StatusCode::NO_CONTENT }),
+            );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(l, kc).await;
+        });
+        let a = KeycloakAdapter::new(
+            &base,
+            "custos",
+            "custos-consent",
+            AdminCredentials::ClientSecret("s3cret".into()),
+            Logout::Client,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let out = a
+            .deliver(&format!("{base}/realms/custos"), "u-1", "app")
+            .await;
+        assert_eq!(out.verdict, Verdict::Delivered, "{out:?}");
+        assert!(out.detail.contains("1 session(s) ended"), "{out:?}");
+        // A realm id still needs the list, and the refusal is reported.
+        let out = a.deliver("keycloak:realm-uuid", "u-1", "app").await;
+        assert_eq!(
+            (out.verdict, out.http_status),
+            (Verdict::Failed, 403),
+            "{out:?}"
         );
     }
 }

@@ -25,6 +25,7 @@
 //! | `REFRESH_TOKEN` (and `_ERROR`) | `custos.token.refreshed` | `jti` = `details.token_id` |
 //! | `INTROSPECT_TOKEN` (and `_ERROR`) | `custos.token.introspected` | `active` = not an error |
 //! | `GRANT_CONSENT`, `UPDATE_CONSENT` | `custos.consent.granted` | client = `details.granted_client` or `clientId` |
+//! | `LOGIN` with `details.consent` = `consent_granted` | `custos.auth.login`; the consent service also reads it as `custos.consent.granted` ([`decode_keycloak_login_consent`]) | the consent screen of a sign-in |
 //! | `GRANT_CONSENT_ERROR`, `UPDATE_CONSENT_ERROR` | `custos.auth.login_failed` | the consent screen was refused or failed: no consent, no token; `error` kept (e.g. `rejected_by_user`) |
 //! | `REVOKE_GRANT` with `details.revoked_client`, or with neither detail | `custos.consent.revoked` | |
 //! | `REVOKE_GRANT` with only `details.token_id` (RFC 7009 access-token revocation) | `custos.token.revoked` | |
@@ -119,6 +120,9 @@ struct Details {
     granted_scopes: Option<String>,
     granted_client: Option<String>,
     revoked_client: Option<String>,
+    /// What the consent screen did on a `LOGIN` (`consent_granted`, `persisted_consent`,
+    /// `no_consent_required`).
+    consent: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -153,6 +157,45 @@ impl Common {
 
 /// Decodes a Keycloak user or admin event.
 pub fn decode_keycloak(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let (ev, common) = parse(bytes)?;
+    if ev.operation_type.is_some() || ev.auth_details.is_some() {
+        admin_event(ev, common)
+    } else {
+        user_event(ev, common)
+    }
+}
+
+/// `details.consent` of a `LOGIN` whose consent screen the user accepted.
+pub const CONSENT_GRANTED_AT_LOGIN: &str = "consent_granted";
+
+/// The consent a Keycloak `LOGIN` event records: `Some(custos.consent.granted)` when the user
+/// accepted the consent screen during that sign-in (`details.consent` =
+/// [`CONSENT_GRANTED_AT_LOGIN`]), `None` for every other event.
+///
+/// Keycloak emits no `GRANT_CONSENT` event for a consent given on the login screen (that type
+/// comes from the account console), only this detail on the `LOGIN`, so the consent service
+/// reads it here; [`decode_keycloak`] still makes the event a `custos.auth.login` for the
+/// audit. The consent is the one `GRANT_CONSENT` would give: same consent id
+/// ([`keycloak_consent_id`]), patient and subject = the user, client = the event's client,
+/// the event's tenant and issuer; no scope (the `LOGIN` carries none).
+pub fn decode_keycloak_login_consent(bytes: &[u8]) -> Result<Option<Event>, DecodeError> {
+    let (ev, common) = parse(bytes)?;
+    let granted = ev.operation_type.is_none()
+        && ev.auth_details.is_none()
+        && ev.ty.as_deref() == Some("LOGIN")
+        && ev
+            .details
+            .as_ref()
+            .and_then(|d| d.consent.as_deref())
+            .is_some_and(|c| c.eq_ignore_ascii_case(CONSENT_GRANTED_AT_LOGIN));
+    if !granted {
+        return Ok(None);
+    }
+    consent_granted(UserFields::new(ev, false), common).map(Some)
+}
+
+/// The event and the attributes every event of it shares.
+fn parse(bytes: &[u8]) -> Result<(KeycloakJson, Common), DecodeError> {
     let mut ev: KeycloakJson = json::parse(bytes, "")?;
     let id = required(ev.id.as_deref(), "id")?.to_owned();
     let realm = required(ev.realm_id.as_deref(), "realmId")?.to_owned();
@@ -174,11 +217,7 @@ pub fn decode_keycloak(bytes: &[u8]) -> Result<Event, DecodeError> {
         realm,
         time,
     };
-    if ev.operation_type.is_some() || ev.auth_details.is_some() {
-        admin_event(ev, common)
-    } else {
-        user_event(ev, common)
-    }
+    Ok((ev, common))
 }
 
 /// What a user event type becomes.
@@ -559,6 +598,62 @@ mod tests {
         assert_ne!(a, keycloak_consent_id("realm2", "user-1", "app"));
         assert!(a.starts_with("kc-") && a.len() == 35);
         assert!(!a.contains("user-1"));
+    }
+
+    fn login(consent: &str) -> Vec<u8> {
+        serde_json::json!({
+            "id": "ev-login-1", "time": 1_700_000_000_000_i64, "type": "LOGIN",
+            "realmId": "realm-uuid", "realmName": "custos",
+            "issuer": "http://127.0.0.1:18080/realms/custos",
+            "clientId": "smart-patient-app", "userId": "user-1", "sessionId": "sess-1",
+            "details": {"auth_method": "openid-connect", "consent": consent}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_login_that_granted_consent_is_a_consent_for_the_consent_service() {
+        let ev = decode_keycloak_login_consent(&login("consent_granted"))
+            .expect("decodes")
+            .expect("a consent");
+        assert_eq!(ev.event_type, EventType::ConsentGranted);
+        assert_eq!(ev.id, "ev-login-1");
+        assert_eq!(ev.tenant.as_deref(), Some("custos"));
+        let Payload::Consent(c) = ev.payload else {
+            panic!("not a consent: {:?}", ev.payload)
+        };
+        assert_eq!(
+            c.consent_id,
+            keycloak_consent_id("realm-uuid", "user-1", "smart-patient-app")
+        );
+        assert_eq!(
+            (c.patient.as_str(), c.client_id.as_str(), c.sub.as_deref()),
+            ("user-1", "smart-patient-app", Some("user-1"))
+        );
+        assert_eq!(
+            c.iss.as_deref(),
+            Some("http://127.0.0.1:18080/realms/custos")
+        );
+        // For the audit it stays a login.
+        let audit = decode_keycloak(&login("consent_granted")).expect("decodes");
+        assert_eq!(audit.event_type, EventType::AuthLogin);
+    }
+
+    #[test]
+    fn other_logins_and_events_grant_nothing() {
+        for consent in ["persisted_consent", "no_consent_required", ""] {
+            assert!(decode_keycloak_login_consent(&login(consent))
+                .expect("decodes")
+                .is_none());
+        }
+        let token = String::from_utf8(login("consent_granted"))
+            .expect("utf-8")
+            .replace("\"LOGIN\"", "\"CODE_TO_TOKEN\"");
+        assert!(decode_keycloak_login_consent(token.as_bytes())
+            .expect("decodes")
+            .is_none());
+        assert!(decode_keycloak_login_consent(b"{}").is_err());
     }
 
     #[test]

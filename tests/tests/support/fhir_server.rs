@@ -28,6 +28,9 @@ pub const DEMO_PASSWORD: &str = "Demo-user-pass-0123456789";
 pub const FHIR_CLIENT_SECRET: &str = "fhir-server-secret-0123456789";
 /// The secret of the realm's audit source client `custos-audit-source` in test realms.
 pub const FEED_SOURCE_SECRET: &str = "audit-source-secret-0123456789";
+/// The secret of the realm's consent service client `custos-consent` (service account with
+/// realm-management `manage-users`) in test realms.
+pub const CONSENT_CLIENT_SECRET: &str = "consent-client-secret-0123456789";
 /// The secret of the realm's staff client `custos-query` in test realms.
 pub const QUERY_CLIENT_SECRET: &str = "query-client-secret-0123456789";
 /// The secret of the realm's console client `custos-console` in test realms.
@@ -77,6 +80,7 @@ impl DemoRealm {
                 "CUSTOS_FEED_CLIENT_SECRET" => FEED_SOURCE_SECRET,
                 "CUSTOS_QUERY_CLIENT_SECRET" => QUERY_CLIENT_SECRET,
                 "CUSTOS_CONSOLE_CLIENT_SECRET" => CONSOLE_CLIENT_SECRET,
+                "CUSTOS_CONSENT_CLIENT_SECRET" => CONSENT_CLIENT_SECRET,
                 _ => "unused-test-secret-0123456789",
             };
             text.push_str(value);

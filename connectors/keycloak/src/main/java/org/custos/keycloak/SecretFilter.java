@@ -25,6 +25,9 @@ final class SecretFilter {
             "granted_scopes",
             "granted_client",
             "revoked_client",
+            // What the consent screen did on a LOGIN (consent_granted, persisted_consent,
+            // no_consent_required): how a consent given at sign-in becomes known.
+            "consent",
             // Protocol names, never secrets.
             "auth_method",
             "auth_type",

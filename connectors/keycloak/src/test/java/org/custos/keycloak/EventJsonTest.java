@@ -60,6 +60,16 @@ class EventJsonTest {
     }
 
     @Test
+    void theConsentScreensOutcomeOfALoginIsKept() {
+        Event e = login();
+        e.setType(EventType.LOGIN);
+        e.getDetails().put("consent", "consent_granted");
+        String json = text(EventJson.user(e, ISSUER, null));
+        assertTrue(json.contains("\"consent\":\"consent_granted\""), json);
+        assertFalse(json.contains(CANARY), json);
+    }
+
+    @Test
     void userEventCarriesTheUsersFhirResourceWhenKnown() {
         String json = text(EventJson.user(login(), ISSUER, "Practitioner/demo-prac-1"));
         assertTrue(json.contains("\"userId\":\"user-1\",\"fhirUser\":\"Practitioner/demo-prac-1\","), json);
