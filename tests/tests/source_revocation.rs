@@ -345,9 +345,9 @@ async fn flow(realm: Arc<DemoRealm>) -> Result<()> {
     );
 
     // 2. The privacy officer finds the patient's consent to the app (known from Keycloak's
-    // event alone) and revokes it.
+    // event alone, filed under the patient id of the user's `fhirUser`) and revokes it.
     let v = svc
-        .wait_consents(tenant, subject, "the consent given at sign-in", |v| {
+        .wait_consents(tenant, patient, "the consent given at sign-in", |v| {
             consent_of(v, PATIENT_APP).is_some_and(|c| c["current"]["status"] == "active")
         })
         .await?;
@@ -371,7 +371,7 @@ async fn flow(realm: Arc<DemoRealm>) -> Result<()> {
 
     // 3. The push to Keycloak is delivered; then the FHIR server refuses the token.
     let v = svc
-        .wait_consents(tenant, subject, "the Keycloak push", |v| {
+        .wait_consents(tenant, patient, "the Keycloak push", |v| {
             keycloak_state(v, &revocation_id).is_some_and(|s| s != "requested")
         })
         .await?;

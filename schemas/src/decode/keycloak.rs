@@ -24,7 +24,7 @@
 //! | `CODE_TO_TOKEN`, `CLIENT_LOGIN`, `TOKEN_EXCHANGE`, `OAUTH2_DEVICE_CODE_TO_TOKEN`, `AUTHREQID_TO_TOKEN` (and `_ERROR`) | `custos.token.issued` | `jti` = `details.token_id` |
 //! | `REFRESH_TOKEN` (and `_ERROR`) | `custos.token.refreshed` | `jti` = `details.token_id` |
 //! | `INTROSPECT_TOKEN` (and `_ERROR`) | `custos.token.introspected` | `active` = not an error |
-//! | `GRANT_CONSENT`, `UPDATE_CONSENT` | `custos.consent.granted` | client = `details.granted_client` or `clientId` |
+//! | `GRANT_CONSENT`, `UPDATE_CONSENT` | `custos.consent.granted` | client = `details.granted_client` or `clientId`; patient = the patient id of a `Patient/…` `fhirUser`, else the user |
 //! | `LOGIN` with `details.consent` = `consent_granted` | `custos.auth.login`; the consent service also reads it as `custos.consent.granted` ([`decode_keycloak_login_consent`]) | the consent screen of a sign-in |
 //! | `GRANT_CONSENT_ERROR`, `UPDATE_CONSENT_ERROR` | `custos.auth.login_failed` | the consent screen was refused or failed: no consent, no token; `error` kept (e.g. `rejected_by_user`) |
 //! | `REVOKE_GRANT` with `details.revoked_client`, or with neither detail | `custos.consent.revoked` | |
@@ -176,8 +176,9 @@ pub const CONSENT_GRANTED_AT_LOGIN: &str = "consent_granted";
 /// comes from the account console), only this detail on the `LOGIN`, so the consent service
 /// reads it here; [`decode_keycloak`] still makes the event a `custos.auth.login` for the
 /// audit. The consent is the one `GRANT_CONSENT` would give: same consent id
-/// ([`keycloak_consent_id`]), patient and subject = the user, client = the event's client,
-/// the event's tenant and issuer; no scope (the `LOGIN` carries none).
+/// ([`keycloak_consent_id`]), subject = the user, patient = the patient id of a patient
+/// user's `fhirUser` (else the user), client = the event's client, the event's tenant and
+/// issuer; no scope (the `LOGIN` carries none).
 pub fn decode_keycloak_login_consent(bytes: &[u8]) -> Result<Option<Event>, DecodeError> {
     let (ev, common) = parse(bytes)?;
     let granted = ev.operation_type.is_none()
@@ -391,7 +392,8 @@ fn consent_granted(mut f: UserFields, common: Common) -> Result<Event, DecodeErr
         .or(f.client_id)
         .ok_or_else(|| DecodeError::MissingField("clientId".to_owned()))?;
     let scope = nonempty(f.details.scope).or(nonempty(f.details.granted_scopes));
-    let data = consent(&common, user, app, scope, Some("patient".to_owned()), None);
+    let mut data = consent(&common, user, app, scope, Some("patient".to_owned()), None);
+    data.patient = patient_of(f.fhir_user.as_deref()).unwrap_or(data.patient);
     Ok(common.event(
         EventType::ConsentGranted,
         SourceFormat::KeycloakEvent,
@@ -462,7 +464,8 @@ fn consent_revoked(
         }
     };
     let reason = reason.map(str::to_owned);
-    let data = consent(&common, user, app, None, Some(actor), reason);
+    let mut data = consent(&common, user, app, None, Some(actor), reason);
+    data.patient = patient_of(f.fhir_user.as_deref()).unwrap_or(data.patient);
     Ok(common.event(
         EventType::ConsentRevoked,
         SourceFormat::KeycloakEvent,
@@ -566,6 +569,16 @@ fn consent(
     }
 }
 
+/// The patient id of a patient user's `fhirUser` (`Patient/123`, or an absolute URL ending in
+/// it): a consent given or withdrawn by that user is about that patient, the id under which
+/// the FHIR server's records of the patient are kept. Other users, and events without
+/// `fhirUser` (admin events), file the consent under the user id.
+fn patient_of(fhir_user: Option<&str>) -> Option<String> {
+    let mut parts = fhir_user?.rsplit('/');
+    let id = parts.next().filter(|id| !id.is_empty())?;
+    (parts.next() == Some("Patient")).then(|| id.to_owned())
+}
+
 /// Keycloak token types (`typ` claim) to Custos `tokenType`.
 fn token_type(kc: &str) -> Option<&'static str> {
     match kc {
@@ -589,6 +602,23 @@ fn nonempty(value: Option<String>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patient_users_give_their_patient_id() {
+        assert_eq!(patient_of(Some("Patient/p-1")).as_deref(), Some("p-1"));
+        assert_eq!(
+            patient_of(Some("https://fhir.example/r4/Patient/p-2")).as_deref(),
+            Some("p-2")
+        );
+        for other in [
+            None,
+            Some("Practitioner/d-1"),
+            Some("Patient/"),
+            Some("p-3"),
+        ] {
+            assert_eq!(patient_of(other), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn consent_ids_are_stable_and_opaque() {
