@@ -4,11 +4,13 @@
 //! ([`reports`], [`fhir`]), the dev stack's Keycloak ([`keycloak`]), the demo FHIR server
 //! with an in-test audit feed ([`fhir_server`]), the consent service process ([`consent`]),
 //! the audit feed in-process ([`feed`]), fake SET receivers ([`ssf`]), a switchable TCP proxy ([`proxy`]),
-//! and the readers of the deployment files ([`deploy`], [`xml`]).
+//! the readers of the deployment files ([`deploy`], [`xml`]), and headless Chromium over
+//! WebDriver ([`browser`]).
 //!
 //! Each test binary uses a part of it, so unused items are expected.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod consent;
 pub mod deploy;
 pub mod feed;
