@@ -6,7 +6,8 @@
                                  environment; a missing variable is an error)
                                  and add the audit feed's source client to an existing realm
                                  created before it (role audit_source, client scope
-                                 custos-feed-audience, client custos-audit-source); then make
+                                 custos-feed-audience, client custos-audit-source) and the
+                                 console's client custos-console; then make
                                  sure the realm's user and admin events go to the
                                  custos-kafka event listener when the server has it
                                  (connectors/keycloak)
@@ -17,7 +18,7 @@
 
 Environment: CUSTOS_KEYCLOAK_URL (http://127.0.0.1:18080), CUSTOS_KC_ADMIN (admin),
 CUSTOS_KC_ADMIN_PASSWORD, CUSTOS_DEMO_REALM (custos), CUSTOS_QUERY_CLIENT_SECRET,
-CUSTOS_DEMO_USER_PASSWORD, CUSTOS_FEED_CLIENT_SECRET. Nothing secret is printed except the token asked for.
+CUSTOS_DEMO_USER_PASSWORD, CUSTOS_FEED_CLIENT_SECRET, CUSTOS_CONSOLE_CLIENT_SECRET. Nothing secret is printed except the token asked for.
 Only the standard library is used (runs on any python3).
 """
 import json
@@ -147,6 +148,23 @@ def ensure_feed_source(admin, rep):
     print(f"dev_realm: client {FEED_CLIENT} added to realm {REALM}", file=sys.stderr)
 
 
+CONSOLE_CLIENT = "custos-console"
+
+
+def ensure_console_client(admin, rep):
+    """Adds the console's client of the realm file to a realm created before it (its client
+    scopes custos-query-audience and custos-consent-audience exist since the realm's start)."""
+    base = f"{BASE}/admin/realms/{REALM}"
+    status, clients = call("GET", f"{base}/clients?clientId={CONSOLE_CLIENT}", token=admin)
+    expect(status, clients, f"looking up client {CONSOLE_CLIENT}", ok=(200,))
+    if clients:
+        return
+    client = next(c for c in rep["clients"] if c["clientId"] == CONSOLE_CLIENT)
+    status, body = call("POST", f"{base}/clients", client, token=admin)
+    expect(status, body, f"creating client {CONSOLE_CLIENT}")
+    print(f"dev_realm: client {CONSOLE_CLIENT} added to realm {REALM}", file=sys.stderr)
+
+
 def source_token():
     form = {"grant_type": "client_credentials", "client_id": FEED_CLIENT,
             "client_secret": env("CUSTOS_FEED_CLIENT_SECRET")}
@@ -200,6 +218,7 @@ def ensure():
     if status == 200:
         print(f"dev_realm: realm {REALM} exists", file=sys.stderr)
         ensure_feed_source(admin, rep)
+        ensure_console_client(admin, rep)
         if listener:
             ensure_events(admin)
         return

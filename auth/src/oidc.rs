@@ -646,6 +646,58 @@ impl Authenticator {
         })
     }
 
+    /// Verifies an OpenID Connect ID token received from the token endpoint by a relying
+    /// party (the console): the same algorithm allow-list and JWKS as access tokens, `iss` of
+    /// this issuer, `aud` naming `client_id` (and `azp`, when present, equal to it), `exp`,
+    /// `nbf`, a payload `typ` of `ID` when present, and `nonce` equal to the one the relying
+    /// party sent. Returns the claims. The configured access-token audiences and header
+    /// `typ` list do not apply.
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        client_id: &str,
+        nonce: &str,
+    ) -> Result<Value, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
+        let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::Algorithm);
+        }
+        let kid = header.kid.as_deref().ok_or(AuthError::UnknownKey)?;
+        let key = self.key(kid).await?;
+        if !key.algorithms.contains(&header.alg) {
+            return Err(AuthError::Algorithm);
+        }
+        let mut v = Validation::new(header.alg);
+        v.algorithms = vec![header.alg];
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[client_id]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.validate_aud = true;
+        v.leeway = self.leeway;
+        let claims = decode::<Value>(token, &key.key, &v)
+            .map_err(|e| AuthError::Invalid(format!("{:?}", e.kind())))?
+            .claims;
+        if let Some(typ) = claims.get("typ") {
+            if !typ.as_str().is_some_and(|t| t.eq_ignore_ascii_case("id")) {
+                return Err(AuthError::TokenType);
+            }
+        }
+        if let Some(azp) = claims.get("azp") {
+            if azp.as_str() != Some(client_id) {
+                return Err(AuthError::Invalid("azp is another client".into()));
+            }
+        }
+        if nonce.is_empty() || claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
+            return Err(AuthError::Invalid("nonce mismatch".into()));
+        }
+        Ok(claims)
+    }
+
     /// Verifies the `Authorization: Bearer` token of a request's headers. Shared by every
     /// service that authenticates with this module (the query API, the consent service's
     /// privacy API).
