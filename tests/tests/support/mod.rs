@@ -5,13 +5,14 @@
 //! with an in-test audit feed ([`fhir_server`]), the consent service process ([`consent`]),
 //! the audit feed in-process ([`feed`]), fake SET receivers ([`ssf`]), a switchable TCP proxy ([`proxy`]),
 //! the readers of the deployment files ([`deploy`], [`xml`]), and headless Chromium over
-//! WebDriver ([`browser`]).
+//! WebDriver ([`browser`]) with the console it drives ([`console_stack`]).
 //!
 //! Each test binary uses a part of it, so unused items are expected.
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;
 pub mod consent;
+pub mod console_stack;
 pub mod deploy;
 pub mod feed;
 pub mod fhir;
