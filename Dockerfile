@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1.7
 # Custos service image: the services of the workspace in /usr/local/bin of a slim Debian runtime,
 # run as the unprivileged user 10001: custos-ingest (`run`, `migrate`, `verify`, `keygen`, `jwks`),
-# custos-query (report API), custos-consent (`run`, `keygen`) and custos-feed (the FHIR audit
-# feed). The simulator (custos-sim)
+# custos-query (report API), custos-consent (`run`, `keygen`), custos-feed (the FHIR audit
+# feed) and custos-console (the compliance console). The simulator (custos-sim)
 # is in the `tools` target only, built on request; the benchmarks (custos-bench) are never in
 # an image.
 #
@@ -14,7 +14,7 @@
 # into <VAR> and execs the command, e.g. `custos-ingest run`.
 # Health: no HEALTHCHECK here, since one image serves long-running (`custos-ingest run`) and
 # one-shot (`migrate`, `custos-sim`) containers: compose.yaml declares it on the ingest, query,
-# consent and feed services, calling custos-healthcheck (deploy/docker/healthcheck.sh), a bash /dev/tcp
+# consent, feed and console services, calling custos-healthcheck (deploy/docker/healthcheck.sh), a bash /dev/tcp
 # probe of /readyz.
 # That keeps curl and wget out of the image (less to patch, less for an intruder to use).
 
@@ -33,9 +33,9 @@ WORKDIR /src
 # The context holds only what the build needs (see .dockerignore): manifests, lock file, crates.
 COPY . .
 
-# Which binaries to build. Default: the four services, the programs compose.yaml runs from the
+# Which binaries to build. Default: the five services, the programs compose.yaml runs from the
 # `custos` image.
-ARG CARGO_BUILD_ARGS="-p custos-ingest -p custos-query -p custos-consent -p custos-feed"
+ARG CARGO_BUILD_ARGS="-p custos-ingest -p custos-query -p custos-consent -p custos-feed -p custos-console"
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
@@ -44,8 +44,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && find target/release -maxdepth 1 -type f -executable -name 'custos-*' ! -name '*-bench' \
       ! -name 'custos-sim' -exec cp {} /out/ \; \
  && ls -l /out \
- && if [ "${CARGO_BUILD_ARGS}" = "-p custos-ingest -p custos-query -p custos-consent -p custos-feed" ]; then \
-      for bin in custos-ingest custos-query custos-consent custos-feed; do \
+ && if [ "${CARGO_BUILD_ARGS}" = "-p custos-ingest -p custos-query -p custos-consent -p custos-feed -p custos-console" ]; then \
+      for bin in custos-ingest custos-query custos-consent custos-feed custos-console; do \
         test -x "/out/$bin" || { echo "missing binary $bin" >&2; exit 1; }; \
       done; \
     fi

@@ -172,12 +172,24 @@ pub struct Viewer {
 
 /// The whole page: `title`, the viewer's frame (none before sign-in), `body`.
 pub fn layout(title: &str, viewer: Option<&Viewer>, current: &str, body: Markup) -> Markup {
+    layout_with(title, viewer, current, body, None)
+}
+
+/// [`layout`], reloading itself every `refresh_secs` when given (no script needed).
+pub fn layout_with(
+    title: &str,
+    viewer: Option<&Viewer>,
+    current: &str,
+    body: Markup,
+    refresh_secs: Option<u32>,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(secs) = refresh_secs { meta http-equiv="refresh" content=(secs); }
                 title { (title) " - Custos console" }
                 link rel="stylesheet" href="/console/assets/console.css";
             }
@@ -368,6 +380,17 @@ pub fn text(v: &serde_json::Value) -> String {
 /// A timestamp as ISO 8601 UTC with `Z` (input in RFC 3339 or ClickHouse's
 /// `YYYY-MM-DD HH:MM:SS[.fff]` taken as UTC); anything else as it came.
 pub fn utc(v: &serde_json::Value) -> String {
+    if let Some(n) = v.as_i64() {
+        // Epoch milliseconds (the consent service's columns); seconds when small.
+        let ms = if n.abs() < 100_000_000_000 {
+            n * 1000
+        } else {
+            n
+        };
+        if let Some(t) = chrono::DateTime::from_timestamp_millis(ms) {
+            return t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        }
+    }
     let s = text(v);
     parse_utc(&s)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
@@ -445,5 +468,9 @@ mod tests {
             "2026-03-01T10:00:00.000Z"
         );
         assert_eq!(utc(&serde_json::json!("n/a")), "n/a");
+        assert_eq!(
+            utc(&serde_json::json!(1_772_359_200_000_i64)),
+            "2026-03-01T10:00:00.000Z"
+        );
     }
 }

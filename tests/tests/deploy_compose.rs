@@ -138,10 +138,14 @@ fn custos_services_run_binaries_that_exist() {
         );
     }
     assert_eq!(
-        custos_services, 6,
-        "migrate, ingest, query, consent, feed, simulator"
+        custos_services, 7,
+        "migrate, ingest, query, consent, feed, console, simulator"
     );
     assert_eq!(strings(&service(&c, "query")["command"]), ["custos-query"]);
+    assert_eq!(
+        strings(&service(&c, "console")["command"]),
+        ["custos-console"]
+    );
     assert_eq!(strings(&service(&c, "feed")["command"]), ["custos-feed"]);
     assert_eq!(
         strings(&service(&c, "consent")["command"]),

@@ -247,6 +247,50 @@ fn feed_env_matches_the_code() {
     );
 }
 
+#[test]
+fn console_env_matches_the_code() {
+    let c = compose();
+    let names = console_env_names();
+    for required in [
+        "CUSTOS_CONSOLE_HTTP_ADDR",
+        "CUSTOS_CONSOLE_ISSUER",
+        "CUSTOS_CONSOLE_CLIENT_SECRET",
+        "CUSTOS_CONSOLE_QUERY_URL",
+        "CUSTOS_CONSOLE_CONSENT_URL",
+    ] {
+        assert!(
+            names.contains(required),
+            "console/src no longer reads {required}: update compose.yaml"
+        );
+    }
+    let e = check_custos_env(&c, "console");
+    let get = |k: &str| e[k].clone().unwrap_or_default();
+    assert!(get("CUSTOS_CONSOLE_HTTP_ADDR").starts_with("0.0.0.0:"));
+    // The console reads through the APIs only: no ClickHouse account, no key ring, no Kafka.
+    for k in e.keys() {
+        assert!(
+            !k.starts_with("CUSTOS_CLICKHOUSE")
+                && !k.starts_with("CUSTOS_PSEUDONYM")
+                && !k.starts_with("CUSTOS_KAFKA"),
+            "console must not get {k}"
+        );
+    }
+    // The redirect URI the realm registers is the console's public origin.
+    let realm = realm();
+    let client = realm_client(&realm, "custos-console");
+    assert_eq!(client["publicClient"], false);
+    assert_eq!(client["standardFlowEnabled"], true);
+    assert_eq!(client["directAccessGrantsEnabled"], false);
+    assert_eq!(client["attributes"]["pkce.code.challenge.method"], "S256");
+    let redirect = format!("{}/console/callback", get("CUSTOS_CONSOLE_PUBLIC_URL"));
+    assert!(strings(&client["redirectUris"]).contains(&redirect));
+    assert_eq!(
+        secret_of(service(&c, "keycloak"), "CUSTOS_CONSOLE_CLIENT_SECRET"),
+        "keycloak_console_client_secret"
+    );
+    assert!(service_secrets(service(&c, "console")).contains("keycloak_console_client_secret"));
+}
+
 /// custos-query's own argument parser and `validate()` accept the compose environment (with
 /// placeholder values for the secrets): every variable maps to one of its arguments.
 #[test]

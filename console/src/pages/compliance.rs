@@ -137,7 +137,7 @@ pub async fn access(
                     h2 { "Accesses" }
                     (table("Accesses to the patient's record (times in UTC)", rows(&answer), &[
                         ("event_time", "Time (UTC)", Col::Time),
-                        ("actor", "User", Col::Text),
+                        ("user_sub", "User (sub)", Col::Text),
                         ("user_kind", "Role / kind", Col::Text),
                         ("fhir_user", "fhirUser", Col::Text),
                         ("client_id", "Client", Col::Text),
@@ -182,7 +182,11 @@ fn charts(all: &Value, cap: u32) -> Markup {
         let Some(t) = html::parse_utc(&html::text(&r["event_time"])) else {
             continue;
         };
-        let actor = html::text(&r["actor"]);
+        let actor = [&r["user_sub"], &r["fhir_user"], &r["actor"]]
+            .into_iter()
+            .map(html::text)
+            .find(|s| !s.is_empty())
+            .unwrap_or_default();
         let kind = html::text(&r["user_kind"]);
         by_user.push((
             t,

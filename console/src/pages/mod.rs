@@ -1,14 +1,17 @@
 //! The pages: one module per role's tasks, and what they share (query parameters and their
 //! validation, report tables with server-side paging).
 
+pub mod audit;
 pub mod compliance;
+pub mod incident;
+pub mod privacy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup};
 use serde_json::Value;
@@ -26,6 +29,15 @@ pub fn router() -> Router<Arc<Console>> {
         )
         .route(html::DISCLOSURES.path, get(compliance::disclosures))
         .route(html::BREAK_GLASS.path, get(compliance::break_glass))
+        .route(html::CONSENTS.path, get(privacy::consents))
+        .route("/console/privacy/revoke", post(privacy::revoke))
+        .route(html::REVOCATIONS.path, get(privacy::revocations))
+        .route(html::VIOLATIONS_PAGE.path, get(privacy::violations))
+        .route(html::TOKEN_TRACE.path, get(incident::trace))
+        .route(html::USER_ACTIVITY.path, get(incident::activity))
+        .route(html::INTEGRITY.path, get(audit::integrity))
+        .route(html::PROOF.path, get(audit::proof))
+        .route(html::QUERY_AUDIT.path, get(audit::queries))
 }
 
 /// The start page: the user's tasks, or the no-role page (403).

@@ -294,6 +294,13 @@ pub fn feed_env_names() -> BTreeSet<String> {
     names
 }
 
+/// The variables `custos-console` reads (its own and the runtime's).
+pub fn console_env_names() -> BTreeSet<String> {
+    let mut names = env_names_in("console/src");
+    names.extend(env_names_in("runtime/src"));
+    names
+}
+
 /// `config/topics.conf` as (name, partitions), in order.
 pub fn topics_conf() -> Vec<(String, u32)> {
     read("config/topics.conf")
@@ -349,13 +356,14 @@ pub const SERVICES: &[&str] = &[
     "query",
     "consent",
     "feed",
+    "console",
     "fhir-server",
     "simulator",
 ];
 
 /// Services that run in keycloak's network namespace, so that the (plain http, dev-mode)
 /// Keycloak is on their loopback: the OIDC code fetches keys over https or loopback http only.
-pub const IN_KEYCLOAK_NETNS: &[&str] = &["query", "consent", "feed", "fhir-server"];
+pub const IN_KEYCLOAK_NETNS: &[&str] = &["query", "consent", "feed", "console", "fhir-server"];
 
 /// Services built from a Java connector's own Dockerfile (`connectors/<name>/`), not from the
 /// Rust workspace's image.
@@ -368,6 +376,7 @@ pub const CUSTOS_PROGRAMS: &[&str] = &[
     "custos-query",
     "custos-consent",
     "custos-feed",
+    "custos-console",
     "custos-sim",
 ];
 
@@ -377,6 +386,7 @@ pub const SERVICE_PROGRAMS: &[&str] = &[
     "custos-query",
     "custos-consent",
     "custos-feed",
+    "custos-console",
 ];
 
 /// Variables whose values are keys or credentials even though their names say neither
@@ -396,6 +406,7 @@ pub fn check_custos_env(c: &Value, name: &str) -> BTreeMap<String, Option<String
         "query" => ("custos-query", query_env_names()),
         "consent" => ("custos-consent", consent_env_names()),
         "feed" => ("custos-feed", feed_env_names()),
+        "console" => ("custos-console", console_env_names()),
         other => panic!("no variable list for service {other}"),
     };
     let svc = service(c, name);

@@ -30,6 +30,8 @@ pub const FHIR_CLIENT_SECRET: &str = "fhir-server-secret-0123456789";
 pub const FEED_SOURCE_SECRET: &str = "audit-source-secret-0123456789";
 /// The secret of the realm's staff client `custos-query` in test realms.
 pub const QUERY_CLIENT_SECRET: &str = "query-client-secret-0123456789";
+/// The secret of the realm's console client `custos-console` in test realms.
+pub const CONSOLE_CLIENT_SECRET: &str = "console-client-secret-0123456789";
 /// The public SMART client of the demo users.
 pub const APP: &str = "smart-demo-app";
 /// The demo patient user and the patient id its `patient` claim carries.
@@ -74,6 +76,7 @@ impl DemoRealm {
                 "CUSTOS_FHIR_CLIENT_SECRET" => FHIR_CLIENT_SECRET,
                 "CUSTOS_FEED_CLIENT_SECRET" => FEED_SOURCE_SECRET,
                 "CUSTOS_QUERY_CLIENT_SECRET" => QUERY_CLIENT_SECRET,
+                "CUSTOS_CONSOLE_CLIENT_SECRET" => CONSOLE_CLIENT_SECRET,
                 _ => "unused-test-secret-0123456789",
             };
             text.push_str(value);
