@@ -19,7 +19,9 @@ use custos_tests::unique;
 
 use fantoccini::Locator;
 use support::browser::Browser;
-use support::console_stack::{seed_accesses, ConsoleStack, PASSWORD as DEMO_PASSWORD};
+use support::console_stack::{
+    seed_accesses, sign_in_to, table_rows, ConsoleStack, PASSWORD as DEMO_PASSWORD,
+};
 use support::keycloak::{kc_url, Kc};
 
 const ACCOUNT_PASSWORD: &str = "Browser-user-pass-0123456789";
@@ -69,34 +71,6 @@ async fn a_user_signs_in_to_keycloaks_account_console() -> Result<()> {
 }
 
 // ------------------------------------------------------------------ the console
-
-/// Opens `path` of the console signed out, signs in as `user` at Keycloak's login page and
-/// waits until the browser is back on `path`.
-async fn sign_in_to(browser: &Browser, stack: &ConsoleStack, user: &str, path: &str) -> Result<()> {
-    let page = stack.page(path);
-    browser.goto(&page).await?;
-    browser
-        .keycloak_sign_in(user, PASSWORD, |u| u.starts_with(&stack.url))
-        .await?;
-    browser
-        .wait_url(&format!("back on {path}"), |u| u.starts_with(&page))
-        .await?;
-    Ok(())
-}
-
-/// The number of body rows of the table captioned `caption`.
-async fn table_rows(browser: &Browser, caption: &str) -> Result<Vec<String>> {
-    let table = browser
-        .wait_xpath(&format!(
-            "//table[caption[contains(normalize-space(), '{caption}')]]"
-        ))
-        .await?;
-    let mut out = Vec::new();
-    for row in table.find_all(Locator::Css("tbody tr")).await? {
-        out.push(row.text().await?);
-    }
-    Ok(out)
-}
 
 /// The compliance officer's main task: the patient access report for a patient seeded through
 /// Kafka and the ingest, its chart and top list, and the CSV export downloaded by the browser,
@@ -243,18 +217,24 @@ async fn an_expired_session_signs_in_again_and_returns_to_the_same_page() -> Res
         sign_in_to(&browser, &stack, "carol.compliance", disclosures).await?;
         browser.wait_text("Signed in as carol.compliance").await?;
         // Keycloak's own session would sign the user in again without a form: end it too, so
-        // that the login page shows (the console's cookie is not Keycloak's).
-        for name in [
-            "KEYCLOAK_IDENTITY",
-            "KEYCLOAK_SESSION",
-            "KEYCLOAK_IDENTITY_LEGACY",
-            "KEYCLOAK_SESSION_LEGACY",
-        ] {
-            let _ = browser.client.delete_cookie(name).await;
+        // that the login page shows. Its cookies live under the realm's path, so they are
+        // deleted from a page there; the console's cookie is left as it is.
+        browser
+            .goto(&format!(
+                "{}/.well-known/openid-configuration",
+                stack.issuer()
+            ))
+            .await?;
+        for c in browser.client.get_all_cookies().await? {
+            let name = c.name().to_owned();
+            if name.starts_with("KEYCLOAK_") || name.starts_with("AUTH_SESSION_ID") {
+                browser.client.delete_cookie(&name).await?;
+            }
         }
         // The idle limit passes: the thing under test is time itself.
         tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-        browser.client.refresh().await?;
+        // The user comes back to the console's tab.
+        browser.goto(&stack.page(disclosures)).await?;
         browser.wait_for("input#username").await?;
         let back = stack.page(disclosures);
         browser

@@ -408,7 +408,7 @@ fn failure_paths(name: &str) -> (PathBuf, PathBuf) {
 }
 
 /// An XPath string literal of `s` (with `concat` when it holds both quote kinds).
-fn xpath_literal(s: &str) -> String {
+pub fn xpath_literal(s: &str) -> String {
     if !s.contains('\'') {
         format!("'{s}'")
     } else if !s.contains('"') {

@@ -10,14 +10,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use custos_tests::{
-    free_port, spawn_logged, terminate_child, unique, workspace_binary, Msg, TEST_KEYS,
+    free_port, ingest_until_stored, produce, producer, spawn_logged, terminate_child, unique,
+    workspace_binary, Msg, Topics, TEST_KEYS,
 };
 use serde_json::{json, Value};
 
+use fantoccini::Locator;
+
+use super::browser::{xpath_literal, Browser};
 use super::fhir_server::{DemoRealm, DEMO_PASSWORD};
 use super::keycloak::{http, Kc};
 use super::reports::ce;
-use super::{app_at, ensure_schema, ingest_all};
+use super::{app_at, ensure_schema};
 
 /// The demo users' password in the test realm.
 pub const PASSWORD: &str = DEMO_PASSWORD;
@@ -41,9 +45,16 @@ pub struct ConsoleStack {
 impl ConsoleStack {
     /// Starts it all; `env` adds `CUSTOS_CONSOLE_*` settings (e.g. a short session).
     pub async fn start(name: &str, env: &[(&str, &str)]) -> Result<ConsoleStack> {
+        let mut stack = ConsoleStack::create().await?;
+        stack.run(name, env).await?;
+        Ok(stack)
+    }
+
+    /// The realm only: set more up in it, then [`ConsoleStack::run`] the console.
+    pub async fn create() -> Result<ConsoleStack> {
         ensure_schema()?;
         let realm = DemoRealm::create("console").await?;
-        let mut stack = ConsoleStack {
+        Ok(ConsoleStack {
             realm_name: realm.name.clone(),
             realm: Some(realm),
             url: String::new(),
@@ -51,12 +62,20 @@ impl ConsoleStack {
             console: None,
             log: PathBuf::new(),
             query: None,
-        };
-        match stack.launch(name, env).await {
-            Ok(()) => Ok(stack),
+        })
+    }
+
+    /// Starts the query API and the console (`env`: extra `CUSTOS_CONSOLE_*` settings); on
+    /// failure the realm is deleted.
+    pub async fn run(&mut self, name: &str, env: &[(&str, &str)]) -> Result<()> {
+        match self.launch(name, env).await {
+            Ok(()) => Ok(()),
             Err(e) => {
-                let log = std::fs::read_to_string(&stack.log).unwrap_or_default();
-                stack.stop().await;
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                self.end();
+                if let Some(realm) = self.realm.take() {
+                    realm.delete().await;
+                }
                 Err(e.context(format!("console log:\n{log}")))
             }
         }
@@ -81,7 +100,7 @@ impl ConsoleStack {
             .env("CUSTOS_CONSOLE_ISSUER", &issuer)
             .env("CUSTOS_CONSOLE_CLIENT_SECRET", &secret)
             .env("CUSTOS_CONSOLE_QUERY_URL", &self.query_url)
-            // No consent service here: the privacy pages are not exercised by these tests.
+            // No consent service unless `env` names one (the privacy officer's test does).
             .env("CUSTOS_CONSOLE_CONSENT_URL", "http://127.0.0.1:9");
         let (child, log) = spawn_logged(cmd, &unique(&format!("console-{name}")), env)?;
         self.console = Some(child);
@@ -122,6 +141,14 @@ impl ConsoleStack {
         }
     }
 
+    /// The realm's issuer URL.
+    pub fn issuer(&self) -> String {
+        self.realm
+            .as_ref()
+            .map(DemoRealm::issuer)
+            .unwrap_or_default()
+    }
+
     /// A page of the console.
     pub fn page(&self, path: &str) -> String {
         format!("{}{path}", self.url)
@@ -158,6 +185,40 @@ impl Drop for ConsoleStack {
     fn drop(&mut self) {
         self.end();
     }
+}
+
+/// Opens `path` of the console signed out, signs in as `user` at Keycloak's login page and
+/// waits until the browser is back on `path`.
+pub async fn sign_in_to(
+    browser: &Browser,
+    stack: &ConsoleStack,
+    user: &str,
+    path: &str,
+) -> Result<()> {
+    let page = stack.page(path);
+    browser.goto(&page).await?;
+    browser
+        .keycloak_sign_in(user, PASSWORD, |u| u.starts_with(&stack.url))
+        .await?;
+    browser
+        .wait_url(&format!("back on {path}"), |u| u.starts_with(&page))
+        .await?;
+    Ok(())
+}
+
+/// The number of body rows of the table captioned `caption`.
+pub async fn table_rows(browser: &Browser, caption: &str) -> Result<Vec<String>> {
+    let table = browser
+        .wait_xpath(&format!(
+            "//table[caption[contains(normalize-space(), {})]]",
+            xpath_literal(caption)
+        ))
+        .await?;
+    let mut out = Vec::new();
+    for row in table.find_all(Locator::Css("tbody tr")).await? {
+        out.push(row.text().await?);
+    }
+    Ok(out)
 }
 
 /// Points the realm's `custos-console` client at a console on `origin`; returns its secret.
@@ -205,6 +266,8 @@ pub struct Seeded {
     pub to: &'static str,
     /// The jti of the token the first user read with.
     pub jti: String,
+    /// The input topic the events went through (one partition: one hash chain).
+    pub topic: String,
 }
 
 /// Seeds record accesses of one patient (three by one clinician, one by another, one denied
@@ -254,7 +317,14 @@ pub async fn seed_accesses() -> Result<Seeded> {
         ));
     }
     let msgs: Vec<Msg> = events.iter().map(Msg::json).collect();
-    ingest_all(&tag, &[("CUSTOS_PSEUDONYM_KEYS", TEST_KEYS)], &msgs).await?;
+    let topics = Topics::create(&tag, 1).await?;
+    produce(&producer()?, &topics.gateway, None, &msgs).await?;
+    ingest_until_stored(
+        &topics,
+        &[("CUSTOS_PSEUDONYM_KEYS", TEST_KEYS)],
+        msgs.len() as u64,
+    )
+    .await?;
     Ok(Seeded {
         tenant,
         patient,
@@ -262,5 +332,6 @@ pub async fn seed_accesses() -> Result<Seeded> {
         from: "2026-03-01T00:00:00Z",
         to: "2026-03-02T00:00:00Z",
         jti,
+        topic: topics.gateway.clone(),
     })
 }
