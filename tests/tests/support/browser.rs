@@ -366,7 +366,12 @@ impl Browser {
         } else {
             workspace().join(dir)
         };
-        self.screenshot_to(&dir.join(format!("{name}.png"))).await
+        // A taller window for the picture, so that the results below the form are in it.
+        let (w, h) = self.client.get_window_size().await?;
+        self.client.set_window_size(1280, 1700).await?;
+        let saved = self.screenshot_to(&dir.join(format!("{name}.png"))).await;
+        self.client.set_window_size(w as u32, h as u32).await?;
+        saved
     }
 
     /// Ends the test: on `Err`, saves the screenshot and the page source first; then closes

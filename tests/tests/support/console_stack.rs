@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use custos_tests::{
-    free_port, ingest_until_stored, produce, producer, spawn_logged, terminate_child, unique,
-    workspace_binary, Msg, Topics, TEST_KEYS,
+    checkpoint_jwks, free_port, ingest_until_stored, produce, producer, spawn_logged,
+    terminate_child, unique, workspace_binary, Msg, Topics, TEST_KEYS,
 };
 use serde_json::{json, Value};
 
@@ -88,7 +88,13 @@ impl ConsoleStack {
         let issuer = self.realm.as_ref().context("realm")?.issuer();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         self.query_url = format!("http://{}", listener.local_addr()?);
-        let app = app_at(&issuer, &self.query_url, &[]);
+        // The checkpoint keys of the test ingest: the auditor's verification checks signatures.
+        let jwks = checkpoint_jwks();
+        let app = app_at(
+            &issuer,
+            &self.query_url,
+            &["--checkpoint-jwks-file", jwks.to_str().context("path")?],
+        );
         self.query = Some(tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         }));
@@ -288,14 +294,14 @@ pub async fn seed_accesses() -> Result<Seeded> {
         json!({"iss": iss, "sub": "dr-alice", "fhirUser": "Practitioner/alice",
             "client_id": "ehr-app", "jti": jti, "tokenType": "access", "sid": format!("SID-{tag}"),
             "scope": "launch user/Observation.rs user/Patient.r", "sourceIp": "10.0.0.5",
-            "expiresAt": "2026-03-01T10:00:00Z"}),
+            "expiresAt": "2026-03-01T16:00:00Z"}),
     )];
     let accesses = [
         ("A1", "09:05:00", users[0], "Observation", "permit"),
-        ("A2", "09:10:00", users[0], "Patient", "permit"),
-        ("A3", "09:15:00", users[1], "Observation", "permit"),
-        ("A4", "09:20:00", users[0], "Condition", "permit"),
-        ("A5", "09:25:00", users[1], "Condition", "deny"),
+        ("A2", "10:10:00", users[0], "Patient", "permit"),
+        ("A3", "11:15:00", users[1], "Observation", "permit"),
+        ("A4", "13:20:00", users[0], "Condition", "permit"),
+        ("A5", "15:25:00", users[1], "Condition", "deny"),
     ];
     for (name, hms, who, rtype, decision) in accesses {
         let mut d = json!({"requestId": format!("{tag}-{name}"), "iss": iss, "sub": who,
