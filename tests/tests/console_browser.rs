@@ -161,7 +161,6 @@ async fn a_user_without_a_role_can_neither_see_nor_reach_a_page() -> Result<()> 
             "{} navigation links for a user without a role",
             links.len()
         );
-        browser.doc_screenshot("no_role").await?;
 
         let access = stack.page("/console/compliance/access");
         browser.goto(&access).await?;
