@@ -10,7 +10,9 @@ use maud::{html, Markup};
 /// Most series drawn; the rest are summed as "other".
 pub const MAX_SERIES: usize = 5;
 /// Colours of the series (distinguishable, each with >= 3:1 contrast against white, as
-/// WCAG 1.4.11 asks of graphical objects), then "other" in grey.
+/// WCAG 1.4.11 asks of graphical objects), then "other" in grey. The legend's swatches use
+/// the same colours through the classes `s0`..`s5` of the stylesheet (the CSP allows no
+/// inline style).
 pub const PALETTE: [&str; MAX_SERIES + 1] = [
     "#1f5fa8", "#b35900", "#2e7d32", "#8e24aa", "#c62828", "#616161",
 ];
@@ -152,7 +154,7 @@ pub fn render(id: &str, title: &str, by: &str, s: &Series) -> Markup {
     let plot_h = h - bottom - top;
     let axis = nice_ceiling(s.max_total());
     let slot = (w - left - 8.0) / s.buckets.len() as f64;
-    let bar = (slot * 0.8).max(1.0);
+    let bar = (slot * 0.8).clamp(1.0, 40.0);
     let label_every = (s.buckets.len() / 6).max(1);
     let caption = format!("{title} by {by}, per {}", width_name(s.width));
     html! {
@@ -179,7 +181,7 @@ pub fn render(id: &str, title: &str, by: &str, s: &Series) -> Markup {
             }
             ul class="legend" {
                 @for (si, name) in s.names.iter().enumerate() {
-                    li { span class="swatch" style=(format!("background:{}", PALETTE[si.min(MAX_SERIES)])) {} (name) }
+                    li { span class=(format!("swatch s{}", si.min(MAX_SERIES))) {} (name) }
                 }
             }
             details {
@@ -309,6 +311,14 @@ mod tests {
         let out = render("c", "Accesses", "user", &s).into_string();
         assert!(!out.contains("<script>"));
         assert!(out.contains("&lt;script&gt;"));
+    }
+
+    #[test]
+    fn legend_classes_have_the_palette_colours() {
+        for (i, colour) in PALETTE.iter().enumerate() {
+            let rule = format!(".s{i} {{ background: {colour}; }}");
+            assert!(crate::html::CSS.contains(&rule), "{rule}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod browser;
 pub mod consent;
+pub mod console;
 pub mod console_stack;
 pub mod deploy;
 pub mod feed;
