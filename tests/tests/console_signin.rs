@@ -10,7 +10,9 @@
 //! - a form post without the CSRF token or from another origin is refused; sign-out ends
 //!   the session and sends the browser to Keycloak's end-session endpoint;
 //! - `dora.doctor` (no Custos role) gets the no-role page (403) on the start page and on a
-//!   report URL typed directly.
+//!   report URL typed directly;
+//! - a callback from another browser than the one that started the sign-in is refused, and a
+//!   session that expired sends the browser through sign-in again, back to the page asked for.
 
 mod support;
 
@@ -18,7 +20,7 @@ use anyhow::{bail, ensure, Context, Result};
 use axum::http::StatusCode;
 use custos_tests::admin;
 
-use support::console::{console_for, csrf_of, serve, Browser, ORIGIN};
+use support::console::{console_for, console_with, csrf_of, serve, Browser, ORIGIN};
 use support::fhir_server::DemoRealm;
 use support::keycloak::Kc;
 use support::reports::scenario;
@@ -195,6 +197,40 @@ async fn a_callback_without_its_browser_binding_is_refused() -> Result<()> {
         if cb.status != StatusCode::BAD_REQUEST || !cb.body.contains("another browser") {
             bail!("callback without binding: {}", cb.status);
         }
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    realm.delete().await;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_signs_in_again_and_returns_to_the_page() -> Result<()> {
+    let realm = DemoRealm::create("consoleexp").await?;
+    let result = async {
+        let console = console_with(
+            &realm.issuer(),
+            "http://127.0.0.1:9",
+            "http://127.0.0.1:9",
+            &["--session-idle-secs", "1", "--session-max-secs", "1"],
+        )?;
+        let mut b = Browser::new(console);
+        let first = b.get("/console/").await?;
+        let landed = b.sign_in(first, "carol.compliance").await?;
+        ensure!(landed.status == StatusCode::SEE_OTHER && landed.location == "/console/");
+        let home = b.get("/console/").await?;
+        ensure!(home.status == StatusCode::OK, "home: {}", home.status);
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let page = "/console/compliance/break-glass?patient=p%201";
+        let expired = b.get(page).await?;
+        ensure!(
+            expired.status == StatusCode::SEE_OTHER
+                && expired.location
+                    == "/console/login?return=%2Fconsole%2Fcompliance%2Fbreak-glass%3Fpatient%3Dp%25201",
+            "expired session: {} {}",
+            expired.status,
+            expired.location
+        );
         Ok::<(), anyhow::Error>(())
     }
     .await;

@@ -228,7 +228,12 @@ pub async fn serve(app: Router) -> Result<String> {
 /// The console in-process for `issuer`, reading the query API at `query` and the consent
 /// service at `consent`.
 pub fn console_for(issuer: &str, query: &str, consent: &str) -> Result<Router> {
-    let cli = Cli::try_parse_from([
+    console_with(issuer, query, consent, &[])
+}
+
+/// [`console_for`] with extra command-line arguments.
+pub fn console_with(issuer: &str, query: &str, consent: &str, extra: &[&str]) -> Result<Router> {
+    let mut args = vec![
         "custos-console",
         "--issuer",
         issuer,
@@ -240,7 +245,9 @@ pub fn console_for(issuer: &str, query: &str, consent: &str) -> Result<Router> {
         query,
         "--consent-url",
         consent,
-    ])?;
+    ];
+    args.extend_from_slice(extra);
+    let cli = Cli::try_parse_from(args)?;
     let console = custos_console::Console::new(cli.c)?;
     Ok(custos_console::app(Arc::clone(&console)))
 }
