@@ -302,6 +302,12 @@ impl Kc {
     /// user's id.
     pub async fn setup(&self, realm: &str, user: &str) -> Result<String> {
         self.create_realm(realm).await?;
+        self.add_consent_client(realm).await?;
+        self.add_patient(realm, user).await
+    }
+
+    /// The SMART client patients consent to ([`CLIENT`], consent required) in `realm`.
+    pub async fn add_consent_client(&self, realm: &str) -> Result<()> {
         self.post(
             &format!("/{realm}/clients"),
             json!({
@@ -310,8 +316,7 @@ impl Kc {
                 "consentRequired": true, "redirectUris": [REDIRECT]
             }),
         )
-        .await?;
-        self.add_patient(realm, user).await
+        .await
     }
 
     /// Another patient user of a realm [`Kc::setup`] made; returns the user's id.

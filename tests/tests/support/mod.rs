@@ -4,13 +4,16 @@
 //! ([`reports`], [`fhir`]), the dev stack's Keycloak ([`keycloak`]), the demo FHIR server
 //! with an in-test audit feed ([`fhir_server`]), the consent service process ([`consent`]),
 //! the audit feed in-process ([`feed`]), fake SET receivers ([`ssf`]), a switchable TCP proxy ([`proxy`]),
-//! and the readers of the deployment files ([`deploy`], [`xml`]).
+//! the readers of the deployment files ([`deploy`], [`xml`]), and headless Chromium over
+//! WebDriver ([`browser`]) with the console it drives ([`console_stack`]).
 //!
 //! Each test binary uses a part of it, so unused items are expected.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod consent;
 pub mod console;
+pub mod console_stack;
 pub mod deploy;
 pub mod feed;
 pub mod fhir;
