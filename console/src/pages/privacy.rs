@@ -43,7 +43,7 @@ fn consent_card(c: &Value, may_revoke: bool, csrf: &str, tenant: &str, patient: 
                 dt { "Application (client)" } dd { (html::text(&cur["client_id"])) }
                 dt { "Scopes" } dd { (html::text(&cur["scopes"])) }
                 dt { "Purpose" } dd { (html::text(&cur["purpose"])) }
-                dt { "Period (UTC)" } dd { (html::utc(&cur["period_start"])) " to " (html::utc(&cur["period_end"])) }
+                dt { "Period (UTC)" } dd { (period(&html::utc(&cur["period_start"]), &html::utc(&cur["period_end"]))) }
                 dt { "Last change (UTC)" } dd { (html::utc(&cur["updated_at"])) }
             }
             h3 { "History" }
@@ -546,4 +546,33 @@ pub async fn violations(
             body,
         ),
     )
+}
+
+/// A consent's period in words: an open end is said, not left blank.
+fn period(start: &str, end: &str) -> String {
+    match (start.is_empty(), end.is_empty()) {
+        (true, true) => "not limited".to_owned(),
+        (false, true) => format!("from {start}, no end"),
+        (true, false) => format!("until {end}"),
+        (false, false) => format!("{start} to {end}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::period;
+
+    #[test]
+    fn open_periods_are_said() {
+        assert_eq!(period("", ""), "not limited");
+        assert_eq!(
+            period("2026-01-01T00:00:00.000Z", ""),
+            "from 2026-01-01T00:00:00.000Z, no end"
+        );
+        assert_eq!(
+            period("", "2027-01-01T00:00:00.000Z"),
+            "until 2027-01-01T00:00:00.000Z"
+        );
+        assert_eq!(period("a", "b"), "a to b");
+    }
 }
