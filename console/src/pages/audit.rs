@@ -10,7 +10,9 @@ use axum::response::Response;
 use maud::html;
 use serde_json::Value;
 
-use super::{check_id, check_tenant, check_time, link, p, pager, params, rows, table, Col};
+use super::{
+    check_id, check_tenant, check_time, link, p, pager, params, render, rows, status_of, table, Col,
+};
 use crate::api::Api;
 use crate::app::{Console, User};
 use crate::html::{self, field, INTEGRITY, PROOF, QUERY_AUDIT};
@@ -44,11 +46,7 @@ pub async fn integrity(
     check_time("From", p(&q, "from"), &mut errors);
     check_time("To", p(&q, "to"), &mut errors);
     let run = p(&q, "run") == "1";
-    let mut status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let mut status = status_of(&errors);
     let result = if run && errors.is_empty() {
         match console
             .api
@@ -126,10 +124,7 @@ pub async fn integrity(
         }
         (result)
     };
-    html::page(
-        status,
-        html::layout(INTEGRITY.title, Some(&user.viewer()), INTEGRITY.path, body),
-    )
+    render(status, &INTEGRITY, &user, body)
 }
 
 /// `GET /console/audit/proof?event_id=` (or `event_key=`).
@@ -152,11 +147,7 @@ pub async fn proof(
     check_id("Event id", filters[0].1, false, &mut errors);
     check_id("Event key", filters[1].1, false, &mut errors);
     check_tenant(filters[2].1, &mut errors);
-    let mut status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let mut status = status_of(&errors);
     let result = if asked && errors.is_empty() {
         match console
             .api
@@ -229,11 +220,7 @@ pub async fn queries(
     check_time("From", p(&q, "from"), &mut errors);
     check_time("To", p(&q, "to"), &mut errors);
     let cursor = p(&q, "cursor");
-    let mut status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let mut status = status_of(&errors);
     let result = if errors.is_empty() {
         let limit = console.cfg.page_rows.to_string();
         let mut call = filters.clone();
@@ -283,13 +270,5 @@ pub async fn queries(
         }
         (result)
     };
-    html::page(
-        status,
-        html::layout(
-            QUERY_AUDIT.title,
-            Some(&user.viewer()),
-            QUERY_AUDIT.path,
-            body,
-        ),
-    )
+    render(status, &QUERY_AUDIT, &user, body)
 }

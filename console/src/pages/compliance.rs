@@ -13,8 +13,8 @@ use maud::{html, Markup};
 use serde_json::Value;
 
 use super::{
-    check_choice, check_id, check_tenant, check_time, link, p, pager, params, rows, select, table,
-    window, Col,
+    check_choice, check_id, check_tenant, check_time, link, p, pager, params, render, rows, select,
+    status_of, table, window, Col,
 };
 use crate::api::Api;
 use crate::app::{Console, User};
@@ -90,11 +90,7 @@ pub async fn access(
     let errors = if asked { access_errors(&q) } else { Vec::new() };
     let filters: Vec<(&str, &str)> = ACCESS_FILTERS.iter().map(|k| (*k, p(&q, k))).collect();
     let cursor = p(&q, "cursor");
-    let mut status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let mut status = status_of(&errors);
     let result = if asked && errors.is_empty() {
         let limit = console.cfg.page_rows.to_string();
         let mut call = filters.clone();
@@ -301,11 +297,7 @@ pub async fn disclosures(
         check_id("Client", p(&q, "client"), false, &mut errors);
     }
     let cursor = p(&q, "cursor");
-    let mut status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let mut status = status_of(&errors);
     let result = if asked && errors.is_empty() {
         let mut call = filters.clone();
         call.push(("limit", "1000"));
@@ -356,15 +348,7 @@ pub async fn disclosures(
         }
         (result)
     };
-    html::page(
-        status,
-        html::layout(
-            DISCLOSURES.title,
-            Some(&user.viewer()),
-            DISCLOSURES.path,
-            body,
-        ),
-    )
+    render(status, &DISCLOSURES, &user, body)
 }
 
 /// `GET /console/compliance/break-glass`.
@@ -386,11 +370,7 @@ pub async fn break_glass(
     check_time("From", p(&q, "from"), &mut errors);
     check_time("To", p(&q, "to"), &mut errors);
     let cursor = p(&q, "cursor");
-    let mut status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let mut status = status_of(&errors);
     let result = if errors.is_empty() {
         let limit = console.cfg.page_rows.to_string();
         let mut call = filters.clone();
@@ -441,13 +421,5 @@ pub async fn break_glass(
         }
         (result)
     };
-    html::page(
-        status,
-        html::layout(
-            BREAK_GLASS.title,
-            Some(&user.viewer()),
-            BREAK_GLASS.path,
-            body,
-        ),
-    )
+    render(status, &BREAK_GLASS, &user, body)
 }

@@ -11,8 +11,8 @@ use maud::{html, Markup};
 use serde_json::Value;
 
 use super::{
-    check_choice, check_id, check_tenant, check_time, p, pager, params, rows, select, table,
-    window, Col,
+    check_choice, check_id, check_tenant, check_time, p, pager, params, render, rows, select,
+    status_of, table, window, Col,
 };
 use crate::api::Api;
 use crate::app::{Console, User};
@@ -124,11 +124,7 @@ pub async fn trace(
         check_time("To", p(&q, "to"), &mut errors);
     }
     let cursor = p(&q, "cursor");
-    let mut status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let mut status = status_of(&errors);
     let result = if asked && errors.is_empty() {
         let limit = console.cfg.page_rows.to_string();
         let mut call = filters.clone();
@@ -186,15 +182,7 @@ pub async fn trace(
         }
         (result)
     };
-    html::page(
-        status,
-        html::layout(
-            TOKEN_TRACE.title,
-            Some(&user.viewer()),
-            TOKEN_TRACE.path,
-            body,
-        ),
-    )
+    render(status, &TOKEN_TRACE, &user, body)
 }
 
 /// `GET /console/incident/activity`.
@@ -242,11 +230,7 @@ pub async fn activity(
         );
     }
     let cursor = p(&q, "cursor");
-    let mut status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let mut status = status_of(&errors);
     let result = if asked && errors.is_empty() {
         let limit = console.cfg.page_rows.to_string();
         let mut call = filters.clone();
@@ -299,13 +283,5 @@ pub async fn activity(
         }
         (result)
     };
-    html::page(
-        status,
-        html::layout(
-            USER_ACTIVITY.title,
-            Some(&user.viewer()),
-            USER_ACTIVITY.path,
-            body,
-        ),
-    )
+    render(status, &USER_ACTIVITY, &user, body)
 }

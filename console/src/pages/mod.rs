@@ -72,6 +72,23 @@ pub async fn home(user: User) -> Response {
     )
 }
 
+/// A page of the console for the signed-in user: its title and path in the layout.
+pub fn render(status: StatusCode, page: &Page, user: &User, body: Markup) -> Response {
+    html::page(
+        status,
+        html::layout(page.title, Some(&user.viewer()), page.path, body),
+    )
+}
+
+/// 200 for valid input, 400 when the form has errors (shown on the page).
+pub fn status_of(errors: &[String]) -> StatusCode {
+    if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
 /// Query parameters, parsed leniently (a malformed pair is skipped, never a 500).
 pub fn params(raw: Option<&str>) -> HashMap<String, String> {
     form_urlencoded::parse(raw.unwrap_or_default().as_bytes())

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{
-    check_id, check_tenant, check_time, link, p, pager, params, rows, select, table, window, Col,
+    check_id, check_tenant, check_time, link, p, pager, params, render, rows, select, status_of,
+    table, window, Col,
 };
 use crate::api::Api;
 use crate::app::{check_post, Console, User};
@@ -125,11 +126,7 @@ pub async fn consents(
         check_tenant(p(&q, "tenant"), &mut errors);
         check_id("Application", p(&q, "client_id"), false, &mut errors);
     }
-    let mut status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let mut status = status_of(&errors);
     let may_revoke = user.may(REVOKE);
     let result = if asked && errors.is_empty() {
         let call = [
@@ -170,10 +167,7 @@ pub async fn consents(
         }
         (result)
     };
-    html::page(
-        status,
-        html::layout(CONSENTS.title, Some(&user.viewer()), CONSENTS.path, body),
-    )
+    render(status, &CONSENTS, &user, body)
 }
 
 /// The revoke form's fields.
@@ -479,11 +473,7 @@ pub async fn violations(
     check_time("From", p(&q, "from"), &mut errors);
     check_time("To", p(&q, "to"), &mut errors);
     let cursor = p(&q, "cursor");
-    let mut status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let mut status = status_of(&errors);
     let result = if errors.is_empty() {
         let limit = console.cfg.page_rows.to_string();
         let mut call = filters.clone();
@@ -537,15 +527,7 @@ pub async fn violations(
         }
         (result)
     };
-    html::page(
-        status,
-        html::layout(
-            VIOLATIONS_PAGE.title,
-            Some(&user.viewer()),
-            VIOLATIONS_PAGE.path,
-            body,
-        ),
-    )
+    render(status, &VIOLATIONS_PAGE, &user, body)
 }
 
 /// A consent's period in words: an open end is said, not left blank.
