@@ -6,6 +6,7 @@
 //! - [`config`]: the `CUSTOS_OIDC_*` settings ([`config::OidcArgs`]);
 //! - [`oidc`]: bearer-token authentication against the issuer's JWKS, the [`oidc::Caller`]
 //!   extractor (generic over the app state through [`oidc::AuthState`]), roles and tenants;
+//! - [`policy`]: which roles may do each task, one list per task for the APIs and the console;
 //! - [`problem`]: the problem+json error body;
 //! - [`audit`]: the self-audit of every authorized request (`custos.report_queries`), chained
 //!   in the ledger.
@@ -14,4 +15,5 @@
 pub mod audit;
 pub mod config;
 pub mod oidc;
+pub mod policy;
 pub mod problem;

@@ -62,9 +62,9 @@ use crate::service::Core;
 use crate::state::{revocation_id, ConsentState, Status};
 
 /// Roles that may revoke consents.
-pub const REVOKE_ROLES: &[Role] = &[Role::PrivacyOfficer];
+pub const REVOKE_ROLES: &[Role] = custos_auth::policy::CONSENTS_REVOKE;
 /// Roles that may read consent state, history and revocation reports.
-pub const READ_ROLES: &[Role] = &[Role::PrivacyOfficer, Role::ComplianceOfficer, Role::Auditor];
+pub const READ_ROLES: &[Role] = custos_auth::policy::CONSENTS_READ;
 
 /// An API error: status, stable problem code, safe detail. Rendered as RFC 9457
 /// `application/problem+json` (`type`, `title`, `status`, `detail`).

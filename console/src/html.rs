@@ -6,6 +6,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use custos_auth::oidc::Role;
+use custos_auth::policy;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::api::ApiFailure;
@@ -23,19 +24,15 @@ pub struct Page {
     pub roles: &'static [Role],
 }
 
-const COMPLIANCE: &[Role] = &[Role::ComplianceOfficer, Role::Auditor];
-const PRIVACY_READ: &[Role] = &[Role::PrivacyOfficer, Role::ComplianceOfficer, Role::Auditor];
-const VIOLATIONS: &[Role] = &[Role::PrivacyOfficer, Role::Auditor];
-const TRACE: &[Role] = &[Role::IncidentResponder, Role::Auditor];
-const ACTIVITY: &[Role] = &[
-    Role::ComplianceOfficer,
-    Role::IncidentResponder,
-    Role::Auditor,
-];
-const AUDITOR: &[Role] = &[Role::Auditor];
+const COMPLIANCE: &[Role] = policy::COMPLIANCE_REPORTS;
+const PRIVACY_READ: &[Role] = policy::CONSENTS_READ;
+const VIOLATIONS: &[Role] = policy::PRIVACY_REPORTS;
+const TRACE: &[Role] = policy::TOKEN_TRACE;
+const ACTIVITY: &[Role] = policy::USER_ACTIVITY;
+const AUDITOR: &[Role] = policy::AUDIT;
 
 /// Roles that may revoke a consent (the privacy API's).
-pub const REVOKE: &[Role] = &[Role::PrivacyOfficer];
+pub const REVOKE: &[Role] = policy::CONSENTS_REVOKE;
 
 /// Patient access report.
 pub const ACCESS: Page = Page {

@@ -50,9 +50,9 @@ impl Report {
     /// Roles allowed to use it.
     pub fn roles(self) -> &'static [Role] {
         match self {
-            Report::FhirAuditEvent => &[Role::ComplianceOfficer, Role::Auditor],
+            Report::FhirAuditEvent => custos_auth::policy::COMPLIANCE_REPORTS,
             Report::IntegrityVerify | Report::IntegrityProof | Report::IntegrityLedger => {
-                &[Role::Auditor]
+                custos_auth::policy::AUDIT
             }
         }
     }

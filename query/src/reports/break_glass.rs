@@ -58,7 +58,7 @@ impl Catalogued for BreakGlassAccess {
     type Params = BreakGlassParams;
     type Filter = EventFilter;
     const NAME: &'static str = "break-glass";
-    const ROLES: &'static [Role] = &[Role::ComplianceOfficer, Role::Auditor];
+    const ROLES: &'static [Role] = custos_auth::policy::COMPLIANCE_REPORTS;
     const PATH: &'static str = "/v1/reports/break-glass";
 
     fn plan(

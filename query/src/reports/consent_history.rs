@@ -62,7 +62,7 @@ impl Catalogued for ConsentHistory {
     type Params = ConsentParams;
     type Filter = EventFilter;
     const NAME: &'static str = "consents";
-    const ROLES: &'static [Role] = &[Role::PrivacyOfficer, Role::Auditor];
+    const ROLES: &'static [Role] = custos_auth::policy::PRIVACY_REPORTS;
     const PATH: &'static str = "/v1/reports/consent-history";
 
     fn plan(

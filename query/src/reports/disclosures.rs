@@ -61,7 +61,7 @@ impl Catalogued for Disclosures {
     type Params = DisclosureParams;
     type Filter = EventFilter;
     const NAME: &'static str = "disclosures";
-    const ROLES: &'static [Role] = &[Role::ComplianceOfficer, Role::Auditor];
+    const ROLES: &'static [Role] = custos_auth::policy::COMPLIANCE_REPORTS;
     const PATH: &'static str = "/v1/reports/disclosures";
 
     fn window_days(_: &Settings) -> u32 {

@@ -70,7 +70,7 @@ impl Catalogued for PatientAccess {
     type Params = PatientAccessParams;
     type Filter = EventFilter;
     const NAME: &'static str = "patient-access";
-    const ROLES: &'static [Role] = &[Role::ComplianceOfficer, Role::Auditor];
+    const ROLES: &'static [Role] = custos_auth::policy::COMPLIANCE_REPORTS;
     const PATH: &'static str = "/v1/reports/patient-access";
 
     fn plan(

@@ -58,7 +58,7 @@ impl Catalogued for QueryAuditReport {
     type Params = QueryAuditParams;
     type Filter = QueryAuditFilter;
     const NAME: &'static str = "query-audit";
-    const ROLES: &'static [Role] = &[Role::Auditor];
+    const ROLES: &'static [Role] = custos_auth::policy::AUDIT;
     const PATH: &'static str = "/v1/reports/query-audit";
 
     /// No default tenant here: without `tenant` the report covers what the caller may read.

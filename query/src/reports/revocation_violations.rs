@@ -63,7 +63,7 @@ impl Catalogued for RevocationViolations {
     type Params = ViolationParams;
     type Filter = ViolationFilter;
     const NAME: &'static str = "revocation-violations";
-    const ROLES: &'static [Role] = &[Role::PrivacyOfficer, Role::Auditor];
+    const ROLES: &'static [Role] = custos_auth::policy::PRIVACY_REPORTS;
     const PATH: &'static str = "/v1/reports/revocation-violations";
 
     fn plan(

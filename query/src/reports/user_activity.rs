@@ -66,11 +66,7 @@ impl Catalogued for UserActivity {
     type Params = UserActivityParams;
     type Filter = EventFilter;
     const NAME: &'static str = "user-activity";
-    const ROLES: &'static [Role] = &[
-        Role::ComplianceOfficer,
-        Role::IncidentResponder,
-        Role::Auditor,
-    ];
+    const ROLES: &'static [Role] = custos_auth::policy::USER_ACTIVITY;
     const PATH: &'static str = "/v1/reports/user-activity";
 
     fn plan(

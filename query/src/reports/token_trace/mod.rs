@@ -76,7 +76,7 @@ impl Catalogued for TokenTrace {
     type Params = TokenTraceParams;
     type Filter = Selector;
     const NAME: &'static str = "token-trace";
-    const ROLES: &'static [Role] = &[Role::IncidentResponder, Role::Auditor];
+    const ROLES: &'static [Role] = custos_auth::policy::TOKEN_TRACE;
     const PATH: &'static str = "/v1/reports/token-trace";
 
     fn plan(
