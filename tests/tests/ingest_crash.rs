@@ -108,10 +108,19 @@ async fn two_processes_share_partitions_and_one_takes_over() -> Result<()> {
     let first: Vec<Msg> = (0..HALF).map(|n| events::bulk(&p, n)).collect();
     produce(&producer, &topics.gateway, None, &first).await?;
     wait_stored(&topics.input_list(), HALF, Duration::from_secs(120)).await?;
-    let (ca, cb) = (
-        a.metric("custos_ingest_consumed_total").await?,
-        b.metric("custos_ingest_consumed_total").await?,
-    );
+    // The counters move once a batch's checkpoint step is done, just after its rows are
+    // visible: wait (bounded) for the last batch's count.
+    let counted = std::time::Instant::now();
+    let (ca, cb) = loop {
+        let (ca, cb) = (
+            a.metric("custos_ingest_consumed_total").await?,
+            b.metric("custos_ingest_consumed_total").await?,
+        );
+        if (ca + cb) as u64 >= HALF || counted.elapsed() > Duration::from_secs(30) {
+            break (ca, cb);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(ca > 0.0 && cb > 0.0, "both consume: a={ca} b={cb}");
     assert_eq!((ca + cb) as u64, HALF);
 
