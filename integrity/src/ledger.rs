@@ -25,7 +25,9 @@
 use std::marker::PhantomData;
 
 use clickhouse::{Client, Row, RowOwned, RowRead, RowWrite};
-use custos_schemas::records::{HistoryRow, ReportQueryRow, RevocationRow};
+use custos_schemas::records::{
+    AlertActionRow, AlertRow, HistoryRow, ReportQueryRow, ReviewDecisionRow, RevocationRow,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -111,6 +113,62 @@ impl Ledgered for RevocationRow {
     }
     fn row_time(&self) -> i64 {
         self.requested_at
+    }
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+}
+
+impl Ledgered for AlertRow {
+    const TABLE: &'static str = "alerts";
+    const KEY_SQL: &'static str =
+        "concat(tenant, char(31), alert_id, char(31), toString(revision))";
+    const TIME_COLUMN: &'static str = "first_seen";
+    fn row_key(&self) -> String {
+        format!(
+            "{}{SEP}{}{SEP}{}",
+            self.tenant, self.alert_id, self.revision
+        )
+    }
+    fn row_time(&self) -> i64 {
+        self.first_seen
+    }
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+}
+
+impl Ledgered for AlertActionRow {
+    const TABLE: &'static str = "alert_actions";
+    const KEY_SQL: &'static str = "concat(tenant, char(31), alert_id, char(31), \
+                                   toString(toUnixTimestamp64Milli(at)), char(31), action_id)";
+    const TIME_COLUMN: &'static str = "alert_first_seen";
+    fn row_key(&self) -> String {
+        format!(
+            "{}{SEP}{}{SEP}{}{SEP}{}",
+            self.tenant, self.alert_id, self.at, self.action_id
+        )
+    }
+    fn row_time(&self) -> i64 {
+        self.alert_first_seen
+    }
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+}
+
+impl Ledgered for ReviewDecisionRow {
+    const TABLE: &'static str = "break_glass_reviews";
+    const KEY_SQL: &'static str = "concat(tenant, char(31), review_id, char(31), decision_id)";
+    const TIME_COLUMN: &'static str = "opened_at";
+    fn row_key(&self) -> String {
+        format!(
+            "{}{SEP}{}{SEP}{}",
+            self.tenant, self.review_id, self.decision_id
+        )
+    }
+    fn row_time(&self) -> i64 {
+        self.opened_at
     }
     fn tenant(&self) -> &str {
         &self.tenant
@@ -456,6 +514,9 @@ pub async fn verify(client: &Client, scope: &Scope) -> Result<Report, clickhouse
         verify_table::<ReportQueryRow>(client, scope).await?,
         verify_table::<HistoryRow>(client, scope).await?,
         verify_table::<RevocationRow>(client, scope).await?,
+        verify_table::<AlertRow>(client, scope).await?,
+        verify_table::<AlertActionRow>(client, scope).await?,
+        verify_table::<ReviewDecisionRow>(client, scope).await?,
     ];
     Ok(Report {
         ok: tables.iter().all(|t| t.findings_total == 0),

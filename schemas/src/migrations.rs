@@ -129,6 +129,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0013_ledger.sql"),
         done_when: None,
     },
+    Migration {
+        version: 14,
+        name: "0014_alerts",
+        sql: include_str!("../migrations/0014_alerts.sql"),
+        done_when: None,
+    },
 ];
 
 impl Migration {

@@ -368,6 +368,128 @@ pub struct RevocationRow {
     pub detail: String,
 }
 
+record! {
+    /// One revision of an alert (`custos.alerts`, migration 0014): what a detector found, about
+    /// whom (the audit rows' stored values: pseudonyms where they have them) and the event keys
+    /// of its evidence rows in `custos.audit_events`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(as = Alert, description = "One revision of an alert (`custos.alerts`).")
+    )]
+    pub struct AlertRow {
+        /// Alert identity (hex), derived from tenant, detector and dedup key.
+        pub alert_id: String,
+        /// Revision, 1 when opened, one more per update as evidence grows.
+        pub revision: u32,
+        /// Tenant.
+        pub tenant: String,
+        /// Detector that raised it.
+        pub detector: String,
+        /// `low`, `medium`, `high` or `critical`.
+        pub severity: String,
+        /// One open alert per incident: the incident's key within the detector.
+        pub dedup_key: String,
+        /// User subject (readable for workforce, pseudonym otherwise).
+        pub subject: String,
+        /// `workforce`, `patient`, `service` or `unknown`.
+        pub user_kind: String,
+        /// OAuth client.
+        pub client_id: String,
+        /// AS session.
+        pub session_id: String,
+        /// Token id.
+        pub token_jti: String,
+        /// Patient pseudonym, when the incident concerns one patient.
+        pub patient: String,
+        /// Event time of the first evidence (RFC 3339).
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        pub first_seen: i64 => time,
+        /// Event time of the latest evidence (RFC 3339).
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        pub last_seen: i64 => time,
+        /// Event keys of evidence rows (bounded; `evidence_count` counts all).
+        pub evidence: Vec<String>,
+        /// How many events are evidence of it.
+        pub evidence_count: u32,
+        /// One sentence: what was seen (counts and kinds, never a raw identifier).
+        pub summary: String,
+        /// A token-theft alert, eligible for the tenant's automatic revocation.
+        pub token_theft: bool,
+    }
+}
+
+record! {
+    /// One action on an alert (`custos.alert_actions`, migration 0014): `acknowledge`,
+    /// `assign`, `close` or `reopen` by a person through the alert API, or `notify` and
+    /// `auto_revoke` by custos-alerts, whose `detail` holds the receipt.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(as = AlertAction, description = "One action on an alert (`custos.alert_actions`).")
+    )]
+    pub struct AlertActionRow {
+        /// Action identity (hex).
+        pub action_id: String,
+        /// The alert it acts on.
+        pub alert_id: String,
+        /// Tenant.
+        pub tenant: String,
+        /// `acknowledge`, `assign`, `close`, `reopen`, `notify` or `auto_revoke`.
+        pub action: String,
+        /// Who acted (the caller's subject, or `custos-alerts`).
+        pub actor: String,
+        /// Assignee (for `assign`).
+        pub assignee: String,
+        /// The actor's note.
+        pub note: String,
+        /// Machine receipt (revocation id, delivery status).
+        pub detail: String,
+        /// When (RFC 3339).
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        pub at: i64 => time,
+        /// The alert's first evidence time, which the retention counts from (RFC 3339).
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        pub alert_first_seen: i64 => time,
+    }
+}
+
+record! {
+    /// One decision of the break-glass review queue (`custos.break_glass_reviews`, migration
+    /// 0014). The review item is the break-glass opening whose event key is `review_id`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(as = ReviewDecision, description = "One break-glass review decision (`custos.break_glass_reviews`).")
+    )]
+    pub struct ReviewDecisionRow {
+        /// The opening's event key.
+        pub review_id: String,
+        /// Decision identity (hex).
+        pub decision_id: String,
+        /// Tenant.
+        pub tenant: String,
+        /// `justified` or `unjustified`.
+        pub decision: String,
+        /// The reviewer's note.
+        pub note: String,
+        /// The reviewer (the caller's subject).
+        pub actor: String,
+        /// When decided (RFC 3339).
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        pub decided_at: i64 => time,
+        /// When the break-glass access was opened (RFC 3339).
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        pub opened_at: i64 => time,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
