@@ -2,7 +2,7 @@
 # Custos service image: the services of the workspace in /usr/local/bin of a slim Debian runtime,
 # run as the unprivileged user 10001: custos-ingest (`run`, `migrate`, `verify`, `keygen`, `jwks`),
 # custos-query (report API), custos-consent (`run`, `keygen`), custos-feed (the FHIR audit
-# feed) and custos-console (the compliance console). The simulator (custos-sim)
+# feed), custos-console (the compliance console) and custos-alerts (the detectors). The simulator (custos-sim)
 # is in the `tools` target only, built on request; the benchmarks (custos-bench) are never in
 # an image.
 #
@@ -33,9 +33,9 @@ WORKDIR /src
 # The context holds only what the build needs (see .dockerignore): manifests, lock file, crates.
 COPY . .
 
-# Which binaries to build. Default: the five services, the programs compose.yaml runs from the
+# Which binaries to build. Default: the six services, the programs compose.yaml runs from the
 # `custos` image.
-ARG CARGO_BUILD_ARGS="-p custos-ingest -p custos-query -p custos-consent -p custos-feed -p custos-console"
+ARG CARGO_BUILD_ARGS="-p custos-ingest -p custos-query -p custos-consent -p custos-feed -p custos-console -p custos-alerts"
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
@@ -44,8 +44,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && find target/release -maxdepth 1 -type f -executable -name 'custos-*' ! -name '*-bench' \
       ! -name 'custos-sim' -exec cp {} /out/ \; \
  && ls -l /out \
- && if [ "${CARGO_BUILD_ARGS}" = "-p custos-ingest -p custos-query -p custos-consent -p custos-feed -p custos-console" ]; then \
-      for bin in custos-ingest custos-query custos-consent custos-feed custos-console; do \
+ && if [ "${CARGO_BUILD_ARGS}" = "-p custos-ingest -p custos-query -p custos-consent -p custos-feed -p custos-console -p custos-alerts" ]; then \
+      for bin in custos-ingest custos-query custos-consent custos-feed custos-console custos-alerts; do \
         test -x "/out/$bin" || { echo "missing binary $bin" >&2; exit 1; }; \
       done; \
     fi

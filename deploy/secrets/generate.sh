@@ -73,7 +73,7 @@ xxd_r() {
 
 create pseudonym_keys "k1=$(rand_hex 32)"
 create consent_seal_keys "s1=$(rand_hex 32)"
-for name in ch_admin_password ch_writer_password ch_reader_password ch_query_password ch_consent_password \
+for name in ch_admin_password ch_writer_password ch_reader_password ch_query_password ch_consent_password ch_alerts_password \
   keycloak_admin_password keycloak_query_client_secret keycloak_consent_client_secret keycloak_fhir_client_secret \
   keycloak_feed_client_secret keycloak_console_client_secret \
   keycloak_demo_user_password; do

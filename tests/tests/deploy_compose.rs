@@ -138,8 +138,8 @@ fn custos_services_run_binaries_that_exist() {
         );
     }
     assert_eq!(
-        custos_services, 7,
-        "migrate, ingest, query, consent, feed, console, simulator"
+        custos_services, 8,
+        "migrate, ingest, alerts, query, consent, feed, console, simulator"
     );
     assert_eq!(strings(&service(&c, "query")["command"]), ["custos-query"]);
     assert_eq!(
@@ -147,6 +147,10 @@ fn custos_services_run_binaries_that_exist() {
         ["custos-console"]
     );
     assert_eq!(strings(&service(&c, "feed")["command"]), ["custos-feed"]);
+    assert_eq!(
+        strings(&service(&c, "alerts")["command"]),
+        ["custos-alerts", "run"]
+    );
     assert_eq!(
         strings(&service(&c, "consent")["command"]),
         ["custos-consent", "run"]
