@@ -144,8 +144,11 @@ impl Engine {
     }
 
     /// The event-time watermark moved to `now_ms` (max event time seen minus the allowed
-    /// lateness, or a clock in tests): fires time-based rules and prunes state older than
-    /// any window. A watermark never moves back (an older value is ignored).
+    /// lateness, or a clock in tests): closes the volume detector's hours into its
+    /// baselines and prunes state older than any window and retention. Every current
+    /// detector decides on the row that completes its evidence, so nothing fires on time
+    /// alone and the list is empty; it is kept for rules that will. A watermark never
+    /// moves back (an older value is ignored).
     pub fn advance(&mut self, now_ms: i64) -> Vec<AlertUpdate> {
         if now_ms <= self.state.watermark {
             return Vec::new();
@@ -153,7 +156,7 @@ impl Engine {
         self.state.watermark = now_ms;
         let dedup_before = now_ms.saturating_sub(DEDUP_MS);
         self.state.seen.retain(|_, t| *t >= dedup_before);
-        self.state.detectors.advance(now_ms, &mut self.findings);
+        self.state.detectors.advance(now_ms);
         self.state
             .alerts
             .prune(now_ms.saturating_sub(ALERT_IDLE_MS));
