@@ -255,15 +255,15 @@ impl Detectors {
         }
     }
 
-    /// The watermark moved: time-based rules and pruning.
-    pub(crate) fn advance(&mut self, now: i64) {
+    /// The watermark moved: verdicts that waited for it, and pruning.
+    pub(crate) fn advance(&mut self, now: i64, out: &mut Vec<Finding>) {
         self.token_origin.prune(now);
         self.refresh.prune(now);
         self.revocation.prune(now);
-        self.consent.prune(now);
+        self.consent.advance(now, out);
         self.scope.prune(now);
         self.volume.advance(now);
-        self.break_glass.prune(now);
+        self.break_glass.advance(now, out);
         self.sign_in.prune(now);
     }
 

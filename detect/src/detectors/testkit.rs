@@ -80,6 +80,12 @@ impl Kit {
         self.updates.extend(ups);
     }
 
+    /// Moves the watermark.
+    pub(crate) fn flush(&mut self, watermark: i64) {
+        let ups = self.engine.advance(watermark);
+        self.updates.extend(ups);
+    }
+
     /// The open alerts of one detector.
     pub(crate) fn alerts(&self, detector: &str) -> Vec<AlertUpdate> {
         self.engine

@@ -6,6 +6,10 @@
 //! `custos.auth.login` that issued it). Introspections and revocations are left out: their
 //! address is the resource server's or an administrator's, not the token holder's.
 //!
+//! A pseudonymized address (a patient's, or any address of a row whose user kind is
+//! unknown, such as a Keycloak event without `fhirUser`) is compared with pseudonyms only,
+//! never with a readable address: the same address can be both.
+//!
 //! Severity is decided from the whole set of observations, so it does not depend on
 //! arrival order: High when two origins interleave in event time (A, B, A: their
 //! first-to-last intervals overlap) or when a workforce token is seen outside the tenant's
@@ -126,7 +130,7 @@ impl TokenOrigins {
                 tok.agents.push(a);
             }
         }
-        let many_origins = tok.origins.len() >= 2;
+        let many_origins = origins_apart(&tok.origins);
         let many_agents = tok.agents.len() >= p.max_user_agents as usize;
         if !many_origins && !many_agents {
             return;
@@ -184,12 +188,30 @@ impl TokenOrigins {
     }
 }
 
-/// Whether two origins' first-to-last intervals overlap (A, B, A in event time).
+/// Whether a pseudonymized origin and a readable one are comparable: never (the same
+/// address is a pseudonym in a row whose user kind is unknown and readable in a workforce
+/// row), so two origins count only within one class.
+fn comparable(a: &Seen, b: &Seen) -> bool {
+    matches!(
+        (a.origin, b.origin),
+        (Origin::Ip { .. }, Origin::Ip { .. }) | (Origin::Opaque(_), Origin::Opaque(_))
+    )
+}
+
+/// Whether two comparable origins were seen.
+fn origins_apart(origins: &[Seen]) -> bool {
+    origins
+        .iter()
+        .enumerate()
+        .any(|(i, a)| origins[i + 1..].iter().any(|b| comparable(a, b)))
+}
+
+/// Whether two comparable origins' first-to-last intervals overlap (A, B, A in event time).
 fn interleaved(origins: &[Seen]) -> bool {
     origins.iter().enumerate().any(|(i, a)| {
         origins[i + 1..]
             .iter()
-            .any(|b| a.first < b.last && b.first < a.last)
+            .any(|b| comparable(a, b) && a.first < b.last && b.first < a.last)
     })
 }
 
