@@ -468,6 +468,42 @@ fn consent_env_matches_the_code() {
 }
 
 #[test]
+fn alerts_env_matches_the_code() {
+    let c = compose();
+    let e = check_custos_env(&c, "alerts");
+    let get = |k: &str| default_of(&e[k].clone().unwrap_or_default());
+    assert_eq!(get("CUSTOS_KAFKA_BROKERS"), "kafka:9092");
+    assert_eq!(get("CUSTOS_CLICKHOUSE_URL"), "http://clickhouse:8123");
+    assert_eq!(get("CUSTOS_ALERTS_CLICKHOUSE_USER"), "custos_alerts");
+    assert_eq!(
+        secret_of(service(&c, "alerts"), "CUSTOS_ALERTS_CLICKHOUSE_PASSWORD"),
+        "ch_alerts_password"
+    );
+    assert!(get("CUSTOS_ALERTS_ADMIN_ADDR").starts_with("0.0.0.0:"));
+    // The ingest's key ring, so alerts name the stored pseudonyms.
+    let ingest_env = check_custos_env(&c, "ingest");
+    assert_eq!(
+        file_secret("alerts", &e, &c, "CUSTOS_PSEUDONYM_KEYS_FILE"),
+        file_secret("ingest", &ingest_env, &c, "CUSTOS_PSEUDONYM_KEYS_FILE"),
+        "alerts and ingest share the key ring"
+    );
+    // It reads what the ingest reads, and writes a topic of topics.conf.
+    let topics: BTreeSet<String> = topics_conf().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        get("CUSTOS_ALERTS_INPUT_TOPICS"),
+        default_of(
+            &ingest_env["CUSTOS_INPUT_TOPICS"]
+                .clone()
+                .unwrap_or_default()
+        )
+    );
+    assert!(
+        topics.contains(&get("CUSTOS_ALERTS_TOPIC")),
+        "alerts topic not in topics.conf"
+    );
+}
+
+#[test]
 fn no_service_holds_an_inline_secret() {
     let c = compose();
     for (name, svc) in services(&c) {

@@ -301,6 +301,13 @@ pub fn console_env_names() -> BTreeSet<String> {
     names
 }
 
+/// The variables `custos-alerts` reads (its own and the runtime's).
+pub fn alerts_env_names() -> BTreeSet<String> {
+    let mut names = env_names_in("alerts/src");
+    names.extend(env_names_in("runtime/src"));
+    names
+}
+
 /// `config/topics.conf` as (name, partitions), in order.
 pub fn topics_conf() -> Vec<(String, u32)> {
     read("config/topics.conf")
@@ -353,6 +360,7 @@ pub const SERVICES: &[&str] = &[
     "keycloak",
     "migrate",
     "ingest",
+    "alerts",
     "query",
     "consent",
     "feed",
@@ -407,6 +415,7 @@ pub fn check_custos_env(c: &Value, name: &str) -> BTreeMap<String, Option<String
         "consent" => ("custos-consent", consent_env_names()),
         "feed" => ("custos-feed", feed_env_names()),
         "console" => ("custos-console", console_env_names()),
+        "alerts" => ("custos-alerts", alerts_env_names()),
         other => panic!("no variable list for service {other}"),
     };
     let svc = service(c, name);
