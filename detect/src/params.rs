@@ -435,11 +435,50 @@ impl PartialParams {
 
     /// `base` with this set's keys applied.
     pub fn apply(&self, base: &Params, context: &str) -> Result<Params, DetectError> {
-        let mut merged = serde_json::to_value(base)
-            .map_err(|e| DetectError::Params(format!("{context}: {e}")))?;
-        merge(&mut merged, &self.0);
-        serde_json::from_value(merged).map_err(|e| DetectError::Params(format!("{context}: {e}")))
+        try_apply(base, &self.0).map_err(|e| {
+            let path = locate(base, &self.0, &mut Vec::new()).unwrap_or_default();
+            DetectError::Params(format!("{context}{path}: {e}"))
+        })
     }
+}
+
+fn try_apply(base: &Params, over: &Map<String, Value>) -> Result<Params, serde_json::Error> {
+    let mut merged = serde_json::to_value(base)?;
+    merge(&mut merged, over);
+    serde_json::from_value(merged)
+}
+
+/// The dotted path (`.volume.factor`) of the first key of `over` that does not apply.
+fn locate(base: &Params, over: &Map<String, Value>, prefix: &mut Vec<String>) -> Option<String> {
+    for (k, v) in over {
+        prefix.push(k.clone());
+        let nested = nest(prefix, v.clone());
+        if try_apply(base, &nested).is_err() {
+            if let Value::Object(inner) = v {
+                if let Some(p) = locate(base, inner, prefix) {
+                    return Some(p);
+                }
+            }
+            return Some(prefix.iter().map(|p| format!(".{p}")).collect());
+        }
+        prefix.pop();
+    }
+    None
+}
+
+/// `{"a": {"b": v}}` for the path `[a, b]`.
+fn nest(path: &[String], v: Value) -> Map<String, Value> {
+    let mut value = v;
+    for k in path.iter().skip(1).rev() {
+        let mut m = Map::new();
+        m.insert(k.clone(), value);
+        value = Value::Object(m);
+    }
+    let mut top = Map::new();
+    if let Some(first) = path.first() {
+        top.insert(first.clone(), value);
+    }
+    top
 }
 
 /// Merges `over` into `base`: objects key by key, other values replaced.
@@ -564,4 +603,59 @@ fn check(p: &Params, context: &str) -> Result<(), DetectError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_overrides_apply_over_the_default_section() {
+        let set = ParamSet::from_json(
+            r#"{"default": {"volume": {"hourly_ceiling": 80}, "auto_revoke": false},
+                "tenants": {"general": {"auto_revoke": true, "volume": {"factor": 5.0},
+                                        "break_glass": {"enabled": false}}}}"#,
+        )
+        .expect("valid");
+        assert_eq!(set.default.volume.hourly_ceiling, 80);
+        let general = &set.resolve().expect("resolves")["general"];
+        assert!(general.auto_revoke);
+        assert_eq!(general.volume.factor, 5.0);
+        assert_eq!(general.volume.hourly_ceiling, 80, "inherited from default");
+        assert_eq!(general.volume.baseline_days, 30, "built-in default");
+        assert!(!general.break_glass.enabled);
+        assert!(set.default.break_glass.enabled);
+        assert_eq!(
+            ParamSet::from_json("{}").expect("empty"),
+            ParamSet::default()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_their_place() {
+        let err = |json: &str| match ParamSet::from_json(json) {
+            Err(DetectError::Params(m)) => m,
+            other => panic!("expected a parameter error, got {other:?}"),
+        };
+        let m = err(r#"{"tenants": {"general": {"volume": {"hourly_cieling": 5}}}}"#);
+        assert!(
+            m.contains("tenants.general") && m.contains("hourly_cieling"),
+            "{m}"
+        );
+        let m = err(r#"{"default": {"no_such_detector": {}}}"#);
+        assert!(
+            m.contains("default") && m.contains("no_such_detector"),
+            "{m}"
+        );
+        assert!(err(r#"{"defaults": {}}"#).contains("defaults"));
+        let m = err(r#"{"default": {"trusted_networks": ["10.0.0.0/40"]}}"#);
+        assert!(m.contains("trusted_networks"), "{m}");
+        let m = err(r#"{"tenants": {"t": {"repeated_denials": {"user_threshold": 0}}}}"#);
+        assert!(
+            m.contains("tenants.t.repeated_denials.user_threshold"),
+            "{m}"
+        );
+        assert!(err(r#"{"default": {"volume": {"factor": "3"}}}"#).contains("factor"));
+        assert!(err(r#"{"tenants": {"t": []}}"#).contains("expected an object"));
+    }
 }
