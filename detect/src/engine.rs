@@ -98,19 +98,23 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine with no state. Tenant overrides that do not apply are ignored (they were
-    /// checked by [`ParamSet::from_json`]); use [`ParamSet::resolve`] to check a set built
-    /// in code.
+    /// An engine with no state. A tenant override that does not apply leaves that tenant
+    /// on the default parameters (sets from [`ParamSet::from_json`] are checked; use
+    /// [`ParamSet::resolve`] to check a set built in code).
     pub fn new(params: ParamSet) -> Engine {
         Engine::with_state(params, State::default())
     }
 
     fn with_state(params: ParamSet, state: State) -> Engine {
+        // Each override on its own: one that does not apply (a set built in code and not
+        // checked) leaves its tenant on the default, not every tenant.
         let tenants = params
-            .resolve()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(t, p)| (t, Tenant::new(p)))
+            .tenants
+            .iter()
+            .filter_map(|(t, partial)| {
+                let p = partial.apply(&params.default, t).ok()?;
+                Some((t.clone(), Tenant::new(p)))
+            })
             .collect();
         Engine {
             default: Tenant::new(params.default),

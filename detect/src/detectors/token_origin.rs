@@ -154,7 +154,7 @@ impl TokenOrigins {
             (tok.observations.clone(), tok.count.saturating_sub(listed))
         };
         let summary = format!(
-            "Access token used from {} origins{}{} and {} user agents ({} observations).",
+            "Access token used from {} origin(s){}{} and {} user agent(s) ({} observations).",
             tok.origins.len(),
             if interleaved { ", alternating" } else { "" },
             if tok.untrusted {
