@@ -47,8 +47,8 @@ pub enum ConfigError {
 }
 
 /// A webhook of one tenant: alerts are POSTed as JSON, signed with HMAC-SHA256 over the body
-/// (header [`crate::outputs::SIGNATURE_HEADER`]).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// (header [`crate::outputs::SIGNATURE_HEADER`]). Its `Debug` hides the secret.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     /// Endpoint URL (https, or http to a loopback host).
@@ -57,8 +57,16 @@ pub struct Webhook {
     pub secret: String,
 }
 
-/// An SSF push receiver of one tenant (RFC 8935).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An SSF push receiver of one tenant (RFC 8935). Its `Debug` hides the authorization.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SsfReceiver {
     /// Push endpoint URL.
@@ -69,6 +77,15 @@ pub struct SsfReceiver {
     /// Value of the `Authorization` header the receiver expects, if any.
     #[serde(default)]
     pub authorization: Option<String>,
+}
+
+impl std::fmt::Debug for SsfReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SsfReceiver")
+            .field("endpoint", &self.endpoint)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What one tenant gets besides the detectors.
@@ -426,5 +443,15 @@ mod tests {
         assert!(short.validate(false).is_err());
         assert!(Tenants::from_json(r#"{"x": {"unknown": 1}}"#).is_err());
         assert!(check_url("u", "https://user:pw@siem.example/", false).is_err());
+        let secret = Tenants::from_json(
+            r#"{"x": {"webhook": {"url": "https://siem.example/h", "secret": "hush-hush-hush-hush"},
+                "ssf": {"endpoint": "https://siem.example/s", "authorization": "Bearer tok-123"}}}"#,
+        )
+        .expect("parse");
+        let shown = format!("{secret:?}");
+        assert!(
+            !shown.contains("hush") && !shown.contains("tok-123"),
+            "{shown}"
+        );
     }
 }

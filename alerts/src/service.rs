@@ -66,6 +66,18 @@ pub async fn run(
     cfg.validate()?;
     let params = cfg.params()?;
     let tenants = Arc::new(cfg.tenants()?);
+    let auto_revoke: Vec<String> = params
+        .resolve()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, p)| p.auto_revoke)
+        .map(|(t, _)| t)
+        .collect();
+    if params.default.auto_revoke || !auto_revoke.is_empty() {
+        // Not wired to the consent service yet: say so rather than pretend.
+        warn!(tenants = ?auto_revoke, default = params.default.auto_revoke,
+            "auto_revoke is set but automatic revocation is not available in this version: alerts are raised, nothing is revoked");
+    }
     let keys = cfg.keys.key_ring()?;
     let health = Arc::new(Health::with_load_step(NOT_LOADED));
     let admin = ops::serve(
