@@ -48,6 +48,12 @@ pub struct AlertsSetup {
 impl AlertsSetup {
     /// Fresh topics (`partitions` each, and a 1-partition alerts topic) and a state name.
     pub async fn create(name: &str, partitions: i32) -> Result<AlertsSetup> {
+        if let Err(e) = alerts_account().query("SELECT 1").execute().await {
+            bail!(
+                "the ClickHouse account custos_alerts does not answer ({e}): a server started \
+                 before config/clickhouse/users.xml had it needs `scripts/stack restart clickhouse`"
+            );
+        }
         let topics = Topics::create(name, partitions).await?;
         let alerts_topic = format!("{}.alerts", topics.group);
         create_topics(&[(&alerts_topic, 1)]).await?;
