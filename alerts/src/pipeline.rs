@@ -131,7 +131,8 @@ impl Pipeline {
         self.assign()?;
         let on_assigned = std::mem::replace(&mut self.on_assigned, Box::new(|| {}));
         on_assigned();
-        let mut pending: Vec<AlertUpdate> = Vec::new();
+        // Each update with the produce time (ms) of the message that raised it, if any.
+        let mut pending: Vec<(AlertUpdate, Option<i64>)> = Vec::new();
         let mut first_pending: Option<Instant> = None;
         let mut max_event_time = i64::MIN;
         let mut last_snapshot = Instant::now();
@@ -171,7 +172,8 @@ impl Pipeline {
                                 if !out.is_empty() && first_pending.is_none() {
                                     first_pending = Some(Instant::now());
                                 }
-                                pending.extend(out);
+                                let produced = msg.timestamp().to_millis();
+                                pending.extend(out.into_iter().map(|u| (u, produced)));
                             }
                             None => {
                                 // The ingest dead-letters it; nothing to detect.
@@ -199,7 +201,7 @@ impl Pipeline {
                 if !out.is_empty() && first_pending.is_none() {
                     first_pending = Some(Instant::now());
                 }
-                pending.extend(out);
+                pending.extend(out.into_iter().map(|u| (u, None)));
             }
             let due = first_pending.is_some_and(|t| t.elapsed() >= self.linger);
             if due || pending.len() >= self.batch {
@@ -235,13 +237,29 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Writes `pending` through the sink; `false` when cancelled first.
-    async fn flush(&mut self, pending: &mut Vec<AlertUpdate>, cancel: &CancellationToken) -> bool {
+    /// Writes `pending` through the sink; `false` when cancelled first. Records the latency
+    /// from each raising message's produce time to the alert written
+    /// (`custos_alerts_detection_latency_seconds`; updates raised by the watermark have none,
+    /// and a replay after a restart records the replayed messages' age).
+    async fn flush(
+        &mut self,
+        pending: &mut Vec<(AlertUpdate, Option<i64>)>,
+        cancel: &CancellationToken,
+    ) -> bool {
         if pending.is_empty() {
             return true;
         }
-        let rows: Vec<_> = pending.drain(..).map(from_update).collect();
-        self.sink.write(&rows, cancel).await
+        let (updates, produced): (Vec<_>, Vec<_>) = pending.drain(..).unzip();
+        let rows: Vec<_> = updates.into_iter().map(from_update).collect();
+        if !self.sink.write(&rows, cancel).await {
+            return false;
+        }
+        let now = now_ms();
+        for t in produced.into_iter().flatten() {
+            metrics::histogram!("custos_alerts_detection_latency_seconds")
+                .record((now - t).max(0) as f64 / 1000.0);
+        }
+        true
     }
 
     /// Saves the engine with the offsets it covers, then commits them to the group.

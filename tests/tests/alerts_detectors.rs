@@ -396,6 +396,14 @@ async fn each_detector_fires_and_its_near_miss_stays_quiet() -> Result<()> {
     );
 
     assert!(alerts.metric("custos_alerts_events_observed_total").await? >= total as f64);
+    // Alerts raised by a message have a produce-to-written latency.
+    assert!(
+        alerts
+            .metric("custos_alerts_detection_latency_seconds_count")
+            .await?
+            >= 1.0
+    );
+    assert!(alerts.metric("custos_alerts_raised_total").await? >= seen.len() as f64);
     assert_eq!(
         alerts.terminate(Duration::from_secs(30))?,
         0,
