@@ -2,13 +2,13 @@
 //! uninterrupted run gives (the pure engine over the same messages): the same alert ids and
 //! revisions, each once, none missing.
 
-#[path = "support/alerts.rs"]
-mod alerts_support;
+#[path = "support/detection.rs"]
+mod detection;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use alerts_support::*;
+use detection::*;
 use anyhow::{bail, Result};
 use custos_detect::{Engine, ParamSet};
 use custos_schemas::{DecodeLimits, KafkaPosition, KeyRing};

@@ -4,14 +4,14 @@
 //! webhook gets the alert signed with HMAC-SHA256 and its SSF receiver a signed SET, each
 //! delivery recorded as a `notify` action.
 
-#[path = "support/alerts.rs"]
-mod alerts_support;
+#[path = "support/detection.rs"]
+mod detection;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alerts_support::*;
+use detection::*;
 use anyhow::Result;
 use axum::http::HeaderMap;
 use axum::routing::post;

@@ -2,14 +2,14 @@
 //! by the real ingest: before due nothing; after due one alert per opening without a
 //! decision; an opening with a decision never; a second sweep raises nothing again.
 
-#[path = "support/alerts.rs"]
-mod alerts_support;
+#[path = "support/detection.rs"]
+mod detection;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alerts_support::*;
+use detection::*;
 use anyhow::Result;
 use custos_alerts::config::{TenantOutputs, Tenants};
 use custos_alerts::outputs::{self, NotifySettings};

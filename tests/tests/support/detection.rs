@@ -1,6 +1,6 @@
 #![allow(dead_code)]
 
-//! Support of the alert tests (`tests/tests/alerts_*.rs`, included with `#[path]`): the real
+//! Support of the detection tests (`alerts_detectors`, `alerts_crash`, `alerts_review`; included with `#[path]`): the real
 //! `custos-alerts` binary over a test's own topics and state name, CloudEvents at chosen
 //! event times and tenants, and readers of `custos.alerts` and `custos.alert_actions`.
 
