@@ -186,7 +186,11 @@ impl ReviewDue {
             return Err(bad("CUSTOS_REVIEW_DUE_HOURS must be 1..=8760"));
         }
         let mut map = std::collections::BTreeMap::new();
-        for item in by_tenant.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        for item in by_tenant
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
             let Some((tenant, hours)) = item.split_once('=') else {
                 return Err(bad(
                     "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT must be tenant=hours pairs separated by commas",

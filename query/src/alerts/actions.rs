@@ -108,7 +108,10 @@ pub fn check_note(note: Option<&str>, required: bool) -> Result<String, ApiError
     if note.len() > MAX_NOTE_BYTES {
         return Err(ApiError::bad("note is longer than 2000 bytes"));
     }
-    if note.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if note
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(ApiError::bad("note must not hold control characters"));
     }
     if find_raw_token(note.as_bytes()).is_some() {
@@ -363,7 +366,9 @@ mod tests {
         assert!(Action::Acknowledge.plan(&ActionBody::default()).is_ok());
         assert!(Action::Close.plan(&body("", None, Some("benign"))).is_err());
         assert!(Action::Close.plan(&body("seen", None, None)).is_err());
-        assert!(Action::Close.plan(&body("seen", None, Some("maybe"))).is_err());
+        assert!(Action::Close
+            .plan(&body("seen", None, Some("maybe")))
+            .is_err());
         let p = Action::Close
             .plan(&body("seen", None, Some("false_positive")))
             .expect("close");

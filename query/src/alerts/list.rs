@@ -77,7 +77,8 @@ fn plan(s: &AppState, c: &Common, p: &AlertListParams) -> Result<(StateFilter, V
     let severity = p.severity.as_deref();
     let severities = severity
         .map(|v| {
-            at_least(v).ok_or_else(|| ApiError::bad("severity must be low, medium, high or critical"))
+            at_least(v)
+                .ok_or_else(|| ApiError::bad("severity must be low, medium, high or critical"))
         })
         .transpose()?;
     let detector = params::code("detector", p.detector.as_deref())?;

@@ -20,7 +20,7 @@ pub mod list;
 use axum::routing::{get, post};
 use axum::Router;
 use clickhouse::Row;
-use custos_schemas::records::{Answered, AlertRow};
+use custos_schemas::records::{AlertRow, Answered};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -302,7 +302,10 @@ FROM custos.alert_actions FINAL WHERE action IN ('acknowledge', 'assign', 'close
     if let Some(b) = &f.before {
         sql.bind(
             concat!(" AND (last_seen, alert_id) < (", ms!(), ", ?)"),
-            [crate::sql::Arg::from(b.time_ms), crate::sql::Arg::from(&b.key)],
+            [
+                crate::sql::Arg::from(b.time_ms),
+                crate::sql::Arg::from(&b.key),
+            ],
         );
     }
     sql.bind1(" ORDER BY last_seen DESC, alert_id DESC LIMIT ?", limit);
