@@ -269,7 +269,7 @@ async fn actions_follow_the_state_machine_and_are_audited_and_ledgered() -> Resu
     ensure_schema()?;
     let tenant = unique("aflow");
     let a = alert(&tenant, "flow", 1, "critical");
-    insert_alerts(&[a.clone()]).await?;
+    insert_alerts(std::slice::from_ref(&a)).await?;
     // "Now" is fixed: the actions happen an hour after the evidence.
     let now = ms("2026-03-01T11:00:00Z");
     let app = app_at_time(Some(now), &[]);
@@ -433,7 +433,7 @@ async fn responders_act_auditors_read_and_others_are_refused() -> Result<()> {
     ensure_schema()?;
     let tenant = unique("aroles");
     let a = alert(&tenant, "roles", 1, "high");
-    insert_alerts(&[a.clone()]).await?;
+    insert_alerts(std::slice::from_ref(&a)).await?;
     let app = app_at_time(None, &[]);
     let list = url("/v1/alerts", &[("tenant", &tenant)]);
     let one = format!("/v1/alerts/{}", a.alert_id);

@@ -243,7 +243,7 @@ evidence_count, summary, token_theft";
 /// The latest revision of each alert with its workflow state ([`StateRow`]), newest
 /// `last_seen` first, at most `limit`.
 pub fn state_sql(f: &StateFilter, limit: u64) -> Sql {
-    let mut sql = Sql::new(concat!(
+    let mut sql = Sql::new(
         "SELECT alert_id, revision, tenant, detector, severity, dedup_key, subject, \
 user_kind, client_id, session_id, token_jti, patient, first_seen, last_seen, evidence, \
 evidence_count, summary, token_theft, w_assignee AS assignee, \
@@ -251,7 +251,7 @@ toBool(close_ms > reopen_ms AND toUnixTimestamp64Milli(last_seen) > close_ms) AS
 multiIf(close_ms > reopen_ms AND NOT reopened_by_evidence, 'closed', \
 ack_ms > greatest(close_ms, reopen_ms), 'acknowledged', 'open') AS status, \
 last_ms AS last_action_ms FROM (SELECT ",
-    ));
+    );
     sql.push(ALERT_COLUMNS);
     sql.bind1(" FROM custos.alerts FINAL WHERE tenant = ?", &f.tenant);
     if let Some(id) = &f.alert_id {
