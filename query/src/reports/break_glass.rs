@@ -325,3 +325,31 @@ impl Tabular for BreakGlass {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reports::tests::common;
+
+    #[test]
+    fn the_review_join_binds_every_value() {
+        let filter = EventFilter {
+            user: Some(UserMatch {
+                subs: vec!["dr-bob'".into()],
+                fhir_users: vec![],
+            }),
+            ..EventFilter::default()
+        };
+        let sql = with_reviews(&common(), &filter, 51, 3_600_000, 7);
+        assert_eq!(sql.text().matches('?').count(), sql.args().len());
+        assert!(!sql.text().contains("dr-bob'"));
+        assert!(sql.text().contains("ASOF LEFT JOIN"));
+        assert!(sql.text().ends_with("ORDER BY event_time, event_key"));
+        assert_eq!(sql.args()[0], Arg::Int(3_600_000));
+        assert!(sql.args().contains(&Arg::UInt(51)));
+        // The openings are looked for a week before the window.
+        assert!(sql
+            .args()
+            .contains(&Arg::Int(1_000 - OPENING_LOOKBACK_DAYS * 86_400_000)));
+    }
+}
