@@ -198,6 +198,7 @@ pub fn action_forms(id: &str, status: &str, csrf: &str) -> Markup {
         section class="card" aria-labelledby="act-h" {
             h2 id="act-h" { "Act on this alert" }
             @if status == "closed" {
+                h3 { "Reopen" }
                 form method="post" action=(ACTION_PATH) {
                     (hidden("reopen"))
                     (note("n-reopen", "Why reopen (optional)"))
@@ -205,12 +206,14 @@ pub fn action_forms(id: &str, status: &str, csrf: &str) -> Markup {
                 }
             } @else {
                 @if status == "open" {
+                    h3 { "Acknowledge" }
                     form method="post" action=(ACTION_PATH) {
                         (hidden("acknowledge"))
                         (note("n-ack", "Note (optional)"))
                         button type="submit" { "Acknowledge" }
                     }
                 }
+                h3 { "Assign" }
                 form method="post" action=(ACTION_PATH) {
                     (hidden("assign"))
                     div class="field" {
@@ -219,6 +222,7 @@ pub fn action_forms(id: &str, status: &str, csrf: &str) -> Markup {
                     }
                     button type="submit" { "Assign" }
                 }
+                h3 { "Close" }
                 form method="post" action=(ACTION_PATH) {
                     (hidden("close"))
                     div class="field" {
