@@ -24,3 +24,12 @@ pub const CONSENTS_READ: &[Role] = &[Role::PrivacyOfficer, Role::ComplianceOffic
 pub const CONSENTS_REVOKE: &[Role] = &[Role::PrivacyOfficer];
 /// The query audit, and chain, checkpoint and ledger verification and proofs.
 pub const AUDIT: &[Role] = &[Role::Auditor];
+/// The alerts of the detectors (list, one alert with its evidence): incident responders, and
+/// auditors who check them (read only).
+pub const ALERTS_READ: &[Role] = &[Role::IncidentResponder, Role::Auditor];
+/// Acting on an alert (acknowledge, assign, close, reopen): incident responders.
+pub const ALERTS_ACT: &[Role] = &[Role::IncidentResponder];
+/// The break-glass review queue: compliance officers, and auditors who check it (read only).
+pub const REVIEWS_READ: &[Role] = &[Role::ComplianceOfficer, Role::Auditor];
+/// Deciding a break-glass review (justified or not): compliance officers.
+pub const REVIEWS_DECIDE: &[Role] = &[Role::ComplianceOfficer];

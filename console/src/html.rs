@@ -33,6 +33,10 @@ const AUDITOR: &[Role] = policy::AUDIT;
 
 /// Roles that may revoke a consent (the privacy API's).
 pub const REVOKE: &[Role] = policy::CONSENTS_REVOKE;
+/// Roles that may act on an alert (the query API's).
+pub const ALERT_ACT: &[Role] = policy::ALERTS_ACT;
+/// Roles that may decide a break-glass review (the query API's).
+pub const REVIEW_DECIDE: &[Role] = policy::REVIEWS_DECIDE;
 
 /// Patient access report.
 pub const ACCESS: Page = Page {
@@ -55,6 +59,13 @@ pub const BREAK_GLASS: Page = Page {
     group: "Compliance",
     roles: COMPLIANCE,
 };
+/// The break-glass review queue.
+pub const REVIEWS: Page = Page {
+    path: "/console/compliance/reviews",
+    title: "Break-glass reviews",
+    group: "Compliance",
+    roles: policy::REVIEWS_READ,
+};
 /// A patient's consents.
 pub const CONSENTS: Page = Page {
     path: "/console/privacy/consents",
@@ -75,6 +86,13 @@ pub const VIOLATIONS_PAGE: Page = Page {
     title: "Revocation violations",
     group: "Privacy",
     roles: VIOLATIONS,
+};
+/// The detectors' alerts.
+pub const ALERTS: Page = Page {
+    path: "/console/incident/alerts",
+    title: "Alerts",
+    group: "Incident response",
+    roles: policy::ALERTS_READ,
 };
 /// Token trace.
 pub const TOKEN_TRACE: Page = Page {
@@ -117,9 +135,11 @@ pub const PAGES: &[Page] = &[
     ACCESS,
     DISCLOSURES,
     BREAK_GLASS,
+    REVIEWS,
     CONSENTS,
     REVOCATIONS,
     VIOLATIONS_PAGE,
+    ALERTS,
     TOKEN_TRACE,
     USER_ACTIVITY,
     INTEGRITY,
@@ -446,8 +466,18 @@ mod tests {
         };
         let out = layout("x", Some(&v), "", html! {}).into_string();
         assert!(out.contains(TOKEN_TRACE.path));
+        assert!(out.contains(ALERTS.path));
         assert!(!out.contains(ACCESS.path));
+        assert!(!out.contains(REVIEWS.path));
         assert!(!out.contains(INTEGRITY.path));
+        let carol = Viewer {
+            username: "carol".into(),
+            roles: vec![Role::ComplianceOfficer],
+            csrf: "c".into(),
+        };
+        let out = layout("x", Some(&carol), "", html! {}).into_string();
+        assert!(out.contains(REVIEWS.path));
+        assert!(!out.contains(ALERTS.path));
     }
 
     #[test]

@@ -152,9 +152,83 @@ pub struct QueryConfig {
         default_value_t = 200
     )]
     pub audit_final_linger_ms: u64,
+    /// Hours within which a break-glass opening must be reviewed (its due time), for tenants
+    /// without an override.
+    #[arg(long, env = "CUSTOS_REVIEW_DUE_HOURS", default_value_t = 24)]
+    pub review_due_hours: u32,
+    /// Per-tenant due times of the break-glass review, `tenant=hours` separated by commas
+    /// (`t1=12,t2=48`).
+    #[arg(long, env = "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT", default_value = "")]
+    pub review_due_hours_by_tenant: String,
     /// OIDC settings.
     #[command(flatten)]
     pub oidc: OidcArgs,
+}
+
+/// Longest accepted review due time: one year, in hours.
+pub const MAX_REVIEW_DUE_HOURS: u32 = 8_760;
+
+/// The break-glass review's due time per tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewDue {
+    /// Hours for tenants without an override.
+    pub default_hours: u32,
+    /// Hours per tenant.
+    pub by_tenant: std::collections::BTreeMap<String, u32>,
+}
+
+impl ReviewDue {
+    /// Parses and checks the default and the `tenant=hours,...` overrides.
+    pub fn parse(default_hours: u32, by_tenant: &str) -> Result<ReviewDue, ConfigError> {
+        let bad = |m: &str| ConfigError::Invalid(m.to_owned());
+        let range = |h: u32| (1..=MAX_REVIEW_DUE_HOURS).contains(&h);
+        if !range(default_hours) {
+            return Err(bad("CUSTOS_REVIEW_DUE_HOURS must be 1..=8760"));
+        }
+        let mut map = std::collections::BTreeMap::new();
+        for item in by_tenant
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
+            let Some((tenant, hours)) = item.split_once('=') else {
+                return Err(bad(
+                    "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT must be tenant=hours pairs separated by commas",
+                ));
+            };
+            let tenant = tenant.trim();
+            if !valid_tenant(tenant) {
+                return Err(bad(
+                    "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT: a tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                ));
+            }
+            let hours: u32 = hours
+                .trim()
+                .parse()
+                .ok()
+                .filter(|h| range(*h))
+                .ok_or_else(|| bad("CUSTOS_REVIEW_DUE_HOURS_BY_TENANT: hours must be 1..=8760"))?;
+            if map.insert(tenant.to_owned(), hours).is_some() {
+                return Err(bad(
+                    "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT names a tenant twice",
+                ));
+            }
+        }
+        Ok(ReviewDue {
+            default_hours,
+            by_tenant: map,
+        })
+    }
+
+    /// The due time of `tenant`'s reviews after the opening, in ms.
+    pub fn due_ms(&self, tenant: &str) -> i64 {
+        let hours = self
+            .by_tenant
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.default_hours);
+        i64::from(hours) * 3_600_000
+    }
 }
 
 /// Parses a checkpoint JWKS file and returns only its public members. Refuses private
@@ -197,10 +271,16 @@ pub fn public_jwks(text: &str) -> Result<Value, ConfigError> {
 }
 
 impl QueryConfig {
+    /// The break-glass review's due times (validated).
+    pub fn review_due(&self) -> Result<ReviewDue, ConfigError> {
+        ReviewDue::parse(self.review_due_hours, &self.review_due_hours_by_tenant)
+    }
+
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         self.oidc.validate()?;
+        self.review_due()?;
         if !valid_tenant(&self.default_tenant) {
             return bad("CUSTOS_DEFAULT_TENANT must be 1-64 characters of A-Z a-z 0-9 . _ -");
         }
@@ -357,5 +437,33 @@ mod tests {
         assert!(!valid_tenant(""));
         assert!(!valid_tenant("x' OR 1=1"));
         assert!(!valid_tenant(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn review_due_times_are_validated_per_tenant() {
+        let c = parse(&[]);
+        let due = c.review_due().expect("defaults");
+        assert_eq!(due.due_ms("any"), 24 * 3_600_000);
+        let c = parse(&[
+            "--review-due-hours",
+            "6",
+            "--review-due-hours-by-tenant",
+            "t1=12, t2=48",
+        ]);
+        let due = c.review_due().expect("overrides");
+        assert_eq!(due.due_ms("t1"), 12 * 3_600_000);
+        assert_eq!(due.due_ms("t2"), 48 * 3_600_000);
+        assert_eq!(due.due_ms("t3"), 6 * 3_600_000);
+        for bad in [
+            &["--review-due-hours", "0"][..],
+            &["--review-due-hours", "9000"],
+            &["--review-due-hours-by-tenant", "t1"],
+            &["--review-due-hours-by-tenant", "t1=0"],
+            &["--review-due-hours-by-tenant", "t1=x"],
+            &["--review-due-hours-by-tenant", "x y=3"],
+            &["--review-due-hours-by-tenant", "t1=3,t1=4"],
+        ] {
+            assert!(parse(bad).validate().is_err(), "{bad:?} accepted");
+        }
     }
 }

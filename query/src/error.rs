@@ -34,6 +34,13 @@ pub enum ApiError {
     /// No such route.
     #[error("not found")]
     NotFound,
+    /// No such resource (an alert, a review item) the caller may see; names what was missing.
+    #[error("{0}")]
+    Missing(&'static str),
+    /// The request conflicts with the resource's state (acknowledging a closed alert, deciding
+    /// a review twice); the message says which.
+    #[error("{0}")]
+    Conflict(String),
     /// ClickHouse failed or could not be reached.
     #[error("ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
@@ -63,7 +70,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::Missing(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::ClickHouse(clickhouse::error::Error::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::ClickHouse(_) | ApiError::AuditWrite(_) | ApiError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -84,6 +92,8 @@ impl ApiError {
             ApiError::Forbidden => ("forbidden", "Forbidden", Some(self.to_string())),
             ApiError::BadRequest(d) => ("bad-request", "Bad Request", Some(d.clone())),
             ApiError::NotFound => ("not-found", "Not Found", None),
+            ApiError::Missing(what) => ("not-found", "Not Found", Some((*what).to_owned())),
+            ApiError::Conflict(d) => ("conflict", "Conflict", Some(d.clone())),
             ApiError::ClickHouse(_) => (
                 "store-unavailable",
                 "Audit store unavailable",
@@ -179,6 +189,29 @@ fn query_rejection(r: &QueryRejection) -> ApiError {
         .unwrap_or(&text);
     let detail: String = detail.chars().take(200).collect();
     ApiError::bad(format!("invalid query string: {detail}"))
+}
+
+/// `Json<T>` whose rejections (not JSON, wrong content type, a field missing or of the wrong
+/// type, an unknown field) become [`ApiError::BadRequest`] problems.
+#[derive(Debug, Clone)]
+pub struct ValidJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ValidJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ValidJson(v)),
+            Err(rejection) => {
+                let detail: String = rejection.body_text().chars().take(200).collect();
+                Err(ApiError::bad(format!("invalid JSON body: {detail}")))
+            }
+        }
+    }
 }
 
 /// Fallback for unknown routes.

@@ -9,6 +9,8 @@
 //! - authentication, roles and the query audit come from [`custos_auth`];
 //! - [`catalogue`]: a report as one declaration, and the one path every report takes;
 //! - [`reports`]: the reports, one file each, and their registry;
+//! - [`alerts`]: the detectors' alerts and the incident responders' actions on them;
+//! - [`reviews`]: the break-glass review queue and its decisions;
 //! - [`export`]: JSON pages with cursors, CSV / NDJSON streaming;
 //! - [`fhir`]: the FHIR R4 endpoint: `metadata`, AuditEvent read and search (IHE BALP);
 //! - [`ledger`]: the ledger verification of the query audit, consent history and revocations;
@@ -33,7 +35,9 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod alerts;
 pub mod catalogue;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod export;
@@ -44,6 +48,7 @@ pub mod limits;
 pub mod openapi;
 pub mod params;
 pub mod reports;
+pub mod reviews;
 pub mod sql;
 pub mod state;
 
@@ -108,6 +113,8 @@ pub fn app(state: AppState) -> Router {
     // stream ends.
     let limited = Router::new()
         .merge(reports::router())
+        .merge(alerts::router())
+        .merge(reviews::router())
         .merge(integrity::router())
         .route("/fhir/metadata", get(fhir::capability::metadata))
         .route("/fhir/AuditEvent", get(fhir::search))

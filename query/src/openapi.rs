@@ -37,7 +37,7 @@ impl Modify for Bearer {
 #[openapi(
     info(
         title = "Custos query API",
-        description = "Audited HIPAA access reports over the Custos audit store. Every answered report query is itself recorded (see /v1/reports/query-audit). Auditors verify the hash chains and fetch membership proofs under /v1/integrity; the checkpoint public keys are at /.well-known/custos-checkpoint-jwks.json. Errors are application/problem+json, under /fhir FHIR OperationOutcomes (application/fhir+json)."
+        description = "Audited HIPAA access reports over the Custos audit store. Every answered report query is itself recorded (see /v1/reports/query-audit). Auditors verify the hash chains and fetch membership proofs under /v1/integrity; the checkpoint public keys are at /.well-known/custos-checkpoint-jwks.json. Incident responders work the detectors' alerts under /v1/alerts; compliance officers review break-glass openings under /v1/break-glass/reviews. Errors are application/problem+json, under /fhir FHIR OperationOutcomes (application/fhir+json)."
     ),
     paths(
         crate::fhir::capability::metadata,
@@ -47,6 +47,14 @@ impl Modify for Bearer {
         crate::ledger::verify_ledger,
         crate::integrity::proof,
         crate::integrity::checkpoint_jwks,
+        crate::alerts::list::list_alerts,
+        crate::alerts::detail::alert_detail,
+        crate::alerts::actions::acknowledge,
+        crate::alerts::actions::assign,
+        crate::alerts::actions::close,
+        crate::alerts::actions::reopen,
+        crate::reviews::list_reviews,
+        crate::reviews::decide_review,
     ),
     components(schemas(
         Problem,
@@ -60,7 +68,21 @@ impl Modify for Bearer {
         crate::integrity::Link,
         crate::ledger::LedgerAnswer,
         crate::ledger::LedgerTable,
-        crate::ledger::LedgerFinding
+        crate::ledger::LedgerFinding,
+        custos_schemas::records::AlertRow,
+        custos_schemas::records::AlertActionRow,
+        custos_schemas::records::ReviewDecisionRow,
+        custos_schemas::records::EventRow,
+        crate::alerts::AlertItem,
+        crate::alerts::AlertLinks,
+        crate::alerts::list::AlertPage,
+        crate::alerts::detail::AlertDetail,
+        crate::alerts::actions::ActionBody,
+        crate::alerts::actions::ActionAnswer,
+        crate::reviews::ReviewItem,
+        crate::reviews::ReviewPage,
+        crate::reviews::DecisionBody,
+        crate::reviews::DecisionAnswer
     )),
     modifiers(&Bearer, &Catalogue)
 )]

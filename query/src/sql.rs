@@ -107,6 +107,13 @@ impl Sql {
         self.bind(fragment, [arg.into()])
     }
 
+    /// Appends a statement built the same way (a subquery), its arguments after these.
+    pub fn append(&mut self, other: Sql) -> &mut Sql {
+        self.text.push_str(&other.text);
+        self.args.extend(other.args);
+        self
+    }
+
     /// The statement text.
     pub fn text(&self) -> &str {
         &self.text

@@ -10,12 +10,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::config::{ConfigError, QueryConfig};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{ConfigError, QueryConfig, ReviewDue};
 use crate::error::ApiError;
 use crate::limits::{ExportSlots, RequestLimit};
 use crate::params::Limits;
 use custos_auth::audit::QueryAudit;
 use custos_auth::oidc::Authenticator;
+use custos_integrity::ledger::Ledger;
+use custos_schemas::records::{AlertActionRow, ReviewDecisionRow};
 
 /// Report settings derived from the configuration.
 #[derive(Debug, Clone)]
@@ -32,6 +35,24 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Time limit of one CSV / NDJSON export (its ClickHouse query and its stream).
     pub export_timeout: Duration,
+    /// Due time of the break-glass review, per tenant.
+    pub review_due: ReviewDue,
+}
+
+/// What the people's actions write: the alert actions and the break-glass review decisions,
+/// each through its own ledger chain, with the query service's writer account. One action
+/// or decision at a time per process ([`Workflow::gate`]), so a state check and the write it
+/// allows are not interleaved with another.
+#[derive(Debug)]
+pub struct Workflow {
+    /// ClickHouse as the writer account (INSERT on the two tables and the ledger).
+    pub writer: clickhouse::Client,
+    /// The chain of this process's alert actions.
+    pub actions: Ledger<AlertActionRow>,
+    /// The chain of this process's review decisions.
+    pub decisions: Ledger<ReviewDecisionRow>,
+    /// Serializes check-then-write.
+    pub gate: tokio::sync::Mutex<()>,
 }
 
 /// Shared state of the handlers.
@@ -58,6 +79,10 @@ pub struct AppState {
     pub requests: RequestLimit,
     /// Exports per caller (`CUSTOS_QUERY_EXPORTS_PER_CALLER`).
     pub exports: ExportSlots,
+    /// "Now" of the review queue and the alert actions (the system clock; tests may fix it).
+    pub clock: Arc<dyn Clock>,
+    /// The writers of the alert actions and review decisions.
+    pub workflow: Arc<Workflow>,
 }
 
 impl custos_auth::oidc::AuthState for AppState {
@@ -156,11 +181,19 @@ impl AppState {
                 public_url: cfg.public_url.clone(),
                 request_timeout: cfg.clickhouse.timeout() + Duration::from_secs(5),
                 export_timeout: Duration::from_secs(cfg.export_timeout_secs),
+                review_due: cfg.review_due()?,
             }),
             metrics,
             integrity: Arc::new(Integrity::new(cfg)?),
             requests: RequestLimit::new(cfg.max_concurrent_requests as usize),
             exports: ExportSlots::new(cfg.exports_per_caller as usize),
+            clock: Arc::new(SystemClock),
+            workflow: Arc::new(Workflow {
+                writer,
+                actions: Ledger::new(),
+                decisions: Ledger::new(),
+                gate: tokio::sync::Mutex::new(()),
+            }),
         })
     }
 }

@@ -195,9 +195,12 @@ fn clickhouse_accounts_match_the_dev_stack() {
         compose_users["custos_query"],
         [
             "GRANT INSERT ON custos.report_queries",
-            "GRANT INSERT ON custos.ledger"
+            "GRANT INSERT ON custos.ledger",
+            "GRANT INSERT ON custos.alert_actions",
+            "GRANT INSERT ON custos.break_glass_reviews"
         ],
-        "the query API writes its own audit records (and their ledger entries) only"
+        "the query API writes its own audit records, the people's alert actions and review \
+         decisions (and their ledger entries) only"
     );
     for user in ["custos_writer", "custos_query", "custos_consent"] {
         assert!(

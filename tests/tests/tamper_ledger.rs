@@ -208,6 +208,9 @@ async fn the_ledger_finds_edited_deleted_and_inserted_records_and_entries() -> R
             ("report_queries", 1, 3, 2),
             ("consent_history", 1, 4, 3),
             ("revocations", 1, 3, 3),
+            ("alerts", 0, 0, 0),
+            ("alert_actions", 0, 0, 0),
+            ("break_glass_reviews", 0, 0, 0),
         ]
     );
 

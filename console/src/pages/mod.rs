@@ -1,10 +1,12 @@
 //! The pages: one module per role's tasks, and what they share (query parameters and their
 //! validation, report tables with server-side paging).
 
+pub mod alerts;
 pub mod audit;
 pub mod compliance;
 pub mod incident;
 pub mod privacy;
+pub mod reviews;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +35,11 @@ pub fn router() -> Router<Arc<Console>> {
         .route("/console/privacy/revoke", post(privacy::revoke))
         .route(html::REVOCATIONS.path, get(privacy::revocations))
         .route(html::VIOLATIONS_PAGE.path, get(privacy::violations))
+        .route(html::REVIEWS.path, get(reviews::reviews))
+        .route(reviews::DECIDE_PATH, post(reviews::decide))
+        .route(html::ALERTS.path, get(alerts::alerts))
+        .route(alerts::ALERT_PATH, get(alerts::alert))
+        .route(alerts::ACTION_PATH, post(alerts::act))
         .route(html::TOKEN_TRACE.path, get(incident::trace))
         .route(html::USER_ACTIVITY.path, get(incident::activity))
         .route(html::INTEGRITY.path, get(audit::integrity))

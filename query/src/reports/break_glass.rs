@@ -1,18 +1,26 @@
 //! Break-the-glass review: every `custos.breakglass.opened` (with its reason and how long
-//! the emergency access lasted) and every FHIR access made under the `BTG` purpose.
+//! the emergency access lasted) and every FHIR access made under the `BTG` purpose, each with
+//! the state of its review item in the break-glass review queue ([`crate::reviews`]): an
+//! opening is its own review item; an access belongs to the latest opening of the same user
+//! at or before it (looked for up to [`OPENING_LOOKBACK_DAYS`] before the window).
 
 use custos_schemas::PseudonymKind;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{events, ser_ms, ser_opt_ms, EventFilter, EventRow, Keyed, Tabular, UserMatch};
+use clickhouse::Row;
+
+use super::{events, ms, ser_ms, ser_opt_ms, EventFilter, Keyed, Tabular, UserMatch};
 use crate::catalogue::{handler, shared, Catalogued, Plan, SingleQuery};
 use crate::error::{ApiError, Problem};
 use crate::export::Page;
 use crate::params::{self, ms_to_rfc3339, AuditParams, Common, Cursor};
-use crate::sql::Sql;
+use crate::sql::{Arg, Sql};
 use crate::state::AppState;
 use custos_auth::oidc::{Caller, Role};
+
+/// How far before the window an access's opening is looked for, in days.
+pub const OPENING_LOOKBACK_DAYS: i64 = 7;
 
 /// Base condition.
 pub const BASE: &str = " AND (event_type = 'custos.breakglass.opened' OR (event_type = 'custos.fhir.access' AND has(purpose_of_use, 'BTG')))";
@@ -87,12 +95,99 @@ impl Catalogued for BreakGlassAccess {
 }
 
 impl SingleQuery for BreakGlassAccess {
-    type Row = EventRow;
+    type Row = BreakGlassRow;
     type Out = BreakGlass;
 
-    fn sql(_: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
-        events(c, BASE, filter, limit)
+    fn sql(s: &AppState, c: &Common, filter: &EventFilter, limit: u64) -> Sql {
+        with_reviews(
+            c,
+            filter,
+            limit,
+            s.settings.review_due.due_ms(&c.tenant),
+            s.clock.now_ms(),
+        )
     }
+}
+
+/// The report's rows (at most `limit`) with the review item each belongs to: its opening
+/// (an opening is its own), due `due_ms` after it, its state at `now_ms` and decision.
+pub fn with_reviews(c: &Common, filter: &EventFilter, limit: u64, due_ms: i64, now_ms: i64) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT event_key, event_type, event_time, user_sub, fhir_user, client_id, patient, \
+break_glass_reason, expires_at, interaction, resource_type, resource_id, decision, \
+o_key AS review_id, ",
+    );
+    sql.bind1(
+        "if(o_key = '', NULL, fromUnixTimestamp64Milli(toUnixTimestamp64Milli(o_time) + ?, 'UTC')) AS review_due_at, ",
+        due_ms,
+    );
+    sql.bind(
+        "multiIf(o_key = '', '', d_decision != '', d_decision, \
+toUnixTimestamp64Milli(o_time) + ? <= ?, 'overdue', 'open') AS review_state, ",
+        [due_ms, now_ms],
+    );
+    sql.push("d_decision AS review_decision FROM (");
+    sql.append(events(c, BASE, filter, limit));
+    sql.push(
+        ") AS e ASOF LEFT JOIN (SELECT event_key AS o_key, user_sub AS o_user, event_time AS o_time \
+FROM custos.audit_events FINAL WHERE ",
+    );
+    sql.bind1("tenant = ?", &c.tenant)
+        .push(" AND event_type = 'custos.breakglass.opened'")
+        .bind(
+            concat!(" AND event_time >= ", ms!(), " AND event_time < ", ms!()),
+            [
+                c.window.from_ms - OPENING_LOOKBACK_DAYS * 86_400_000,
+                c.window.to_ms,
+            ],
+        );
+    sql.push(
+        ") AS o ON user_sub = o_user AND event_time >= o_time LEFT JOIN (SELECT \
+review_id AS d_review_id, argMax(decision, (decided_at, decision_id)) AS d_decision \
+FROM custos.break_glass_reviews FINAL WHERE ",
+    );
+    sql.bind1("tenant = ?", Arg::from(&c.tenant));
+    sql.push(" GROUP BY review_id) AS d ON o_key = d_review_id ORDER BY event_time, event_key");
+    sql
+}
+
+/// A break-glass row as read: the audit row's columns the report shows and its review.
+#[derive(Debug, Clone, PartialEq, Row, Deserialize)]
+pub struct BreakGlassRow {
+    /// Event identity.
+    pub event_key: String,
+    /// Event type.
+    pub event_type: String,
+    /// When (ms).
+    pub event_time: i64,
+    /// Clinician subject.
+    pub user_sub: String,
+    /// Clinician `fhirUser`.
+    pub fhir_user: String,
+    /// OAuth client.
+    pub client_id: String,
+    /// Patient pseudonym.
+    pub patient: String,
+    /// Stated reason.
+    pub break_glass_reason: String,
+    /// End of the emergency access (ms).
+    pub expires_at: Option<i64>,
+    /// FHIR interaction.
+    pub interaction: String,
+    /// Resource type.
+    pub resource_type: String,
+    /// Resource id.
+    pub resource_id: String,
+    /// `permit` / `deny` of an access.
+    pub decision: String,
+    /// The review item (the opening's event key), empty when no opening was found.
+    pub review_id: String,
+    /// When the review is due (ms).
+    pub review_due_at: Option<i64>,
+    /// `open`, `overdue`, `justified`, `unjustified`, or empty without a review item.
+    pub review_state: String,
+    /// The review's decision, empty until decided.
+    pub review_decision: String,
 }
 
 /// One break-glass row.
@@ -130,10 +225,21 @@ pub struct BreakGlass {
     pub resource_id: String,
     /// Decision of an access.
     pub decision: String,
+    /// Its review item in the break-glass review queue: the opening's event key (empty when
+    /// no opening of the user precedes an access).
+    pub review_id: String,
+    /// When the review is due (RFC 3339).
+    #[serde(serialize_with = "ser_opt_ms")]
+    #[schema(value_type = Option<String>)]
+    pub review_due_at: Option<i64>,
+    /// `open`, `overdue`, `justified` or `unjustified` (empty without a review item).
+    pub review_state: String,
+    /// The review's decision (empty until decided).
+    pub review_decision: String,
 }
 
-impl From<EventRow> for BreakGlass {
-    fn from(r: EventRow) -> BreakGlass {
+impl From<BreakGlassRow> for BreakGlass {
+    fn from(r: BreakGlassRow) -> BreakGlass {
         let opened = r.event_type == "custos.breakglass.opened";
         BreakGlass {
             kind: if opened { "opened" } else { "access" }.to_owned(),
@@ -153,6 +259,10 @@ impl From<EventRow> for BreakGlass {
             resource_type: r.resource_type,
             resource_id: r.resource_id,
             decision: r.decision,
+            review_id: r.review_id,
+            review_due_at: r.review_due_at,
+            review_state: r.review_state,
+            review_decision: r.review_decision,
         }
     }
 }
@@ -183,6 +293,10 @@ impl Tabular for BreakGlass {
             "resource_type",
             "resource_id",
             "decision",
+            "review_id",
+            "review_due_at",
+            "review_state",
+            "review_decision",
         ]
     }
 
@@ -204,6 +318,38 @@ impl Tabular for BreakGlass {
             self.resource_type.clone(),
             self.resource_id.clone(),
             self.decision.clone(),
+            self.review_id.clone(),
+            super::opt_ms_text(self.review_due_at),
+            self.review_state.clone(),
+            self.review_decision.clone(),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reports::tests::common;
+
+    #[test]
+    fn the_review_join_binds_every_value() {
+        let filter = EventFilter {
+            user: Some(UserMatch {
+                subs: vec!["dr-bob'".into()],
+                fhir_users: vec![],
+            }),
+            ..EventFilter::default()
+        };
+        let sql = with_reviews(&common(), &filter, 51, 3_600_000, 7);
+        assert_eq!(sql.text().matches('?').count(), sql.args().len());
+        assert!(!sql.text().contains("dr-bob'"));
+        assert!(sql.text().contains("ASOF LEFT JOIN"));
+        assert!(sql.text().ends_with("ORDER BY event_time, event_key"));
+        assert_eq!(sql.args()[0], Arg::Int(3_600_000));
+        assert!(sql.args().contains(&Arg::UInt(51)));
+        // The openings are looked for a week before the window.
+        assert!(sql
+            .args()
+            .contains(&Arg::Int(1_000 - OPENING_LOOKBACK_DAYS * 86_400_000)));
     }
 }

@@ -10,6 +10,7 @@
 //! Each test binary uses a part of it, so unused items are expected.
 #![allow(dead_code, unused_imports)]
 
+pub mod alerts;
 pub mod browser;
 pub mod consent;
 pub mod console;
