@@ -8,11 +8,11 @@ mod detection;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use detection::*;
 use anyhow::{bail, Result};
 use custos_detect::{Engine, ParamSet};
 use custos_schemas::{DecodeLimits, KafkaPosition, KeyRing};
 use custos_tests::*;
+use detection::*;
 
 const TOKENS: usize = 60;
 

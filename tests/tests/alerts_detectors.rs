@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use detection::*;
 use anyhow::Result;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
 use custos_tests::*;
+use detection::*;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;

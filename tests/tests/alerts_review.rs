@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use detection::*;
 use anyhow::Result;
 use custos_alerts::config::{TenantOutputs, Tenants};
 use custos_alerts::outputs::{self, NotifySettings};
@@ -20,6 +19,7 @@ use custos_integrity::jws::Es256Signer;
 use custos_runtime::kafka::{producer_config, Send};
 use custos_schemas::records::ReviewDecisionRow;
 use custos_tests::*;
+use detection::*;
 use rdkafka::producer::FutureProducer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
