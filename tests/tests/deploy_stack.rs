@@ -174,6 +174,7 @@ fn clickhouse_accounts_match_the_dev_stack() {
         names,
         [
             "custos_admin",
+            "custos_alerts",
             "custos_consent",
             "custos_query",
             "custos_reader",
@@ -202,7 +203,12 @@ fn clickhouse_accounts_match_the_dev_stack() {
         "the query API writes its own audit records, the people's alert actions and review \
          decisions (and their ledger entries) only"
     );
-    for user in ["custos_writer", "custos_query", "custos_consent"] {
+    for user in [
+        "custos_writer",
+        "custos_query",
+        "custos_consent",
+        "custos_alerts",
+    ] {
         assert!(
             compose_users[user].iter().all(|g| !g.contains("custos.*")),
             "{user} gets no grant on the whole database"
@@ -213,6 +219,19 @@ fn clickhouse_accounts_match_the_dev_stack() {
             .iter()
             .all(|g| !g.contains("audit_events")),
         "the consent service cannot write audit rows"
+    );
+    assert_eq!(
+        compose_users["custos_alerts"],
+        [
+            "GRANT INSERT, SELECT ON custos.alerts",
+            "GRANT INSERT, SELECT ON custos.alert_actions",
+            "GRANT INSERT, SELECT ON custos.detector_state",
+            "GRANT SELECT ON custos.audit_events",
+            "GRANT SELECT ON custos.break_glass_reviews",
+            "GRANT INSERT ON custos.ledger"
+        ],
+        "the detectors write alerts, their actions and their state, and read the audit trail \
+         and the review decisions only"
     );
     assert_eq!(compose_users["custos_reader"], ["GRANT SELECT ON custos.*"]);
 
