@@ -6,10 +6,13 @@
 //!
 //! - the detector parameters (`CUSTOS_ALERTS_PARAMS_FILE`), read by
 //!   [`custos_detect::ParamSet::from_json`] (`auto_revoke` is one of them);
-//! - the tenant outputs (`CUSTOS_ALERTS_TENANTS_FILE`): per tenant a webhook, an SSF/CAEP
-//!   receiver and the break-glass review due time, `{"<tenant>": {"webhook": {"url", "secret"},
-//!   "ssf": {"endpoint", "audience"?, "authorization"?}, "review_due_hours": 24}}`; the entry
-//!   `"*"` applies to tenants without one.
+//! - the tenant outputs (`CUSTOS_ALERTS_TENANTS_FILE`): per tenant a webhook and an SSF/CAEP
+//!   receiver, `{"<tenant>": {"webhook": {"url", "secret"}, "ssf": {"endpoint", "audience"?,
+//!   "authorization"?}}}`; the entry `"*"` applies to tenants without one.
+//!
+//! The break-glass review due time is the query service's setting, read from the same
+//! variables (`CUSTOS_REVIEW_DUE_HOURS`, `CUSTOS_REVIEW_DUE_HOURS_BY_TENANT`), so the review
+//! queue and the overdue alerts agree.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -98,9 +101,6 @@ pub struct TenantOutputs {
     /// SSF/CAEP receiver, if any.
     #[serde(default)]
     pub ssf: Option<SsfReceiver>,
-    /// Hours after a break-glass opening its review is due (default: the service setting).
-    #[serde(default)]
-    pub review_due_hours: Option<u32>,
 }
 
 /// Per-tenant outputs; `"*"` is the entry of tenants without their own.
@@ -112,7 +112,7 @@ impl Tenants {
     pub fn from_json(json: &str) -> Result<Tenants, ConfigError> {
         serde_json::from_str(json).map(Tenants).map_err(|e| {
             ConfigError::Invalid(format!(
-                "tenant outputs: {e} (expected {{\"<tenant>\": {{\"webhook\"?, \"ssf\"?, \"review_due_hours\"?}}}})"
+                "tenant outputs: {e} (expected {{\"<tenant>\": {{\"webhook\"?, \"ssf\"?}}}})"
             ))
         })
     }
@@ -139,11 +139,6 @@ impl Tenants {
                     &s.endpoint,
                     allow_plain_http,
                 )?;
-            }
-            if t.review_due_hours == Some(0) {
-                return Err(ConfigError::Invalid(format!(
-                    "review_due_hours of {tenant:?} must be positive"
-                )));
             }
         }
         Ok(())
@@ -173,6 +168,85 @@ pub fn check_url(what: &str, url: &str, allow_plain_http: bool) -> Result<(), Co
         "http" if loopback || allow_plain_http => Ok(()),
         "http" => bad("plain http is only allowed to a loopback host; use https"),
         _ => bad("the scheme must be https"),
+    }
+}
+
+/// Longest accepted review due time: one year, in hours.
+pub const MAX_REVIEW_DUE_HOURS: u32 = 8_760;
+
+/// The break-glass review's due time per tenant (the query service's format and limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewDue {
+    /// Hours for tenants without an override.
+    pub default_hours: u32,
+    /// Hours per tenant.
+    pub by_tenant: BTreeMap<String, u32>,
+}
+
+impl ReviewDue {
+    /// Parses and checks the default and the `tenant=hours,...` overrides.
+    pub fn parse(default_hours: u32, by_tenant: &str) -> Result<ReviewDue, ConfigError> {
+        let bad = |m: &str| ConfigError::Invalid(m.to_owned());
+        let range = |h: u32| (1..=MAX_REVIEW_DUE_HOURS).contains(&h);
+        if !range(default_hours) {
+            return Err(bad("CUSTOS_REVIEW_DUE_HOURS must be 1..=8760"));
+        }
+        let mut map = BTreeMap::new();
+        for item in by_tenant
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
+            let Some((tenant, hours)) = item.split_once('=') else {
+                return Err(bad(
+                    "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT must be tenant=hours pairs separated by commas",
+                ));
+            };
+            let tenant = tenant.trim();
+            let valid = !tenant.is_empty()
+                && tenant.len() <= 64
+                && tenant
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid {
+                return Err(bad(
+                    "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT: a tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                ));
+            }
+            let hours: u32 = hours
+                .trim()
+                .parse()
+                .ok()
+                .filter(|h| range(*h))
+                .ok_or_else(|| bad("CUSTOS_REVIEW_DUE_HOURS_BY_TENANT: hours must be 1..=8760"))?;
+            if map.insert(tenant.to_owned(), hours).is_some() {
+                return Err(bad(
+                    "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT names a tenant twice",
+                ));
+            }
+        }
+        Ok(ReviewDue {
+            default_hours,
+            by_tenant: map,
+        })
+    }
+
+    /// The due hours of `tenant`.
+    pub fn hours(&self, tenant: &str) -> u32 {
+        self.by_tenant
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.default_hours)
+    }
+
+    /// The shortest due time of any tenant, in hours.
+    pub fn shortest(&self) -> u32 {
+        self.by_tenant
+            .values()
+            .copied()
+            .chain([self.default_hours])
+            .min()
+            .unwrap_or(self.default_hours)
     }
 }
 
@@ -252,10 +326,14 @@ pub struct AlertsConfig {
     /// How often overdue break-glass reviews are looked for, in seconds.
     #[arg(long, env = "CUSTOS_ALERTS_REVIEW_SWEEP_SECS", default_value_t = 60)]
     pub review_sweep_secs: u64,
-    /// Hours after a break-glass opening its review is due, for tenants without their own
-    /// `review_due_hours`.
-    #[arg(long, env = "CUSTOS_ALERTS_REVIEW_DUE_HOURS", default_value_t = 24)]
+    /// Hours within which a break-glass opening must be reviewed, for tenants without an
+    /// override (the query service's setting).
+    #[arg(long, env = "CUSTOS_REVIEW_DUE_HOURS", default_value_t = 24)]
     pub review_due_hours: u32,
+    /// Per-tenant due times, `tenant=hours` separated by commas (`t1=12,t2=48`; the query
+    /// service's setting).
+    #[arg(long, env = "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT", default_value = "")]
+    pub review_due_hours_by_tenant: String,
     /// Attempts per webhook or SSF delivery before it is recorded as failed.
     #[arg(long, env = "CUSTOS_ALERTS_NOTIFY_ATTEMPTS", default_value_t = 5)]
     pub notify_attempts: u32,
@@ -330,9 +408,10 @@ impl AlertsConfig {
         if self.snapshot_secs == 0 || self.snapshot_secs > 3600 {
             return bad("CUSTOS_ALERTS_SNAPSHOT_SECS must be 1..=3600");
         }
-        if self.review_sweep_secs == 0 || self.review_due_hours == 0 {
-            return bad("CUSTOS_ALERTS_REVIEW_SWEEP_SECS and _REVIEW_DUE_HOURS must be positive");
+        if self.review_sweep_secs == 0 {
+            return bad("CUSTOS_ALERTS_REVIEW_SWEEP_SECS must be positive");
         }
+        self.review_due()?;
         if self.notify_attempts == 0 || self.notify_attempts > 100 {
             return bad("CUSTOS_ALERTS_NOTIFY_ATTEMPTS must be 1..=100");
         }
@@ -367,12 +446,9 @@ impl AlertsConfig {
         }
     }
 
-    /// Hours after an opening of `tenant` its review is due.
-    pub fn review_due_hours(&self, tenants: &Tenants, tenant: &str) -> u32 {
-        tenants
-            .get(tenant)
-            .and_then(|t| t.review_due_hours)
-            .unwrap_or(self.review_due_hours)
+    /// The break-glass review due times (validated).
+    pub fn review_due(&self) -> Result<ReviewDue, ConfigError> {
+        ReviewDue::parse(self.review_due_hours, &self.review_due_hours_by_tenant)
     }
 
     /// The alert batch linger.
@@ -410,6 +486,12 @@ mod tests {
             ("--snapshot-secs", "0", "CUSTOS_ALERTS_SNAPSHOT_SECS"),
             ("--alerts-topic", "custos.as-events", "CUSTOS_ALERTS_TOPIC"),
             ("--batch", "0", "CUSTOS_ALERTS_BATCH"),
+            ("--review-due-hours", "0", "CUSTOS_REVIEW_DUE_HOURS"),
+            (
+                "--review-due-hours-by-tenant",
+                "t1=x",
+                "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT",
+            ),
         ] {
             let e = cfg(&[flag, value]).validate().expect_err(flag).to_string();
             assert!(e.contains(var), "{e}");
@@ -417,19 +499,30 @@ mod tests {
     }
 
     #[test]
+    fn review_due_times_per_tenant_like_the_query_service() {
+        let due = cfg(&["--review-due-hours-by-tenant", "t1=12, t2=48"])
+            .review_due()
+            .expect("due");
+        assert_eq!(
+            (due.hours("t1"), due.hours("t2"), due.hours("t3")),
+            (12, 48, 24)
+        );
+        assert_eq!(due.shortest(), 12);
+        assert!(ReviewDue::parse(24, "t1=1,t1=2").is_err());
+        assert!(ReviewDue::parse(24, "t1=9000").is_err());
+        assert!(ReviewDue::parse(24, "bad tenant=2").is_err());
+    }
+
+    #[test]
     fn tenant_outputs_parse_fall_back_to_the_star_entry_and_check_urls() {
         let t = Tenants::from_json(
-            r#"{"general": {"webhook": {"url": "http://127.0.0.1:9/h", "secret": "0123456789abcdef"},
-                "review_due_hours": 4},
+            r#"{"general": {"webhook": {"url": "http://127.0.0.1:9/h", "secret": "0123456789abcdef"}},
                 "*": {"ssf": {"endpoint": "https://siem.example/ssf"}}}"#,
         )
         .expect("parse");
         t.validate(false).expect("valid");
-        assert_eq!(t.get("general").and_then(|g| g.review_due_hours), Some(4));
+        assert!(t.get("general").and_then(|g| g.webhook.as_ref()).is_some());
         assert!(t.get("other").and_then(|o| o.ssf.as_ref()).is_some());
-        let c = cfg(&[]);
-        assert_eq!(c.review_due_hours(&t, "general"), 4);
-        assert_eq!(c.review_due_hours(&t, "other"), 24);
         let plain = Tenants::from_json(
             r#"{"x": {"webhook": {"url": "http://siem.example/h", "secret": "0123456789abcdef"}}}"#,
         )

@@ -1,7 +1,7 @@
 //! The break-glass review sweep. A review item is a break-glass opening in
 //! `custos.audit_events` (`event_type = 'custos.breakglass.opened'`, its `event_key` the
-//! review id), due `review_due_hours` after it (per tenant in the tenants file, else the
-//! service setting, default 24 h). Every `review_sweep_secs` the sweep raises one alert per
+//! review id), due `CUSTOS_REVIEW_DUE_HOURS` (24) after it, per tenant
+//! `CUSTOS_REVIEW_DUE_HOURS_BY_TENANT`: the query service's review queue settings. Every `review_sweep_secs` the sweep raises one alert per
 //! item past its due time without a decision in `custos.break_glass_reviews`: detector
 //! `break_glass_review_overdue`, dedup key `review:<event_key>`, severity medium, evidence the
 //! opening's key. An item with an alert already is not raised again (the query excludes it),
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::alert::review_overdue;
-use crate::config::Tenants;
+use crate::config::ReviewDue;
 use crate::sink::Sink;
 use crate::store::StoreError;
 
@@ -66,20 +66,11 @@ impl Clock for FixedClock {
 pub struct Sweep {
     /// Where the alerts go.
     pub sink: Arc<Sink>,
-    /// Per-tenant due times.
-    pub tenants: Arc<Tenants>,
-    /// Due time of tenants without their own (hours).
-    pub default_due_hours: u32,
+    /// Due times per tenant.
+    pub due: ReviewDue,
 }
 
 impl Sweep {
-    fn due_hours(&self, tenant: &str) -> u32 {
-        self.tenants
-            .get(tenant)
-            .and_then(|t| t.review_due_hours)
-            .unwrap_or(self.default_due_hours)
-    }
-
     /// One sweep at `clock`'s now: the alerts raised (already written).
     pub async fn once(
         &self,
@@ -87,20 +78,13 @@ impl Sweep {
         cancel: &CancellationToken,
     ) -> Result<Vec<AlertRow>, StoreError> {
         let now = clock.now_ms();
-        let shortest = self
-            .tenants
-            .0
-            .values()
-            .filter_map(|t| t.review_due_hours)
-            .chain([self.default_due_hours])
-            .min()
-            .unwrap_or(self.default_due_hours);
+        let shortest = self.due.shortest();
         let bound = now.saturating_sub(i64::from(shortest) * HOUR_MS);
         let openings = self.sink.store.open_reviews(bound, SWEEP_LIMIT).await?;
         let rows: Vec<AlertRow> = openings
             .iter()
             .filter_map(|o| {
-                let due = self.due_hours(&o.tenant);
+                let due = self.due.hours(&o.tenant);
                 (o.opened_ms.saturating_add(i64::from(due) * HOUR_MS) <= now)
                     .then(|| review_overdue(o, due))
             })

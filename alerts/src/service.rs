@@ -165,8 +165,7 @@ pub async fn run(
 
     let sweep = Sweep {
         sink: sink.clone(),
-        tenants: tenants.clone(),
-        default_due_hours: cfg.review_due_hours,
+        due: cfg.review_due()?,
     };
     let sweep_every = Duration::from_secs(cfg.review_sweep_secs);
     let sweep_cancel = cancel.clone();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use custos_alerts::config::{TenantOutputs, Tenants};
+use custos_alerts::config::{ReviewDue, Tenants};
 use custos_alerts::outputs::{self, NotifySettings};
 use custos_alerts::review::{FixedClock, Sweep};
 use custos_alerts::sink::Sink;
@@ -70,13 +70,7 @@ async fn overdue_reviews_raise_one_alert_each_never_twice_and_not_after_a_decisi
     // items are due after 2 h.
     let cancel = CancellationToken::new();
     let store = Arc::new(Store::new(client_as("custos_alerts", &alerts_password())));
-    let tenants = Arc::new(Tenants(BTreeMap::from([(
-        tenant.clone(),
-        TenantOutputs {
-            review_due_hours: Some(2),
-            ..TenantOutputs::default()
-        },
-    )])));
+    let tenants = Arc::new(Tenants(BTreeMap::new()));
     let (notifier, _deliveries) = outputs::start(
         NotifySettings {
             attempts: 1,
@@ -99,8 +93,7 @@ async fn overdue_reviews_raise_one_alert_each_never_twice_and_not_after_a_decisi
             topic: setup.alerts_topic.clone(),
             notifier,
         }),
-        tenants,
-        default_due_hours: 24,
+        due: ReviewDue::parse(24, &format!("{tenant}=2"))?,
     };
     let mine = |rows: Vec<custos_schemas::records::AlertRow>| -> Vec<_> {
         rows.into_iter().filter(|r| r.tenant == tenant).collect()
