@@ -180,6 +180,7 @@ impl Reports {
                     bail!("{btg_accesses} BTG accesses listed");
                 }
             }
+            other => bail!("{other:?} is not injected by the normal mix"),
         }
         Ok(())
     }
