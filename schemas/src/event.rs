@@ -238,6 +238,15 @@ pub struct AuthData {
     /// The scopes granted to that token, space separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// Authentication methods used (RFC 8176 `amr` values such as `pwd`, `otp`, `hwk`,
+    /// `mfa`), when the AS says; empty when it does not. Not stored in the audit row; read
+    /// by the misuse detectors (a privileged sign-in without a second factor).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// Roles of the user at sign-in, when the AS says. Not stored in the audit row; read by
+    /// the misuse detectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 /// Payload of `custos.token.*` events.

@@ -144,6 +144,32 @@ fn keycloak_login() {
 }
 
 #[test]
+fn keycloak_login_methods_and_roles_from_details() {
+    let d = auth(&ok("keycloak/login.json")).clone();
+    assert!(d.amr.is_empty() && d.roles.is_empty(), "absent: empty");
+    let ev = ok_edited("keycloak/login.json", |v| {
+        v["details"]["amr"] = json!("pwd otp");
+        v["details"]["roles"] = json!("auditor,offline_access");
+    });
+    assert_eq!(auth(&ev).amr, ["pwd", "otp"]);
+    assert_eq!(auth(&ev).roles, ["auditor", "offline_access"]);
+    let ev = ok_edited("keycloak/login.json", |v| {
+        v["details"]["amr"] = json!(["pwd", "hwk"]);
+    });
+    assert_eq!(auth(&ev).amr, ["pwd", "hwk"]);
+}
+
+#[test]
+fn cloudevents_login_methods_and_roles() {
+    let msg = json!({"specversion": "1.0", "id": "a1", "source": "//as", "type": "custos.auth.login",
+        "time": "2026-03-01T10:00:00Z", "data": {"iss": "https://as", "sub": "admin-1",
+        "client_id": "console", "amr": ["pwd"], "roles": ["privacy_officer"]}});
+    let ev = run(&serde_json::to_vec(&msg).unwrap()).unwrap();
+    assert_eq!(auth(&ev).amr, ["pwd"]);
+    assert_eq!(auth(&ev).roles, ["privacy_officer"]);
+}
+
+#[test]
 fn keycloak_password_grant_login_carries_its_token() {
     // A direct grant issues its tokens in the LOGIN event: its token id and scopes are kept.
     let ev = ok_edited("keycloak/login.json", |v| {
@@ -359,7 +385,11 @@ fn keycloak_token_errors_fall_back_to_refresh_id_then_synthetic_jti() {
     assert_eq!(d.token_type.as_deref(), Some("refresh"));
     assert_eq!(d.error.as_deref(), Some("invalid_token"));
     assert_eq!(d.source_ip.as_deref(), Some("192.0.2.200"));
-    assert_eq!(d.reason, None, "Keycloak's free-text reason is not copied");
+    assert_eq!(
+        d.reason.as_deref(),
+        Some(custos_schemas::keycloak::REFRESH_REUSE_REASON),
+        "Keycloak's free-text reason is not copied, only classified"
+    );
 
     let ev = ok("keycloak/code_to_token_error.json");
     assert_eq!(ev.event_type, EventType::TokenIssued);

@@ -18,7 +18,7 @@
 //!
 //! | Keycloak type | Custos type | notes |
 //! |---|---|---|
-//! | `LOGIN` | `custos.auth.login` | a password grant's tokens: `jti` = `details.token_id`, `scope` = `details.scope` |
+//! | `LOGIN` | `custos.auth.login` | a password grant's tokens: `jti` = `details.token_id`, `scope` = `details.scope`; `amr`, `roles` = `details.amr`, `details.roles` when present (words separated by spaces or commas) |
 //! | `LOGIN_ERROR` | `custos.auth.login_failed` | `error` kept, `userId` optional |
 //! | `LOGOUT`, `LOGOUT_ERROR` | `custos.auth.logout` | |
 //! | `CODE_TO_TOKEN`, `CLIENT_LOGIN`, `TOKEN_EXCHANGE`, `OAUTH2_DEVICE_CODE_TO_TOKEN`, `AUTHREQID_TO_TOKEN` (and `_ERROR`) | `custos.token.issued` | `jti` = `details.token_id` |
@@ -32,7 +32,9 @@
 //!
 //! Every other type is rejected as [`DecodeError::UnknownType`]. For `*_ERROR` token
 //! events the `jti` falls back to `details.refresh_token_id`, then to
-//! `unknown:{event id}`; `*_ERROR` events without `clientId` get client `unknown`.
+//! `unknown:{event id}`; `*_ERROR` events without `clientId` get client `unknown`. Their
+//! free-text `details.reason` is never copied; one that reports refresh-token reuse gives
+//! the fixed reason [`REFRESH_REUSE_REASON`].
 //!
 //! Admin events (`operationType`, `resourcePath`, `authDetails`):
 //!
@@ -123,6 +125,36 @@ struct Details {
     /// What the consent screen did on a `LOGIN` (`consent_granted`, `persisted_consent`,
     /// `no_consent_required`).
     consent: Option<String>,
+    /// Authentication methods (RFC 8176), when a listener or authenticator adds them.
+    amr: Option<Words>,
+    /// The user's roles, when a listener adds them.
+    roles: Option<Words>,
+    /// Keycloak's free-text reason of an error: only classified, never copied.
+    reason: Option<String>,
+}
+
+/// A list in Keycloak details: details are string-valued, so a list arrives as one string
+/// (words separated by spaces or commas); a JSON array is accepted too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Words {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Words {
+    fn into_vec(self) -> Vec<String> {
+        let split = |s: &str| -> Vec<String> {
+            s.split(|c: char| c == ',' || c.is_ascii_whitespace())
+                .filter(|w| !w.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        match self {
+            Words::One(s) => split(&s),
+            Words::Many(v) => v.iter().flat_map(|s| split(s)).collect(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -334,6 +366,18 @@ fn auth_event(
         error: f.error,
         jti: nonempty(f.details.token_id.take()).filter(|_| issued),
         scope: nonempty(f.details.scope.take()).filter(|_| issued),
+        amr: f
+            .details
+            .amr
+            .take()
+            .map(Words::into_vec)
+            .unwrap_or_default(),
+        roles: f
+            .details
+            .roles
+            .take()
+            .map(Words::into_vec)
+            .unwrap_or_default(),
     };
     Ok(common.event(event_type, SourceFormat::KeycloakEvent, Payload::Auth(data)))
 }
@@ -375,7 +419,7 @@ fn token_event(
         source_ip: f.ip,
         user_agent: None,
         active: (event_type == EventType::TokenIntrospected).then_some(!f.is_error),
-        reason: None,
+        reason: reuse_reason(f.is_error, f.details.reason.as_deref()),
         error: f.error,
     };
     Ok(common.event(
@@ -383,6 +427,20 @@ fn token_event(
         SourceFormat::KeycloakEvent,
         Payload::Token(data),
     ))
+}
+
+/// The fixed reason Custos records for a refused refresh whose Keycloak reason reports
+/// refresh-token reuse (Keycloak's free text itself is never copied).
+pub const REFRESH_REUSE_REASON: &str = "refresh token reuse";
+
+/// [`REFRESH_REUSE_REASON`] for an `*_ERROR` event whose `details.reason` mentions reuse
+/// (Keycloak: "Maximum allowed refresh token reuse exceeded").
+fn reuse_reason(is_error: bool, reason: Option<&str>) -> Option<String> {
+    let reason = reason.filter(|_| is_error)?;
+    reason
+        .to_ascii_lowercase()
+        .contains("reuse")
+        .then(|| REFRESH_REUSE_REASON.to_owned())
 }
 
 /// A consent granted or updated on the consent screen.
@@ -539,6 +597,8 @@ fn admin_event(ev: KeycloakJson, common: Common) -> Result<Event, DecodeError> {
                 error: failed,
                 jti: None,
                 scope: None,
+                amr: Vec::new(),
+                roles: Vec::new(),
             };
             Ok(common.event(EventType::AuthLogout, format, Payload::Auth(data)))
         }

@@ -1,0 +1,220 @@
+//! The engine: per-tenant parameters, event deduplication, dispatch to the detectors, the
+//! alert store, watermark pruning and snapshots.
+
+use std::collections::HashMap;
+
+use custos_schemas::{AuditRow, Event};
+use serde::{Deserialize, Serialize};
+
+use crate::alert::{AlertStore, AlertUpdate, Finding};
+use crate::detectors::{Ctx, Detectors};
+use crate::key::{self, KeyMap};
+use crate::net::Cidr;
+use crate::params::{ParamSet, Params};
+use crate::DetectError;
+
+/// Most keys any one map of the engine holds; inserts beyond it are dropped and counted
+/// (`EngineStats::dropped`), existing keys keep being updated.
+pub const MAX_KEYS: usize = 1_000_000;
+
+/// Snapshot format version; [`Engine::restore`] refuses any other.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// How long an event key is remembered to ignore a duplicate delivery (ms).
+const DEDUP_MS: i64 = 30 * 60 * 1000;
+
+/// How long an alert without new evidence stays open (ms): later evidence of the same
+/// incident updates it, after that it would open a new revision series.
+const ALERT_IDLE_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Sizes of the engine's state, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Keys tracked per map, by map name (`detector.map`).
+    pub tracked: Vec<(&'static str, usize)>,
+    /// Open alerts.
+    pub open_alerts: usize,
+    /// Event keys remembered for deduplication.
+    pub dedup_keys: usize,
+    /// Inserts refused because a map was full.
+    pub dropped: u64,
+    /// Current watermark (ms).
+    pub watermark: i64,
+}
+
+/// One tenant's effective parameters.
+#[derive(Debug, Clone)]
+pub(crate) struct Tenant {
+    pub(crate) p: Params,
+    pub(crate) nets: Vec<Cidr>,
+}
+
+impl Tenant {
+    fn new(p: Params) -> Tenant {
+        let nets = p
+            .trusted_networks
+            .iter()
+            .filter_map(|n| Cidr::parse(n))
+            .collect();
+        Tenant { p, nets }
+    }
+}
+
+/// Everything a snapshot holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    watermark: i64,
+    /// Event key → event time, for deduplication.
+    #[serde(with = "key::keymap_serde")]
+    seen: KeyMap<i64>,
+    detectors: Detectors,
+    alerts: AlertStore,
+    dropped: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    state: State,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: u32,
+}
+
+/// All detectors, all tenants.
+#[derive(Debug)]
+pub struct Engine {
+    default: Tenant,
+    tenants: HashMap<String, Tenant>,
+    state: State,
+    findings: Vec<Finding>,
+}
+
+impl Engine {
+    /// An engine with no state. Tenant overrides that do not apply are ignored (they were
+    /// checked by [`ParamSet::from_json`]); use [`ParamSet::resolve`] to check a set built
+    /// in code.
+    pub fn new(params: ParamSet) -> Engine {
+        Engine::with_state(params, State::default())
+    }
+
+    fn with_state(params: ParamSet, state: State) -> Engine {
+        let tenants = params
+            .resolve()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, p)| (t, Tenant::new(p)))
+            .collect();
+        Engine {
+            default: Tenant::new(params.default),
+            tenants,
+            state,
+            findings: Vec::new(),
+        }
+    }
+
+    /// One decoded event and its audit row (same `event_key` the ingest stores). Returns
+    /// the alerts opened or updated by it (usually none). A row whose `event_key` was seen
+    /// in the last 30 minutes of event time is a duplicate delivery and ignored.
+    /// Deterministic: no wall clock.
+    pub fn observe(&mut self, event: &Event, row: &AuditRow) -> Vec<AlertUpdate> {
+        let ek = key::event_key(&row.event_key);
+        if self.state.seen.len() >= MAX_KEYS && !self.state.seen.contains_key(&ek) {
+            self.state.dropped += 1;
+        } else if self.state.seen.insert(ek, row.event_time).is_some() {
+            return Vec::new();
+        }
+        let tenant = self
+            .tenants
+            .get(row.tenant.as_str())
+            .unwrap_or(&self.default);
+        let mut ctx = Ctx {
+            event,
+            row,
+            tenant,
+            ek,
+            t: row.event_time,
+            out: &mut self.findings,
+            dropped: &mut self.state.dropped,
+        };
+        self.state.detectors.observe(&mut ctx);
+        self.drain()
+    }
+
+    /// The event-time watermark moved to `now_ms` (max event time seen minus the allowed
+    /// lateness, or a clock in tests): fires time-based rules and prunes state older than
+    /// any window. A watermark never moves back (an older value is ignored).
+    pub fn advance(&mut self, now_ms: i64) -> Vec<AlertUpdate> {
+        if now_ms <= self.state.watermark {
+            return Vec::new();
+        }
+        self.state.watermark = now_ms;
+        let dedup_before = now_ms.saturating_sub(DEDUP_MS);
+        self.state.seen.retain(|_, t| *t >= dedup_before);
+        self.state.detectors.advance(now_ms, &mut self.findings);
+        self.state
+            .alerts
+            .prune(now_ms.saturating_sub(ALERT_IDLE_MS));
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<AlertUpdate> {
+        if self.findings.is_empty() {
+            return Vec::new();
+        }
+        let alerts = &mut self.state.alerts;
+        self.findings
+            .drain(..)
+            .filter_map(|f| alerts.apply(f))
+            .collect()
+    }
+
+    /// The whole state, versioned (JSON).
+    pub fn snapshot(&self) -> Result<Vec<u8>, DetectError> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            version: u32,
+            state: &'a State,
+        }
+        serde_json::to_vec(&Out {
+            version: SNAPSHOT_VERSION,
+            state: &self.state,
+        })
+        .map_err(|e| DetectError::Snapshot(e.to_string()))
+    }
+
+    /// An engine with the state of a [`Engine::snapshot`] and the given parameters.
+    pub fn restore(params: ParamSet, bytes: &[u8]) -> Result<Engine, DetectError> {
+        let v: VersionOnly =
+            serde_json::from_slice(bytes).map_err(|e| DetectError::Restore(e.to_string()))?;
+        if v.version != SNAPSHOT_VERSION {
+            return Err(DetectError::Restore(format!(
+                "snapshot version {} (this build reads {SNAPSHOT_VERSION})",
+                v.version
+            )));
+        }
+        let snap: Snapshot =
+            serde_json::from_slice(bytes).map_err(|e| DetectError::Restore(e.to_string()))?;
+        Ok(Engine::with_state(params, snap.state))
+    }
+
+    /// Sizes of the state, for metrics.
+    pub fn stats(&self) -> EngineStats {
+        let mut tracked = Vec::new();
+        self.state.detectors.tracked(&mut tracked);
+        EngineStats {
+            tracked,
+            open_alerts: self.state.alerts.len(),
+            dedup_keys: self.state.seen.len(),
+            dropped: self.state.dropped,
+            watermark: self.state.watermark,
+        }
+    }
+
+    /// The current state of every open alert, ordered by alert id.
+    pub fn open_alerts(&self) -> Vec<AlertUpdate> {
+        self.state.alerts.all().into_iter().cloned().collect()
+    }
+}
