@@ -294,6 +294,12 @@ impl AlertStore {
         if added == 0 && !rose {
             return None;
         }
+        c.evidence = open
+            .head
+            .iter()
+            .chain(open.tail.iter())
+            .map(|k| key::event_key_hex(*k))
+            .collect();
         c.evidence_count = c.evidence_count.saturating_add(added);
         c.severity = c.severity.max(f.severity);
         c.token_theft |= f.token_theft;
@@ -310,12 +316,6 @@ impl AlertStore {
             open.next_emit = open.next_emit.saturating_mul(2);
         }
         c.revision += 1;
-        c.evidence = open
-            .head
-            .iter()
-            .chain(open.tail.iter())
-            .map(|k| key::event_key_hex(*k))
-            .collect();
         Some(c.clone())
     }
 

@@ -144,8 +144,15 @@ impl Engine {
     }
 
     /// The event-time watermark moved to `now_ms` (max event time seen minus the allowed
-    /// lateness, or a clock in tests): fires time-based rules and prunes state older than
-    /// any window. A watermark never moves back (an older value is ignored).
+    /// lateness, or a clock in tests): every row with an earlier event time is taken to
+    /// have arrived. Fires the verdicts that wait for it (access after consent revocation,
+    /// break-glass after the limit: a late grant or opening could still clear them), closes
+    /// the volume detector's hours into its baselines, and prunes state older than any
+    /// window and retention. A watermark never moves back (an older value is ignored).
+    ///
+    /// Verdicts do not depend on how the input topics interleave as long as no topic lags
+    /// the watermark; the safest watermark is the minimum over the input topics of the
+    /// latest event time read from each, minus the allowed lateness.
     pub fn advance(&mut self, now_ms: i64) -> Vec<AlertUpdate> {
         if now_ms <= self.state.watermark {
             return Vec::new();

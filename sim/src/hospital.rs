@@ -463,7 +463,9 @@ impl Simulator {
             None => self.ip(false),
         };
         let jti = format!("at-{}", self.rng.hex(8));
-        let scope = "openid fhirUser launch user/Patient.rs user/Observation.rs user/Condition.rs user/MedicationRequest.rs";
+        // Every type a clinician session reads (RESOURCE_TYPES[..4]) is granted; the scope
+        // escalation incident reads one that is not (AllergyIntolerance).
+        let scope = "openid fhirUser launch user/Patient.rs user/Observation.rs user/Condition.rs user/MedicationRequest.rs user/Encounter.rs";
         let patient = {
             let i = self.rng.below(self.cfg.patients);
             self.patient_id(i)
