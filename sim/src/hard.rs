@@ -10,14 +10,14 @@ use chrono::Duration;
 use serde_json::{json, Value};
 
 use crate::hospital::{Dest, Out, Simulator, BACKEND, EHR_APPS, PATIENT_APPS};
-use crate::incident::{Incident, IncidentInfo};
+use crate::incident::{Label, LabelKind};
 use crate::Msg;
 
 /// The administrators' console: its sign-ins carry `roles: ["admin"]`.
 const ADMIN_CLIENT: &str = "hospital-admin-console";
 /// Scopes of a clinician's EHR launch.
 const EHR_SCOPE: &str =
-    "openid fhirUser launch user/Patient.rs user/Observation.rs user/Condition.rs user/MedicationRequest.rs";
+    "openid fhirUser launch user/Patient.rs user/Observation.rs user/Condition.rs user/MedicationRequest.rs user/Encounter.rs";
 /// Scopes of a patient app.
 const PATIENT_SCOPE: &str =
     "openid fhirUser launch/patient patient/Observation.rs patient/Condition.rs offline_access";
@@ -32,7 +32,7 @@ impl Simulator {
         Some(match roll {
             0..=9 if self.clock >= self.start + Duration::hours(SNOOP_AFTER_HOURS) => {
                 let c = self.snooper();
-                self.clinician_visit(c, false, None, Some(Incident::SlowVolume))
+                self.clinician_visit(c, false, None, Some(LabelKind::SlowVolume))
             }
             10..=19 => self.shared_nat(),
             20..=29 => self.roaming(),
@@ -72,8 +72,8 @@ impl Simulator {
         )
     }
 
-    fn label(&self, kind: Incident) -> IncidentInfo {
-        IncidentInfo::new(kind, &self.cfg.tenant)
+    fn label(&self, kind: LabelKind) -> Label {
+        Label::new(kind, &self.cfg.tenant)
     }
 
     fn random_patient(&mut self) -> (usize, String) {
@@ -142,8 +142,8 @@ impl Simulator {
         let a = self.rng.below(self.cfg.clinicians.saturating_sub(1).max(1));
         let b = (a + 1 + self.rng.below(self.cfg.clinicians.saturating_sub(2).max(1)))
             % self.cfg.clinicians.saturating_sub(1).max(1);
-        let mut out = self.clinician_visit(a, false, Some(nat.clone()), Some(Incident::SharedNat));
-        out.extend(self.clinician_visit(b, false, Some(nat), Some(Incident::SharedNat)));
+        let mut out = self.clinician_visit(a, false, Some(nat.clone()), Some(LabelKind::SharedNat));
+        out.extend(self.clinician_visit(b, false, Some(nat), Some(LabelKind::SharedNat)));
         out
     }
 
@@ -191,18 +191,14 @@ impl Simulator {
             data["userAgent"] = json!("SimPhone/2.0");
             let (id, m) = self.fhir(data);
             let incident = (n >= 2).then(|| {
-                self.label(Incident::Roaming)
+                self.label(LabelKind::Roaming)
                     .event(&id)
                     .jti(&jti)
                     .patient(&patient)
                     .client(app)
                     .subject(&sub)
             });
-            out.push(Out {
-                dest: Dest::Gateway,
-                msg: m,
-                incident,
-            });
+            out.push(Out::labelled(Dest::Gateway, m, incident));
         }
         out
     }
@@ -223,26 +219,26 @@ impl Simulator {
             "roles": ["admin"]}),
         );
         let kind = if with_mfa {
-            Incident::AdminWithMfa
+            LabelKind::AdminWithMfa
         } else {
-            Incident::PrivilegedWithoutMfa
+            LabelKind::PrivilegedWithoutMfa
         };
         let logout = self.ce(
             "custos.auth.logout",
             json!({"iss": self.iss, "sub": sub, "fhirUser": fu, "client_id": ADMIN_CLIENT, "sid": session}),
         );
         vec![
-            Out {
-                dest: Dest::As,
-                msg: login,
-                incident: Some(
+            Out::labelled(
+                Dest::As,
+                login,
+                Some(
                     self.label(kind)
                         .event(&id)
                         .client(ADMIN_CLIENT)
                         .subject(&sub)
                         .session(&session),
                 ),
-            },
+            ),
             Self::out(Dest::As, logout),
         ]
     }
@@ -270,17 +266,17 @@ impl Simulator {
             "returnedIds": returned}));
         vec![
             Self::out(Dest::As, issued),
-            Out {
-                dest: Dest::Gateway,
-                msg: m,
-                incident: Some(
-                    self.label(Incident::BackendBulkExport)
+            Out::labelled(
+                Dest::Gateway,
+                m,
+                Some(
+                    self.label(LabelKind::BackendBulkExport)
                         .event(&id)
                         .jti(&jti)
                         .client(BACKEND)
                         .subject(BACKEND),
                 ),
-            },
+            ),
         ]
     }
 
@@ -304,16 +300,16 @@ impl Simulator {
             json!({"iss": self.iss, "sub": sub, "fhirUser": fu, "client_id": app, "sid": session,
             "sourceIp": ip, "userAgent": "python-requests/2.31", "amr": ["pwd"]}),
         );
-        out.push(Out {
-            dest: Dest::As,
-            msg: m,
-            incident: Some(
-                self.label(Incident::CredentialStuffing)
+        out.push(Out::labelled(
+            Dest::As,
+            m,
+            Some(
+                self.label(LabelKind::CredentialStuffing)
                     .event(&id)
                     .client(app)
                     .subject(&sub),
             ),
-        });
+        ));
         out
     }
 
@@ -345,18 +341,18 @@ impl Simulator {
         self.clock += Duration::minutes(20);
         let data = self.access_data(&sub, &fu, app, &jti, EHR_SCOPE, &patient, &ip, "TREAT");
         let (id, m) = self.fhir(data);
-        out.push(Out {
-            dest: Dest::Gateway,
-            msg: m,
-            incident: Some(
-                self.label(Incident::UseAfterExpiry)
+        out.push(Out::labelled(
+            Dest::Gateway,
+            m,
+            Some(
+                self.label(LabelKind::UseAfterExpiry)
                     .event(&id)
                     .jti(&jti)
                     .patient(&patient)
                     .client(app)
                     .subject(&sub),
             ),
-        });
+        ));
         out
     }
 
@@ -379,16 +375,12 @@ impl Simulator {
                 "reason": "refresh token expired"}),
             );
             let info = self
-                .label(Incident::RefreshFailureBurst)
+                .label(LabelKind::RefreshFailureBurst)
                 .event(&id)
                 .patient(&patient)
                 .client(app)
                 .subject(&sub);
-            out.push(Out {
-                dest: Dest::As,
-                msg: m,
-                incident: Some(info),
-            });
+            out.push(Out::labelled(Dest::As, m, Some(info)));
         }
         out
     }
@@ -422,17 +414,17 @@ impl Simulator {
             .collect::<Vec<_>>());
         data.as_object_mut().map(|d| d.remove("patient"));
         let (id, m) = self.fhir(data);
-        out.push(Out {
-            dest: Dest::Gateway,
-            msg: m,
-            incident: Some(
-                self.label(Incident::BulkRead)
+        out.push(Out::labelled(
+            Dest::Gateway,
+            m,
+            Some(
+                self.label(LabelKind::BulkRead)
                     .event(&id)
                     .jti(&jti)
                     .client(app)
                     .subject(&sub),
             ),
-        });
+        ));
         out
     }
 
@@ -450,18 +442,14 @@ impl Simulator {
             data["breakGlassReason"] = json!("n/a");
             let (id, m) = self.fhir(data);
             let incident = (n == 0).then(|| {
-                self.label(Incident::BreakGlassWithoutReason)
+                self.label(LabelKind::BreakGlassWithoutReason)
                     .event(&id)
                     .jti(&jti)
                     .patient(&patient)
                     .client(app)
                     .subject(&sub)
             });
-            out.push(Out {
-                dest: Dest::Gateway,
-                msg: m,
-                incident,
-            });
+            out.push(Out::labelled(Dest::Gateway, m, incident));
         }
         out
     }
@@ -491,18 +479,14 @@ impl Simulator {
             data["breakGlassReason"] = json!(reason);
             let (id, m) = self.fhir(data);
             let incident = (n == 2).then(|| {
-                self.label(Incident::BreakGlassAfterExpiry)
+                self.label(LabelKind::BreakGlassAfterExpiry)
                     .event(&id)
                     .jti(&jti)
                     .patient(&patient)
                     .client(app)
                     .subject(&sub)
             });
-            out.push(Out {
-                dest: Dest::Gateway,
-                msg: m,
-                incident,
-            });
+            out.push(Out::labelled(Dest::Gateway, m, incident));
         }
         out
     }
@@ -512,7 +496,7 @@ impl Simulator {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use crate::{HospitalConfig, Incident, Mix, Out, Simulator};
+    use crate::{HospitalConfig, LabelKind, Mix, Out, Simulator};
 
     fn hard(seed: u64, scenarios: usize) -> Vec<Out> {
         let mut sim = Simulator::new(
@@ -528,7 +512,7 @@ mod tests {
     #[test]
     fn every_kind_is_labelled_and_every_message_decodes() {
         let outs = hard(7, 12_000);
-        let mut labels: BTreeMap<Incident, usize> = BTreeMap::new();
+        let mut labels: BTreeMap<LabelKind, usize> = BTreeMap::new();
         for o in &outs {
             let headers: Vec<(&str, &[u8])> = o
                 .msg
@@ -545,7 +529,12 @@ mod tests {
                 Ok(e) => e,
                 Err(e) => panic!("{e}: {}", String::from_utf8_lossy(&o.msg.payload)),
             };
-            if let Some(info) = &o.incident {
+            assert_eq!(
+                o.incident,
+                o.label.as_ref().and_then(|l| l.incident_info()),
+                "the classic view agrees with the label"
+            );
+            if let Some(info) = &o.label {
                 *labels.entry(info.kind).or_default() += 1;
                 assert_eq!(info.tenant, "general");
                 assert_eq!(event.id, info.event_id, "the label names its own message");
@@ -554,7 +543,7 @@ mod tests {
                 assert!(!info.sub.is_empty(), "{info:?}");
             }
         }
-        let missing: Vec<_> = Incident::ALL
+        let missing: Vec<_> = LabelKind::ALL
             .into_iter()
             .filter(|k| !labels.contains_key(k))
             .collect();
@@ -562,12 +551,12 @@ mod tests {
         // The slow-and-low snooping is one incident over many visits.
         let snoop: BTreeSet<_> = outs
             .iter()
-            .filter_map(|o| o.incident.as_ref())
-            .filter(|i| i.kind == Incident::SlowVolume)
+            .filter_map(|o| o.label.as_ref())
+            .filter(|i| i.kind == LabelKind::SlowVolume)
             .map(|i| i.identity())
             .collect();
         assert_eq!(snoop.len(), 1);
-        assert!(labels[&Incident::SlowVolume] > 50, "{labels:?}");
+        assert!(labels[&LabelKind::SlowVolume] > 50, "{labels:?}");
     }
 
     #[test]
@@ -593,8 +582,8 @@ mod tests {
             let mfa = amr.iter().any(|a| a == "otp");
             if privileged && !mfa {
                 without += 1;
-                let kind = o.incident.as_ref().map(|i| i.kind);
-                assert_eq!(kind, Some(Incident::PrivilegedWithoutMfa));
+                let kind = o.label.as_ref().map(|i| i.kind);
+                assert_eq!(kind, Some(LabelKind::PrivilegedWithoutMfa));
             }
             if data["fhirUser"]
                 .as_str()
@@ -602,11 +591,11 @@ mod tests {
                 && !mfa
             {
                 // Clinicians sign in with a second factor too, except the stuffed account.
-                let kind = o.incident.as_ref().map(|i| i.kind);
+                let kind = o.label.as_ref().map(|i| i.kind);
                 assert!(
                     matches!(
                         kind,
-                        Some(Incident::PrivilegedWithoutMfa | Incident::CredentialStuffing)
+                        Some(LabelKind::PrivilegedWithoutMfa | LabelKind::CredentialStuffing)
                     ),
                     "{}",
                     String::from_utf8_lossy(&o.msg.payload)
@@ -624,7 +613,7 @@ mod tests {
         assert!(a
             .iter()
             .zip(&b)
-            .all(|(x, y)| x.msg.payload == y.msg.payload && x.incident == y.incident));
+            .all(|(x, y)| x.msg.payload == y.msg.payload && x.label == y.label));
         let mut normal = Simulator::new(HospitalConfig::default(), 3);
         let n: Vec<Out> = (0..2_000).flat_map(|_| normal.next_scenario()).collect();
         assert_ne!(n.len(), a.len());

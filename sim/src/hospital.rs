@@ -8,7 +8,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
 
-use crate::incident::{Incident, IncidentInfo};
+use crate::incident::{IncidentInfo, Label, LabelKind};
 use crate::Msg;
 
 /// Which input topic a message goes to.
@@ -42,8 +42,23 @@ pub struct Out {
     pub dest: Dest,
     /// The message.
     pub msg: Msg,
-    /// The incident, for the message that makes it visible.
+    /// The normal-mix incident, for the message that makes it visible (the same as
+    /// [`Label::incident_info`] of `label`).
     pub incident: Option<IncidentInfo>,
+    /// The label of the scenario this message is evidence of, in either mix.
+    pub label: Option<Label>,
+}
+
+impl Out {
+    /// A message with the label of its scenario.
+    pub(crate) fn labelled(dest: Dest, msg: Msg, label: Option<Label>) -> Out {
+        Out {
+            dest,
+            msg,
+            incident: label.as_ref().and_then(Label::incident_info),
+            label,
+        }
+    }
 }
 
 /// The hospital being simulated.
@@ -433,11 +448,7 @@ impl Simulator {
     }
 
     pub(crate) fn out(dest: Dest, m: (String, Msg)) -> Out {
-        Out {
-            dest,
-            msg: m.1,
-            incident: None,
-        }
+        Out::labelled(dest, m.1, None)
     }
 
     fn clinician_session(&mut self, incident: bool) -> Vec<Out> {
@@ -453,7 +464,7 @@ impl Simulator {
         c: usize,
         incident: bool,
         ip: Option<String>,
-        label: Option<Incident>,
+        label: Option<LabelKind>,
     ) -> Vec<Out> {
         let (sub, fu) = self.clinician(c);
         let app = EHR_APPS[self.rng.below(EHR_APPS.len())].to_owned();
@@ -488,21 +499,15 @@ impl Simulator {
                 &sub, &fu, &app, &jti, scope, &patient, &ip, inter, rt, false, "TREAT", None,
             );
             let incident = label.map(|kind| {
-                let info = IncidentInfo::new(kind, &self.cfg.tenant)
-                    .event(&id)
-                    .subject(&sub);
-                if kind == Incident::SlowVolume {
+                let info = Label::new(kind, &self.cfg.tenant).event(&id).subject(&sub);
+                if kind == LabelKind::SlowVolume {
                     // One incident per clinician, over many tokens, patients and apps.
                     info
                 } else {
                     info.jti(&jti).patient(&patient).client(&app)
                 }
             });
-            out.push(Out {
-                dest: Dest::Gateway,
-                msg: m,
-                incident,
-            });
+            out.push(Out::labelled(Dest::Gateway, m, incident));
         }
         if incident {
             if self.rng.chance(0.5) {
@@ -521,18 +526,18 @@ impl Simulator {
                     "TREAT",
                     None,
                 );
-                out.push(Out {
-                    dest: Dest::Gateway,
-                    msg: m,
-                    incident: Some(
-                        IncidentInfo::new(Incident::NewIp, &self.cfg.tenant)
+                out.push(Out::labelled(
+                    Dest::Gateway,
+                    m,
+                    Some(
+                        Label::new(LabelKind::NewIp, &self.cfg.tenant)
                             .event(&id)
                             .jti(&jti)
                             .patient(&patient)
                             .client(&app)
                             .subject(&sub),
                     ),
-                });
+                ));
             } else {
                 let (id, m) = self.access(
                     &sub,
@@ -548,18 +553,18 @@ impl Simulator {
                     "TREAT",
                     None,
                 );
-                out.push(Out {
-                    dest: Dest::Gateway,
-                    msg: m,
-                    incident: Some(
-                        IncidentInfo::new(Incident::ScopeEscalationDenied, &self.cfg.tenant)
+                out.push(Out::labelled(
+                    Dest::Gateway,
+                    m,
+                    Some(
+                        Label::new(LabelKind::ScopeEscalationDenied, &self.cfg.tenant)
                             .event(&id)
                             .jti(&jti)
                             .patient(&patient)
                             .client(&app)
                             .subject(&sub),
                     ),
-                });
+                ));
             }
         }
         let logout = if self.use_keycloak() {
@@ -627,18 +632,18 @@ impl Simulator {
                 self.ce("custos.token.refreshed", json!({"iss": self.iss, "sub": sub, "fhirUser": fu, "client_id": app,
                     "jti": format!("rt-{jti}"), "tokenType": "refresh", "sid": session, "sourceIp": reuse_ip, "error": "invalid_grant"}))
             };
-            out.push(Out {
-                dest: Dest::As,
-                msg: m,
-                incident: Some(
-                    IncidentInfo::new(Incident::RefreshReuse, &self.cfg.tenant)
+            out.push(Out::labelled(
+                Dest::As,
+                m,
+                Some(
+                    Label::new(LabelKind::RefreshReuse, &self.cfg.tenant)
                         .event(&id)
                         .jti(&format!("rt-{jti}"))
                         .patient(&patient)
                         .client(&app)
                         .subject(&sub),
                 ),
-            });
+            ));
         }
         out
     }
@@ -715,18 +720,18 @@ impl Simulator {
                 "PATRQT",
                 None,
             );
-            out.push(Out {
-                dest: Dest::Gateway,
-                msg: m,
-                incident: Some(
-                    IncidentInfo::new(Incident::AccessAfterRevocation, &self.cfg.tenant)
+            out.push(Out::labelled(
+                Dest::Gateway,
+                m,
+                Some(
+                    Label::new(LabelKind::AccessAfterRevocation, &self.cfg.tenant)
                         .event(&id)
                         .jti(&jti)
                         .patient(&patient)
                         .client(&app)
                         .subject(&sub),
                 ),
-            });
+            ));
         }
         out
     }
@@ -744,18 +749,18 @@ impl Simulator {
         let reason = "unresponsive patient in emergency department";
         let (id, opened) = self.ce("custos.breakglass.opened", json!({"iss": self.iss, "sub": sub, "fhirUser": fu, "client_id": app,
             "patient": patient, "reason": reason, "expiresAt": (self.clock + Duration::hours(4)).to_rfc3339(), "sourceIp": ip}));
-        let mut out = vec![Out {
-            dest: Dest::Gateway,
-            msg: opened,
-            incident: Some(
-                IncidentInfo::new(Incident::BreakGlass, &self.cfg.tenant)
+        let mut out = vec![Out::labelled(
+            Dest::Gateway,
+            opened,
+            Some(
+                Label::new(LabelKind::BreakGlass, &self.cfg.tenant)
                     .event(&id)
                     .jti(&jti)
                     .patient(&patient)
                     .client(&app)
                     .subject(&sub),
             ),
-        }];
+        )];
         for rt in ["Condition", "MedicationRequest"] {
             let m = self.access(
                 &sub,

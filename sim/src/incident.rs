@@ -1,12 +1,46 @@
-//! Labels of what the simulator injects: the kinds of incident and benign trap, the detectors
-//! that should (or must not) raise an alert on each, and the identifiers a scorer matches an
-//! alert against.
+//! Labels of what the simulator injects. [`Label`] covers every labelled scenario of both
+//! mixes: its kind ([`LabelKind`]: incident or benign trap), the detectors that should (or
+//! must not) raise an alert on it, and the identifiers a scorer matches an alert against.
+//! [`IncidentInfo`] is the older, narrower view of the five incidents of the normal mix,
+//! which the end-to-end tests look up in the reports.
+
+/// Kinds of incident the normal mix injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Incident {
+    /// An access token used from an IP its session never used.
+    NewIp,
+    /// A refresh token presented again after it was rotated.
+    RefreshReuse,
+    /// An app accessed a patient's data after the patient revoked its consent.
+    AccessAfterRevocation,
+    /// A request outside the token's scopes, denied by the gateway.
+    ScopeEscalationDenied,
+    /// Emergency access to a patient's record.
+    BreakGlass,
+}
+
+/// What a test needs to find a normal-mix incident in the reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentInfo {
+    /// Kind.
+    pub kind: Incident,
+    /// Event id of the message.
+    pub event_id: String,
+    /// Token id involved.
+    pub jti: String,
+    /// Raw patient id involved (the reports take raw ids and pseudonymize them).
+    pub patient: String,
+    /// Client involved.
+    pub client_id: String,
+    /// Workforce or patient subject involved.
+    pub sub: String,
+}
 
 /// Kinds of labelled scenario: true incidents a detector should alert on, the break-glass
 /// opening with a reason (a review-queue item, not an alert), and benign traps that must not
 /// alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Incident {
+pub enum LabelKind {
     /// An access token used from an IP its session never used.
     NewIp,
     /// A refresh token presented again after it was rotated.
@@ -46,57 +80,48 @@ pub enum Incident {
     BackendBulkExport,
 }
 
-impl Incident {
+impl LabelKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Incident; 17] = [
-        Incident::NewIp,
-        Incident::RefreshReuse,
-        Incident::AccessAfterRevocation,
-        Incident::ScopeEscalationDenied,
-        Incident::BreakGlass,
-        Incident::SlowVolume,
-        Incident::CredentialStuffing,
-        Incident::PrivilegedWithoutMfa,
-        Incident::UseAfterExpiry,
-        Incident::RefreshFailureBurst,
-        Incident::BulkRead,
-        Incident::BreakGlassWithoutReason,
-        Incident::BreakGlassAfterExpiry,
-        Incident::SharedNat,
-        Incident::Roaming,
-        Incident::AdminWithMfa,
-        Incident::BackendBulkExport,
-    ];
-
-    /// The kinds the default (normal) mix injects.
-    pub const NORMAL: [Incident; 5] = [
-        Incident::NewIp,
-        Incident::RefreshReuse,
-        Incident::AccessAfterRevocation,
-        Incident::ScopeEscalationDenied,
-        Incident::BreakGlass,
+    pub const ALL: [LabelKind; 17] = [
+        LabelKind::NewIp,
+        LabelKind::RefreshReuse,
+        LabelKind::AccessAfterRevocation,
+        LabelKind::ScopeEscalationDenied,
+        LabelKind::BreakGlass,
+        LabelKind::SlowVolume,
+        LabelKind::CredentialStuffing,
+        LabelKind::PrivilegedWithoutMfa,
+        LabelKind::UseAfterExpiry,
+        LabelKind::RefreshFailureBurst,
+        LabelKind::BulkRead,
+        LabelKind::BreakGlassWithoutReason,
+        LabelKind::BreakGlassAfterExpiry,
+        LabelKind::SharedNat,
+        LabelKind::Roaming,
+        LabelKind::AdminWithMfa,
+        LabelKind::BackendBulkExport,
     ];
 
     /// A stable snake-case name (for tables and JSON).
     pub fn as_str(self) -> &'static str {
         match self {
-            Incident::NewIp => "new_ip",
-            Incident::RefreshReuse => "refresh_reuse",
-            Incident::AccessAfterRevocation => "access_after_revocation",
-            Incident::ScopeEscalationDenied => "scope_escalation_denied",
-            Incident::BreakGlass => "break_glass_with_reason",
-            Incident::SlowVolume => "slow_volume",
-            Incident::CredentialStuffing => "credential_stuffing",
-            Incident::PrivilegedWithoutMfa => "privileged_without_mfa",
-            Incident::UseAfterExpiry => "use_after_expiry",
-            Incident::RefreshFailureBurst => "refresh_failure_burst",
-            Incident::BulkRead => "bulk_read",
-            Incident::BreakGlassWithoutReason => "break_glass_without_reason",
-            Incident::BreakGlassAfterExpiry => "break_glass_after_expiry",
-            Incident::SharedNat => "shared_nat",
-            Incident::Roaming => "roaming",
-            Incident::AdminWithMfa => "admin_with_mfa",
-            Incident::BackendBulkExport => "backend_bulk_export",
+            LabelKind::NewIp => "new_ip",
+            LabelKind::RefreshReuse => "refresh_reuse",
+            LabelKind::AccessAfterRevocation => "access_after_revocation",
+            LabelKind::ScopeEscalationDenied => "scope_escalation_denied",
+            LabelKind::BreakGlass => "break_glass_with_reason",
+            LabelKind::SlowVolume => "slow_volume",
+            LabelKind::CredentialStuffing => "credential_stuffing",
+            LabelKind::PrivilegedWithoutMfa => "privileged_without_mfa",
+            LabelKind::UseAfterExpiry => "use_after_expiry",
+            LabelKind::RefreshFailureBurst => "refresh_failure_burst",
+            LabelKind::BulkRead => "bulk_read",
+            LabelKind::BreakGlassWithoutReason => "break_glass_without_reason",
+            LabelKind::BreakGlassAfterExpiry => "break_glass_after_expiry",
+            LabelKind::SharedNat => "shared_nat",
+            LabelKind::Roaming => "roaming",
+            LabelKind::AdminWithMfa => "admin_with_mfa",
+            LabelKind::BackendBulkExport => "backend_bulk_export",
         }
     }
 
@@ -104,25 +129,27 @@ impl Incident {
     /// the detector library spells them). Empty for kinds that must not alert.
     pub fn detectors(self) -> &'static [&'static str] {
         match self {
-            Incident::NewIp => &["token_multi_origin"],
-            Incident::RefreshReuse => &["refresh_reuse"],
+            LabelKind::NewIp => &["token_multi_origin"],
+            LabelKind::RefreshReuse => &["refresh_reuse"],
             // The app's token was revoked with the consent: both detectors are right.
-            Incident::AccessAfterRevocation => {
+            LabelKind::AccessAfterRevocation => {
                 &["access_after_consent_revocation", "use_after_revocation"]
             }
-            Incident::ScopeEscalationDenied => &["scope_escalation"],
-            Incident::SlowVolume => &["volume"],
-            Incident::CredentialStuffing => &["credential_stuffing"],
-            Incident::PrivilegedWithoutMfa => &["privileged_without_mfa"],
-            Incident::UseAfterExpiry => &["use_after_expiry"],
-            Incident::RefreshFailureBurst => &["refresh_failure_burst"],
-            Incident::BulkRead => &["bulk_read"],
-            Incident::BreakGlassWithoutReason | Incident::BreakGlassAfterExpiry => &["break_glass"],
-            Incident::BreakGlass
-            | Incident::SharedNat
-            | Incident::Roaming
-            | Incident::AdminWithMfa
-            | Incident::BackendBulkExport => &[],
+            LabelKind::ScopeEscalationDenied => &["scope_escalation"],
+            LabelKind::SlowVolume => &["volume"],
+            LabelKind::CredentialStuffing => &["credential_stuffing"],
+            LabelKind::PrivilegedWithoutMfa => &["privileged_without_mfa"],
+            LabelKind::UseAfterExpiry => &["use_after_expiry"],
+            LabelKind::RefreshFailureBurst => &["refresh_failure_burst"],
+            LabelKind::BulkRead => &["bulk_read"],
+            LabelKind::BreakGlassWithoutReason | LabelKind::BreakGlassAfterExpiry => {
+                &["break_glass"]
+            }
+            LabelKind::BreakGlass
+            | LabelKind::SharedNat
+            | LabelKind::Roaming
+            | LabelKind::AdminWithMfa
+            | LabelKind::BackendBulkExport => &[],
         }
     }
 
@@ -131,9 +158,21 @@ impl Incident {
     pub fn benign(self) -> bool {
         self.detectors().is_empty()
     }
+
+    /// The normal mix's incident of this kind, if it is one.
+    pub fn incident(self) -> Option<Incident> {
+        Some(match self {
+            LabelKind::NewIp => Incident::NewIp,
+            LabelKind::RefreshReuse => Incident::RefreshReuse,
+            LabelKind::AccessAfterRevocation => Incident::AccessAfterRevocation,
+            LabelKind::ScopeEscalationDenied => Incident::ScopeEscalationDenied,
+            LabelKind::BreakGlass => Incident::BreakGlass,
+            _ => return None,
+        })
+    }
 }
 
-impl std::fmt::Display for Incident {
+impl std::fmt::Display for LabelKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -143,14 +182,14 @@ impl std::fmt::Display for Incident {
 /// a scorer needs to match an alert to it. Identifiers are raw (the ingest pseudonymizes
 /// patients, patient users and their addresses); an empty string means "not part of it".
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IncidentInfo {
+pub struct Label {
     /// Kind.
-    pub kind: Incident,
+    pub kind: LabelKind,
     /// Tenant of its events.
     pub tenant: String,
-    /// Whether an alert on it is false (see [`Incident::benign`]).
+    /// Whether an alert on it is false (see [`LabelKind::benign`]).
     pub benign: bool,
-    /// Detectors whose alert on it is a true positive ([`Incident::detectors`]).
+    /// Detectors whose alert on it is a true positive ([`LabelKind::detectors`]).
     pub detectors: &'static [&'static str],
     /// Event id of the message that makes it visible.
     pub event_id: String,
@@ -166,10 +205,22 @@ pub struct IncidentInfo {
     pub session: String,
 }
 
-impl IncidentInfo {
+impl Label {
+    /// The [`IncidentInfo`] of a normal-mix incident, `None` for the other kinds.
+    pub fn incident_info(&self) -> Option<IncidentInfo> {
+        Some(IncidentInfo {
+            kind: self.kind.incident()?,
+            event_id: self.event_id.clone(),
+            jti: self.jti.clone(),
+            patient: self.patient.clone(),
+            client_id: self.client_id.clone(),
+            sub: self.sub.clone(),
+        })
+    }
+
     /// A label of `kind` in `tenant`; its detectors and benign flag follow from the kind.
-    pub fn new(kind: Incident, tenant: &str) -> IncidentInfo {
-        IncidentInfo {
+    pub fn new(kind: LabelKind, tenant: &str) -> Label {
+        Label {
             kind,
             tenant: tenant.to_owned(),
             benign: kind.benign(),
@@ -222,7 +273,7 @@ impl IncidentInfo {
     /// What makes two labels the same scenario (every field but the event id): a scenario
     /// labels several of its messages when each is evidence (the snooper's visits, the
     /// failures of a burst).
-    pub fn identity(&self) -> (Incident, &str, &str, &str, &str, &str, &str) {
+    pub fn identity(&self) -> (LabelKind, &str, &str, &str, &str, &str, &str) {
         (
             self.kind,
             &self.tenant,
@@ -242,21 +293,28 @@ mod tests {
     #[test]
     fn names_are_distinct_and_true_incidents_name_detectors() {
         let names: std::collections::HashSet<_> =
-            Incident::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(names.len(), Incident::ALL.len());
-        let benign: Vec<_> = Incident::ALL.into_iter().filter(|k| k.benign()).collect();
+            LabelKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), LabelKind::ALL.len());
+        let benign: Vec<_> = LabelKind::ALL.into_iter().filter(|k| k.benign()).collect();
         assert_eq!(
             benign,
             [
-                Incident::BreakGlass,
-                Incident::SharedNat,
-                Incident::Roaming,
-                Incident::AdminWithMfa,
-                Incident::BackendBulkExport
+                LabelKind::BreakGlass,
+                LabelKind::SharedNat,
+                LabelKind::Roaming,
+                LabelKind::AdminWithMfa,
+                LabelKind::BackendBulkExport
             ]
         );
-        let info = IncidentInfo::new(Incident::AccessAfterRevocation, "t").jti("at-1");
+        let info = Label::new(LabelKind::AccessAfterRevocation, "t").jti("at-1");
         assert!(!info.benign);
         assert!(info.detectors.contains(&"use_after_revocation"));
+        let classic = info.incident_info().map(|i| (i.kind, i.jti));
+        assert_eq!(
+            classic,
+            Some((Incident::AccessAfterRevocation, "at-1".to_owned()))
+        );
+        let hard = Label::new(LabelKind::Roaming, "t");
+        assert_eq!(hard.incident_info(), None);
     }
 }

@@ -19,5 +19,5 @@ mod incident;
 mod kafka;
 
 pub use hospital::{Dest, Format, HospitalConfig, Mix, Out, Simulator};
-pub use incident::{Incident, IncidentInfo};
+pub use incident::{Incident, IncidentInfo, Label, LabelKind};
 pub use kafka::{produce, producer, Msg, ProduceError};

@@ -32,7 +32,7 @@ use custos_bench::score::{ratio, score, AlertView, Label, Score};
 use custos_detect::{AlertUpdate, Engine, ParamSet};
 use custos_schemas::row::RowContext;
 use custos_schemas::{AuditRow, DecodeLimits, KafkaPosition, KeyRing, PseudonymKind};
-use custos_sim::{Dest, HospitalConfig, IncidentInfo, Mix, Simulator};
+use custos_sim::{Dest, HospitalConfig, Label as SimLabel, Mix, Simulator};
 use serde_json::json;
 
 /// Events between two watermark moves.
@@ -89,7 +89,7 @@ fn generate(
     seed: u64,
     n: usize,
     keys: &KeyRing,
-) -> Result<(Vec<Item>, Vec<IncidentInfo>)> {
+) -> Result<(Vec<Item>, Vec<SimLabel>)> {
     let cfg = HospitalConfig {
         mix,
         ..HospitalConfig::default()
@@ -128,14 +128,14 @@ fn generate(
             let time = event.time.timestamp_millis();
             let row = ctx.audit_row(&event, &pos, time);
             items.push(Item { event, row });
-            labels.extend(o.incident);
+            labels.extend(o.label);
         }
     }
     Ok((items, labels))
 }
 
 /// The scorer's view of a label: every identifier in the forms a row may store it in.
-fn label(info: &IncidentInfo, keys: &KeyRing) -> Label {
+fn label(info: &SimLabel, keys: &KeyRing) -> Label {
     let one = |v: &str| {
         if v.is_empty() {
             Vec::new()
