@@ -6,10 +6,13 @@
 //! kind and identifiers are one scenario (a scenario may label several of its messages).
 //!
 //! An alert matches a scenario when the tenant is the same, the alert's detector is one the
-//! scenario expects (any detector for a benign one), and the first identifier that both the
-//! alert and the scenario carry, in the order token id, session, subject, patient, client,
-//! is equal. Taking the most specific shared identifier keeps an alert about one token from
-//! matching another scenario of the same user or app.
+//! scenario expects (any detector for a benign one), and either one of the scenario's
+//! labelled messages is among the alert's evidence (its event keys), or the first identifier
+//! that both the alert and the scenario carry, in the order token id, session, subject,
+//! patient, client, is equal. The evidence catches an incident merged into an alert opened
+//! by an earlier one (one alert per user and day, say); taking the most specific shared
+//! identifier keeps an alert about one token from matching another scenario of the same
+//! user or app.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -36,6 +39,8 @@ pub struct Label {
     pub patient: Vec<String>,
     /// Client forms.
     pub client: Vec<String>,
+    /// Event keys of the labelled messages.
+    pub events: Vec<String>,
 }
 
 /// What the scorer reads of an alert (its latest revision).
@@ -57,6 +62,8 @@ pub struct AlertView {
     pub patient: String,
     /// `client_id` of the first evidence row.
     pub client_id: String,
+    /// Event keys of the evidence rows it lists.
+    pub evidence: Vec<String>,
 }
 
 /// Whether `alert` is about the scenario `label` (see the module docs).
@@ -66,6 +73,9 @@ pub fn matches(label: &Label, alert: &AlertView) -> bool {
     }
     if !label.benign && !label.detectors.contains(&alert.detector) {
         return false;
+    }
+    if alert.evidence.iter().any(|e| label.events.contains(e)) {
+        return true;
     }
     let pairs: [(&[String], &str); 5] = [
         (&label.jti, &alert.token_jti),
@@ -177,14 +187,38 @@ pub fn ratio(n: usize, d: usize) -> f64 {
     }
 }
 
+/// Labels of one scenario merged: one label per kind and identifiers, with every event.
+pub fn scenarios(labels: &[Label]) -> Vec<Label> {
+    let mut merged: BTreeMap<Label, BTreeSet<String>> = BTreeMap::new();
+    for l in labels {
+        let key = Label {
+            events: Vec::new(),
+            ..l.clone()
+        };
+        merged
+            .entry(key)
+            .or_default()
+            .extend(l.events.iter().cloned());
+    }
+    merged
+        .into_iter()
+        .map(|(l, events)| Label {
+            events: events.into_iter().collect(),
+            ..l
+        })
+        .collect()
+}
+
 /// Scores `alerts` against `labels` (labels of one scenario are merged first).
 pub fn score(labels: &[Label], alerts: &[AlertView]) -> Score {
-    let scenarios: Vec<&Label> = labels.iter().collect::<BTreeSet<_>>().into_iter().collect();
+    let merged = scenarios(labels);
+    let scenarios: Vec<&Label> = merged.iter().collect();
     let mut s = Score::default();
     // Which detectors found each true scenario, and how many alerts each scenario drew.
     let mut found_by: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); scenarios.len()];
-    let mut drew: Vec<usize> = vec![0; scenarios.len()];
-    for a in alerts {
+    let mut alerted = vec![false; scenarios.len()];
+    let mut drew: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+    for (n, a) in alerts.iter().enumerate() {
         let hits: Vec<usize> = (0..scenarios.len())
             .filter(|&i| matches(scenarios[i], a))
             .collect();
@@ -202,7 +236,8 @@ pub fn score(labels: &[Label], alerts: &[AlertView]) -> Score {
         for &i in &hits {
             // A true alert is not also counted against a trap it happens to match.
             if scenarios[i].benign != is_true {
-                drew[i] += 1;
+                drew.entry(&scenarios[i].kind).or_default().insert(n);
+                alerted[i] = true;
             }
             if !scenarios[i].benign {
                 found_by[i].insert(a.detector.as_str());
@@ -213,10 +248,10 @@ pub fn score(labels: &[Label], alerts: &[AlertView]) -> Score {
         let k = s.by_kind.entry(l.kind.clone()).or_default();
         k.benign = l.benign;
         k.injected += 1;
-        k.alerts += drew[i];
+        k.alerts = drew.get(l.kind.as_str()).map_or(0, BTreeSet::len);
         if l.benign {
             s.traps += 1;
-            k.alerted += usize::from(drew[i] > 0);
+            k.alerted += usize::from(alerted[i]);
             continue;
         }
         s.incidents += 1;
@@ -247,6 +282,7 @@ mod tests {
             subject: Vec::new(),
             patient: Vec::new(),
             client: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -287,20 +323,35 @@ mod tests {
             "the label has no token id, the subject decides"
         );
         // Nothing shared: no match.
-        let c = alert("c", "refresh_failure_burst");
+        let mut c = alert("c", "refresh_failure_burst");
         assert!(!matches(&p, &c));
+        // Unless a labelled message is among the alert's evidence.
+        p.events = vec!["ek-1".into(), "ek-2".into()];
+        c.evidence = vec!["ek-0".into(), "ek-2".into()];
+        assert!(matches(&p, &c));
+        c.detector = "refresh_reuse".into();
+        assert!(
+            !matches(&p, &c),
+            "evidence of a detector the incident does not expect"
+        );
     }
 
     #[test]
     fn counts_recall_precision_and_alerts_on_traps() {
         let mut inc = label("access_after_revocation", false, &["aacr", "uar"]);
         inc.jti = vec!["at-1".into()];
+        let mut inc2 = inc.clone();
+        inc.events = vec!["ek-1".into()];
+        inc2.events = vec!["ek-2".into()];
         let mut missed = label("scope_escalation_denied", false, &["scope_escalation"]);
         missed.jti = vec!["at-2".into()];
         let mut trap = label("roaming", true, &[]);
         trap.jti = vec!["at-3".into()];
         // The same scenario labelled on two messages counts once.
-        let labels = vec![inc.clone(), inc, missed, trap.clone(), trap];
+        let labels = vec![inc, inc2, missed, trap.clone(), trap];
+        let merged = scenarios(&labels);
+        assert_eq!(merged.len(), 3);
+        assert_eq!(merged[0].events, ["ek-1", "ek-2"]);
         let with_jti = |id: &str, det: &str, jti: &str| {
             let mut a = alert(id, det);
             a.token_jti = jti.into();

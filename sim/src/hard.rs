@@ -168,8 +168,17 @@ impl Simulator {
             json!({"iss": self.iss, "sub": sub, "fhirUser": fu, "client_id": app, "sid": session,
             "sourceIp": home, "userAgent": "SimPhone/2.0", "amr": ["pwd"]}),
         );
+        // The app is (again) allowed: an earlier revocation of the same pair is over.
+        let consent = self.ce(
+            "custos.consent.granted",
+            json!({"consentId": format!("cons-{patient}-{app}"), "patient": patient,
+            "client_id": app, "iss": self.iss, "sub": sub, "scope": PATIENT_SCOPE,
+            "purpose": ["PATRQT"], "periodStart": self.clock.to_rfc3339(),
+            "periodEnd": (self.clock + Duration::days(365)).to_rfc3339(), "actor": "patient"}),
+        );
         let mut out = vec![
             Self::out(Dest::As, login),
+            Self::out(Dest::Consent, consent),
             self.issue(
                 &sub,
                 &fu,

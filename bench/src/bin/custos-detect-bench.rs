@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use custos_bench::score::{ratio, score, AlertView, Label, Score};
+use custos_bench::score::{matches, ratio, scenarios, score, AlertView, Label, Score};
 use custos_detect::{AlertUpdate, Engine, ParamSet};
 use custos_schemas::row::RowContext;
 use custos_schemas::{AuditRow, DecodeLimits, KafkaPosition, KeyRing, PseudonymKind};
@@ -75,6 +75,10 @@ struct Args {
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
+    /// List up to this many alerts per run that match no incident (to stderr), and the
+    /// incidents no alert found.
+    #[arg(long, default_value_t = 0)]
+    show_misses: usize,
 }
 
 /// One simulated message, decoded, as the engine sees it.
@@ -89,7 +93,7 @@ fn generate(
     seed: u64,
     n: usize,
     keys: &KeyRing,
-) -> Result<(Vec<Item>, Vec<SimLabel>)> {
+) -> Result<(Vec<Item>, Vec<(SimLabel, String)>)> {
     let cfg = HospitalConfig {
         mix,
         ..HospitalConfig::default()
@@ -127,15 +131,17 @@ fn generate(
             offsets[slot] += 1;
             let time = event.time.timestamp_millis();
             let row = ctx.audit_row(&event, &pos, time);
+            if let Some(l) = o.label {
+                labels.push((l, row.event_key.clone()));
+            }
             items.push(Item { event, row });
-            labels.extend(o.label);
         }
     }
     Ok((items, labels))
 }
 
 /// The scorer's view of a label: every identifier in the forms a row may store it in.
-fn label(info: &SimLabel, keys: &KeyRing) -> Label {
+fn label((info, event_key): &(SimLabel, String), keys: &KeyRing) -> Label {
     let one = |v: &str| {
         if v.is_empty() {
             Vec::new()
@@ -160,6 +166,7 @@ fn label(info: &SimLabel, keys: &KeyRing) -> Label {
         subject: with_pseudonym(&info.sub, PseudonymKind::Subject),
         patient: with_pseudonym(&info.patient, PseudonymKind::Patient),
         client: one(&info.client_id),
+        events: vec![event_key.clone()],
     }
 }
 
@@ -173,6 +180,7 @@ fn view(a: &AlertUpdate) -> AlertView {
         subject: a.subject.clone(),
         patient: a.patient.clone(),
         client_id: a.client_id.clone(),
+        evidence: a.evidence.clone(),
     }
 }
 
@@ -223,6 +231,47 @@ fn timed_pass(params: &ParamSet, items: &[Item]) -> (f64, f64, usize) {
         (observe + advance).as_nanos() as f64 / n,
         updates,
     )
+}
+
+/// Prints (to stderr) up to `n` alerts matching no true incident, and up to `n` incidents
+/// no alert found.
+fn show_misses(labels: &[Label], alerts: &[AlertUpdate], views: &[AlertView], n: usize) {
+    let merged = scenarios(labels);
+    let mut shown = 0;
+    for (a, v) in alerts.iter().zip(views) {
+        let hits: Vec<&Label> = merged.iter().filter(|l| matches(l, v)).collect();
+        if hits.iter().any(|l| !l.benign) || shown >= n {
+            continue;
+        }
+        shown += 1;
+        let on: Vec<&str> = hits.iter().map(|l| l.kind.as_str()).collect();
+        eprintln!(
+            "false alert {} {} sub={} client={} jti={} session={} evidence={} on {:?}: {}",
+            v.detector,
+            a.severity.as_str(),
+            v.subject,
+            v.client_id,
+            v.token_jti,
+            v.session_id,
+            a.evidence_count,
+            on,
+            a.summary
+        );
+    }
+    let mut shown = 0;
+    for l in merged.iter().filter(|l| !l.benign) {
+        if shown < n && !views.iter().any(|v| matches(l, v)) {
+            shown += 1;
+            eprintln!(
+                "missed {} sub={:?} jti={:?} patient={:?} client={:?}",
+                l.kind,
+                l.subject.first(),
+                l.jti.first(),
+                l.patient.first(),
+                l.client.first()
+            );
+        }
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -343,6 +392,9 @@ fn main() -> Result<()> {
             let labels: Vec<Label> = infos.iter().map(|i| label(i, &keys)).collect();
             let views: Vec<AlertView> = alerts.iter().map(view).collect();
             let s = score(&labels, &views);
+            if args.show_misses > 0 {
+                show_misses(&labels, &alerts, &views, args.show_misses);
+            }
             let name = match mix {
                 Mix::Normal => "normal",
                 Mix::Hard => "hard",
