@@ -81,6 +81,9 @@ struct Args {
     show_misses: usize,
 }
 
+/// A simulator label with the event key of the message it labels.
+type Labelled = (SimLabel, String);
+
 /// One simulated message, decoded, as the engine sees it.
 struct Item {
     event: custos_schemas::event::Event,
@@ -93,7 +96,7 @@ fn generate(
     seed: u64,
     n: usize,
     keys: &KeyRing,
-) -> Result<(Vec<Item>, Vec<(SimLabel, String)>)> {
+) -> Result<(Vec<Item>, Vec<Labelled>)> {
     let cfg = HospitalConfig {
         mix,
         ..HospitalConfig::default()
@@ -141,7 +144,7 @@ fn generate(
 }
 
 /// The scorer's view of a label: every identifier in the forms a row may store it in.
-fn label((info, event_key): &(SimLabel, String), keys: &KeyRing) -> Label {
+fn label((info, event_key): &Labelled, keys: &KeyRing) -> Label {
     let one = |v: &str| {
         if v.is_empty() {
             Vec::new()
