@@ -3,7 +3,8 @@
 //!
 //! A label names a scenario by identifiers (token id, session, subject, patient, client),
 //! each given in every form it may be stored in (raw, or pseudonymized). Labels with the same
-//! kind and identifiers are one scenario (a scenario may label several of its messages).
+//! kind, scenario and identifiers are one case (a scenario may label several of its
+//! messages); "scenario" below means such a case.
 //!
 //! An alert matches a scenario when the tenant is the same, the alert's detector is one the
 //! scenario expects (any detector for a benign one), and either one of the scenario's
@@ -25,6 +26,9 @@ pub struct Label {
     pub kind: String,
     /// Tenant.
     pub tenant: String,
+    /// The simulator's scenario it belongs to (labels of one scenario with the same
+    /// identifiers are one case).
+    pub scenario: String,
     /// An alert on it is false (a benign trap).
     pub benign: bool,
     /// Detectors whose alert on it is a true positive.
@@ -275,6 +279,7 @@ mod tests {
         Label {
             kind: kind.to_owned(),
             tenant: "t".to_owned(),
+            scenario: kind.to_owned(),
             benign,
             detectors: detectors.iter().map(|d| (*d).to_owned()).collect(),
             jti: Vec::new(),

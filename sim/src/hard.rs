@@ -236,17 +236,22 @@ impl Simulator {
             "custos.auth.logout",
             json!({"iss": self.iss, "sub": sub, "fhirUser": fu, "client_id": ADMIN_CLIENT, "sid": session}),
         );
+        let label = self
+            .label(kind)
+            .event(&id)
+            .client(ADMIN_CLIENT)
+            .subject(&sub);
         vec![
             Out::labelled(
                 Dest::As,
                 login,
-                Some(
-                    self.label(kind)
-                        .event(&id)
-                        .client(ADMIN_CLIENT)
-                        .subject(&sub)
-                        .session(&session),
-                ),
+                Some(if with_mfa {
+                    // One trap per sign-in.
+                    label.session(&session)
+                } else {
+                    // A detector may merge one user's sign-ins of a day into one alert.
+                    label
+                }),
             ),
             Self::out(Dest::As, logout),
         ]

@@ -160,6 +160,8 @@ pub struct Simulator {
     pub(crate) iss: String,
     /// (patient, app) pairs whose consent was revoked.
     revoked: Vec<(usize, String)>,
+    /// Scenarios drawn so far (they number the labels).
+    scenarios: u64,
 }
 
 impl Simulator {
@@ -181,6 +183,7 @@ impl Simulator {
             seq: 0,
             iss,
             revoked: Vec::new(),
+            scenarios: 0,
         }
     }
 
@@ -431,6 +434,17 @@ impl Simulator {
 
     /// The next scenario's messages, in order.
     pub fn next_scenario(&mut self) -> Vec<Out> {
+        let mut outs = self.draw_scenario();
+        self.scenarios += 1;
+        for l in outs.iter_mut().filter_map(|o| o.label.as_mut()) {
+            if l.scenario.is_empty() {
+                l.scenario = format!("{}", self.scenarios);
+            }
+        }
+        outs
+    }
+
+    fn draw_scenario(&mut self) -> Vec<Out> {
         if self.cfg.mix == Mix::Hard {
             if let Some(outs) = self.hard_scenario() {
                 return outs;
@@ -501,8 +515,8 @@ impl Simulator {
             let incident = label.map(|kind| {
                 let info = Label::new(kind, &self.cfg.tenant).event(&id).subject(&sub);
                 if kind == LabelKind::SlowVolume {
-                    // One incident per clinician, over many tokens, patients and apps.
-                    info
+                    // One incident per clinician, over many visits, tokens, patients and apps.
+                    info.scenario("slow-volume")
                 } else {
                     info.jti(&jti).patient(&patient).client(&app)
                 }

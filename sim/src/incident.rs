@@ -203,6 +203,9 @@ pub struct Label {
     pub sub: String,
     /// AS session id involved.
     pub session: String,
+    /// Which scenario it belongs to: labels of one scenario (several of its messages) share
+    /// it. Set by [`Simulator::next_scenario`](crate::Simulator::next_scenario).
+    pub scenario: String,
 }
 
 impl Label {
@@ -231,6 +234,7 @@ impl Label {
             client_id: String::new(),
             sub: String::new(),
             session: String::new(),
+            scenario: String::new(),
         }
     }
 
@@ -264,19 +268,26 @@ impl Label {
         self
     }
 
+    /// Sets the scenario (by default, the number of the scenario drawn).
+    pub fn scenario(mut self, scenario: &str) -> Self {
+        self.scenario = scenario.to_owned();
+        self
+    }
+
     /// Sets the AS session id.
     pub fn session(mut self, session: &str) -> Self {
         self.session = session.to_owned();
         self
     }
 
-    /// What makes two labels the same scenario (every field but the event id): a scenario
+    /// What makes two labels one labelled case (every field but the event id): a scenario
     /// labels several of its messages when each is evidence (the snooper's visits, the
-    /// failures of a burst).
-    pub fn identity(&self) -> (LabelKind, &str, &str, &str, &str, &str, &str) {
+    /// failures of a burst); two clinicians behind one NAT are two cases of one scenario.
+    pub fn identity(&self) -> (LabelKind, &str, &str, &str, &str, &str, &str, &str) {
         (
             self.kind,
             &self.tenant,
+            &self.scenario,
             &self.jti,
             &self.session,
             &self.sub,

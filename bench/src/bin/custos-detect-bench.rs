@@ -22,7 +22,7 @@
 //! target/release/custos-detect-bench --json     # one JSON document
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -157,6 +157,7 @@ fn label((info, event_key): &Labelled, keys: &KeyRing) -> Label {
     Label {
         kind: info.kind.as_str().to_owned(),
         tenant: info.tenant.clone(),
+        scenario: info.scenario.clone(),
         benign: info.benign,
         detectors: info.detectors.iter().map(|d| (*d).to_owned()).collect(),
         jti: one(&info.jti),
@@ -182,13 +183,19 @@ fn view(a: &AlertUpdate) -> AlertView {
     }
 }
 
-/// Runs a fresh engine over `items`; returns the latest revision of every alert.
+/// Runs a fresh engine over `items`; returns the latest revision of every alert, with the
+/// evidence keys of all its revisions (an alert closed for idleness and raised again keeps
+/// its id, so the store shows one alert).
 fn run(params: &ParamSet, items: &[Item]) -> Vec<AlertUpdate> {
     let mut engine = Engine::new(params.clone());
-    let mut alerts: BTreeMap<String, AlertUpdate> = BTreeMap::new();
+    let mut alerts: BTreeMap<String, (AlertUpdate, BTreeSet<String>)> = BTreeMap::new();
     let mut keep = |updates: Vec<AlertUpdate>| {
         for u in updates {
-            alerts.insert(u.alert_id.clone(), u);
+            let e = alerts
+                .entry(u.alert_id.clone())
+                .or_insert_with(|| (u.clone(), BTreeSet::new()));
+            e.1.extend(u.evidence.iter().cloned());
+            e.0 = u;
         }
     };
     let mut max_t = i64::MIN;
@@ -201,10 +208,15 @@ fn run(params: &ParamSet, items: &[Item]) -> Vec<AlertUpdate> {
     }
     keep(engine.advance(max_t + 86_400_000));
     keep(engine.open_alerts());
-    alerts.into_values().collect()
+    alerts
+        .into_values()
+        .map(|(mut a, evidence)| {
+            a.evidence = evidence.into_iter().collect();
+            a
+        })
+        .collect()
 }
 
-/// ns per event of `observe` alone and of `observe` plus the watermark moves, one pass.
 /// CPU time of the calling thread so far, ns (the scheduler's run time in
 /// `/proc/thread-self/schedstat`), if readable.
 fn thread_cpu_ns() -> Option<u64> {
