@@ -225,6 +225,7 @@ struct Open {
     current: AlertUpdate,
     head: Vec<u128>,
     tail: VecDeque<u128>,
+    /// Evidence keys received (sorted, at most [`REMEMBERED`]).
     seen: Vec<u128>,
     /// Evidence count at which the next update is emitted.
     next_emit: u32,
@@ -270,11 +271,10 @@ impl AlertStore {
         });
         let mut added = f.unlisted;
         for (ek, t) in f.evidence {
-            if open.seen.contains(&ek) {
-                continue;
-            }
-            if open.seen.len() < REMEMBERED {
-                open.seen.push(ek);
+            match open.seen.binary_search(&ek) {
+                Ok(_) => continue,
+                Err(at) if open.seen.len() < REMEMBERED => open.seen.insert(at, ek),
+                Err(_) => {}
             }
             added += 1;
             let c = &mut open.current;

@@ -27,6 +27,9 @@ const DEDUP_MS: i64 = 30 * 60 * 1000;
 /// incident updates it, after that it would open a new revision series.
 const ALERT_IDLE_MS: i64 = 7 * 24 * 3600 * 1000;
 
+/// Pruning walks every map: done when the watermark moved this much since the last time.
+const PRUNE_EVERY_MS: i64 = 5 * 60 * 1000;
+
 /// Sizes of the engine's state, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
@@ -70,6 +73,8 @@ struct State {
     detectors: Detectors,
     alerts: AlertStore,
     dropped: u64,
+    /// Watermark of the last pruning.
+    pruned_at: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -93,19 +98,23 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine with no state. Tenant overrides that do not apply are ignored (they were
-    /// checked by [`ParamSet::from_json`]); use [`ParamSet::resolve`] to check a set built
-    /// in code.
+    /// An engine with no state. A tenant override that does not apply leaves that tenant
+    /// on the default parameters (sets from [`ParamSet::from_json`] are checked; use
+    /// [`ParamSet::resolve`] to check a set built in code).
     pub fn new(params: ParamSet) -> Engine {
         Engine::with_state(params, State::default())
     }
 
     fn with_state(params: ParamSet, state: State) -> Engine {
+        // Each override on its own: one that does not apply (a set built in code and not
+        // checked) leaves its tenant on the default, not every tenant.
         let tenants = params
-            .resolve()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(t, p)| (t, Tenant::new(p)))
+            .tenants
+            .iter()
+            .filter_map(|(t, partial)| {
+                let p = partial.apply(&params.default, t).ok()?;
+                Some((t.clone(), Tenant::new(p)))
+            })
             .collect();
         Engine {
             default: Tenant::new(params.default),
@@ -138,6 +147,7 @@ impl Engine {
             t: row.event_time,
             out: &mut self.findings,
             dropped: &mut self.state.dropped,
+            jti_key: None,
         };
         self.state.detectors.observe(&mut ctx);
         self.drain()
@@ -158,12 +168,18 @@ impl Engine {
             return Vec::new();
         }
         self.state.watermark = now_ms;
-        let dedup_before = now_ms.saturating_sub(DEDUP_MS);
-        self.state.seen.retain(|_, t| *t >= dedup_before);
-        self.state.detectors.advance(now_ms, &mut self.findings);
+        let prune = now_ms.saturating_sub(self.state.pruned_at) >= PRUNE_EVERY_MS;
+        if prune {
+            self.state.pruned_at = now_ms;
+            let dedup_before = now_ms.saturating_sub(DEDUP_MS);
+            self.state.seen.retain(|_, t| *t >= dedup_before);
+            self.state
+                .alerts
+                .prune(now_ms.saturating_sub(ALERT_IDLE_MS));
+        }
         self.state
-            .alerts
-            .prune(now_ms.saturating_sub(ALERT_IDLE_MS));
+            .detectors
+            .advance(now_ms, prune, &mut self.findings);
         self.drain()
     }
 
@@ -223,5 +239,116 @@ impl Engine {
     /// The current state of every open alert, ordered by alert id.
     pub fn open_alerts(&self) -> Vec<AlertUpdate> {
         self.state.alerts.all().into_iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detectors::testkit::{access, Kit, MIN, T0};
+
+    #[test]
+    fn a_duplicate_delivery_is_ignored() {
+        let mut k = Kit::new();
+        let (ev, row) = k.build(
+            "custos.fhir.access",
+            T0,
+            access("J", "10.1.1.1", "Observation", "deny"),
+        );
+        for _ in 0..6 {
+            k.send_row(&ev, &row);
+        }
+        assert!(
+            k.alerts("repeated_denials").is_empty(),
+            "one denial, delivered six times"
+        );
+        assert_eq!(k.alerts("scope_escalation").len(), 0);
+        assert_eq!(k.engine.stats().dedup_keys, 1);
+    }
+
+    #[test]
+    fn a_detector_disabled_for_a_tenant_stays_quiet_there_only() {
+        let params = ParamSet::from_json(
+            r#"{"tenants": {"general": {"scope_escalation": {"enabled": false}}}}"#,
+        )
+        .expect("params");
+        let mut k = Kit::with(params.clone());
+        k.send(
+            "custos.fhir.access",
+            T0,
+            access("J", "10.1.1.1", "AllergyIntolerance", "deny"),
+        );
+        assert!(k.alerts("scope_escalation").is_empty());
+        let mut other = params;
+        other.tenants.clear();
+        let mut k = Kit::with(other);
+        k.send(
+            "custos.fhir.access",
+            T0,
+            access("J", "10.1.1.1", "AllergyIntolerance", "deny"),
+        );
+        assert_eq!(k.alerts("scope_escalation").len(), 1);
+    }
+
+    #[test]
+    fn snapshots_are_versioned_and_pruning_forgets_old_state() {
+        let mut k = Kit::new();
+        k.send(
+            "custos.fhir.access",
+            T0,
+            access("J", "10.1.1.1", "Observation", "permit"),
+        );
+        let saved = k.engine.snapshot().expect("snapshot");
+        let mut v: serde_json::Value = serde_json::from_slice(&saved).expect("json");
+        v["version"] = serde_json::json!(99);
+        let other = serde_json::to_vec(&v).expect("json");
+        assert!(matches!(
+            Engine::restore(ParamSet::default(), &other),
+            Err(DetectError::Restore(m)) if m.contains("99")
+        ));
+        assert!(Engine::restore(ParamSet::default(), b"not json").is_err());
+        let restored = Engine::restore(ParamSet::default(), &saved).expect("restore");
+        assert_eq!(restored.stats(), k.engine.stats());
+        let tracked = |e: &Engine| e.stats().tracked.iter().map(|t| t.1).sum::<usize>();
+        assert!(tracked(&k.engine) > 0);
+        k.flush(T0 + 10 * 24 * 60 * MIN);
+        let users = |e: &Engine| {
+            e.stats()
+                .tracked
+                .iter()
+                .find(|t| t.0 == "volume.users")
+                .map(|t| t.1)
+        };
+        assert_eq!(tracked(&k.engine), 1, "only the user's baseline history");
+        assert_eq!(users(&k.engine), Some(1));
+        k.flush(T0 + 40 * 24 * 60 * MIN);
+        assert_eq!(tracked(&k.engine), 0, "everything past its retention");
+        assert_eq!(k.engine.stats().dedup_keys, 0);
+    }
+
+    #[test]
+    fn updates_are_emitted_at_powers_of_two_and_when_severity_rises() {
+        let mut k = Kit::new();
+        let ip = |i: i64| format!("10.{}.0.1", i % 2);
+        for i in 0..9 {
+            k.send(
+                "custos.fhir.access",
+                T0 + i * 1000,
+                access("J", &ip(i), "Observation", "permit"),
+            );
+        }
+        // Opened at 2 observations (Medium), High at 3 (A, B, A), then 4 and 8.
+        let seen: Vec<(u32, u32)> = k
+            .updates
+            .iter()
+            .map(|u| (u.revision, u.evidence_count))
+            .collect();
+        assert_eq!(seen, vec![(1, 2), (2, 3), (3, 4), (4, 8)]);
+        let last = k.updates.last().expect("updates");
+        assert_eq!(
+            last.alert_id,
+            crate::alert::alert_id("general", crate::Detector::TokenMultiOrigin, "jti:J")
+        );
+        assert_eq!(last.alert_id.len(), 32);
     }
 }

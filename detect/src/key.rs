@@ -1,31 +1,64 @@
 //! Fixed-size keys for the detectors' maps, so the per-event path looks up and inserts
-//! without allocating: composite keys (tenant, client, subject, ...) hashed to 128 bits with
-//! FNV-1a (stable across builds and releases, so snapshots stay valid), and event keys (32
-//! hex digits) held as their 128-bit value.
+//! without allocating: composite keys (tenant, client, subject, ...) hashed to 128 bits
+//! (two multiply-rotate lanes over 8-byte words, stable across builds and releases, so
+//! snapshots stay valid), and event keys (32 hex digits) held as their 128-bit value.
 //!
-//! FNV is not collision resistant against a chosen input; an attacker who controls two
+//! The hash is not collision resistant against a chosen input; an attacker who controls two
 //! identifiers of one key could at worst merge two users' counters. With 128 bits, accidental
 //! collisions are negligible.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-const FNV_OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-const FNV_PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+const K1: u64 = 0x9E37_79B9_7F4A_7C15;
+const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
 
-/// The 128-bit FNV-1a hash of `parts`, each followed by a 0xff byte (never in UTF-8), so
-/// `["ab", "c"]` and `["a", "bc"]` differ.
-pub fn key(parts: &[&str]) -> u128 {
-    let mut h = FNV_OFFSET;
-    for p in parts {
-        for b in p.as_bytes() {
-            h ^= u128::from(*b);
-            h = h.wrapping_mul(FNV_PRIME);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(FNV_PRIME);
+/// Two independent 64-bit lanes over 8-byte words (multiply-rotate, finished with an
+/// avalanche): stable across builds and releases, so snapshots stay valid.
+#[derive(Clone, Copy)]
+struct Lanes(u64, u64);
+
+impl Lanes {
+    #[inline]
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K1);
+        self.1 = (self.1.rotate_left(7) ^ w).wrapping_mul(K2);
     }
-    h
+
+    #[inline]
+    fn bytes(&mut self, b: &[u8]) {
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.word(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        // The length ends each part, so `["ab", "c"]` and `["a", "bc"]` differ.
+        self.word(u64::from_le_bytes(w) ^ ((b.len() as u64) << 56) ^ 0xff);
+    }
+
+    fn finish(self) -> u128 {
+        let mix = |mut x: u64| {
+            x ^= x >> 33;
+            x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            x ^= x >> 33;
+            x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+            x ^ (x >> 33)
+        };
+        (u128::from(mix(self.0 ^ self.1.rotate_left(17))) << 64) | u128::from(mix(self.1))
+    }
+}
+
+/// A 128-bit hash of `parts`, each part delimited by its length.
+pub fn key(parts: &[&str]) -> u128 {
+    let mut h = Lanes(0x243F_6A88_85A3_08D3, 0x1319_8A2E_0370_7344);
+    for p in parts {
+        h.bytes(p.as_bytes());
+    }
+    h.finish()
 }
 
 /// An event key (`AuditRow::event_key`, 32 lowercase hex digits) as a number; any other

@@ -75,23 +75,31 @@ pub enum Origin {
 impl Origin {
     /// The origin of a stored `source_ip` (empty: none).
     pub fn of(stored: &str, same_subnet: bool) -> Option<Origin> {
+        Origin::parse(stored, same_subnet, &[]).0
+    }
+
+    /// The origin of a stored `source_ip`, and whether a readable address lies in one of
+    /// `nets` (`None` for a pseudonym or nothing): one parse for both.
+    pub fn parse(stored: &str, same_subnet: bool, nets: &[Cidr]) -> (Option<Origin>, Option<bool>) {
         if stored.is_empty() {
-            return None;
+            return (None, None);
         }
         match stored.parse::<IpAddr>() {
             Ok(ip) => {
+                let trusted = nets.iter().any(|n| n.contains(ip));
                 let (bits, width, v4) = ip_bits(ip);
                 let prefix = match (same_subnet, v4) {
                     (false, _) => width,
                     (true, true) => 24,
                     (true, false) => 64,
                 };
-                Some(Origin::Ip {
+                let origin = Origin::Ip {
                     bits: mask(bits, prefix, width),
                     v4,
-                })
+                };
+                (Some(origin), Some(trusted))
             }
-            Err(_) => Some(Origin::Opaque(crate::key::key(&[stored]))),
+            Err(_) => (Some(Origin::Opaque(crate::key::key(&[stored]))), None),
         }
     }
 }

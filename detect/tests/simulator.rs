@@ -24,6 +24,11 @@ struct Item {
 }
 
 fn hospital() -> Vec<Item> {
+    hospital_of(MESSAGES)
+}
+
+/// `messages` messages of the simulated hospital, decoded and converted as the ingest does.
+fn hospital_of(messages: usize) -> Vec<Item> {
     let keys = KeyRing::parse(
         "k1=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
         None,
@@ -36,7 +41,7 @@ fn hospital() -> Vec<Item> {
     let mut sim = Simulator::new(HospitalConfig::default(), 7);
     let mut items = Vec::new();
     let mut offsets = [0i64; 3];
-    while items.len() < MESSAGES {
+    while items.len() < messages {
         for out in sim.next_scenario() {
             let headers: Vec<(&str, &[u8])> = out
                 .msg
@@ -320,4 +325,45 @@ fn snapshot_and_restore_mid_stream_changes_nothing() {
     assert_eq!(updates, all_updates, "same updates, none doubled");
     assert_eq!(final_set(&restored), final_set(&whole));
     assert_eq!(restored.stats(), whole.stats());
+}
+
+/// Rough cost per event (run with `cargo test --release -p custos-detect --test simulator
+/// -- --ignored --nocapture`): 200,000 messages of the simulator's traffic (about two days
+/// of simulated time, so state is pruned and steady), decoded beforehand, through one
+/// engine with a watermark every 50 messages. Target ≤ 2 µs of CPU per event in release.
+#[test]
+#[ignore]
+fn cost_per_event() {
+    let items = hospital_of(200_000);
+    let order: Vec<usize> = (0..items.len()).collect();
+    // CUSTOS_DETECT_PARAMS: a parameter file's JSON, to time a subset of the detectors.
+    let params = std::env::var("CUSTOS_DETECT_PARAMS")
+        .map(|j| ParamSet::from_json(&j).expect("parameters"))
+        .unwrap_or_default();
+    let mut engine = Engine::new(params);
+    let mut marks = Marks::default();
+    let start = std::time::Instant::now();
+    let cpu_start = cpu_ns();
+    run(&mut engine, &items, &order, &mut marks);
+    let events = items.len() as f64;
+    let wall = start.elapsed().as_nanos() as f64 / events;
+    // On a shared machine the thread's own CPU time is the fairer figure.
+    let per_event = match (cpu_start, cpu_ns()) {
+        (Some(a), Some(b)) => (b - a) as f64 / events,
+        _ => wall,
+    };
+    println!(
+        "{per_event:.0} ns of CPU per event ({wall:.0} ns wall) over {events} events; {:?}",
+        engine.stats()
+    );
+    // The target is 2 µs; the bound is loose so a busy machine does not fail the check.
+    if !cfg!(debug_assertions) {
+        assert!(per_event <= 5000.0, "{per_event:.0} ns per event");
+    }
+}
+
+/// Nanoseconds this thread ran on a CPU (Linux `schedstat`), when available.
+fn cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
 }

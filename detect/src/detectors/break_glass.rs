@@ -185,7 +185,7 @@ impl BreakGlassState {
     }
 
     /// Judges the accesses the watermark passed, then forgets pairs past their retention.
-    pub(crate) fn advance(&mut self, now: i64, out: &mut Vec<Finding>) {
+    pub(crate) fn advance(&mut self, now: i64, prune: bool, out: &mut Vec<Finding>) {
         self.watermark = self.watermark.max(now);
         let pairs = &mut self.pairs;
         self.pending.retain(|k| {
@@ -196,7 +196,9 @@ impl BreakGlassState {
             pair.listed = pair.has_pending();
             pair.listed
         });
-        self.pairs.retain(|_, p| p.until >= now);
+        if prune {
+            self.pairs.retain(|_, p| p.until >= now);
+        }
     }
 
     pub(crate) fn tracked(&self, out: &mut Vec<(&'static str, usize)>) {

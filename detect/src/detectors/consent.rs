@@ -146,14 +146,18 @@ impl Consent {
             }
             None => {
                 insert_by_time(&mut pair.accesses, (t, ek, PENDING), ACCESSES, |a| a.0);
-                pair.tenant.clone_from(&row.tenant);
-                pair.who.subject.clone_from(&row.user_sub);
-                pair.who.user_kind.clone_from(&row.user_kind);
-                pair.who.client_id.clone_from(&row.client_id);
-                pair.who.session_id.clone_from(&row.session_id);
-                pair.who.token_jti.clone_from(&row.token_jti);
-                pair.who.patient.clone_from(&row.patient);
             }
+        }
+        // The names an alert needs: copied only for pairs with a consent change (a pair
+        // without one never alerts), from the latest access, else from the change.
+        if !pair.changes.is_empty() && (change.is_none() || pair.tenant.is_empty()) {
+            pair.tenant.clone_from(&row.tenant);
+            pair.who.subject.clone_from(&row.user_sub);
+            pair.who.user_kind.clone_from(&row.user_kind);
+            pair.who.client_id.clone_from(&row.client_id);
+            pair.who.session_id.clone_from(&row.session_id);
+            pair.who.token_jti.clone_from(&row.token_jti);
+            pair.who.patient.clone_from(&row.patient);
         }
         if pair.changes.is_empty() {
             // Nothing to judge against yet; the accesses wait for a late change.
@@ -170,7 +174,7 @@ impl Consent {
     }
 
     /// Judges the accesses the watermark passed, then forgets pairs past their retention.
-    pub(crate) fn advance(&mut self, now: i64, out: &mut Vec<Finding>) {
+    pub(crate) fn advance(&mut self, now: i64, prune: bool, out: &mut Vec<Finding>) {
         self.watermark = self.watermark.max(now);
         let pairs = &mut self.pairs;
         self.pending.retain(|k| {
@@ -181,7 +185,9 @@ impl Consent {
             pair.listed = pair.has_pending();
             pair.listed
         });
-        self.pairs.retain(|_, p| p.until >= now);
+        if prune {
+            self.pairs.retain(|_, p| p.until >= now);
+        }
     }
     pub(crate) fn tracked(&self, out: &mut Vec<(&'static str, usize)>) {
         out.push(("access_after_consent_revocation.pairs", self.pairs.len()));

@@ -36,6 +36,8 @@ pub(crate) struct Ctx<'a> {
     pub out: &'a mut Vec<Finding>,
     /// Inserts refused because a map was full.
     pub dropped: &'a mut u64,
+    /// `key(["jti", token_jti])`, computed once (several detectors key by token).
+    pub jti_key: Option<u128>,
 }
 
 impl Ctx<'_> {
@@ -70,6 +72,18 @@ impl Ctx<'_> {
         let n = parts.len().min(3);
         all[1..=n].copy_from_slice(&parts[..n]);
         key::key(&all[..=n])
+    }
+
+    /// This row's token key (`["jti", token_jti]`).
+    pub(crate) fn jti_key(&mut self) -> u128 {
+        match self.jti_key {
+            Some(k) => k,
+            None => {
+                let k = self.key(&["jti", &self.row.token_jti]);
+                self.jti_key = Some(k);
+                k
+            }
+        }
     }
 
     /// Whether the row is a FHIR access.
@@ -255,16 +269,18 @@ impl Detectors {
         }
     }
 
-    /// The watermark moved: verdicts that waited for it, and pruning.
-    pub(crate) fn advance(&mut self, now: i64, out: &mut Vec<Finding>) {
-        self.token_origin.prune(now);
-        self.refresh.prune(now);
-        self.revocation.prune(now);
-        self.consent.advance(now, out);
-        self.scope.prune(now);
+    /// The watermark moved: verdicts that waited for it, and (when `prune`) pruning.
+    pub(crate) fn advance(&mut self, now: i64, prune: bool, out: &mut Vec<Finding>) {
+        self.consent.advance(now, prune, out);
+        self.break_glass.advance(now, prune, out);
         self.volume.advance(now);
-        self.break_glass.advance(now, out);
-        self.sign_in.prune(now);
+        if prune {
+            self.token_origin.prune(now);
+            self.refresh.prune(now);
+            self.revocation.prune(now);
+            self.scope.prune(now);
+            self.sign_in.prune(now);
+        }
     }
 
     /// Map sizes.

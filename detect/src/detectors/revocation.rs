@@ -70,7 +70,7 @@ impl Revocation {
             .use_after_revocation
             .retention_secs
             .max(p.use_after_expiry.retention_secs));
-        let k = ctx.key(&["jti", &row.token_jti]);
+        let k = ctx.jti_key();
         let (ek, t) = (ctx.ek, ctx.t);
         let Some(tok) = slot(&mut self.tokens, k, ctx.dropped) else {
             return;

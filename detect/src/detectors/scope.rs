@@ -35,14 +35,11 @@ fn is_resource_scope(scope: &str) -> bool {
     scope.starts_with("patient/") || scope.starts_with("user/") || scope.starts_with("system/")
 }
 
-/// Whether one scope grants `perm` on `rtype`.
+/// Whether one resource scope (see [`is_resource_scope`]) grants `perm` on `rtype`.
 pub(crate) fn covers(scope: &str, rtype: &str, perm: u8) -> bool {
     let Some((_, rest)) = scope.split_once('/') else {
         return false;
     };
-    if !is_resource_scope(scope) {
-        return false;
-    }
     let rest = rest.split('?').next().unwrap_or(rest);
     let Some((ty, perms)) = rest.rsplit_once('.') else {
         return false;
@@ -147,14 +144,16 @@ fn escalation(ctx: &mut Ctx<'_>, denied: bool) {
     let Some(perm) = needed(&row.interaction) else {
         return;
     };
-    if !row.scopes.iter().any(|s| is_resource_scope(s)) {
-        return;
+    let mut any = false;
+    for s in &row.scopes {
+        if is_resource_scope(s) {
+            if covers(s, &row.resource_type, perm) {
+                return;
+            }
+            any = true;
+        }
     }
-    if row
-        .scopes
-        .iter()
-        .any(|s| covers(s, &row.resource_type, perm))
-    {
+    if !any {
         return;
     }
     let (severity, verdict) = if denied {
@@ -208,6 +207,7 @@ mod tests {
         ));
         assert!(covers("user/Observation.cruds", "Observation", b'd'));
         assert!(!covers("launch", "Observation", b'r'));
+        assert!(!super::is_resource_scope("launch/patient"));
         assert!(!covers("user/Patient.rs", "Observation", b'r'));
         assert!(!covers("user/Observation.xyz", "Observation", b'r'));
     }

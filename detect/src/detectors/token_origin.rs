@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::{ms, slot, Ctx};
 use crate::alert::{Detector, Severity};
 use crate::key::{self, KeyMap};
-use crate::net::{self, Origin};
+use crate::net::Origin;
 
 /// Origins kept per token.
 const ORIGINS: usize = 8;
@@ -53,6 +53,8 @@ struct Token {
     untrusted: bool,
     /// An alert is open for this token.
     alerted: bool,
+    /// Keep until (ms): the end of its lifetime plus an hour for late rows.
+    until: i64,
 }
 
 /// State of `token_multi_origin`.
@@ -79,12 +81,16 @@ impl TokenOrigins {
             _ => return,
         };
         let p = &ctx.tenant.p.token_multi_origin;
-        let origin = Origin::of(&row.source_ip, p.same_subnet_is_one_origin);
+        let (origin, trusted) = Origin::parse(
+            &row.source_ip,
+            p.same_subnet_is_one_origin,
+            &ctx.tenant.nets,
+        );
         let agent = (!row.user_agent.is_empty()).then(|| key::key(&[&row.user_agent]));
         if origin.is_none() && agent.is_none() && !issuance {
             return;
         }
-        let k = ctx.key(&["jti", &row.token_jti]);
+        let k = ctx.jti_key();
         let Some(tok) = slot(&mut self.tokens, k, ctx.dropped) else {
             return;
         };
@@ -100,6 +106,7 @@ impl TokenOrigins {
         } else {
             tok.first.saturating_add(ms(p.default_lifetime_secs))
         };
+        tok.until = end.saturating_add(AFTERLIFE_MS);
         if t > end {
             // After its lifetime: use_after_expiry's concern.
             return;
@@ -119,9 +126,7 @@ impl TokenOrigins {
                     last: t,
                 });
             }
-            if row.user_kind == "workforce"
-                && net::trusted(&row.source_ip, &ctx.tenant.nets) == Some(false)
-            {
+            if trusted == Some(false) && row.user_kind == "workforce" {
                 tok.untrusted = true;
             }
         }
@@ -149,7 +154,7 @@ impl TokenOrigins {
             (tok.observations.clone(), tok.count.saturating_sub(listed))
         };
         let summary = format!(
-            "Access token used from {} origins{}{} and {} user agents ({} observations).",
+            "Access token used from {} origin(s){}{} and {} user agent(s) ({} observations).",
             tok.origins.len(),
             if interleaved { ", alternating" } else { "" },
             if tok.untrusted {
@@ -173,14 +178,7 @@ impl TokenOrigins {
     }
 
     pub(crate) fn prune(&mut self, now: i64) {
-        self.tokens.retain(|_, tok| {
-            let end = if tok.expires > 0 {
-                tok.expires
-            } else {
-                tok.first.saturating_add(24 * 3_600_000)
-            };
-            end.saturating_add(AFTERLIFE_MS) >= now
-        });
+        self.tokens.retain(|_, tok| tok.until >= now);
     }
 
     pub(crate) fn tracked(&self, out: &mut Vec<(&'static str, usize)>) {
