@@ -510,6 +510,8 @@ impl Simulator {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
+    use custos_schemas::event::{EventType, Payload};
+
     use crate::{HospitalConfig, LabelKind, Mix, Out, Simulator};
 
     fn hard(seed: u64, scenarios: usize) -> Vec<Out> {
@@ -575,48 +577,54 @@ mod tests {
 
     #[test]
     fn only_the_injected_privileged_sign_in_lacks_a_second_factor() {
+        // Judged on the decoded sign-in, as the detectors see it (any format).
         let outs = hard(11, 12_000);
-        let mut without = 0;
+        let (mut without, mut with) = (0, 0);
         for o in &outs {
-            let v: serde_json::Value = match serde_json::from_slice(&o.msg.payload) {
-                Ok(v) => v,
-                Err(e) => panic!("{e}"),
-            };
-            let data = if v.get("data").is_some() {
-                &v["data"]
-            } else {
-                &v
-            };
-            let Some(amr) = data["amr"].as_array() else {
+            let headers: Vec<(&str, &[u8])> = o
+                .msg
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes()))
+                .collect();
+            let decoded = custos_schemas::decode(
+                &o.msg.payload,
+                &headers,
+                &custos_schemas::DecodeLimits::default(),
+            );
+            let Ok(custos_schemas::Event {
+                event_type: EventType::AuthLogin,
+                payload: Payload::Auth(d),
+                ..
+            }) = decoded
+            else {
                 continue;
             };
-            let privileged = data["roles"]
-                .as_array()
-                .is_some_and(|r| r.iter().any(|r| r == "admin"));
-            let mfa = amr.iter().any(|a| a == "otp");
-            if privileged && !mfa {
-                without += 1;
-                let kind = o.label.as_ref().map(|i| i.kind);
-                assert_eq!(kind, Some(LabelKind::PrivilegedWithoutMfa));
-            }
-            if data["fhirUser"]
-                .as_str()
-                .is_some_and(|f| f.starts_with("Practitioner/"))
+            let kind = o.label.as_ref().map(|i| i.kind);
+            let mfa = d.amr.iter().any(|a| a == "otp");
+            if d.roles.iter().any(|r| r == "admin") {
+                if mfa {
+                    with += 1;
+                    assert_eq!(kind, Some(LabelKind::AdminWithMfa));
+                } else {
+                    without += 1;
+                    assert_eq!(d.amr, ["pwd"]);
+                    assert_eq!(kind, Some(LabelKind::PrivilegedWithoutMfa));
+                }
+            } else if !d.amr.is_empty()
                 && !mfa
+                && d.fhir_user
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with("Practitioner/"))
             {
                 // Clinicians sign in with a second factor too, except the stuffed account.
-                let kind = o.label.as_ref().map(|i| i.kind);
-                assert!(
-                    matches!(
-                        kind,
-                        Some(LabelKind::PrivilegedWithoutMfa | LabelKind::CredentialStuffing)
-                    ),
-                    "{}",
-                    String::from_utf8_lossy(&o.msg.payload)
-                );
+                assert_eq!(kind, Some(LabelKind::CredentialStuffing), "{d:?}");
             }
         }
-        assert!(without > 0);
+        assert!(
+            without > 0 && with > without,
+            "{without} without, {with} with"
+        );
     }
 
     #[test]
