@@ -81,8 +81,8 @@ pub struct HospitalConfig {
 /// The scenario mix.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mix {
-    /// Everyday traffic with the five classic incidents (the default; its output for a seed
-    /// never changes).
+    /// Everyday traffic with the five classic incidents (the default; tests and benchmarks
+    /// rely on its output for a seed, pinned by `sim/tests/default_stream.rs`).
     #[default]
     Normal,
     /// The normal mix plus harder cases, each labelled: slow-and-low snooping, credential
