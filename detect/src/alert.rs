@@ -236,6 +236,9 @@ struct Open {
 pub struct AlertStore {
     #[serde(with = "key::keymap_serde")]
     open: KeyMap<Open>,
+    /// Findings refused because [`crate::MAX_KEYS`] alerts were open.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 impl AlertStore {
@@ -243,6 +246,10 @@ impl AlertStore {
     /// alert opens, when its evidence count reaches 2, 4, 8, ... and when its severity rises.
     pub fn apply(&mut self, f: Finding) -> Option<AlertUpdate> {
         let k = key::key(&[&f.tenant, f.detector.as_str(), &f.dedup_key]);
+        if self.open.len() >= crate::MAX_KEYS && !self.open.contains_key(&k) {
+            self.dropped += 1;
+            return None;
+        }
         let open = self.open.entry(k).or_insert_with(|| Open {
             current: AlertUpdate {
                 alert_id: alert_id(&f.tenant, f.detector, &f.dedup_key),

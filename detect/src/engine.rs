@@ -231,7 +231,7 @@ impl Engine {
             tracked,
             open_alerts: self.state.alerts.len(),
             dedup_keys: self.state.seen.len(),
-            dropped: self.state.dropped,
+            dropped: self.state.dropped + self.state.alerts.dropped,
             watermark: self.state.watermark,
         }
     }

@@ -111,7 +111,7 @@ impl TokenOrigins {
             // After its lifetime: use_after_expiry's concern.
             return;
         }
-        tok.count += 1;
+        tok.count = tok.count.saturating_add(1);
         if tok.observations.len() < OBSERVATIONS {
             tok.observations.push((ctx.ek, t));
         }

@@ -211,6 +211,15 @@ impl ParamSet {
         Ok(set)
     }
 
+    /// The effective parameters of one tenant (`default` for a tenant without an override,
+    /// or whose override does not apply), e.g. for the alerts service's `auto_revoke`.
+    pub fn tenant(&self, tenant: &str) -> Params {
+        self.tenants
+            .get(tenant)
+            .and_then(|partial| partial.apply(&self.default, tenant).ok())
+            .unwrap_or_else(|| self.default.clone())
+    }
+
     /// The effective parameters of every tenant named in `tenants`, checked.
     pub fn resolve(&self) -> Result<BTreeMap<String, Params>, DetectError> {
         check(&self.default, "default")?;
@@ -295,6 +304,8 @@ mod tests {
         assert_eq!(general.volume.hourly_ceiling, 80, "inherited from default");
         assert_eq!(general.volume.baseline_days, 30, "built-in default");
         assert!(!general.break_glass.enabled);
+        assert_eq!(&set.tenant("general"), general);
+        assert_eq!(set.tenant("elsewhere"), set.default);
         assert!(set.default.break_glass.enabled);
         assert_eq!(
             ParamSet::from_json("{}").expect("empty"),
