@@ -1,5 +1,8 @@
-//! What the benchmark programs share: the fixture token issuer they authenticate with and the
-//! release build of the service under test.
+//! What the benchmark programs share: the fixture token issuer they authenticate with, the
+//! release build of the service under test, and the detectors' precision/recall scorer
+//! ([`score`]).
+
+pub mod score;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -8,6 +8,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
 
+use crate::incident::{IncidentInfo, Label, LabelKind};
 use crate::Msg;
 
 /// Which input topic a message goes to.
@@ -34,21 +35,6 @@ pub enum Format {
     Mixed,
 }
 
-/// Kinds of injected incidents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Incident {
-    /// An access token used from an IP its session never used.
-    NewIp,
-    /// A refresh token presented again after it was rotated.
-    RefreshReuse,
-    /// An app accessed a patient's data after the patient revoked its consent.
-    AccessAfterRevocation,
-    /// A request outside the token's scopes, denied by the gateway.
-    ScopeEscalationDenied,
-    /// Emergency access to a patient's record.
-    BreakGlass,
-}
-
 /// A message with its destination and, if it is one, the incident it carries.
 #[derive(Debug, Clone)]
 pub struct Out {
@@ -56,25 +42,23 @@ pub struct Out {
     pub dest: Dest,
     /// The message.
     pub msg: Msg,
-    /// The incident, for the message that makes it visible.
+    /// The normal-mix incident, for the message that makes it visible (the same as
+    /// [`Label::incident_info`] of `label`).
     pub incident: Option<IncidentInfo>,
+    /// The label of the scenario this message is evidence of, in either mix.
+    pub label: Option<Label>,
 }
 
-/// What a test needs to find an incident in the reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IncidentInfo {
-    /// Kind.
-    pub kind: Incident,
-    /// Event id of the message.
-    pub event_id: String,
-    /// Token id involved.
-    pub jti: String,
-    /// Raw patient id involved (the reports take raw ids and pseudonymize them).
-    pub patient: String,
-    /// Client involved.
-    pub client_id: String,
-    /// Workforce or patient subject involved.
-    pub sub: String,
+impl Out {
+    /// A message with the label of its scenario.
+    pub(crate) fn labelled(dest: Dest, msg: Msg, label: Option<Label>) -> Out {
+        Out {
+            dest,
+            msg,
+            incident: label.as_ref().and_then(Label::incident_info),
+            label,
+        }
+    }
 }
 
 /// The hospital being simulated.
@@ -90,6 +74,24 @@ pub struct HospitalConfig {
     pub incident_rate: f64,
     /// Formats to emit.
     pub format: Format,
+    /// Which scenarios to draw from.
+    pub mix: Mix,
+}
+
+/// The scenario mix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    /// Everyday traffic with the five classic incidents (the default; tests and benchmarks
+    /// rely on its output for a seed, pinned by `sim/tests/default_stream.rs`).
+    #[default]
+    Normal,
+    /// The normal mix plus harder cases, each labelled: slow-and-low snooping, credential
+    /// stuffing, a privileged sign-in without a second factor, use after expiry, a burst of
+    /// refresh failures, a bulk read, break-glass without a reason or after its time limit;
+    /// and benign traps that must not alert (two clinicians behind one NAT, a patient app
+    /// roaming to a new address, an administrator signing in with a second factor, a backend
+    /// service's bulk export). Clinicians' and administrators' sign-ins carry `amr`.
+    Hard,
 }
 
 impl Default for HospitalConfig {
@@ -100,13 +102,14 @@ impl Default for HospitalConfig {
             patients: 2000,
             incident_rate: 0.05,
             format: Format::Mixed,
+            mix: Mix::Normal,
         }
     }
 }
 
-const EHR_APPS: [&str; 3] = ["ehr-cardiology-app", "ehr-oncology-viewer", "ehr-med-rec"];
-const PATIENT_APPS: [&str; 2] = ["smart-patient-app", "wellness-tracker"];
-const BACKEND: &str = "bulk-analytics-service";
+pub(crate) const EHR_APPS: [&str; 3] = ["ehr-cardiology-app", "ehr-oncology-viewer", "ehr-med-rec"];
+pub(crate) const PATIENT_APPS: [&str; 2] = ["smart-patient-app", "wellness-tracker"];
+pub(crate) const BACKEND: &str = "bulk-analytics-service";
 const RESOURCE_TYPES: [&str; 6] = [
     "Observation",
     "Condition",
@@ -118,10 +121,10 @@ const RESOURCE_TYPES: [&str; 6] = [
 
 /// Deterministic xorshift64* generator.
 #[derive(Debug, Clone)]
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -129,13 +132,13 @@ impl Rng {
         self.0 = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
-    fn chance(&mut self, p: f64) -> bool {
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 1.0 < p
     }
-    fn hex(&mut self, bytes: usize) -> String {
+    pub(crate) fn hex(&mut self, bytes: usize) -> String {
         let mut s = String::with_capacity(bytes * 2);
         while s.len() < bytes * 2 {
             s.push_str(&format!("{:016x}", self.next()));
@@ -148,13 +151,17 @@ impl Rng {
 /// The simulator.
 #[derive(Debug)]
 pub struct Simulator {
-    cfg: HospitalConfig,
-    rng: Rng,
-    clock: DateTime<Utc>,
+    pub(crate) cfg: HospitalConfig,
+    pub(crate) rng: Rng,
+    pub(crate) clock: DateTime<Utc>,
+    /// Where the clock started.
+    pub(crate) start: DateTime<Utc>,
     seq: u64,
-    iss: String,
+    pub(crate) iss: String,
     /// (patient, app) pairs whose consent was revoked.
     revoked: Vec<(usize, String)>,
+    /// Scenarios drawn so far (they number the labels).
+    scenarios: u64,
 }
 
 impl Simulator {
@@ -164,16 +171,19 @@ impl Simulator {
             "https://auth.{}.hospital.example/realms/{}",
             cfg.tenant, cfg.tenant
         );
+        let start = Utc
+            .with_ymd_and_hms(2026, 6, 1, 7, 0, 0)
+            .single()
+            .unwrap_or_default();
         Simulator {
             cfg,
             rng: Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
-            clock: Utc
-                .with_ymd_and_hms(2026, 6, 1, 7, 0, 0)
-                .single()
-                .unwrap_or_default(),
+            clock: start,
+            start,
             seq: 0,
             iss,
             revoked: Vec::new(),
+            scenarios: 0,
         }
     }
 
@@ -182,25 +192,25 @@ impl Simulator {
         format!("{}-pat-{i:05}", self.cfg.tenant)
     }
 
-    fn patient_sub(&self, i: usize) -> String {
+    pub(crate) fn patient_sub(&self, i: usize) -> String {
         format!("{}-psub-{i:05}", self.cfg.tenant)
     }
 
-    fn clinician(&self, i: usize) -> (String, String) {
+    pub(crate) fn clinician(&self, i: usize) -> (String, String) {
         (format!("dr-{:03}", i), format!("Practitioner/pr-{i:03}"))
     }
 
-    fn tick(&mut self, max_ms: u64) -> DateTime<Utc> {
+    pub(crate) fn tick(&mut self, max_ms: u64) -> DateTime<Utc> {
         self.clock += Duration::milliseconds((self.rng.next() % max_ms.max(1)) as i64 + 1);
         self.clock
     }
 
-    fn id(&mut self, kind: &str) -> String {
+    pub(crate) fn id(&mut self, kind: &str) -> String {
         self.seq += 1;
         format!("sim-{}-{kind}-{}", self.cfg.tenant, self.seq)
     }
 
-    fn ip(&mut self, patient_side: bool) -> String {
+    pub(crate) fn ip(&mut self, patient_side: bool) -> String {
         if patient_side {
             format!("203.0.113.{}", 1 + self.rng.below(250))
         } else {
@@ -208,7 +218,7 @@ impl Simulator {
         }
     }
 
-    fn ce(&mut self, ty: &str, data: Value) -> (String, Msg) {
+    pub(crate) fn ce(&mut self, ty: &str, data: Value) -> (String, Msg) {
         let id = self.id(ty.rsplit('.').next().unwrap_or("e"));
         let time = self.tick(2_000);
         let v = json!({
@@ -240,7 +250,7 @@ impl Simulator {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn keycloak(
+    pub(crate) fn keycloak(
         &mut self,
         kc_type: &str,
         client: &str,
@@ -262,7 +272,7 @@ impl Simulator {
         (id, Msg::json(&v))
     }
 
-    fn use_keycloak(&mut self) -> bool {
+    pub(crate) fn use_keycloak(&mut self) -> bool {
         match self.cfg.format {
             Format::Keycloak => true,
             Format::Mixed => self.rng.chance(0.4),
@@ -270,7 +280,7 @@ impl Simulator {
         }
     }
 
-    fn use_fhir(&mut self) -> bool {
+    pub(crate) fn use_fhir(&mut self) -> bool {
         match self.cfg.format {
             Format::Fhir => true,
             Format::Mixed => self.rng.chance(0.3),
@@ -279,7 +289,7 @@ impl Simulator {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn access(
+    pub(crate) fn access(
         &mut self,
         sub: &str,
         fhir_user: &str,
@@ -368,7 +378,7 @@ impl Simulator {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn token_issued(
+    pub(crate) fn token_issued(
         &mut self,
         sub: &str,
         fhir_user: &str,
@@ -393,7 +403,7 @@ impl Simulator {
         self.ce("custos.token.issued", data)
     }
 
-    fn login(
+    pub(crate) fn login(
         &mut self,
         sub: &str,
         fhir_user: &str,
@@ -401,6 +411,9 @@ impl Simulator {
         session: &str,
         ip: &str,
     ) -> (String, Msg) {
+        if self.cfg.mix == Mix::Hard && fhir_user.starts_with("Practitioner/") {
+            return self.workforce_login(sub, fhir_user, client, session, ip);
+        }
         if self.use_keycloak() {
             return self.keycloak(
                 "LOGIN",
@@ -421,6 +434,22 @@ impl Simulator {
 
     /// The next scenario's messages, in order.
     pub fn next_scenario(&mut self) -> Vec<Out> {
+        let mut outs = self.draw_scenario();
+        self.scenarios += 1;
+        for l in outs.iter_mut().filter_map(|o| o.label.as_mut()) {
+            if l.scenario.is_empty() {
+                l.scenario = format!("{}", self.scenarios);
+            }
+        }
+        outs
+    }
+
+    fn draw_scenario(&mut self) -> Vec<Out> {
+        if self.cfg.mix == Mix::Hard {
+            if let Some(outs) = self.hard_scenario() {
+                return outs;
+            }
+        }
         let roll = self.rng.below(100);
         let incident = self.rng.chance(self.cfg.incident_rate);
         match roll {
@@ -432,20 +461,32 @@ impl Simulator {
         }
     }
 
-    fn out(dest: Dest, m: (String, Msg)) -> Out {
-        Out {
-            dest,
-            msg: m.1,
-            incident: None,
-        }
+    pub(crate) fn out(dest: Dest, m: (String, Msg)) -> Out {
+        Out::labelled(dest, m.1, None)
     }
 
     fn clinician_session(&mut self, incident: bool) -> Vec<Out> {
         let c = self.rng.below(self.cfg.clinicians);
+        self.clinician_visit(c, incident, None, None)
+    }
+
+    /// A clinician's EHR launch: sign-in, token, a few accesses to one patient, and, for an
+    /// incident, a use from a new IP or a denied scope escalation; then sign-out. `ip`
+    /// overrides the clinician's internal address; `label` labels every ordinary access.
+    pub(crate) fn clinician_visit(
+        &mut self,
+        c: usize,
+        incident: bool,
+        ip: Option<String>,
+        label: Option<LabelKind>,
+    ) -> Vec<Out> {
         let (sub, fu) = self.clinician(c);
         let app = EHR_APPS[self.rng.below(EHR_APPS.len())].to_owned();
         let session = format!("ses-{}", self.rng.hex(6));
-        let ip = self.ip(false);
+        let ip = match ip {
+            Some(ip) => ip,
+            None => self.ip(false),
+        };
         let jti = format!("at-{}", self.rng.hex(8));
         // Every type a clinician session reads (RESOURCE_TYPES[..4]) is granted; the scope
         // escalation incident reads one that is not (AllergyIntolerance).
@@ -468,10 +509,19 @@ impl Simulator {
             } else {
                 "search-type"
             };
-            let m = self.access(
+            let (id, m) = self.access(
                 &sub, &fu, &app, &jti, scope, &patient, &ip, inter, rt, false, "TREAT", None,
             );
-            out.push(Self::out(Dest::Gateway, m));
+            let incident = label.map(|kind| {
+                let info = Label::new(kind, &self.cfg.tenant).event(&id).subject(&sub);
+                if kind == LabelKind::SlowVolume {
+                    // One incident per clinician, over many visits, tokens, patients and apps.
+                    info.scenario("slow-volume")
+                } else {
+                    info.jti(&jti).patient(&patient).client(&app)
+                }
+            });
+            out.push(Out::labelled(Dest::Gateway, m, incident));
         }
         if incident {
             if self.rng.chance(0.5) {
@@ -490,18 +540,18 @@ impl Simulator {
                     "TREAT",
                     None,
                 );
-                out.push(Out {
-                    dest: Dest::Gateway,
-                    msg: m,
-                    incident: Some(IncidentInfo {
-                        kind: Incident::NewIp,
-                        event_id: id,
-                        jti: jti.clone(),
-                        patient: patient.clone(),
-                        client_id: app.clone(),
-                        sub: sub.clone(),
-                    }),
-                });
+                out.push(Out::labelled(
+                    Dest::Gateway,
+                    m,
+                    Some(
+                        Label::new(LabelKind::NewIp, &self.cfg.tenant)
+                            .event(&id)
+                            .jti(&jti)
+                            .patient(&patient)
+                            .client(&app)
+                            .subject(&sub),
+                    ),
+                ));
             } else {
                 let (id, m) = self.access(
                     &sub,
@@ -517,18 +567,18 @@ impl Simulator {
                     "TREAT",
                     None,
                 );
-                out.push(Out {
-                    dest: Dest::Gateway,
-                    msg: m,
-                    incident: Some(IncidentInfo {
-                        kind: Incident::ScopeEscalationDenied,
-                        event_id: id,
-                        jti: jti.clone(),
-                        patient: patient.clone(),
-                        client_id: app.clone(),
-                        sub: sub.clone(),
-                    }),
-                });
+                out.push(Out::labelled(
+                    Dest::Gateway,
+                    m,
+                    Some(
+                        Label::new(LabelKind::ScopeEscalationDenied, &self.cfg.tenant)
+                            .event(&id)
+                            .jti(&jti)
+                            .patient(&patient)
+                            .client(&app)
+                            .subject(&sub),
+                    ),
+                ));
             }
         }
         let logout = if self.use_keycloak() {
@@ -596,18 +646,18 @@ impl Simulator {
                 self.ce("custos.token.refreshed", json!({"iss": self.iss, "sub": sub, "fhirUser": fu, "client_id": app,
                     "jti": format!("rt-{jti}"), "tokenType": "refresh", "sid": session, "sourceIp": reuse_ip, "error": "invalid_grant"}))
             };
-            out.push(Out {
-                dest: Dest::As,
-                msg: m,
-                incident: Some(IncidentInfo {
-                    kind: Incident::RefreshReuse,
-                    event_id: id,
-                    jti: format!("rt-{jti}"),
-                    patient,
-                    client_id: app,
-                    sub,
-                }),
-            });
+            out.push(Out::labelled(
+                Dest::As,
+                m,
+                Some(
+                    Label::new(LabelKind::RefreshReuse, &self.cfg.tenant)
+                        .event(&id)
+                        .jti(&format!("rt-{jti}"))
+                        .patient(&patient)
+                        .client(&app)
+                        .subject(&sub),
+                ),
+            ));
         }
         out
     }
@@ -684,18 +734,18 @@ impl Simulator {
                 "PATRQT",
                 None,
             );
-            out.push(Out {
-                dest: Dest::Gateway,
-                msg: m,
-                incident: Some(IncidentInfo {
-                    kind: Incident::AccessAfterRevocation,
-                    event_id: id,
-                    jti,
-                    patient,
-                    client_id: app,
-                    sub,
-                }),
-            });
+            out.push(Out::labelled(
+                Dest::Gateway,
+                m,
+                Some(
+                    Label::new(LabelKind::AccessAfterRevocation, &self.cfg.tenant)
+                        .event(&id)
+                        .jti(&jti)
+                        .patient(&patient)
+                        .client(&app)
+                        .subject(&sub),
+                ),
+            ));
         }
         out
     }
@@ -713,18 +763,18 @@ impl Simulator {
         let reason = "unresponsive patient in emergency department";
         let (id, opened) = self.ce("custos.breakglass.opened", json!({"iss": self.iss, "sub": sub, "fhirUser": fu, "client_id": app,
             "patient": patient, "reason": reason, "expiresAt": (self.clock + Duration::hours(4)).to_rfc3339(), "sourceIp": ip}));
-        let mut out = vec![Out {
-            dest: Dest::Gateway,
-            msg: opened,
-            incident: Some(IncidentInfo {
-                kind: Incident::BreakGlass,
-                event_id: id,
-                jti: jti.clone(),
-                patient: patient.clone(),
-                client_id: app.clone(),
-                sub: sub.clone(),
-            }),
-        }];
+        let mut out = vec![Out::labelled(
+            Dest::Gateway,
+            opened,
+            Some(
+                Label::new(LabelKind::BreakGlass, &self.cfg.tenant)
+                    .event(&id)
+                    .jti(&jti)
+                    .patient(&patient)
+                    .client(&app)
+                    .subject(&sub),
+            ),
+        )];
         for rt in ["Condition", "MedicationRequest"] {
             let m = self.access(
                 &sub,

@@ -13,8 +13,11 @@
 //! assert!(!scenario.is_empty());
 //! ```
 
+mod hard;
 mod hospital;
+mod incident;
 mod kafka;
 
-pub use hospital::{Dest, Format, HospitalConfig, Incident, IncidentInfo, Out, Simulator};
+pub use hospital::{Dest, Format, HospitalConfig, Mix, Out, Simulator};
+pub use incident::{Incident, IncidentInfo, Label, LabelKind};
 pub use kafka::{produce, producer, Msg, ProduceError};

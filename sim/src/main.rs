@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use custos_sim::{produce, producer, Dest, Format, HospitalConfig, Msg, Simulator};
+use custos_sim::{produce, producer, Dest, Format, HospitalConfig, Mix, Msg, Simulator};
 
 #[derive(Parser)]
 #[command(name = "custos-sim", about = "Custos SMART on FHIR traffic simulator")]
@@ -43,6 +43,12 @@ struct Args {
     /// Source formats to emit.
     #[arg(long, value_enum, default_value_t = Format::Mixed)]
     format: Format,
+    /// Scenario mix: `normal`, or `hard` (adds slow-and-low snooping, credential stuffing, a
+    /// privileged sign-in without MFA, use after expiry, refresh-failure bursts, bulk reads,
+    /// break-glass misuse, and benign traps such as two users behind one NAT and a roaming
+    /// patient app, every one labelled).
+    #[arg(long, value_enum, default_value_t = Mix::Normal)]
+    mix: Mix,
     /// AS topic.
     #[arg(long, default_value = "custos.as-events")]
     as_topic: String,
@@ -73,6 +79,7 @@ async fn main() -> Result<()> {
             patients: args.patients,
             incident_rate: args.incident_rate,
             format: args.format,
+            mix: args.mix,
         },
         args.seed,
     );
@@ -125,7 +132,7 @@ async fn main() -> Result<()> {
         eprintln!();
     }
     eprintln!(
-        "custos-sim: produced {sent} messages ({incidents} incidents) in {:.1}s, tenant {}, seed {}",
+        "custos-sim: produced {sent} messages ({incidents} labelled) in {:.1}s, tenant {}, seed {}",
         start.elapsed().as_secs_f64(),
         args.tenant,
         args.seed

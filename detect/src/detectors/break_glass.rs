@@ -1,5 +1,6 @@
 //! `break_glass`: an opening (`custos.breakglass.opened`) or a permitted break-glass access
-//! (purpose of use `BTG`) with an empty reason (Medium); and a permitted `BTG` access by a
+//! (purpose of use `BTG`) with no real reason — empty, shorter than `min_reason_chars`, or one
+//! of the tenant's `placeholder_reasons` such as `n/a` (Medium); and a permitted `BTG` access by a
 //! user to a patient after the limit of that user's latest opening for the patient
 //! (`expires_at`, else `default_limit_secs` after the opening) when no opening covers it
 //! (High). A `BTG` access without any opening is not judged here (the review queue sees
@@ -118,17 +119,17 @@ impl BreakGlassState {
             _ => return,
         };
         let p = &ctx.tenant.p.break_glass;
-        if row.break_glass_reason.trim().is_empty() {
+        if !p.states_a_reason(&row.break_glass_reason) {
             let (dedup, summary) = if opening {
                 (
                     format!("opening:{}", ctx.event_key()),
-                    "Break-glass access was opened without a reason.",
+                    "Break-glass access was opened without a real reason.",
                 )
             } else {
                 let hour = ctx.t - ctx.t.rem_euclid(3_600_000);
                 (
                     format!("no-reason:{}:{}@{hour}", row.user_sub, row.patient),
-                    "A break-glass access stated no reason.",
+                    "A break-glass access stated no real reason.",
                 )
             };
             ctx.report(
@@ -265,6 +266,16 @@ mod tests {
         let a = k.alerts("break_glass");
         assert_eq!(a.len(), 2, "the opening and the access");
         assert!(a.iter().all(|a| a.severity == Severity::Medium));
+    }
+
+    #[test]
+    fn placeholder_reasons_alert_and_a_short_real_one_does_not() {
+        let mut k = Kit::new();
+        k.send("custos.breakglass.opened", T0, opened("N/A", None));
+        k.send("custos.fhir.access", T0 + MIN, btg(Some("CPR")));
+        let a = k.alerts("break_glass");
+        assert_eq!(a.len(), 1, "the opening only: {a:?}");
+        assert!(a[0].summary.contains("without a real reason"));
     }
 
     #[test]

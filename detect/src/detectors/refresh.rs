@@ -1,9 +1,11 @@
 //! `refresh_reuse` and `refresh_failure_burst`.
 //!
 //! Reuse: a failed `custos.token.refreshed` whose error or reason says reuse (Keycloak's
-//! "Maximum allowed refresh token reuse exceeded" becomes the reason `refresh token reuse`),
-//! or `invalid_grant` on a refresh-type token; or one refresh-token id refreshed
-//! successfully by two different events. Burst: at least `threshold` failed refreshes of one
+//! "Maximum allowed refresh token reuse exceeded" becomes the reason `refresh token reuse`);
+//! `invalid_grant` on a refresh-type token of a session that refreshed successfully before
+//! (its refresh token was rotated, so the one presented is an old one); or one refresh-token
+//! id refreshed successfully by two different events. `invalid_grant` alone is not reuse:
+//! expired and revoked refresh tokens get it too (they count towards the burst). Burst: at least `threshold` failed refreshes of one
 //! client and subject within `window_secs`.
 
 use custos_schemas::EventType;
@@ -31,6 +33,9 @@ pub(crate) struct Refresh {
     /// Refresh-token ids refreshed successfully.
     #[serde(with = "key::keymap_serde")]
     rotated: KeyMap<Rotated>,
+    /// Sessions that refreshed successfully (rotated their refresh token), first time.
+    #[serde(default, with = "key::keymap_serde")]
+    sessions: KeyMap<Rotated>,
     /// Failed refreshes per client and subject.
     #[serde(with = "key::keymap_serde")]
     failures: KeyMap<Failures>,
@@ -52,9 +57,16 @@ impl Refresh {
         let row = ctx.row;
         let p = &ctx.tenant.p;
         if row.outcome == "failure" {
-            let reuse = says_reuse(&row.reason)
-                || says_reuse(&row.error)
-                || (row.token_type == "refresh" && row.error == "invalid_grant");
+            let after_rotation = || {
+                row.token_type == "refresh"
+                    && row.error == "invalid_grant"
+                    && !row.session_id.is_empty()
+                    && self
+                        .sessions
+                        .get(&ctx.key(&["session", &row.session_id]))
+                        .is_some_and(|r| r.t <= ctx.t)
+            };
+            let reuse = says_reuse(&row.reason) || says_reuse(&row.error) || after_rotation();
             if reuse && p.refresh_reuse.enabled {
                 let dedup = format!("refresh:{}", row.token_jti);
                 let f = ctx.report(
@@ -69,6 +81,8 @@ impl Refresh {
             if p.refresh_failure_burst.enabled {
                 self.failure(ctx);
             }
+        } else if p.refresh_reuse.enabled && !self.note_session(ctx) {
+            // nothing more to learn from a success without a refresh-token id
         } else if row.token_type == "refresh"
             && !row.token_jti.is_empty()
             && p.refresh_reuse.enabled
@@ -95,6 +109,25 @@ impl Refresh {
                 f.token_theft = true;
             }
         }
+    }
+
+    /// Remembers the session of a successful refresh (its earliest one); false when the
+    /// event carries no refresh-token id to check for double use.
+    fn note_session(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let row = ctx.row;
+        if !row.session_id.is_empty() {
+            self.keep = self
+                .keep
+                .max(ms(ctx.tenant.p.refresh_reuse.remember_secs));
+            let k = ctx.key(&["session", &row.session_id]);
+            let (ek, t) = (ctx.ek, ctx.t);
+            if let Some(r) = slot(&mut self.sessions, k, ctx.dropped) {
+                if r.ek == 0 || t < r.t {
+                    *r = Rotated { ek, t };
+                }
+            }
+        }
+        row.token_type == "refresh" && !row.token_jti.is_empty()
     }
 
     fn failure(&mut self, ctx: &mut Ctx<'_>) {
@@ -130,12 +163,14 @@ impl Refresh {
     pub(crate) fn prune(&mut self, now: i64) {
         let before = now.saturating_sub(self.keep);
         self.rotated.retain(|_, r| r.t >= before);
+        self.sessions.retain(|_, r| r.t >= before);
         self.failures
             .retain(|_, f| !f.burst.prune(before) || f.last >= before);
     }
 
     pub(crate) fn tracked(&self, out: &mut Vec<(&'static str, usize)>) {
         out.push(("refresh_reuse.rotated", self.rotated.len()));
+        out.push(("refresh_reuse.sessions", self.sessions.len()));
         out.push(("refresh_failure_burst.keys", self.failures.len()));
     }
 }
@@ -157,17 +192,31 @@ mod tests {
     }
 
     #[test]
-    fn invalid_grant_on_a_refresh_token_is_reuse() {
+    fn invalid_grant_after_the_session_rotated_is_reuse() {
         let mut k = Kit::new();
-        k.send(
-            "custos.token.refreshed",
-            T0,
-            refresh("rt-1", "refresh", Some("invalid_grant")),
-        );
+        let mut rotated = refresh("at-2", "access", None);
+        rotated["sid"] = json!("ses-1");
+        k.send("custos.token.refreshed", T0, rotated);
+        let mut old = refresh("rt-1", "refresh", Some("invalid_grant"));
+        old["sid"] = json!("ses-1");
+        k.send("custos.token.refreshed", T0 + MIN, old);
         let a = k.alerts("refresh_reuse");
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].severity, Severity::High);
         assert!(a[0].token_theft);
+    }
+
+    #[test]
+    fn invalid_grant_without_a_rotation_is_not_reuse() {
+        let mut k = Kit::new();
+        let mut expired = refresh("rt-1", "refresh", Some("invalid_grant"));
+        expired["sid"] = json!("ses-2");
+        expired["reason"] = json!("refresh token expired");
+        k.send("custos.token.refreshed", T0, expired.clone());
+        let mut other = refresh("at-9", "access", None);
+        other["sid"] = json!("ses-3");
+        k.send("custos.token.refreshed", T0 + MIN, other);
+        assert!(k.alerts("refresh_reuse").is_empty());
     }
 
     #[test]

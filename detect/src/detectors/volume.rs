@@ -1,7 +1,7 @@
 //! `volume` and `bulk_read`.
 //!
-//! Volume: per user (not services: a subject equal to its client, or `user_kind`
-//! `service`), the distinct patients of their permitted accesses per clock hour of event
+//! Volume: per user (not services: a subject equal to its client, a `Device` fhirUser, or
+//! `user_kind` `service`), the distinct patients of their permitted accesses per clock hour of event
 //! time. An hour over `factor` × the user's baseline (Medium) or over `hourly_ceiling`
 //! (High) raises the alert; the baseline is the user's mean distinct patients per active
 //! hour over the last `baseline_days` days, never below `baseline_floor`. Closed hours are
@@ -9,7 +9,8 @@
 //! user's history costs one small record per active day.
 //!
 //! Bulk read: a permitted search returning more than `max_returned_ids` ids, or a bulk
-//! `$export` operation, by a user-facing client (`user_kind` workforce or patient).
+//! `$export` operation, by a user-facing client (`user_kind` workforce or patient, and not a
+//! service as above).
 
 use serde::{Deserialize, Serialize};
 
@@ -123,8 +124,7 @@ impl VolumeState {
         if !p.volume.enabled
             || row.patient.is_empty()
             || row.user_sub.is_empty()
-            || row.user_kind == "service"
-            || row.user_sub == row.client_id
+            || is_service(row)
         {
             return;
         }
@@ -222,9 +222,16 @@ impl VolumeState {
     }
 }
 
+/// A service rather than a person: `user_kind` service, a subject equal to its client (a
+/// client-credentials token) or a SMART `fhirUser` that is a `Device` (which the audit row
+/// files as workforce).
+fn is_service(row: &custos_schemas::row::AuditRow) -> bool {
+    row.user_kind == "service" || row.user_sub == row.client_id || row.fhir_user.starts_with("Device/")
+}
+
 fn bulk(ctx: &mut Ctx<'_>) {
     let row = ctx.row;
-    if !matches!(row.user_kind.as_str(), "workforce" | "patient") {
+    if !matches!(row.user_kind.as_str(), "workforce" | "patient") || is_service(row) {
         return;
     }
     let k = ctx.tenant.p.bulk_read.max_returned_ids as usize;

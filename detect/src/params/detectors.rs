@@ -255,6 +255,23 @@ pub struct BreakGlass {
     /// How long after an opening's limit break-glass accesses are still checked against
     /// it. Default 86400.
     pub retention_secs: u64,
+    /// A reason shorter than this (characters, trimmed) states nothing. Default 3.
+    pub min_reason_chars: usize,
+    /// Reasons that state nothing, compared trimmed and case-insensitively. Default `n/a`,
+    /// `na`, `none`, `null`, `test`, `emergency`, `-`, `.`, `x`, `?`.
+    pub placeholder_reasons: Vec<String>,
+}
+
+impl BreakGlass {
+    /// Whether `reason` states a reason: long enough and not a placeholder.
+    pub fn states_a_reason(&self, reason: &str) -> bool {
+        let r = reason.trim();
+        r.chars().count() >= self.min_reason_chars
+            && !self
+                .placeholder_reasons
+                .iter()
+                .any(|p| p.trim().eq_ignore_ascii_case(r))
+    }
 }
 
 impl Default for BreakGlass {
@@ -263,6 +280,12 @@ impl Default for BreakGlass {
             enabled: true,
             default_limit_secs: 14_400,
             retention_secs: 86_400,
+            min_reason_chars: 3,
+            placeholder_reasons: [
+                "n/a", "na", "none", "null", "test", "emergency", "-", ".", "x", "?",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
