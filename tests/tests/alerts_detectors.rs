@@ -1,6 +1,7 @@
 //! End-to-end: events built by the test go through Kafka to the real `custos-alerts` (and the
 //! real ingest), and each detector raises its alert in `custos.alerts` while its near miss
-//! stays quiet; the alerts name the stored audit rows (evidence keys, pseudonyms); a tenant's
+//! stays quiet (break-glass: past its time limit, and with a placeholder reason, since the
+//! decoders refuse an empty one); the alerts name the stored audit rows (evidence keys, pseudonyms); a tenant's
 //! webhook gets the alert signed with HMAC-SHA256 and its SSF receiver a signed SET, each
 //! delivery recorded as a `notify` action.
 
@@ -124,12 +125,53 @@ fn scenario() -> Scenario {
             access("dr-1", "J-tok", second_ip, "Observation", "permit"),
         ));
     }
-    // A refresh token presented after rotation (invalid_grant) / one other refresh error.
+    // A refresh token presented again after its session rotated it (invalid_grant) / an
+    // invalid_grant without a rotation (an expired refresh token).
     let (f, q) = pair(&mut s, "ref", "refresh_reuse");
-    for (t, error) in [(&f, "invalid_grant"), (&q, "invalid_token")] {
-        s.as_events.push(ce_at(&id(t), "custos.token.refreshed", t, b + 2 * MIN, json!({"iss": ISS, "sub": "sub-1",
-            "fhirUser": "Patient/RAWPAT-r", "client_id": "app", "jti": "rt-1", "tokenType": "refresh",
-            "error": error, "sourceIp": "203.0.113.9"})));
+    for (t, rotated) in [(&f, true), (&q, false)] {
+        let refresh = |token_type: &str, error: Option<&str>| {
+            let mut v = json!({"iss": ISS, "sub": "sub-1", "fhirUser": "Patient/RAWPAT-r",
+                "client_id": "app", "jti": format!("{token_type}-1"), "tokenType": token_type,
+                "sid": "ses-1", "sourceIp": "203.0.113.9"});
+            if let Some(e) = error {
+                v["error"] = json!(e);
+                v["reason"] = json!(if rotated {
+                    "invalid refresh token"
+                } else {
+                    "refresh token expired"
+                });
+            }
+            v
+        };
+        if rotated {
+            s.as_events.push(ce_at(
+                &id(t),
+                "custos.token.refreshed",
+                t,
+                b + MIN,
+                refresh("access", None),
+            ));
+        }
+        s.as_events.push(ce_at(
+            &id(t),
+            "custos.token.refreshed",
+            t,
+            b + 2 * MIN,
+            refresh("refresh", Some("invalid_grant")),
+        ));
+    }
+    // A break-glass opening with a placeholder reason / with a real one.
+    let (f, q) = pair(&mut s, "bgr", "break_glass");
+    for (t, reason) in [(&f, "n/a"), (&q, "suspected sepsis")] {
+        s.as_events.push(ce_at(
+            &id(t),
+            "custos.breakglass.opened",
+            t,
+            b + 5 * MIN,
+            json!({"iss": ISS, "sub": "dr-4",
+            "fhirUser": "Practitioner/pr-4", "client_id": "ehr-app", "patient": "RAWPAT-bgr",
+            "reason": reason, "expiresAt": rfc3339(b + 65 * MIN), "sourceIp": "10.1.1.4"}),
+        ));
     }
     // Access after the consent was revoked, beyond the grace / within it.
     let (f, q) = pair(&mut s, "con", "access_after_consent_revocation");
