@@ -109,6 +109,23 @@ pub struct ConsentConfig {
     /// AS events topic (Keycloak consent events, deprovisioning). Empty: not consumed.
     #[arg(long, env = "CUSTOS_AS_TOPIC", default_value = "custos.as-events")]
     pub as_topic: String,
+    /// Alerts topic of `custos-alerts` whose messages carrying the header
+    /// `custos-response: revoke-session` are answered by revoking the alert's session (the
+    /// opt-in automatic response). Empty (the default): not consumed.
+    #[arg(long, env = "CUSTOS_CONSENT_ALERTS_TOPIC", default_value = "")]
+    pub alerts_topic: String,
+    /// Consumer group of the automatic response (its own, apart from `CUSTOS_CONSENT_GROUP`).
+    #[arg(
+        long,
+        env = "CUSTOS_CONSENT_ALERTS_GROUP",
+        default_value = "custos-consent-response"
+    )]
+    pub alerts_group: String,
+    /// Issuer of the AS sessions the automatic response revokes when no consent of the user
+    /// names one (a workforce user without a recorded consent), e.g.
+    /// `https://kc.example/realms/{tenant}`; `{tenant}` is replaced by the alert's tenant.
+    #[arg(long, env = "CUSTOS_CONSENT_ALERTS_ISSUER")]
+    pub alerts_issuer: Option<String>,
     /// Topic revocations are published to for gateways. Empty: no Kafka target.
     #[arg(
         long,
@@ -294,6 +311,18 @@ impl ConsentConfig {
         }
         if self.idempotency_window_secs > 7 * 86_400 {
             return bad("CUSTOS_CONSENT_IDEMPOTENCY_WINDOW_SECS must be at most 604800 (7 days)");
+        }
+        if !self.alerts_topic.trim().is_empty() {
+            if self.alerts_group.trim().is_empty() || self.alerts_group == self.group_id {
+                return bad(
+                    "CUSTOS_CONSENT_ALERTS_GROUP must be set and differ from CUSTOS_CONSENT_GROUP",
+                );
+            }
+            if self.alerts_topic == self.consent_topic || self.alerts_topic == self.as_topic {
+                return bad(
+                    "CUSTOS_CONSENT_ALERTS_TOPIC must differ from the consent and AS topics",
+                );
+            }
         }
         if self.admin_addr == self.http_addr {
             return bad("CUSTOS_CONSENT_ADMIN_ADDR must differ from CUSTOS_CONSENT_HTTP_ADDR");

@@ -62,10 +62,24 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The initiator recorded on a revocation the automatic response to an alert planned.
+pub const ALERT_INITIATOR: &str = "custos-alerts";
+
+/// The CAEP `initiating_entity` of a recorded initiator: the automatic response is a
+/// `policy` decision; the others are CAEP values already.
+fn caep_initiator(initiator: &str) -> &str {
+    if initiator == ALERT_INITIATOR {
+        "policy"
+    } else {
+        initiator
+    }
+}
+
 fn initiator(cause: Cause, actor: &str) -> &'static str {
     match cause {
         Cause::Expiry => "policy",
         Cause::Deprovision => "admin",
+        Cause::Alert => ALERT_INITIATOR,
         Cause::Revoke if actor == "patient" => "user",
         Cause::Revoke if actor.starts_with("client:") => "system",
         Cause::Revoke => "admin",
@@ -382,7 +396,7 @@ impl Dispatcher {
                 subject_issuer: &subject_issuer,
                 subject: &subject,
                 txn: &r.revocation_id,
-                initiating_entity: &r.initiator,
+                initiating_entity: caep_initiator(&r.initiator),
                 reason: &r.reason,
             });
             return self.ssf.push(rcv, &set).await;
@@ -400,5 +414,8 @@ mod tests {
         assert_eq!(initiator(Cause::Revoke, "patient"), "user");
         assert_eq!(initiator(Cause::Revoke, "privacy-api"), "admin");
         assert_eq!(initiator(Cause::Expiry, ""), "policy");
+        assert_eq!(initiator(Cause::Alert, ""), ALERT_INITIATOR);
+        assert_eq!(caep_initiator(ALERT_INITIATOR), "policy");
+        assert_eq!(caep_initiator("admin"), "admin");
     }
 }

@@ -17,6 +17,9 @@
 //! - [`api`]: the privacy API, SSF metadata, JWKS and health; metrics on the admin address.
 //! - [`audit`]: the privacy API's own audit (the query API's `custos.report_queries`).
 //! - [`idempotency`]: repeated revocation requests answered with the first revocation.
+//! - [`response`]: the opt-in automatic response to high-severity token theft: alerts of
+//!   `custos-alerts` marked `custos-response: revoke-session` revoke the session through the
+//!   dispatcher, with the receipt recorded on the alert (`custos.alert_actions`).
 //!
 //! Readiness, the ops routes, metrics, shutdown and the Kafka, ClickHouse and key settings
 //! come from [`custos_runtime`].
@@ -31,6 +34,7 @@ pub mod idempotency;
 pub mod keycloak;
 pub mod publish;
 pub mod push;
+pub mod response;
 pub mod rows;
 pub mod scopes;
 pub mod seal;

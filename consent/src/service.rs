@@ -171,6 +171,7 @@ pub async fn run(
         consent_topic = %cfg.consent_topic,
         as_topic = %cfg.as_topic,
         group_id = %cfg.group_id,
+        alerts_topic = %cfg.alerts_topic,
         keycloak = keycloak.is_some(),
         ssf_receivers = receivers.len(),
         revocations_topic = publisher.has_revocations_topic(),
@@ -240,13 +241,7 @@ pub async fn run(
         return Ok(());
     };
     core.health.set_loaded();
-    for p in pending {
-        let sealed = core
-            .book
-            .read()
-            .await
-            .get(&p.row.tenant, &p.row.consent_id)
-            .and_then(|c| c.sealed.clone());
+    for (p, sealed) in pending {
         info!(revocation_id = %p.row.revocation_id, target = %p.row.target, attempts = p.attempts, "resuming revocation push");
         core.dispatcher.submit(Job {
             row: p.row,
@@ -284,6 +279,22 @@ pub async fn run(
             r
         }));
     }
+    if !cfg.alerts_topic.trim().is_empty() {
+        let consumer: StreamConsumer = consumer_config(
+            &cfg.kafka.brokers,
+            &cfg.alerts_group,
+            "custos-consent-response",
+            Fetch::Prompt,
+        )
+        .create()?;
+        let (core, cancel) = (core.clone(), cancel.clone());
+        let (topic, issuer) = (cfg.alerts_topic.clone(), cfg.alerts_issuer.clone());
+        runs.push(tokio::spawn(async move {
+            let r = crate::response::run(core, consumer, topic, issuer, cancel.clone()).await;
+            cancel.cancel();
+            r
+        }));
+    }
     let mut result = Ok(());
     for r in runs {
         match r.await {
@@ -303,7 +314,7 @@ pub async fn run(
 
 type Loaded = (
     std::collections::HashMap<(String, i32), i64>,
-    Vec<crate::store::Pending>,
+    Vec<(crate::store::Pending, Option<SealedIds>)>,
 );
 
 /// Rebuilds the state of the consents recorded from `topics` from ClickHouse, and finds
@@ -326,18 +337,36 @@ async fn load(core: &Core, topics: &[String], cancel: &CancellationToken) -> Opt
                 for s in states.into_iter().filter_map(state_from_row) {
                     book.insert(s);
                 }
+                // The automatic response's revocations of workforce users have no consent:
+                // their sealed subject is filed under `alert:<alert id>`.
+                let mut by_alert = std::collections::HashMap::new();
                 for s in sealed {
+                    let ids = SealedIds {
+                        patient: s.patient_sealed,
+                        subject: s.subject_sealed,
+                    };
                     if let Some(c) = book.get_mut(&s.tenant, &s.consent_id) {
-                        c.sealed = Some(SealedIds {
-                            patient: s.patient_sealed,
-                            subject: s.subject_sealed,
-                        });
+                        c.sealed = Some(ids);
+                    } else if s
+                        .consent_id
+                        .starts_with(crate::response::ALERT_CONSENT_PREFIX)
+                    {
+                        by_alert.insert((s.tenant, s.consent_id), ids);
                     }
                 }
                 // Only this service's consents: another deployment's pushes are its own.
                 let pending: Vec<_> = pending
                     .into_iter()
-                    .filter(|p| book.get(&p.row.tenant, &p.row.consent_id).is_some())
+                    .filter_map(|p| {
+                        let key = (p.row.tenant.clone(), p.row.consent_id.clone());
+                        match book.get(&key.0, &key.1) {
+                            Some(c) => {
+                                let sealed = c.sealed.clone();
+                                Some((p, sealed))
+                            }
+                            None => by_alert.get(&key).map(|s| (p, Some(s.clone()))),
+                        }
+                    })
                     .collect();
                 info!(
                     consents = book.len(),

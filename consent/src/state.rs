@@ -70,6 +70,9 @@ pub enum Cause {
     Expiry,
     /// The user account was removed.
     Deprovision,
+    /// A high-severity token-theft alert of a tenant that opted in to the automatic
+    /// response (see [`crate::response`]).
+    Alert,
 }
 
 impl Cause {
@@ -79,6 +82,7 @@ impl Cause {
             Cause::Revoke => "revoke",
             Cause::Expiry => "expiry",
             Cause::Deprovision => "deprovision",
+            Cause::Alert => "alert",
         }
     }
 }
@@ -530,6 +534,7 @@ fn default_reason(cause: Cause) -> &'static str {
         Cause::Revoke => "consent revoked",
         Cause::Expiry => "consent period ended",
         Cause::Deprovision => "user deprovisioned",
+        Cause::Alert => "token theft alert",
     }
 }
 

@@ -11,18 +11,22 @@ use clickhouse::Client;
 use custos_integrity::ledger::Ledger;
 use serde::{Deserialize, Serialize};
 
+use custos_schemas::records::AlertActionRow;
+
 use crate::rows::{AttemptRow, HistoryRow, RevocationRow, SealedRow};
 
 /// ClickHouse errors.
 pub type Error = clickhouse::error::Error;
 
-/// The consent tables. The history and the revocations are written through this process's
-/// ledger chains (`custos.ledger`), shared by every clone of the store.
+/// The consent tables. The history, the revocations and the automatic response's receipts
+/// (`custos.alert_actions`) are written through this process's ledger chains
+/// (`custos.ledger`), shared by every clone of the store.
 #[derive(Clone)]
 pub struct Store {
     client: Client,
     history_ledger: Arc<Ledger<HistoryRow>>,
     revocation_ledger: Arc<Ledger<RevocationRow>>,
+    action_ledger: Arc<Ledger<AlertActionRow>>,
 }
 
 /// A pending (revocation, target) with the attempts already made.
@@ -100,6 +104,7 @@ impl Store {
             client,
             history_ledger: Arc::new(Ledger::new()),
             revocation_ledger: Arc::new(Ledger::new()),
+            action_ledger: Arc::new(Ledger::new()),
         }
     }
 
@@ -150,6 +155,47 @@ impl Store {
     /// Records revocation state changes.
     pub async fn record_revocations(&self, rows: &[RevocationRow]) -> Result<(), Error> {
         Ok(self.revocation_ledger.insert(&self.client, rows).await?)
+    }
+
+    /// Records the receipt of an automatic response on its alert (`custos.alert_actions`).
+    pub async fn record_alert_action(&self, row: &AlertActionRow) -> Result<(), Error> {
+        Ok(self
+            .action_ledger
+            .insert(&self.client, std::slice::from_ref(row))
+            .await?)
+    }
+
+    /// Whether the action `action_id` of `alert_id` is recorded.
+    pub async fn alert_action_exists(
+        &self,
+        tenant: &str,
+        alert_id: &str,
+        action_id: &str,
+    ) -> Result<bool, Error> {
+        let n: u64 = self
+            .client
+            .query(
+                "SELECT count() FROM custos.alert_actions \
+                 WHERE tenant = ? AND alert_id = ? AND action_id = ?",
+            )
+            .bind(tenant)
+            .bind(alert_id)
+            .bind(action_id)
+            .fetch_one()
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The `requested` and `skipped` rows a revocation was planned into, by target.
+    pub async fn planned(&self, revocation_id: &str) -> Result<Vec<RevocationRow>, Error> {
+        self.client
+            .query(
+                "SELECT ?fields FROM custos.revocations FINAL \
+                 WHERE revocation_id = ? AND seq = 0 ORDER BY target",
+            )
+            .bind(revocation_id)
+            .fetch_all()
+            .await
     }
 
     /// Records an attempt.
