@@ -74,10 +74,10 @@ pub async fn run(
         .map(|(t, _)| t)
         .collect();
     if params.default.auto_revoke || !auto_revoke.is_empty() {
-        // Not wired to the consent service yet: say so rather than pretend.
-        warn!(tenants = ?auto_revoke, default = params.default.auto_revoke,
-            "auto_revoke is set but automatic revocation is not available in this version: alerts are raised, nothing is revoked");
+        info!(tenants = ?auto_revoke, default = params.default.auto_revoke,
+            "automatic response on: high-severity token-theft alerts of these tenants ask the consent service to revoke the session");
     }
+    let shared_params = Arc::new(params.clone());
     let keys = cfg.keys.key_ring()?;
     let health = Arc::new(Health::with_load_step(NOT_LOADED));
     let admin = ops::serve(
@@ -161,6 +161,7 @@ pub async fn run(
         producer,
         topic: cfg.alerts_topic.clone(),
         notifier,
+        params: shared_params,
     });
 
     let sweep = Sweep {

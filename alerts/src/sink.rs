@@ -6,8 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use custos_detect::ParamSet;
 use custos_runtime::retry::{sleep_or_cancel, RetryPolicy};
 use custos_schemas::records::AlertRow;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -26,6 +28,21 @@ pub struct Sink {
     pub topic: String,
     /// SIEM outputs.
     pub notifier: Notifier,
+    /// The detector parameters: which tenants opted in to the automatic response.
+    pub params: Arc<ParamSet>,
+}
+
+/// The Kafka header asking the consent service to revoke the alert's session.
+pub const RESPONSE_HEADER: &str = "custos-response";
+/// Its value.
+pub const REVOKE_SESSION: &str = "revoke-session";
+
+/// Whether `row` asks for the automatic response: a token-theft alert of severity high or
+/// critical in a tenant whose `auto_revoke` is on.
+pub fn wants_revocation(params: &ParamSet, row: &AlertRow) -> bool {
+    row.token_theft
+        && matches!(row.severity.as_str(), "high" | "critical")
+        && params.tenant(&row.tenant).auto_revoke
 }
 
 impl Sink {
@@ -52,9 +69,15 @@ impl Sink {
                 .increment(1);
             let json = to_json(row);
             loop {
-                let record = FutureRecord::to(&self.topic)
+                let mut record = FutureRecord::to(&self.topic)
                     .key(&row.alert_id)
                     .payload(&json);
+                if wants_revocation(&self.params, row) {
+                    record = record.headers(OwnedHeaders::new().insert(Header {
+                        key: RESPONSE_HEADER,
+                        value: Some(REVOKE_SESSION),
+                    }));
+                }
                 match self.producer.send(record, Duration::from_secs(15)).await {
                     Ok(_) => break,
                     Err((e, _)) => {
@@ -69,5 +92,44 @@ impl Sink {
             self.notifier.notify(row);
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(tenant: &str, severity: &str, theft: bool) -> AlertRow {
+        AlertRow {
+            alert_id: "a".into(),
+            revision: 1,
+            tenant: tenant.into(),
+            detector: "token_multi_origin".into(),
+            severity: severity.into(),
+            dedup_key: "jti:x".into(),
+            subject: "s".into(),
+            user_kind: "workforce".into(),
+            client_id: "c".into(),
+            session_id: String::new(),
+            token_jti: "x".into(),
+            patient: String::new(),
+            first_seen: 0,
+            last_seen: 0,
+            evidence: vec![],
+            evidence_count: 1,
+            summary: String::new(),
+            token_theft: theft,
+        }
+    }
+
+    #[test]
+    fn only_high_token_theft_of_an_opted_in_tenant_asks_for_revocation() {
+        let params =
+            ParamSet::from_json(r#"{"tenants": {"hosp": {"auto_revoke": true}}}"#).expect("params");
+        assert!(wants_revocation(&params, &row("hosp", "high", true)));
+        assert!(wants_revocation(&params, &row("hosp", "critical", true)));
+        assert!(!wants_revocation(&params, &row("hosp", "medium", true)));
+        assert!(!wants_revocation(&params, &row("hosp", "high", false)));
+        assert!(!wants_revocation(&params, &row("other", "high", true)));
     }
 }

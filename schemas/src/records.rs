@@ -424,7 +424,8 @@ record! {
 record! {
     /// One action on an alert (`custos.alert_actions`, migration 0014): `acknowledge`,
     /// `assign`, `close` or `reopen` by a person through the alert API, or `notify` and
-    /// `auto_revoke` by custos-alerts, whose `detail` holds the receipt.
+    /// `auto_revoke` by custos-alerts and custos-consent (the automatic response), whose
+    /// `detail` holds the receipt.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
     #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -92,6 +92,7 @@ async fn overdue_reviews_raise_one_alert_each_never_twice_and_not_after_a_decisi
             producer,
             topic: setup.alerts_topic.clone(),
             notifier,
+            params: Default::default(),
         }),
         due: ReviewDue::parse(24, &format!("{tenant}=2"))?,
     };

@@ -116,9 +116,7 @@ impl Refresh {
     fn note_session(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let row = ctx.row;
         if !row.session_id.is_empty() {
-            self.keep = self
-                .keep
-                .max(ms(ctx.tenant.p.refresh_reuse.remember_secs));
+            self.keep = self.keep.max(ms(ctx.tenant.p.refresh_reuse.remember_secs));
             let k = ctx.key(&["session", &row.session_id]);
             let (ek, t) = (ctx.ek, ctx.t);
             if let Some(r) = slot(&mut self.sessions, k, ctx.dropped) {

@@ -121,10 +121,7 @@ impl VolumeState {
             bulk(ctx);
         }
         let row = ctx.row;
-        if !p.volume.enabled
-            || row.patient.is_empty()
-            || row.user_sub.is_empty()
-            || is_service(row)
+        if !p.volume.enabled || row.patient.is_empty() || row.user_sub.is_empty() || is_service(row)
         {
             return;
         }
@@ -226,7 +223,9 @@ impl VolumeState {
 /// client-credentials token) or a SMART `fhirUser` that is a `Device` (which the audit row
 /// files as workforce).
 fn is_service(row: &custos_schemas::row::AuditRow) -> bool {
-    row.user_kind == "service" || row.user_sub == row.client_id || row.fhir_user.starts_with("Device/")
+    row.user_kind == "service"
+        || row.user_sub == row.client_id
+        || row.fhir_user.starts_with("Device/")
 }
 
 fn bulk(ctx: &mut Ctx<'_>) {

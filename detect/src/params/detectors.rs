@@ -282,7 +282,16 @@ impl Default for BreakGlass {
             retention_secs: 86_400,
             min_reason_chars: 3,
             placeholder_reasons: [
-                "n/a", "na", "none", "null", "test", "emergency", "-", ".", "x", "?",
+                "n/a",
+                "na",
+                "none",
+                "null",
+                "test",
+                "emergency",
+                "-",
+                ".",
+                "x",
+                "?",
             ]
             .map(String::from)
             .to_vec(),
