@@ -548,3 +548,23 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod dev_params {
+    /// The parameters `scripts/run` starts the service with parse, and lower the demo
+    /// realm's credential-stuffing threshold only.
+    #[test]
+    fn the_dev_parameters_parse() {
+        let set =
+            custos_detect::ParamSet::from_json(include_str!("../../config/detectors/dev.json"))
+                .expect("config/detectors/dev.json");
+        assert_eq!(set.tenant("custos").credential_stuffing.user_threshold, 4);
+        assert_eq!(
+            set.tenant("general").credential_stuffing.user_threshold,
+            custos_detect::ParamSet::default()
+                .default
+                .credential_stuffing
+                .user_threshold
+        );
+    }
+}
