@@ -165,71 +165,8 @@ pub struct QueryConfig {
     pub oidc: OidcArgs,
 }
 
-/// Longest accepted review due time: one year, in hours.
-pub const MAX_REVIEW_DUE_HOURS: u32 = 8_760;
+pub use custos_runtime::review::{ReviewDue, MAX_REVIEW_DUE_HOURS};
 
-/// The break-glass review's due time per tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReviewDue {
-    /// Hours for tenants without an override.
-    pub default_hours: u32,
-    /// Hours per tenant.
-    pub by_tenant: std::collections::BTreeMap<String, u32>,
-}
-
-impl ReviewDue {
-    /// Parses and checks the default and the `tenant=hours,...` overrides.
-    pub fn parse(default_hours: u32, by_tenant: &str) -> Result<ReviewDue, ConfigError> {
-        let bad = |m: &str| ConfigError::Invalid(m.to_owned());
-        let range = |h: u32| (1..=MAX_REVIEW_DUE_HOURS).contains(&h);
-        if !range(default_hours) {
-            return Err(bad("CUSTOS_REVIEW_DUE_HOURS must be 1..=8760"));
-        }
-        let mut map = std::collections::BTreeMap::new();
-        for item in by_tenant
-            .split(',')
-            .map(str::trim)
-            .filter(|i| !i.is_empty())
-        {
-            let Some((tenant, hours)) = item.split_once('=') else {
-                return Err(bad(
-                    "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT must be tenant=hours pairs separated by commas",
-                ));
-            };
-            let tenant = tenant.trim();
-            if !valid_tenant(tenant) {
-                return Err(bad(
-                    "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT: a tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
-                ));
-            }
-            let hours: u32 = hours
-                .trim()
-                .parse()
-                .ok()
-                .filter(|h| range(*h))
-                .ok_or_else(|| bad("CUSTOS_REVIEW_DUE_HOURS_BY_TENANT: hours must be 1..=8760"))?;
-            if map.insert(tenant.to_owned(), hours).is_some() {
-                return Err(bad(
-                    "CUSTOS_REVIEW_DUE_HOURS_BY_TENANT names a tenant twice",
-                ));
-            }
-        }
-        Ok(ReviewDue {
-            default_hours,
-            by_tenant: map,
-        })
-    }
-
-    /// The due time of `tenant`'s reviews after the opening, in ms.
-    pub fn due_ms(&self, tenant: &str) -> i64 {
-        let hours = self
-            .by_tenant
-            .get(tenant)
-            .copied()
-            .unwrap_or(self.default_hours);
-        i64::from(hours) * 3_600_000
-    }
-}
 
 /// Parses a checkpoint JWKS file and returns only its public members. Refuses private
 /// key material (a key file given by mistake must never be served) and anything but
@@ -274,6 +211,7 @@ impl QueryConfig {
     /// The break-glass review's due times (validated).
     pub fn review_due(&self) -> Result<ReviewDue, ConfigError> {
         ReviewDue::parse(self.review_due_hours, &self.review_due_hours_by_tenant)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// Checks ranges and consistency.

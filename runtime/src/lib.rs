@@ -26,6 +26,7 @@ pub mod keys;
 pub mod metrics;
 pub mod ops;
 pub mod retry;
+pub mod review;
 pub mod shutdown;
 pub mod telemetry;
 
