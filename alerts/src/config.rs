@@ -173,7 +173,6 @@ pub fn check_url(what: &str, url: &str, allow_plain_http: bool) -> Result<(), Co
 
 pub use custos_runtime::review::{ReviewDue, MAX_REVIEW_DUE_HOURS};
 
-
 /// `custos-alerts run` settings.
 #[derive(Debug, Clone, Args)]
 pub struct AlertsConfig {

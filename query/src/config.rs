@@ -167,7 +167,6 @@ pub struct QueryConfig {
 
 pub use custos_runtime::review::{ReviewDue, MAX_REVIEW_DUE_HOURS};
 
-
 /// Parses a checkpoint JWKS file and returns only its public members. Refuses private
 /// key material (a key file given by mistake must never be served) and anything but
 /// P-256 keys with a key id.

@@ -84,6 +84,16 @@ impl ReviewDue {
             .unwrap_or(self.default_hours)
     }
 
+    /// The shortest due time of any tenant, in hours.
+    pub fn shortest(&self) -> u32 {
+        self.by_tenant
+            .values()
+            .copied()
+            .chain([self.default_hours])
+            .min()
+            .unwrap_or(self.default_hours)
+    }
+
     /// The due time of `tenant`'s reviews after the opening, in ms.
     pub fn due_ms(&self, tenant: &str) -> i64 {
         i64::from(self.hours(tenant)) * 3_600_000
@@ -101,6 +111,7 @@ mod tests {
         assert_eq!(due.hours("t2"), 48);
         assert_eq!(due.hours("other"), 24);
         assert_eq!(due.due_ms("t1"), 12 * 3_600_000);
+        assert_eq!(due.shortest(), 12);
         for (default, by) in [
             (0, ""),
             (8_761, ""),
