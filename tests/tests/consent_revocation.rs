@@ -246,7 +246,10 @@ async fn revocation_reaches_keycloak_and_receivers_and_replay_pushes_nothing_twi
     };
     let ledger = custos_integrity::ledger::verify(&account("reader"), &scope).await?;
     assert!(ledger.ok, "{ledger:#?}");
-    for t in &ledger.tables {
+    // The tables this test writes (the alert tables have no row of its tenant).
+    for t in ledger.tables.iter().filter(|t| {
+        ["report_queries", "consent_history", "revocations"].contains(&t.table.as_str())
+    }) {
         assert!(
             t.rows_checked > 0,
             "no {} row of the tenant checked",

@@ -505,13 +505,32 @@ async fn migrations_are_idempotent_and_accounts_least_privileged() -> Result<()>
         "revocations",
         "revocation_attempts",
     ];
-    let expect: [(&str, Vec<&str>, Vec<&str>); 4] = [
+    let alerts = ["alerts", "alert_actions", "detector_state"];
+    let expect: [(&str, Vec<&str>, Vec<&str>); 5] = [
         ("writer", ingest.to_vec(), ingest.to_vec()),
-        ("query", vec!["report_queries", "ledger"], vec![]),
+        (
+            "query",
+            vec![
+                "report_queries",
+                "alert_actions",
+                "break_glass_reviews",
+                "ledger",
+            ],
+            vec![],
+        ),
         (
             "consent",
-            [&consent[..], &["report_queries", "ledger"]].concat(),
-            [&consent[..], &["consent_current", "revocation_status"]].concat(),
+            [&consent[..], &["alert_actions", "report_queries", "ledger"]].concat(),
+            [
+                &consent[..],
+                &["consent_current", "revocation_status", "alert_actions"],
+            ]
+            .concat(),
+        ),
+        (
+            "alerts",
+            [&alerts[..], &["ledger"]].concat(),
+            [&alerts[..], &["audit_events", "break_glass_reviews"]].concat(),
         ),
         ("reader", vec![], vec!["*"]),
     ];
