@@ -273,25 +273,12 @@ pub fn checkpoint_jwks() -> PathBuf {
 
 /// Runs `custos-ingest verify` with extra arguments; returns (exit code, JSON report).
 pub fn verify_chains(args: &[&str]) -> Result<(i32, serde_json::Value)> {
-    // A test's chains are checked against its own checkpoint topic (`{prefix}.checkpoints`
-    // beside the `--topic` it names), never the stack's, which a running dev ingest signs
-    // with another key.
-    let own_checkpoints = args
-        .iter()
-        .position(|a| *a == "--topic")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|t| t.rsplit_once('.'))
-        .map(|(prefix, _)| format!("{prefix}.checkpoints"));
-    let mut cmd = Command::new(ingest_binary());
-    cmd.envs(ch_env())
+    let out = Command::new(ingest_binary())
+        .envs(ch_env())
         .arg("verify")
         .arg("--jwks")
         .arg(checkpoint_jwks())
-        .args(args);
-    if let Some(topic) = own_checkpoints.filter(|_| !args.contains(&"--checkpoints-topic")) {
-        cmd.arg("--checkpoints-topic").arg(topic);
-    }
-    let out = cmd
+        .args(args)
         .env("CUSTOS_CLICKHOUSE_URL", clickhouse_url())
         .output()?;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
